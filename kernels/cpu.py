@@ -1,0 +1,247 @@
+"""Numba CPU kernels (NHWC activations); each mirrors a function of
+:mod:`xraynet.kernels.reference` with the same name and semantics.
+
+House rules: outputs are preallocated by the caller and passed first; loops
+run in parallel over independent outputs (``prange`` over batch x rows), so no
+two iterations write one slot; ``cache=True`` keeps compile time off the CLI
+start; no ``fastmath``: the PyTorch cross-checks want IEEE results.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_JIT = dict(parallel=True, cache=True, nogil=True)
+
+
+@njit(**_JIT)
+def im2col(cols, x, kh, kw, sh, sw, ph, pw):
+    """cols (N*OH*OW, KH*KW*C) <- patches of x (N, H, W, C); see reference.im2col."""
+    n, h, w, c = x.shape
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kw) // sw + 1
+    for r in prange(n * oh):
+        b = r // oh
+        oy = r % oh
+        for ox in range(ow):
+            row = r * ow + ox
+            for ky in range(kh):
+                iy = oy * sh - ph + ky
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx
+                    base = (ky * kw + kx) * c
+                    if 0 <= iy < h and 0 <= ix < w:
+                        for ci in range(c):
+                            cols[row, base + ci] = x[b, iy, ix, ci]
+                    else:
+                        for ci in range(c):
+                            cols[row, base + ci] = 0
+
+
+@njit(**_JIT)
+def col2im(dx, cols, kh, kw, sh, sw, ph, pw):
+    """dx (N, H, W, C) <- sum of patch entries of cols; see reference.col2im.
+
+    Written as a gather (each input pixel collects the taps that read it), so
+    every dx element is written by exactly one iteration and needs no zeroing.
+    """
+    n, h, w, c = dx.shape
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kw) // sw + 1
+    for r in prange(n * h):
+        b = r // h
+        iy = r % h
+        for ix in range(w):
+            for ci in range(c):
+                dx[b, iy, ix, ci] = 0
+            for ky in range(kh):
+                ty = iy + ph - ky
+                if ty < 0 or ty % sh != 0:
+                    continue
+                oy = ty // sh
+                if oy >= oh:
+                    continue
+                for kx in range(kw):
+                    tx = ix + pw - kx
+                    if tx < 0 or tx % sw != 0:
+                        continue
+                    ox = tx // sw
+                    if ox >= ow:
+                        continue
+                    row = (b * oh + oy) * ow + ox
+                    base = (ky * kw + kx) * c
+                    for ci in range(c):
+                        dx[b, iy, ix, ci] += cols[row, base + ci]
+
+
+@njit(**_JIT)
+def bias_relu(y, b):
+    """In place: y (M, C) <- max(y + b, 0)."""
+    m, c = y.shape
+    for i in prange(m):
+        for ci in range(c):
+            v = y[i, ci] + b[ci]
+            y[i, ci] = v if v > 0 else 0
+
+
+@njit(**_JIT)
+def add_bias(y, b):
+    """In place: y (M, C) <- y + b."""
+    m, c = y.shape
+    for i in prange(m):
+        for ci in range(c):
+            y[i, ci] += b[ci]
+
+
+@njit(**_JIT)
+def relu(y, x):
+    """y <- max(x, 0) over flat arrays (y may be x)."""
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else 0
+
+
+@njit(**_JIT)
+def relu_backward(dx, dy, y):
+    """dx <- dy where y > 0 else 0, over flat arrays (y is the ReLU output)."""
+    for i in prange(dy.size):
+        dx[i] = dy[i] if y[i] > 0 else 0
+
+
+@njit(**_JIT)
+def maxpool2d_forward(y, idx, x, kh, kw, sh, sw):
+    """y, idx (N, OH, OW, C) <- max pooling of x (N, H, W, C); ties to the first
+    maximum in row-major window order; see reference.maxpool2d_forward."""
+    n, oh, ow, c = y.shape
+    for r in prange(n * oh):
+        b = r // oh
+        oy = r % oh
+        y0 = oy * sh
+        for ox in range(ow):
+            x0 = ox * sw
+            for ci in range(c):
+                y[b, oy, ox, ci] = x[b, y0, x0, ci]
+                idx[b, oy, ox, ci] = 0
+            for ky in range(kh):
+                for kx in range(kw):
+                    if ky == 0 and kx == 0:
+                        continue
+                    k = ky * kw + kx
+                    for ci in range(c):
+                        v = x[b, y0 + ky, x0 + kx, ci]
+                        if v > y[b, oy, ox, ci]:
+                            y[b, oy, ox, ci] = v
+                            idx[b, oy, ox, ci] = k
+
+
+@njit(**_JIT)
+def maxpool2d_backward(dx, dy, idx, kh, kw, sh, sw):
+    """dx (N, H, W, C) <- dy routed to each window's recorded maximum.
+
+    Parallel over images: windows may overlap (stride < kernel), and within
+    one image the scatter-adds then run in one thread, so no slot races.
+    """
+    n, oh, ow, c = dy.shape
+    for b in prange(n):
+        dx[b] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                for ci in range(c):
+                    k = idx[b, oy, ox, ci]
+                    dx[b, oy * sh + k // kw, ox * sw + k % kw, ci] += dy[b, oy, ox, ci]
+
+
+@njit(**_JIT)
+def bias_maxpool_relu(y, idx, x, bias, kh, kw, sh, sw):
+    """Fused conv epilogue: y = relu(maxpool(x + bias)), idx as maxpool2d_forward.
+
+    Equals maxpool(relu(x + bias)) exactly: ReLU is monotone, so the pooled
+    maximum is the same, and where the window's maximum is <= 0 the ReLU
+    gradient zeroes the routed gradient whichever element holds it. Reading
+    the big pre-activation once instead of three times is the point.
+    """
+    n, oh, ow, c = y.shape
+    for r in prange(n * oh):
+        b = r // oh
+        oy = r % oh
+        y0 = oy * sh
+        for ox in range(ow):
+            x0 = ox * sw
+            for ci in range(c):
+                y[b, oy, ox, ci] = x[b, y0, x0, ci]
+                idx[b, oy, ox, ci] = 0
+            for ky in range(kh):
+                for kx in range(kw):
+                    if ky == 0 and kx == 0:
+                        continue
+                    k = ky * kw + kx
+                    for ci in range(c):
+                        v = x[b, y0 + ky, x0 + kx, ci]
+                        if v > y[b, oy, ox, ci]:
+                            y[b, oy, ox, ci] = v
+                            idx[b, oy, ox, ci] = k
+            for ci in range(c):
+                v = y[b, oy, ox, ci] + bias[ci]
+                y[b, oy, ox, ci] = v if v > 0 else 0
+
+
+@njit(**_JIT)
+def maxpool_relu_backward(dx, dy, y, idx, kh, kw, sh, sw):
+    """Gradient of bias_maxpool_relu with respect to its input x (N, H, W, C):
+    dy where the pooled output y > 0, routed to the recorded maximum."""
+    n, oh, ow, c = dy.shape
+    for b in prange(n):
+        dx[b] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                for ci in range(c):
+                    if y[b, oy, ox, ci] > 0:
+                        k = idx[b, oy, ox, ci]
+                        dx[b, oy * sh + k // kw, ox * sw + k % kw, ci] += dy[b, oy, ox, ci]
+
+
+@njit(**_JIT)
+def channel_sum(out, x):
+    """out (C,) <- sum of x (M, C) over rows, in float64 partial sums per thread chunk."""
+    m, c = x.shape
+    nchunk = 64
+    step = (m + nchunk - 1) // nchunk
+    part = np.zeros((nchunk, c), np.float64)
+    for j in prange(nchunk):
+        for i in range(j * step, min(m, (j + 1) * step)):
+            for ci in range(c):
+                part[j, ci] += x[i, ci]
+    for ci in range(c):
+        s = 0.0
+        for j in range(nchunk):
+            s += part[j, ci]
+        out[ci] = s
+
+
+@njit(**_JIT)
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt):
+    """In place, flat arrays: one Adam step with PyTorch's formula (see reference.adam_update);
+    one pass reads p, g, m, v and writes p, m, v."""
+    step_size = lr / bias_c1
+    for i in prange(p.size):
+        gi = g[i] + weight_decay * p[i]
+        mi = m[i] + (1 - beta1) * (gi - m[i])
+        vi = beta2 * v[i] + (1 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (math.sqrt(vi) / bias_c2_sqrt + eps)
+
+
+@njit(**_JIT)
+def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
+    """In place, flat arrays: one SGD step with PyTorch's momentum formula
+    (see reference.sgd_update); ``first`` marks step 1, where buf starts as g."""
+    for i in prange(p.size):
+        gi = g[i] + weight_decay * p[i]
+        if momentum != 0:
+            bi = gi if first else momentum * buf[i] + gi
+            buf[i] = bi
+            gi = gi + momentum * bi if nesterov else bi
+        p[i] -= lr * gi

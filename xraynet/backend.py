@@ -1,0 +1,341 @@
+"""The backend seam: the short list of ops that layers, model and training call.
+
+A backend owns the array module and every op that touches array memory:
+
+* array plumbing: ``asarray``, ``to_numpy``, ``zeros``, ``empty``, ``rng``
+* convolution: ``conv2d_forward`` / ``conv2d_backward``, and the fused
+  ``conv2d_relu_pool_forward`` / ``..._backward`` (conv + bias + ReLU + max pool)
+* max pooling with argmax: ``maxpool2d_forward`` / ``maxpool2d_backward``
+* ``relu_forward`` / ``relu_backward``, ``dense_forward`` / ``dense_backward``
+* ``batchnorm_forward`` / ``batchnorm_backward``, ``global_avg_pool_*``,
+  ``dropout_mask``
+* losses: ``sigmoid_bce``, ``softmax_cross_entropy``
+* optimiser updates: ``adam_update``, ``sgd_update``
+
+Activations are NHWC internally (see :mod:`xraynet.kernels`). Contexts
+returned by forward ops are opaque tuples handed back to the matching
+backward op. ``get_backend("cpu")`` returns the NumPy + Numba backend; the
+CuPy backend plugs in under ``"cuda"`` without changes to any caller.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from .errors import BackendError
+
+
+def resolve_padding(padding, kernel_size: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """Turn a ``padding`` spec ('valid', 'same', int or pair) into a ``(ph, pw)`` pair."""
+    from .errors import SpecError
+
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        if stride != (1, 1) or kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+            raise SpecError(
+                f"padding 'same': only defined here for stride 1 and odd kernels. "
+                f"Expected stride (1, 1) and an odd kernel_size, got stride {stride}, kernel_size {kernel_size}. "
+                "Give the padding as an integer instead."
+            )
+        return (kernel_size[0] // 2, kernel_size[1] // 2)
+    if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
+        return (padding, padding)
+    if (isinstance(padding, (list, tuple)) and len(padding) == 2
+            and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in padding)):
+        return (padding[0], padding[1])
+    raise SpecError(
+        f"padding: not understood. Expected 'valid', 'same', a non-negative integer or a pair of them, "
+        f"got {padding!r}. Fix the layer spec."
+    )
+
+
+class CPUBackend:
+    """NumPy arrays, Numba kernels and the BLAS behind ``numpy.matmul``."""
+
+    name = "cpu"
+    xp = np
+
+    def __init__(self):
+        from xraynet.kernels import cpu  # imported here: loading Numba costs ~0.3 s
+
+        self.k = cpu
+
+    # ------------------------------------------------------------------ plumbing
+    def asarray(self, x, dtype=None):
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def zeros(self, shape, dtype=np.float32):
+        return np.zeros(shape, dtype)
+
+    def empty(self, shape, dtype=np.float32):
+        return np.empty(shape, dtype)
+
+    def rng(self, seed):
+        return np.random.default_rng(seed)
+
+    def random_normal(self, rng, shape, std, dtype):
+        return (rng.standard_normal(shape) * std).astype(dtype)
+
+    def set_threads(self, threads: int) -> None:
+        """Use ``threads`` threads in Numba kernels and in BLAS."""
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        threadpool_limits(limits=threads, user_api="blas")
+
+    def synchronize(self) -> None:
+        """Nothing to wait for on the CPU; GPU backends block until work is done."""
+
+    def nchw_to_internal(self, x):
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+    def internal_to_nchw(self, x):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    # -------------------------------------------------------------- convolution
+    def _conv_matmul(self, x, w, stride, pad):
+        """im2col + one GEMM: returns (y2d (M, O) without bias, cols, out shape)."""
+        n, h, wd, c = x.shape
+        o, c2, kh, kw = w.shape
+        if c2 != c:
+            from .errors import ShapeError
+            raise ShapeError(f"conv2d: input has {c} channels. Expected {c2}, got {c}. Check the layer spec.")
+        oh = (h + 2 * pad[0] - kh) // stride[0] + 1
+        ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
+        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
+            cols = x.reshape(n * h * wd, c)  # a 1x1 convolution is a plain GEMM
+        else:
+            cols = np.empty((n * oh * ow, kh * kw * c), x.dtype)
+            self.k.im2col(cols, x, kh, kw, stride[0], stride[1], pad[0], pad[1])
+        wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)
+        return cols @ wmat, cols, (n, oh, ow, o)
+
+    def conv2d_forward(self, x, w, b, stride, pad, relu=False, save=True):
+        """x (N, H, W, C), w (O, C, KH, KW), b (O,) -> y (N, OH, OW, O) and a context.
+
+        With ``relu`` the ReLU is fused into the bias pass (the layer's output
+        is then the ReLU output, which the backward pass masks with)."""
+        y2d, cols, shape = self._conv_matmul(x, w, stride, pad)
+        if relu:
+            self.k.bias_relu(y2d, b)
+        else:
+            self.k.add_bias(y2d, b)
+        y = y2d.reshape(shape)
+        ctx = (cols if save else None, x.shape, stride, pad, y if relu else None)
+        return y, ctx
+
+    def _conv_grads(self, dy2d, cols, x_shape, w, stride, pad, need_dx):
+        o, c, kh, kw = w.shape
+        db = np.empty(o, dy2d.dtype)
+        self.k.channel_sum(db, dy2d)
+        dwmat = cols.T @ dy2d  # (K, O)
+        dw = np.ascontiguousarray(dwmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+        dx = None
+        if need_dx:
+            wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)
+            dcols = dy2d @ wmat.T
+            if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
+                dx = dcols.reshape(x_shape)
+            else:
+                dx = np.empty(x_shape, dy2d.dtype)
+                self.k.col2im(dx, dcols, kh, kw, stride[0], stride[1], pad[0], pad[1])
+        return dx, dw, db
+
+    def conv2d_backward(self, dy, ctx, w, need_dx=True):
+        """Gradients of conv2d_forward: returns (dx or None, dw (O, C, KH, KW), db (O,))."""
+        cols, x_shape, stride, pad, y_relu = ctx
+        o = w.shape[0]
+        dy2d = np.ascontiguousarray(dy).reshape(-1, o)
+        if y_relu is not None:
+            masked = np.empty_like(dy2d)
+            self.k.relu_backward(masked.reshape(-1), dy2d.reshape(-1), y_relu.reshape(-1))
+            dy2d = masked
+        return self._conv_grads(dy2d, cols, x_shape, w, stride, pad, need_dx)
+
+    def conv2d_relu_pool_forward(self, x, w, b, stride, pad, pool_kernel, pool_stride, save=True):
+        """Fused conv + bias + ReLU + max pool: the pre-activation is read once.
+
+        Returns the pooled output (N, PH, PW, O) and a context. Equal to the
+        unfused chain, gradients included (see kernels.cpu.bias_maxpool_relu).
+        """
+        y2d, cols, (n, oh, ow, o) = self._conv_matmul(x, w, stride, pad)
+        (pkh, pkw), (psh, psw) = pool_kernel, pool_stride
+        ph, pw = (oh - pkh) // psh + 1, (ow - pkw) // psw + 1
+        pooled = np.empty((n, ph, pw, o), x.dtype)
+        idx = np.empty((n, ph, pw, o), np.uint8)
+        self.k.bias_maxpool_relu(pooled, idx, y2d.reshape(n, oh, ow, o), b, pkh, pkw, psh, psw)
+        ctx = (cols if save else None, x.shape, stride, pad, pooled, idx, (n, oh, ow, o),
+               pool_kernel, pool_stride)
+        return pooled, ctx
+
+    def conv2d_relu_pool_backward(self, dy, ctx, w, need_dx=True):
+        cols, x_shape, stride, pad, pooled, idx, y_shape, (pkh, pkw), (psh, psw) = ctx
+        dpre = np.empty(y_shape, dy.dtype)
+        self.k.maxpool_relu_backward(dpre, np.ascontiguousarray(dy), pooled, idx, pkh, pkw, psh, psw)
+        return self._conv_grads(dpre.reshape(-1, y_shape[3]), cols, x_shape, w, stride, pad, need_dx)
+
+    # ------------------------------------------------------------------ pooling
+    def maxpool2d_forward(self, x, kernel, stride):
+        """x (N, H, W, C) -> (y (N, OH, OW, C), idx uint8 window positions); floor mode."""
+        n, h, w, c = x.shape
+        oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+        y = np.empty((n, oh, ow, c), x.dtype)
+        idx = np.empty((n, oh, ow, c), np.uint8)
+        self.k.maxpool2d_forward(y, idx, np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1])
+        return y, idx
+
+    def maxpool2d_backward(self, dy, idx, x_shape, kernel, stride):
+        dx = np.empty(x_shape, dy.dtype)
+        self.k.maxpool2d_backward(dx, np.ascontiguousarray(dy), idx, kernel[0], kernel[1], stride[0], stride[1])
+        return dx
+
+    # ------------------------------------------------------- elementwise, dense
+    def relu_forward(self, x):
+        y = np.empty_like(x)
+        self.k.relu(y.reshape(-1), np.ascontiguousarray(x).reshape(-1))
+        return y
+
+    def relu_backward(self, dy, y):
+        dx = np.empty_like(y)
+        self.k.relu_backward(dx.reshape(-1), np.ascontiguousarray(dy).reshape(-1), y.reshape(-1))
+        return dx
+
+    def dense_forward(self, x, w, b):
+        """x (N, F_in), w (F_out, F_in), b (F_out,) -> x @ w.T + b."""
+        y = x @ w.T
+        y += b
+        return y
+
+    def dense_backward(self, dy, x, w, need_dx=True):
+        """Returns (dx or None, dw, db)."""
+        dw = dy.T @ x
+        db = np.empty(w.shape[0], dy.dtype)
+        self.k.channel_sum(db, np.ascontiguousarray(dy))
+        return (dy @ w if need_dx else None), dw, db
+
+    def global_avg_pool_forward(self, x):
+        """x (N, H, W, C) -> (N, C) mean over H and W."""
+        n, h, w, c = x.shape
+        return x.reshape(n, h * w, c).mean(axis=1, dtype=np.float64).astype(x.dtype)
+
+    def global_avg_pool_backward(self, dy, x_shape):
+        n, h, w, c = x_shape
+        dx = np.empty(x_shape, dy.dtype)
+        dx[...] = (dy / (h * w))[:, None, None, :]
+        return dx
+
+    def dropout_mask(self, rng, shape, p, dtype):
+        """Inverted-dropout mask: 0 with probability p, else 1/(1-p)."""
+        keep = rng.random(shape) >= p
+        return (keep / (1.0 - p)).astype(dtype)
+
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps, training):
+        """x (..., C) normalised per channel. In training, batch statistics are used
+        and the running ones updated in place (unbiased variance, as in PyTorch)."""
+        c = x.shape[-1]
+        x2d = np.ascontiguousarray(x).reshape(-1, c)
+        m = x2d.shape[0]
+        if training:
+            s = np.empty(c, np.float64)
+            self.k.channel_sum(s, x2d)
+            mean = s / m
+            xc = x2d - mean.astype(x.dtype)
+            sq = np.empty(c, np.float64)
+            self.k.channel_sum(sq, xc * xc)
+            var = sq / m
+            running_mean *= 1 - momentum
+            running_mean += (momentum * mean).astype(running_mean.dtype)
+            running_var *= 1 - momentum
+            running_var += (momentum * var * m / max(m - 1, 1)).astype(running_var.dtype)
+            inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+            xhat = xc * inv_std
+            y = xhat * gamma + beta
+            return y.reshape(x.shape), (xhat, inv_std, x.shape)
+        inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
+        scale = gamma * inv_std
+        y = x2d * scale + (beta - running_mean * scale)
+        return y.reshape(x.shape), None
+
+    def batchnorm_backward(self, dy, ctx, gamma):
+        """Returns (dx, dgamma, dbeta) for training-mode batch norm."""
+        xhat, inv_std, shape = ctx
+        c = shape[-1]
+        dy2d = np.ascontiguousarray(dy).reshape(-1, c)
+        m = dy2d.shape[0]
+        dbeta = np.empty(c, np.float64)
+        self.k.channel_sum(dbeta, dy2d)
+        dgamma = np.empty(c, np.float64)
+        self.k.channel_sum(dgamma, dy2d * xhat)
+        dt = dy2d.dtype
+        dx = (gamma * inv_std) * (dy2d - (dbeta / m).astype(dt) - xhat * (dgamma / m).astype(dt))
+        return dx.reshape(shape), dgamma.astype(dt), dbeta.astype(dt)
+
+    # -------------------------------------------------------------------- losses
+    def sigmoid_bce(self, logits, labels, class_weights=None):
+        """Binary cross-entropy on one logit per image, numerically stable.
+
+        ``logits`` (N, 1), ``labels`` (N,) in {0, 1}. Returns (loss, dlogits);
+        the loss is the mean over the batch, or with ``class_weights`` (2,) the
+        weighted mean ``sum(w_i * l_i) / sum(w_i)``.
+        """
+        z = logits.reshape(-1).astype(np.float64)
+        y = np.asarray(labels).reshape(-1).astype(np.float64)
+        per = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        wts = np.ones_like(z) if class_weights is None else np.asarray(class_weights, np.float64)[y.astype(np.int64)]
+        total = wts.sum()
+        sig = np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+        dz = wts * (sig - y) / total
+        return float((wts * per).sum() / total), dz.reshape(logits.shape).astype(logits.dtype)
+
+    def softmax_cross_entropy(self, logits, labels, class_weights=None):
+        """Softmax cross-entropy on C logits, numerically stable (log-sum-exp).
+
+        ``logits`` (N, C), ``labels`` (N,) integer classes. Returns (loss,
+        dlogits); mean over the batch, or the weighted mean as in sigmoid_bce.
+        """
+        z = logits.astype(np.float64)
+        y = np.asarray(labels).reshape(-1).astype(np.int64)
+        zmax = z.max(axis=1, keepdims=True)
+        lse = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
+        per = lse - z[np.arange(len(y)), y]
+        wts = np.ones(len(y)) if class_weights is None else np.asarray(class_weights, np.float64)[y]
+        total = wts.sum()
+        p = np.exp(z - lse[:, None])
+        p[np.arange(len(y)), y] -= 1
+        dz = p * (wts / total)[:, None]
+        return float((wts * per).sum() / total), dz.astype(logits.dtype)
+
+    # ---------------------------------------------------------------- optimisers
+    def adam_update(self, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+        """In place: one Adam step (PyTorch's formula) on parameter p with state m, v."""
+        self.k.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr, beta1, beta2,
+                           eps, weight_decay, 1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
+
+    def sgd_update(self, p, g, buf, step, lr, momentum, weight_decay, nesterov):
+        """In place: one SGD step (PyTorch's momentum formula, dampening 0)."""
+        self.k.sgd_update(p.reshape(-1), g.reshape(-1), buf.reshape(-1), lr, momentum, weight_decay,
+                          nesterov, step == 1)
+
+
+_BACKENDS = {"cpu": CPUBackend}
+
+
+@functools.lru_cache(maxsize=None)
+def get_backend(name: str = "cpu"):
+    """The backend called ``name`` ('cpu' or 'cuda'), created once per process."""
+    if name == "cuda":
+        raise BackendError(
+            "device 'cuda': the GPU backend is not part of this build yet. "
+            "Expected device 'cpu', got 'cuda'. Run with --device cpu."
+        )
+    if name not in _BACKENDS:
+        raise BackendError(f"device {name!r}: unknown. Expected one of {sorted(_BACKENDS) + ['cuda']}, got {name!r}. "
+                           "Pick one of those.")
+    return _BACKENDS[name]()

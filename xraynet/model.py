@@ -1,0 +1,206 @@
+"""The network: a sequence of layers built from an architecture spec.
+
+Public arrays are NCHW float32 (``forward`` takes ``(N, C, H, W)``, the input
+gradient comes back the same way); inside, activations are NHWC. Parameters
+are named ``layers.<i>.<name>`` with ``i`` the layer's index in the spec, in
+the same order as PyTorch's ``nn.Sequential(...).parameters()``.
+
+Execution plan: a ``conv2d`` followed by ``relu`` (and then ``maxpool2d``) runs
+as one fused stage (see ``CPUBackend.conv2d_relu_pool_forward``), which reads
+the large pre-activation map once instead of three times; results and
+gradients are those of the unfused chain (``fuse=False`` runs layer by layer,
+and the tests compare the two).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .archs import validate_spec
+from .backend import get_backend
+from .errors import ShapeError, SpecError
+from .layers import Conv2D, Layer, MaxPool2D, ReLU, layer_from_config
+
+
+class _ConvReLU:
+    """Fused stage conv2d -> relu [-> maxpool2d]; parameters and gradients stay on the conv layer."""
+
+    def __init__(self, conv: Conv2D, pool: MaxPool2D | None):
+        self.conv, self.pool, self.ctx = conv, pool, None
+
+    def forward(self, x, training):
+        c, bk = self.conv, self.conv.bk
+        if self.pool is None:
+            y, self.ctx = bk.conv2d_forward(x, c.params["weight"], c.params["bias"], c.stride, c.pad, relu=True,
+                                            save=training)
+        else:
+            y, self.ctx = bk.conv2d_relu_pool_forward(x, c.params["weight"], c.params["bias"], c.stride, c.pad,
+                                                      self.pool.kernel_size, self.pool.stride, save=training)
+        if not training:
+            self.ctx = None
+        return y
+
+    def backward(self, dy, need_dx):
+        c, bk = self.conv, self.conv.bk
+        op = bk.conv2d_backward if self.pool is None else bk.conv2d_relu_pool_backward
+        dx, dw, db = op(dy, self.ctx, c.params["weight"], need_dx)
+        self.ctx = None
+        c.grads = {"weight": dw, "bias": db}
+        return dx
+
+
+class _Single:
+    """A stage of one layer."""
+
+    def __init__(self, layer: Layer):
+        self.layer = layer
+
+    def forward(self, x, training):
+        return self.layer.forward(x, training)
+
+    def backward(self, dy, need_dx):
+        return self.layer.backward(dy, need_dx)
+
+
+class Model:
+    """A sequential CNN classifier.
+
+    ``spec``: architecture dict (see :mod:`xraynet.archs`). ``device``: backend
+    name. ``dtype``: float32 for use, float64 for gradient checks. ``seed``:
+    weight initialisation.
+    """
+
+    def __init__(self, spec: dict, device: str = "cpu", dtype=np.float32, seed: int = 0, fuse: bool = True):
+        validate_spec(spec)
+        self.spec = copy.deepcopy(spec)
+        self.bk = get_backend(device)
+        self.device = device
+        self.dtype = np.dtype(dtype)
+        self.output = spec["output"]
+        rng = np.random.default_rng(seed)
+        self.layers: list[Layer] = [layer_from_config(cfg) for cfg in spec["layers"]]
+        shape = tuple(spec["input_shape"])
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.build(shape, self.bk, rng, self.dtype)
+            except SpecError as e:
+                raise SpecError(f"layer {i} ({layer.type}): {e}") from None
+        want = None if shape != (1,) and self.output == "sigmoid" else shape
+        if len(shape) != 1 or want is None:
+            raise SpecError(f"architecture {spec.get('name', '')!r}: the last layer must give a vector of logits "
+                            f"(1 for sigmoid output, one per class for softmax). Got sample shape {shape}. "
+                            "End the spec with a dense layer.")
+        self.num_outputs = shape[0]
+        self.num_classes = 2 if self.output == "sigmoid" else self.num_outputs
+        if self.output == "softmax" and self.num_outputs < 2:
+            raise SpecError("softmax output: needs at least 2 logits. Expected >= 2, got 1. "
+                            "Use output 'sigmoid' for one logit.")
+        # Layers before the first parameterised one never need an input gradient.
+        self._first_param = next((i for i, l in enumerate(self.layers) if l.params), len(self.layers))
+        self.fuse = fuse
+        self._stages = self._plan(fuse)
+
+    # ---------------------------------------------------------------- structure
+    def _plan(self, fuse: bool):
+        """[(first layer index, stage)]: conv+relu(+pool) fused where allowed."""
+        stages, i, ls = [], 0, self.layers
+        while i < len(ls):
+            if fuse and isinstance(ls[i], Conv2D) and i + 1 < len(ls) and isinstance(ls[i + 1], ReLU):
+                pool = ls[i + 2] if i + 2 < len(ls) and isinstance(ls[i + 2], MaxPool2D) else None
+                stages.append((i, _ConvReLU(ls[i], pool)))
+                i += 3 if pool is not None else 2
+            else:
+                stages.append((i, _Single(ls[i])))
+                i += 1
+        return stages
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.spec["input_shape"])
+
+    def named_parameters(self) -> list:
+        """[(name, array)] in spec order: the live arrays (optimisers update them in place)."""
+        return [(f"layers.{i}.{k}", v) for i, l in enumerate(self.layers) for k, v in l.params.items()]
+
+    def named_grads(self) -> dict:
+        return {f"layers.{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l.grads.items()}
+
+    def named_buffers(self) -> list:
+        return [(f"layers.{i}.{k}", v) for i, l in enumerate(self.layers) for k, v in l.buffers.items()]
+
+    def num_parameters(self) -> int:
+        return int(sum(np.prod(p.shape) for _, p in self.named_parameters()))
+
+    def state_dict(self) -> dict:
+        """Parameters and buffers as NumPy arrays, by name."""
+        return {n: self.bk.to_numpy(a).copy() for n, a in self.named_parameters() + self.named_buffers()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays into the model; every name must be present with its exact shape."""
+        own = dict(self.named_parameters() + self.named_buffers())
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or extra:
+            raise ShapeError(f"weights: names do not match the architecture. Missing {missing or 'none'}, "
+                             f"unexpected {extra or 'none'}. Use weights saved for this architecture.")
+        for name, arr in own.items():
+            src = np.asarray(state[name])
+            if src.shape != arr.shape:
+                raise ShapeError(f"weights {name}: wrong shape. Expected {arr.shape}, got {src.shape}. "
+                                 "Use weights saved for this architecture.")
+            arr[...] = self.bk.asarray(src, arr.dtype)
+
+    # ---------------------------------------------------------------- compute
+    def forward(self, x, training: bool = False):
+        """x (N, C, H, W) -> logits (N, outputs), a backend array."""
+        x = self.bk.asarray(x, self.dtype)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(f"input batch: wrong shape. Expected (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}. Resize images to the model's input size.")
+        h = self.bk.nchw_to_internal(x)
+        for _, stage in self._stages:
+            h = stage.forward(h, training)
+        return h
+
+    def backward(self, dlogits, input_grad: bool = False):
+        """Backpropagate the loss gradient; fills every layer's ``grads``.
+        Returns the input gradient (N, C, H, W) when ``input_grad``, else None."""
+        d = dlogits
+        for first, stage in reversed(self._stages):
+            need = input_grad or first > self._first_param
+            d = stage.backward(d, need)
+            if not need:
+                return None
+        return self.bk.internal_to_nchw(d) if input_grad else None
+
+    def loss(self, logits, labels, class_weights=None):
+        """(loss, dlogits) for integer class labels (N,)."""
+        if self.output == "sigmoid":
+            return self.bk.sigmoid_bce(logits, labels, class_weights)
+        return self.bk.softmax_cross_entropy(logits, labels, class_weights)
+
+    def train_step(self, x, labels, optimizer, class_weights=None) -> float:
+        """One step: forward, loss, backward, optimiser update. Returns the loss."""
+        logits = self.forward(x, training=True)
+        loss, dlogits = self.loss(logits, labels, class_weights)
+        self.backward(dlogits)
+        optimizer.step(self.named_grads())
+        return loss
+
+    def predict_proba(self, x, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (N, num_classes) as NumPy, in evaluation mode."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            z = self.bk.to_numpy(self.forward(x[i:i + batch_size], training=False)).astype(np.float64)
+            if self.output == "sigmoid":
+                p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+                out.append(np.stack([1 - p1, p1], axis=1))
+            else:
+                e = np.exp(z - z.max(axis=1, keepdims=True))
+                out.append(e / e.sum(axis=1, keepdims=True))
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes))
+
+    def summary(self) -> list[tuple[str, tuple, int]]:
+        """[(layer description, output sample shape, parameter count)]."""
+        return [(repr(l), l.out_shape, int(sum(np.prod(p.shape) for p in l.params.values())))
+                for l in self.layers]
