@@ -1,0 +1,1 @@
+"""The xraynet command line (installed as ``xraynet.cli``)."""

@@ -1,0 +1,160 @@
+"""Kernel benchmarking: time a training step or inference of a built-in
+architecture on synthetic data, the same way ../shared/bench/torch_reference.py
+times PyTorch, so the two numbers compare directly.
+
+Inputs are standard-normal batches made once (fixed seed) with random labels.
+Warm-up steps run first (they also trigger any JIT compilation); their time
+sizes the measured run (enough steps for ``min_time`` seconds, at least
+``min_iters``); the result is the median step time.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from . import __version__
+from .archs import builtin_spec
+from .model import Model
+from .optim import Adam
+
+# Forward and training-step FLOPs per image of the benchmark architectures
+# (multiply-add = 2; ARCHS.md), for the GFLOP/s column.
+FLOPS = {"seed": {"infer": 20_927_232, "train": 60_567_552},
+         "wide": {"infer": 476_873_728, "train": 1_416_170_496}}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_step(arch: str, mode: str, batch: int, device: str = "cpu", seed: int = 0):
+    """(model, step function) for one configuration; the step runs one
+    training step (forward + loss + backward + Adam) or one inference."""
+    model = Model(builtin_spec(arch, num_classes=2), device=device, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    x = model.bk.asarray(rng.standard_normal((batch, *model.input_shape), dtype=np.float32))
+    labels = rng.integers(0, 2, batch)
+    if mode == "train":
+        opt = Adam(model.named_parameters(), model.bk, lr=1e-3)
+
+        def step():
+            model.train_step(x, labels, opt)
+    elif mode == "infer":
+        def step():
+            model.forward(x, training=False)
+    else:
+        raise ValueError(f"mode {mode!r}: expected 'train' or 'infer'")
+    return model, step
+
+
+def _timed(step, n, sync):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: str = "cpu",
+              threads: int | None = None, iters: int | None = None, warmup: int = 3, min_time: float = 3.0,
+              min_iters: int = 5, max_iters: int = 5000, seed: int = 0) -> dict:
+    """Time one configuration; returns the result row (keys as torch_reference.py)."""
+    model, step = make_step(arch, mode, batch, device, seed)
+    bk = model.bk
+    if threads is not None:
+        bk.set_threads(threads)
+    warm = _timed(step, max(warmup, 1), bk.synchronize)
+    if iters is None:
+        est = min(warm[-max(1, len(warm) // 2):])
+        iters = int(min(max_iters, max(min_iters, math.ceil(min_time / max(est, 1e-7)))))
+    times = _timed(step, iters, bk.synchronize)
+    med = statistics.median(times)
+    srt = sorted(times)
+    per_img = FLOPS.get(arch, {}).get(mode)
+    if threads is None:
+        import numba
+        threads = numba.get_num_threads()
+    return {
+        "impl": "xraynet",
+        "arch": arch, "mode": mode, "batch": batch, "device": device, "threads": threads, "tf32": None,
+        "images_per_s": batch / med,
+        "ms_per_batch": med * 1e3,
+        "ms_min": srt[0] * 1e3,
+        "ms_p10": srt[int(0.1 * (len(srt) - 1))] * 1e3,
+        "ms_p90": srt[int(math.ceil(0.9 * (len(srt) - 1)))] * 1e3,
+        "ms_max": srt[-1] * 1e3,
+        "gflop_per_s": per_img * batch / med / 1e9 if per_img else None,
+        "iters": iters, "warmup": max(warmup, 1), "seed": seed,
+        "xraynet_version": __version__,
+        "device_name": _cpu_name() if device == "cpu" else device,
+    }
+
+
+def profile_layers(arch: str = "seed", mode: str = "train", batch: int = 32, device: str = "cpu",
+                   threads: int | None = None, repeats: int = 5, seed: int = 0) -> list[dict]:
+    """Median milliseconds per execution stage (forward and backward apart) and
+    for the optimiser update: where a step's time goes."""
+    model, _ = make_step(arch, mode, batch, device, seed)
+    bk = model.bk
+    if threads is not None:
+        bk.set_threads(threads)
+    rng = np.random.default_rng(seed + 1)
+    x = bk.asarray(rng.standard_normal((batch, *model.input_shape), dtype=np.float32))
+    labels = rng.integers(0, 2, batch)
+    opt = Adam(model.named_parameters(), bk, lr=1e-3)
+    training = mode == "train"
+    names = [" + ".join(l.type for l in _stage_layers(model, i)) + f" [{first}]"
+             for i, (first, _) in enumerate(model._stages)]
+    rows = {n: {"forward": [], "backward": []} for n in names}
+    rows["optimizer (adam)"] = {"forward": [], "backward": []}
+    for rep in range(repeats + 1):  # the first pass warms up
+        h = bk.nchw_to_internal(x)
+        for name, (_, stage) in zip(names, model._stages):
+            t0 = time.perf_counter()
+            h = stage.forward(h, training)
+            bk.synchronize()
+            if rep:
+                rows[name]["forward"].append(time.perf_counter() - t0)
+        if not training:
+            continue
+        _, d = model.loss(h, labels)
+        for name, (first, stage) in zip(reversed(names), reversed(model._stages)):
+            need = first > model._first_param
+            t0 = time.perf_counter()
+            d = stage.backward(d, need)
+            bk.synchronize()
+            if rep:
+                rows[name]["backward"].append(time.perf_counter() - t0)
+            if not need:
+                break
+        t0 = time.perf_counter()
+        opt.step(model.named_grads())
+        bk.synchronize()
+        if rep:
+            rows["optimizer (adam)"]["backward"].append(time.perf_counter() - t0)
+    out = []
+    for name, r in rows.items():
+        fwd = statistics.median(r["forward"]) * 1e3 if r["forward"] else 0.0
+        bwd = statistics.median(r["backward"]) * 1e3 if r["backward"] else 0.0
+        if fwd or bwd:
+            out.append({"stage": name, "forward_ms": fwd, "backward_ms": bwd})
+    return out
+
+
+def _stage_layers(model, i):
+    first = model._stages[i][0]
+    nxt = model._stages[i + 1][0] if i + 1 < len(model._stages) else len(model.layers)
+    return model.layers[first:nxt]
