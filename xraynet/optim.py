@@ -33,7 +33,7 @@ class Optimizer:
         out = {"step": self.step_count}
         for slot, arrays in self._slots().items():
             for name, arr in arrays.items():
-                out[f"{slot}/{name}"] = self.bk.to_numpy(arr)
+                out[f"{slot}/{name}"] = self.bk.to_numpy(arr).copy()
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -72,7 +72,7 @@ class Adam(Optimizer):
         return {"m": self.m, "v": self.v}
 
     def hyperparams(self):
-        return {**super().hyperparams(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        return {**super().hyperparams(), "betas": (self.beta1, self.beta2), "eps": self.eps}
 
 
 class SGD(Optimizer):

@@ -1,0 +1,584 @@
+"""Model files: save and load a trained network as HDF5 (never pickle).
+
+One file holds everything needed to screen with a model or to resume training
+it: architecture, weights, class names, preprocessing, optimiser state,
+training history and free-form metadata. Writing is atomic; reading is strict
+and every problem raises :class:`~xraynet.errors.ModelFileError` saying what
+was expected and what was found.
+
+File layout, format version 1
+-----------------------------
+Root attributes (strings are variable-length UTF-8; "JSON" means a string
+holding JSON text)::
+
+    format           str    "xraynet-model"
+    format_version   int64  1 (FORMAT_VERSION); files with a larger version are
+                            refused with a request to upgrade xraynet
+    xraynet_version  str    xraynet.__version__ of the writer, e.g. "0.1.0"
+    created_utc      str    ISO 8601 UTC time of writing, "2024-05-01T12:34:56Z"
+    architecture     JSON   the architecture spec (model.spec, see xraynet.archs)
+    classes          JSON   list of class names, index = label; as many names
+                            as the model has classes (2 for a sigmoid output)
+    preprocessing    JSON   object: how images were prepared for the network
+    metadata         JSON   object: anything else (data summary, command line...)
+    weights_sha256   str    64 hex digits: weights_digest() of the weights below
+
+Groups and datasets::
+
+    /weights/layers.<i>/<name>     one dataset per parameter and buffer of layer
+                                   <i> of the spec (model.named_parameters() and
+                                   model.named_buffers() name it
+                                   "layers.<i>.<name>"), stored in the model's
+                                   dtype (float32) and its PyTorch layout, e.g.
+                                   weights/layers.0/weight  (O, C, KH, KW)
+                                   weights/layers.0/bias    (O,)
+                                   weights/layers.1/running_mean (C,)
+                                   Attribute kind: "parameter" or "buffer".
+                                   Layers without arrays have no group.
+    /optimizer                     only when an optimiser was saved. Attributes:
+                                   name ("adam" | "sgd"), hyperparams (JSON
+                                   object, Optimizer.hyperparams()), step (int64,
+                                   updates taken so far)
+    /optimizer/<slot>/<param>      one dataset per state slot and parameter, as
+                                   Optimizer.state_dict() names them "<slot>/<param>":
+                                   optimizer/m/layers.0.weight, optimizer/v/...
+                                   (Adam), optimizer/momentum_buffer/... (SGD)
+    /history                       scalar variable-length UTF-8 string dataset:
+                                   JSON list of per-epoch objects ("[]" if none)
+
+JSON is written by Python's ``json`` (NaN and Infinity allowed, as a diverged
+run's loss needs); NumPy scalars and arrays are stored as numbers and lists.
+
+Every dataset is numeric or a string; nothing is pickled, and loading never
+executes anything stored in the file.
+
+The weights checksum (:func:`weights_digest`) is SHA-256 over the arrays in
+sorted name order; for each: the name in UTF-8, a NUL byte, the little-endian
+dtype string (``"<f4"``), a NUL byte, the shape as decimal sizes joined by
+``","`` (``"32,1,3,3"``), a NUL byte, then the raw little-endian C-order bytes.
+It covers parameters and buffers, not the optimiser state or the attributes.
+
+Loading (:func:`load_model`) checks, in order: the file exists and starts
+with the HDF5 signature; HDF5 can open it (a truncated copy fails here);
+``format`` and ``format_version``; every root attribute is present and
+well-formed; the architecture builds; the class count fits the output; the
+weights have exactly the names, kinds and shapes the architecture needs; the
+checksum; the optimiser state (if any) fits the parameters.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .archs import validate_spec
+from .errors import ModelFileError, ShapeError, SpecError, XraynetError
+from .optim import OPTIMIZERS, make_optimizer
+
+FORMAT = "xraynet-model"
+FORMAT_VERSION = 1
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ROOT_ATTRS = ("format", "format_version", "xraynet_version", "created_utc", "architecture", "classes",
+              "preprocessing", "metadata", "weights_sha256")
+
+_RESAVE = "The file is damaged or was not written by xraynet; copy it again or save the model again"
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` returns. ``optimizer_state`` is None, or
+    ``{"name": "adam"|"sgd", "hyperparams": {...}, "state": {"step": int,
+    "<slot>/<param>": ndarray, ...}}`` (``Optimizer.state_dict()`` form)."""
+
+    model: object
+    classes: list
+    preprocessing: dict
+    optimizer_state: dict | None
+    history: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    path: Path | None = None
+
+
+def _error(where, what: str, expected: str, got: str, todo: str) -> ModelFileError:
+    return ModelFileError(f"{where}: {what}. Expected {expected}, got {got}. {todo}.")
+
+
+# ------------------------------------------------------------------ checksum
+def weights_digest(state: dict) -> str:
+    """SHA-256 hex digest of named arrays, independent of byte order and memory layout.
+
+    For each name in sorted order the hash takes ``name`` (UTF-8), NUL, the
+    little-endian dtype string (e.g. ``"<f4"``), NUL, the shape as ``"d0,d1,..."``,
+    NUL, then the array's raw bytes in little-endian C order. Dtype and shape
+    fix the length of the bytes, so the stream parses one way only.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        a = np.asarray(state[name])
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        h.update(name.encode("utf-8") + b"\0")
+        h.update(a.dtype.str.encode("ascii") + b"\0")
+        h.update(",".join(str(d) for d in a.shape).encode("ascii") + b"\0")
+        h.update(a.tobytes(order="C"))
+    return h.hexdigest()
+
+
+# -------------------------------------------------------------------- saving
+def _json_default(obj):
+    # NumPy scalars and arrays turn up in histories (losses, metrics).
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _to_json(path, what: str, value, kind: type) -> str:
+    if not isinstance(value, kind):
+        raise _error(path, f"cannot save {what}", f"a {kind.__name__}", type(value).__name__,
+                     f"Pass {what} as a {kind.__name__}")
+    try:
+        return json.dumps(value, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise _error(path, f"cannot save {what} ({e})", "JSON-serialisable values (str, numbers, lists, dicts)",
+                     "something else", f"Convert {what} to plain Python values") from None
+
+
+def save_model(path, model, *, classes: list[str], preprocessing: dict, optimizer=None,
+               history: list[dict] | None = None, metadata: dict | None = None) -> None:
+    """Write ``model`` (architecture, parameters and buffers) to ``path``.
+
+    ``optimizer`` (its state, for resuming training), ``history`` (one dict per
+    epoch) and ``metadata`` (any JSON-able dict) are optional. The file is
+    written to a temporary name in the same directory and moved onto ``path``
+    only once complete, so ``path`` is never left half-written.
+    """
+    path = Path(path)
+    classes = list(classes)
+    if not all(isinstance(c, str) for c in classes) or len(classes) != model.num_classes:
+        raise _error(path, "cannot save: the class names do not fit the model",
+                     f"{model.num_classes} class names (str) for output {model.output!r}", repr(classes),
+                     "Pass one name per class, in label order")
+    history = [] if history is None else list(history)
+    if not all(isinstance(h, dict) for h in history):
+        raise _error(path, "cannot save history", "a list of dicts, one per epoch",
+                     repr([type(h).__name__ for h in history]), "Pass history as a list of dicts")
+    attrs = {
+        "format": FORMAT,
+        "format_version": np.int64(FORMAT_VERSION),
+        "xraynet_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "architecture": _to_json(path, "the architecture", model.spec, dict),
+        "classes": json.dumps(classes),
+        "preprocessing": _to_json(path, "preprocessing", preprocessing, dict),
+        "metadata": _to_json(path, "metadata", {} if metadata is None else metadata, dict),
+    }
+    history_json = _to_json(path, "history", history, list)
+    state = model.state_dict()
+    attrs["weights_sha256"] = weights_digest(state)
+    kinds = {n: "parameter" for n, _ in model.named_parameters()}
+    kinds.update({n: "buffer" for n, _ in model.named_buffers()})
+
+    opt = None
+    if optimizer is not None:
+        names = [n for n, _ in optimizer.params]
+        if sorted(names) != sorted(n for n, _ in model.named_parameters()):
+            raise _error(path, "cannot save the optimiser: it was made for other parameters",
+                         "an optimiser over model.named_parameters()", f"parameters {names}",
+                         "Create the optimiser from this model's named_parameters()")
+        opt = (optimizer.name, _to_json(path, "optimiser hyperparameters", optimizer.hyperparams(), dict),
+               optimizer.state_dict())
+
+    if path.is_dir():
+        raise _error(path, "cannot save the model there", "a file path", "a directory", "Give a file name")
+    if not path.parent.is_dir():
+        raise _error(path, "cannot save the model: the directory does not exist", "an existing directory",
+                     f"missing {path.parent}", "Create the directory first")
+
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            weights = f.create_group("weights")
+            for name, arr in state.items():
+                layer, _, pname = name.rpartition(".")
+                group = weights.require_group(layer)
+                ds = group.create_dataset(pname, data=np.ascontiguousarray(arr))
+                ds.attrs["kind"] = kinds[name]
+            if opt is not None:
+                og = f.create_group("optimizer")
+                og.attrs["name"], og.attrs["hyperparams"] = opt[0], opt[1]
+                og.attrs["step"] = np.int64(opt[2]["step"])
+                for key, arr in opt[2].items():
+                    if key != "step":
+                        slot, _, pname = key.partition("/")
+                        og.require_group(slot).create_dataset(pname, data=np.ascontiguousarray(arr))
+            f.create_dataset("history", data=history_json, dtype=h5py.string_dtype("utf-8"))
+        # Durable before it becomes visible under the real name.
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):
+            raise _error(path, f"cannot be written ({e})", "a writable location with free space",
+                         type(e).__name__, "Check the path, permissions and free disk space") from e
+        raise
+
+
+# ------------------------------------------------------------------- loading
+def _describe(head: bytes) -> str:
+    """What a non-HDF5 file looks like, for the error message."""
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "a JPEG image"
+    if head[128:132] == b"DICM":
+        return "a DICOM image"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive (a PyTorch .pt file is one)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (never loaded by xraynet)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"bytes {head[:8]!r}"
+    return f"a text file starting {text[:24]!r}"
+
+
+def _check_signature(path: Path) -> None:
+    if not path.exists():
+        raise _error(path, "no such file", "an xraynet model file (.h5)", "nothing at that path",
+                     "Check the path, or train a model first")
+    if path.is_dir():
+        raise _error(path, "is a directory", "an xraynet model file (.h5)", "a directory",
+                     "Give the path of the model file inside it")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as e:
+        raise _error(path, f"cannot be read ({e.strerror})", "a readable xraynet model file",
+                     "an error from the operating system", "Check the path and its permissions") from None
+    if not head.startswith(HDF5_SIGNATURE):
+        raise _error(path, "not an HDF5 file", f"an xraynet model (HDF5, starting {HDF5_SIGNATURE!r})",
+                     _describe(head), "Pass a model file saved by xraynet")
+
+
+def _open(path: Path):
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        size = path.stat().st_size
+        what = "truncated" if "truncated" in str(e).lower() else "damaged"
+        raise _error(path, f"the HDF5 file is {what} and cannot be opened ({e})",
+                     "a complete xraynet model file", f"{size} bytes that HDF5 cannot read",
+                     "Copy the file again or save the model again") from None
+
+
+def _attr(attrs, key):
+    v = attrs.get(key)
+    if isinstance(v, (bytes, np.bytes_)):
+        v = v.decode("utf-8", "replace")
+    return v
+
+
+def _json_attr(path, f, key: str, kind: type):
+    raw = _attr(f.attrs, key)
+    if not isinstance(raw, str):
+        raise _error(path, f"root attribute {key!r} is malformed", "a JSON string", type(raw).__name__, _RESAVE)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise _error(path, f"root attribute {key!r} is not valid JSON ({e})", f"a JSON {kind.__name__}",
+                     repr(raw[:60]), _RESAVE) from None
+    if not isinstance(value, kind):
+        raise _error(path, f"root attribute {key!r} has the wrong type", f"a JSON {kind.__name__}",
+                     type(value).__name__, _RESAVE)
+    return value
+
+
+def _read_header(path: Path, f) -> dict:
+    """Check format, version and root attributes; return them decoded."""
+    fmt = _attr(f.attrs, "format")
+    if fmt != FORMAT:
+        got = "no 'format' attribute" if fmt is None else f"format={fmt!r}"
+        if "keras_version" in f.attrs or "model_weights" in f:
+            got += " (it looks like a Keras model)"
+        raise _error(path, "an HDF5 file, but not an xraynet model", f"root attribute format={FORMAT!r}", got,
+                     "Pass a model file saved by xraynet")
+    version = f.attrs.get("format_version")
+    if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+        raise _error(path, "root attribute 'format_version' is missing or malformed", "an integer",
+                     repr(version), _RESAVE)
+    version = int(version)
+    if version > FORMAT_VERSION:
+        writer = _attr(f.attrs, "xraynet_version") or "unknown"
+        raise _error(path, f"written by a newer xraynet (version {writer}) in model format {version}",
+                     f"format_version {FORMAT_VERSION} or lower (what xraynet {__version__} supports)",
+                     f"format_version {version}", 'Upgrade xraynet: pip install -U xraynet')
+    if version < 1:
+        raise _error(path, "unknown model format version", f"format_version 1 to {FORMAT_VERSION}",
+                     f"format_version {version}", _RESAVE)
+    missing = [k for k in ROOT_ATTRS if k not in f.attrs]
+    if missing:
+        raise _error(path, f"root attributes missing: {', '.join(missing)}", f"all of {', '.join(ROOT_ATTRS)}",
+                     f"{', '.join(sorted(f.attrs)) or 'none'}", _RESAVE)
+    for key in ("xraynet_version", "created_utc", "weights_sha256"):
+        if not isinstance(_attr(f.attrs, key), str):
+            raise _error(path, f"root attribute {key!r} is malformed", "a string",
+                         type(f.attrs[key]).__name__, _RESAVE)
+    spec = _json_attr(path, f, "architecture", dict)
+    try:
+        validate_spec(spec, "architecture")
+    except SpecError as e:
+        raise ModelFileError(f"{path}: the stored {e}") from None
+    classes = _json_attr(path, f, "classes", list)
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise _error(path, "root attribute 'classes' is malformed", "a non-empty list of class names",
+                     repr(classes), _RESAVE)
+    return {
+        "format": fmt,
+        "format_version": version,
+        "xraynet_version": _attr(f.attrs, "xraynet_version"),
+        "created_utc": _attr(f.attrs, "created_utc"),
+        "architecture": spec,
+        "classes": classes,
+        "preprocessing": _json_attr(path, f, "preprocessing", dict),
+        "metadata": _json_attr(path, f, "metadata", dict),
+        "weights_sha256": _attr(f.attrs, "weights_sha256"),
+    }
+
+
+def _weight_datasets(path, f) -> tuple[dict, list]:
+    """{'layers.<i>.<name>': dataset} under /weights, and the stray objects found there."""
+    g = f.get("weights")
+    if not isinstance(g, h5py.Group):
+        raise _error(path, "the 'weights' group is missing", "a group 'weights' with one subgroup per layer",
+                     "none" if g is None else type(g).__name__, _RESAVE)
+    found, stray = {}, []
+    for lname, sub in g.items():
+        if not isinstance(sub, h5py.Group):
+            stray.append(f"weights/{lname}")
+            continue
+        for dname, ds in sub.items():
+            if isinstance(ds, h5py.Dataset):
+                found[f"{lname}.{dname}"] = ds
+            else:
+                stray.append(f"weights/{lname}/{dname}")
+    return found, stray
+
+
+def _read_weights(path, f, model) -> dict:
+    """The stored arrays, checked name by name against the model's own."""
+    expected = {n: ("parameter", tuple(a.shape)) for n, a in model.named_parameters()}
+    expected.update({n: ("buffer", tuple(a.shape)) for n, a in model.named_buffers()})
+    found, stray = _weight_datasets(path, f)
+    problems = [f"{n}: missing" for n in sorted(set(expected) - set(found))]
+    problems += [f"{n}: not in the architecture" for n in sorted(set(found) - set(expected))]
+    problems += [f"{s}: not a layer array" for s in stray]
+    for name in sorted(set(expected) & set(found)):
+        kind, shape = expected[name]
+        ds = found[name]
+        if tuple(ds.shape) != shape:
+            problems.append(f"{name}: shape {tuple(ds.shape)} instead of {shape}")
+        if ds.dtype.kind != "f":
+            problems.append(f"{name}: dtype {ds.dtype} instead of a float type")
+        got_kind = _attr(ds.attrs, "kind")
+        if got_kind != kind:
+            problems.append(f"{name}: kind {got_kind!r} instead of {kind!r}")
+    if problems:
+        listing = ", ".join(f"{n} {s}" for n, (_, s) in expected.items())
+        raise _error(path, f"the weights do not match the architecture {model.spec.get('name', '')!r}",
+                     f"{len(expected)} arrays ({listing})",
+                     f"{len(found)} arrays with these problems: {'; '.join(problems)}",
+                     "Use a file saved for this architecture, or save the model again")
+    return {n: ds[...] for n, ds in found.items()}
+
+
+def _read_optimizer(path, f, model) -> dict | None:
+    og = f.get("optimizer")
+    if og is None:
+        return None
+    if not isinstance(og, h5py.Group):
+        raise _error(path, "'optimizer' is malformed", "a group", type(og).__name__, _RESAVE)
+    name = _attr(og.attrs, "name")
+    if name not in OPTIMIZERS:
+        raise _error(path, "the optimiser state names an unknown optimiser", f"one of {sorted(OPTIMIZERS)}",
+                     repr(name), _RESAVE)
+    raw = _attr(og.attrs, "hyperparams")
+    try:
+        hyper = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        hyper = None
+    if not isinstance(hyper, dict):
+        raise _error(path, "optimizer attribute 'hyperparams' is malformed", "a JSON object", repr(raw), _RESAVE)
+    step = og.attrs.get("step")
+    if not isinstance(step, (int, np.integer)) or isinstance(step, (bool, np.bool_)) or step < 0:
+        raise _error(path, "optimizer attribute 'step' is malformed", "a non-negative integer", repr(step),
+                     _RESAVE)
+    # The optimiser itself says which slots it keeps, so the check cannot drift from optim.py.
+    probe = make_optimizer(name, model.named_parameters(), model.bk)
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items() if k != "step"}
+    found = {}
+    for slot, sg in og.items():
+        if isinstance(sg, h5py.Group):
+            found.update({f"{slot}/{p}": ds for p, ds in sg.items()})
+        else:
+            found[slot] = sg
+    problems = [f"{k}: missing" for k in sorted(set(expected) - set(found))]
+    problems += [f"{k}: not expected" for k in sorted(set(found) - set(expected))]
+    problems += [f"{k}: shape {tuple(found[k].shape)} instead of {expected[k]}"
+                 for k in sorted(set(expected) & set(found))
+                 if not isinstance(found[k], h5py.Dataset) or tuple(found[k].shape) != expected[k]]
+    if problems:
+        raise _error(path, f"the {name} optimiser state does not match the model's parameters",
+                     f"{len(expected)} arrays, one per slot and parameter", "; ".join(problems),
+                     "Train again without resuming, or save the model again")
+    state = {"step": int(step), **{k: ds[...] for k, ds in found.items()}}
+    return {"name": name, "hyperparams": hyper, "state": state}
+
+
+def _read_history(path, f) -> list:
+    ds = f.get("history")
+    raw = ds[()] if isinstance(ds, h5py.Dataset) and ds.shape == () else None
+    if isinstance(raw, (bytes, np.bytes_)):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        history = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        history = None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise _error(path, "the 'history' dataset is missing or malformed",
+                     "a scalar string dataset holding a JSON list of objects", repr(raw)[:60], _RESAVE)
+    return history
+
+
+def _guarded(path: Path, read):
+    """Run ``read(h5file)``; low-level failures inside a file that opened are damage."""
+    _check_signature(path)
+    f = _open(path)
+    try:
+        with f:
+            return read(f)
+    except XraynetError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise _error(path, f"the HDF5 file is damaged ({type(e).__name__}: {e})", "a readable xraynet model file",
+                     "data HDF5 cannot read", "Copy the file again or save the model again") from None
+
+
+def load_model(path, device: str = "cpu") -> LoadedModel:
+    """Read a model file written by :func:`save_model`, validating everything.
+
+    Builds ``Model(spec, device=device)`` and loads parameters and buffers into
+    it (in the model's float32). Raises :class:`ModelFileError` naming the file
+    for any problem.
+    """
+    from .model import Model  # imports the backend (Numba): only when a model is built
+
+    path = Path(path)
+
+    def read(f):
+        header = _read_header(path, f)
+        try:
+            model = Model(header["architecture"], device=device)
+        except SpecError as e:
+            raise ModelFileError(f"{path}: the stored architecture cannot be built: {e}") from None
+        if len(header["classes"]) != model.num_classes:
+            raise _error(path, "the class names do not fit the architecture",
+                         f"{model.num_classes} names for output {model.output!r}", repr(header["classes"]),
+                         _RESAVE)
+        state = _read_weights(path, f, model)
+        digest = weights_digest(state)
+        if digest != header["weights_sha256"]:
+            raise _error(path, "the weights are corrupted (checksum mismatch)",
+                         f"SHA-256 {header['weights_sha256']}", digest,
+                         "Copy the file again from its source, or save the model again")
+        try:
+            model.load_state_dict(state)
+        except ShapeError as e:
+            raise ModelFileError(f"{path}: {e}") from None
+        return LoadedModel(model=model, classes=header["classes"], preprocessing=header["preprocessing"],
+                           optimizer_state=_read_optimizer(path, f, model), history=_read_history(path, f),
+                           metadata=header["metadata"], format_version=header["format_version"], path=path)
+
+    return _guarded(path, read)
+
+
+def read_info(path) -> dict:
+    """The header of a model file, without building the model or reading weights.
+
+    Keys: ``path``, ``format``, ``format_version``, ``xraynet_version``,
+    ``created_utc``, ``architecture`` (spec dict), ``classes``,
+    ``preprocessing``, ``metadata``, ``weights_sha256``, ``num_parameters``
+    (trainable values), ``optimizer`` (name or None), ``epochs`` (history
+    length). Checks format, version and attributes as :func:`load_model` does;
+    the checksum is not verified.
+    """
+    path = Path(path)
+
+    def read(f):
+        info = {"path": str(path), **_read_header(path, f)}
+        found, _ = _weight_datasets(path, f)
+        info["num_parameters"] = int(sum(ds.size for ds in found.values()
+                                         if _attr(ds.attrs, "kind") == "parameter"))
+        og = f.get("optimizer")
+        info["optimizer"] = _attr(og.attrs, "name") if isinstance(og, h5py.Group) else None
+        info["epochs"] = len(_read_history(path, f))
+        return info
+
+    return _guarded(path, read)
+
+
+def _constructor_args(hyperparams: dict) -> dict:
+    """Optimizer.hyperparams() -> keyword arguments of the optimiser's constructor."""
+    kw = dict(hyperparams)
+    if "beta1" in kw or "beta2" in kw:
+        kw["betas"] = (kw.pop("beta1", 0.9), kw.pop("beta2", 0.999))
+    return kw
+
+
+def restore_optimizer(loaded: LoadedModel, optimizer=None):
+    """Load the saved optimiser state into ``optimizer`` and return it.
+
+    ``optimizer`` must be of the saved kind and made for
+    ``loaded.model.named_parameters()``; its own hyperparameters are kept (so a
+    resumed run may change the learning rate). With ``optimizer=None`` one is
+    created with the saved hyperparameters.
+    """
+    where = loaded.path or "model file"
+    saved = loaded.optimizer_state
+    if saved is None:
+        raise _error(where, "has no optimiser state", "a file saved with its optimiser during training",
+                     "weights only", "Train from these weights without resuming, or resume from a checkpoint")
+    if optimizer is None:
+        try:
+            optimizer = make_optimizer(saved["name"], loaded.model.named_parameters(), loaded.model.bk,
+                                       **_constructor_args(saved["hyperparams"]))
+        except (TypeError, SpecError) as e:
+            raise _error(where, f"the saved {saved['name']} hyperparameters cannot be used ({e})",
+                         "the hyperparameters of xraynet's optimisers", repr(saved["hyperparams"]),
+                         "Create the optimiser yourself and pass it in") from None
+    elif optimizer.name != saved["name"]:
+        raise _error(where, "the saved optimiser state is of another kind", f"a {saved['name']!r} optimiser",
+                     repr(optimizer.name), f"Resume with the {saved['name']} optimiser, or start a new run")
+    try:
+        optimizer.load_state_dict(saved["state"])
+    except ModelFileError as e:
+        raise ModelFileError(f"{where}: {e}") from None
+    return optimizer
