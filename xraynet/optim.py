@@ -72,7 +72,7 @@ class Adam(Optimizer):
         return {"m": self.m, "v": self.v}
 
     def hyperparams(self):
-        return {**super().hyperparams(), "betas": (self.beta1, self.beta2), "eps": self.eps}
+        return {**super().hyperparams(), "betas": [self.beta1, self.beta2], "eps": self.eps}
 
 
 class SGD(Optimizer):
