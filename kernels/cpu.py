@@ -9,9 +9,19 @@ start; no ``fastmath``: the PyTorch cross-checks want IEEE results.
 from __future__ import annotations
 
 import math
+import os
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+# Numba's default OpenMP pool spins between parallel regions while OpenBLAS's
+# own threads run the GEMMs in between; on a 2-core machine the two pools
+# then fight for the cores and a training step runs at half speed. The
+# workqueue layer's threads sleep when idle. A user's NUMBA_THREADING_LAYER
+# still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 _JIT = dict(parallel=True, cache=True, nogil=True)
 
@@ -38,6 +48,37 @@ def im2col(cols, x, kh, kw, sh, sw, ph, pw):
                     else:
                         for ci in range(c):
                             cols[row, base + ci] = 0
+
+
+@njit(**_JIT)
+def conv_direct(y, x, wk, sh, sw, ph, pw):
+    """y (N, OH, OW, O) <- convolution of x (N, H, W, C) with wk (KH, KW, C, O), no bias.
+
+    For inputs with few channels (the grayscale first layer), where an im2col
+    matrix of K = KH*KW*C columns is too narrow for an efficient GEMM: each
+    output pixel accumulates its taps into a vector of O channels.
+    """
+    n, h, w, c = x.shape
+    kh, kw, _, o = wk.shape
+    _, oh, ow, _ = y.shape
+    for r in prange(n * oh):
+        b = r // oh
+        oy = r % oh
+        for ox in range(ow):
+            for oc in range(o):
+                y[b, oy, ox, oc] = 0
+            for ky in range(kh):
+                iy = oy * sh - ph + ky
+                if iy < 0 or iy >= h:
+                    continue
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx
+                    if ix < 0 or ix >= w:
+                        continue
+                    for ci in range(c):
+                        v = x[b, iy, ix, ci]
+                        for oc in range(o):
+                            y[b, oy, ox, oc] += v * wk[ky, kx, ci, oc]
 
 
 @njit(**_JIT)

@@ -100,8 +100,23 @@ class CPUBackend:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     # -------------------------------------------------------------- convolution
-    def _conv_matmul(self, x, w, stride, pad):
-        """im2col + one GEMM: returns (y2d (M, O) without bias, cols, out shape)."""
+    #: below this many columns (KH*KW*C) the im2col GEMM is too narrow to pay
+    #: and conv_direct runs instead (the grayscale first layer: 9 columns)
+    DIRECT_MAX_K = 16
+
+    def _im2col(self, x, kh, kw, stride, pad, oh, ow):
+        n, h, wd, c = x.shape
+        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
+            return x.reshape(n * h * wd, c)  # a 1x1 convolution is a plain GEMM
+        cols = np.empty((n * oh * ow, kh * kw * c), x.dtype)
+        self.k.im2col(cols, x, kh, kw, stride[0], stride[1], pad[0], pad[1])
+        return cols
+
+    def _conv_matmul(self, x, w, stride, pad, save):
+        """Convolution without bias: returns (y2d (M, O), saved input, out shape).
+
+        The saved input is the im2col matrix, or x itself where the direct
+        kernel ran (backward then builds the narrow matrix it needs)."""
         n, h, wd, c = x.shape
         o, c2, kh, kw = w.shape
         if c2 != c:
@@ -109,30 +124,37 @@ class CPUBackend:
             raise ShapeError(f"conv2d: input has {c} channels. Expected {c2}, got {c}. Check the layer spec.")
         oh = (h + 2 * pad[0] - kh) // stride[0] + 1
         ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
-        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
-            cols = x.reshape(n * h * wd, c)  # a 1x1 convolution is a plain GEMM
-        else:
-            cols = np.empty((n * oh * ow, kh * kw * c), x.dtype)
-            self.k.im2col(cols, x, kh, kw, stride[0], stride[1], pad[0], pad[1])
-        wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)
-        return cols @ wmat, cols, (n, oh, ow, o)
+        wk = np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # (KH, KW, C, O)
+        if kh * kw * c <= self.DIRECT_MAX_K:
+            y = np.empty((n, oh, ow, o), x.dtype)
+            self.k.conv_direct(y, x, wk, stride[0], stride[1], pad[0], pad[1])
+            return y.reshape(-1, o), (x if save else None), (n, oh, ow, o)
+        cols = self._im2col(x, kh, kw, stride, pad, oh, ow)
+        return cols @ wk.reshape(kh * kw * c, o), (cols if save else None), (n, oh, ow, o)
 
     def conv2d_forward(self, x, w, b, stride, pad, relu=False, save=True):
         """x (N, H, W, C), w (O, C, KH, KW), b (O,) -> y (N, OH, OW, O) and a context.
 
         With ``relu`` the ReLU is fused into the bias pass (the layer's output
         is then the ReLU output, which the backward pass masks with)."""
-        y2d, cols, shape = self._conv_matmul(x, w, stride, pad)
+        y2d, saved, shape = self._conv_matmul(x, w, stride, pad, save)
         if relu:
             self.k.bias_relu(y2d, b)
         else:
             self.k.add_bias(y2d, b)
         y = y2d.reshape(shape)
-        ctx = (cols if save else None, x.shape, stride, pad, y if relu else None)
+        ctx = (saved, x.shape, stride, pad, y if relu else None)
         return y, ctx
 
-    def _conv_grads(self, dy2d, cols, x_shape, w, stride, pad, need_dx):
+    def _conv_grads(self, dy2d, saved, x_shape, w, stride, pad, need_dx):
         o, c, kh, kw = w.shape
+        if saved.ndim == 4:  # the input itself: the direct kernel ran forward
+            n, h, wd, _ = x_shape
+            oh = (h + 2 * pad[0] - kh) // stride[0] + 1
+            ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
+            cols = self._im2col(saved, kh, kw, stride, pad, oh, ow)
+        else:
+            cols = saved
         db = np.empty(o, dy2d.dtype)
         self.k.channel_sum(db, dy2d)
         dwmat = cols.T @ dy2d  # (K, O)
@@ -165,14 +187,13 @@ class CPUBackend:
         Returns the pooled output (N, PH, PW, O) and a context. Equal to the
         unfused chain, gradients included (see kernels.cpu.bias_maxpool_relu).
         """
-        y2d, cols, (n, oh, ow, o) = self._conv_matmul(x, w, stride, pad)
+        y2d, saved, (n, oh, ow, o) = self._conv_matmul(x, w, stride, pad, save)
         (pkh, pkw), (psh, psw) = pool_kernel, pool_stride
         ph, pw = (oh - pkh) // psh + 1, (ow - pkw) // psw + 1
         pooled = np.empty((n, ph, pw, o), x.dtype)
         idx = np.empty((n, ph, pw, o), np.uint8)
         self.k.bias_maxpool_relu(pooled, idx, y2d.reshape(n, oh, ow, o), b, pkh, pkw, psh, psw)
-        ctx = (cols if save else None, x.shape, stride, pad, pooled, idx, (n, oh, ow, o),
-               pool_kernel, pool_stride)
+        ctx = (saved, x.shape, stride, pad, pooled, idx, (n, oh, ow, o), pool_kernel, pool_stride)
         return pooled, ctx
 
     def conv2d_relu_pool_backward(self, dy, ctx, w, need_dx=True):
