@@ -61,13 +61,13 @@ def wide_spec(num_classes: int = 2, image_size: int = 224) -> dict:
 def xraynet_spec(num_classes: int = 3, image_size: int = 224) -> dict:
     """The default screening network (sizing argued in the README): a strided
     stem, six BatchNorm'd 3x3 convs in four stages (32-64-128-256 filters),
-    global average pooling, dropout and a linear head; about 1.2 M parameters."""
+    global average pooling, dropout and a linear head; about 0.57 M parameters."""
     out, mode = _head(num_classes)
 
     def block(f):
         return [_conv(f, "same"), BN, RELU]
 
-    layers = [_conv(32, 1, kernel=5, stride=2), BN, RELU, POOL]      # 224 -> 112 -> 56
+    layers = [_conv(32, 2, kernel=5, stride=2), BN, RELU, POOL]      # 224 -> 112 -> 56
     layers += block(64) + block(64) + [POOL]                          # 56 -> 28
     layers += block(128) + block(128) + [POOL]                        # 28 -> 14
     layers += block(256) + [POOL]                                     # 14 -> 7
