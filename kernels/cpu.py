@@ -196,12 +196,15 @@ def maxpool2d_backward(dx, dy, idx, kh, kw, sh, sw):
 
 @njit(**_JIT)
 def bias_maxpool_relu(y, idx, x, bias, kh, kw, sh, sw):
-    """Fused conv epilogue: y = relu(maxpool(x + bias)), idx as maxpool2d_forward.
+    """Fused conv epilogue: y = relu(maxpool(x + bias)); idx as maxpool2d_forward
+    of x + bias.
 
     Equals maxpool(relu(x + bias)) exactly: ReLU is monotone, so the pooled
     maximum is the same, and where the window's maximum is <= 0 the ReLU
-    gradient zeroes the routed gradient whichever element holds it. Reading
-    the big pre-activation once instead of three times is the point.
+    gradient zeroes the routed gradient whichever element holds it. The bias
+    is added before comparing, so a tie that rounding creates (x_i > x_j but
+    x_i + b == x_j + b) goes to the first element, as in the unfused chain.
+    Reading the big pre-activation once instead of three times is the point.
     """
     n, oh, ow, c = y.shape
     for r in prange(n * oh):
@@ -211,7 +214,7 @@ def bias_maxpool_relu(y, idx, x, bias, kh, kw, sh, sw):
         for ox in range(ow):
             x0 = ox * sw
             for ci in range(c):
-                y[b, oy, ox, ci] = x[b, y0, x0, ci]
+                y[b, oy, ox, ci] = x[b, y0, x0, ci] + bias[ci]
                 idx[b, oy, ox, ci] = 0
             for ky in range(kh):
                 for kx in range(kw):
@@ -219,13 +222,13 @@ def bias_maxpool_relu(y, idx, x, bias, kh, kw, sh, sw):
                         continue
                     k = ky * kw + kx
                     for ci in range(c):
-                        v = x[b, y0 + ky, x0 + kx, ci]
+                        v = x[b, y0 + ky, x0 + kx, ci] + bias[ci]
                         if v > y[b, oy, ox, ci]:
                             y[b, oy, ox, ci] = v
                             idx[b, oy, ox, ci] = k
             for ci in range(c):
-                v = y[b, oy, ox, ci] + bias[ci]
-                y[b, oy, ox, ci] = v if v > 0 else 0
+                if y[b, oy, ox, ci] < 0:
+                    y[b, oy, ox, ci] = 0
 
 
 @njit(**_JIT)

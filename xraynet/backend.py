@@ -219,13 +219,13 @@ class CPUBackend:
 
     # ------------------------------------------------------- elementwise, dense
     def relu_forward(self, x):
-        y = np.empty_like(x)
+        y = np.empty(x.shape, x.dtype)
         self.k.relu(y.reshape(-1), np.ascontiguousarray(x).reshape(-1))
         return y
 
     def relu_backward(self, dy, y):
-        dx = np.empty_like(y)
-        self.k.relu_backward(dx.reshape(-1), np.ascontiguousarray(dy).reshape(-1), y.reshape(-1))
+        dx = np.empty(y.shape, y.dtype)
+        self.k.relu_backward(dx.reshape(-1), np.ascontiguousarray(dy).reshape(-1), np.ascontiguousarray(y).reshape(-1))
         return dx
 
     def dense_forward(self, x, w, b):

@@ -1,0 +1,702 @@
+"""Every Numba kernel of ``xraynet.kernels.cpu`` against its NumPy reference in
+``xraynet.kernels.reference``, and the backend's ops against references, on
+fixed edge cases (batch 1, 1x1 maps, odd sizes, stride 2 and 3, padding 0-2,
+kernels 1/3/5, overlapping pools, max-pool ties) plus hypothesis-drawn shapes.
+
+Outputs are pre-filled with NaN (or 255 for indices) so a slot the kernel
+forgets to write fails the comparison. Copy-like ops (im2col, ReLU, max pool,
+bias) must match bit for bit; ops that sum get a few hundred ulps.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from naive import (RTOL, assert_close, batchnorm_train, batchnorm_train_backward, conv2d_direct,
+                   conv2d_direct_backward, sigmoid_bce, softmax_cross_entropy)
+from xraynet.kernels import cpu
+from xraynet.kernels import reference as ref
+
+DTYPES = [np.float32, np.float64]
+HYP = settings(max_examples=12, deadline=None, database=None, derandomize=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _dt(dtype):
+    return np.dtype(dtype).name
+
+
+# ----------------------------------------------------------------- geometry
+# (n, h, w, c, kh, kw, sh, sw, ph, pw)
+CONV_CASES = [
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, 0),     # 1x1 map, 1x1 kernel
+    (1, 1, 1, 3, 3, 3, 1, 1, 1, 1),     # 1x1 map, 3x3 kernel, padding 1
+    (2, 1, 1, 2, 5, 5, 1, 1, 2, 2),     # 1x1 map, 5x5 kernel, padding 2
+    (2, 7, 9, 3, 3, 3, 2, 2, 0, 0),     # odd sizes, stride 2, valid
+    (1, 8, 8, 2, 3, 3, 3, 3, 1, 1),     # stride 3
+    (3, 11, 6, 4, 5, 5, 3, 2, 2, 1),    # 5x5, mixed strides and paddings
+    (2, 5, 5, 1, 1, 1, 2, 2, 0, 0),     # 1x1 kernel, stride 2
+    (1, 6, 7, 2, 1, 1, 3, 3, 2, 2),     # 1x1 kernel in padding-only rows
+    (2, 10, 9, 3, 3, 1, 1, 2, 1, 0),    # rectangular kernel
+    (1, 4, 4, 2, 5, 5, 2, 2, 2, 2),     # kernel larger than the map
+    (2, 13, 13, 2, 5, 3, 2, 3, 0, 2),
+    (2, 4, 5, 3, 1, 1, 1, 1, 0, 0),     # the backend's plain-GEMM path
+]
+
+
+def _conv_id(g):
+    n, h, w, c, kh, kw, sh, sw, ph, pw = g
+    return f"n{n}-{h}x{w}x{c}-k{kh}x{kw}-s{sh}x{sw}-p{ph}x{pw}"
+
+
+def _out(size, k, s, p):
+    return (size + 2 * p - k) // s + 1
+
+
+@st.composite
+def conv_geometry(draw):
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    kh, kw = draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 2, 3, 5]))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 12))
+    w = draw(st.integers(max(1, kw - 2 * pw), 12))
+    return (n, h, w, c, kh, kw, sh, sw, ph, pw), draw(st.integers(0, 2**31 - 1))
+
+
+# (n, h, w, c, kh, kw, sh, sw)
+POOL_CASES = [
+    (1, 1, 1, 1, 1, 1, 1, 1),
+    (2, 5, 5, 3, 2, 2, 2, 2),     # odd: floor mode drops the last row and column
+    (1, 7, 7, 2, 3, 3, 2, 2),     # overlapping windows
+    (2, 9, 8, 4, 3, 3, 3, 3),     # stride 3
+    (1, 6, 9, 1, 2, 3, 1, 2),
+    (3, 4, 4, 5, 4, 4, 1, 1),     # heavy overlap
+    (1, 3, 3, 2, 3, 3, 1, 1),     # 1x1 output
+    (2, 8, 8, 3, 2, 2, 2, 2),
+    (1, 10, 7, 2, 3, 2, 3, 2),
+]
+
+
+def _pool_id(g):
+    n, h, w, c, kh, kw, sh, sw = g
+    return f"n{n}-{h}x{w}x{c}-k{kh}x{kw}-s{sh}x{sw}"
+
+
+def pool_input(kind, shape, dtype, rng):
+    """Max-pool inputs: 'normal' (distinct), 'integers' (many exact ties),
+    'constant' (every window all-equal), 'relu' (ReLU output: runs of exact zeros)."""
+    if kind == "normal":
+        x = rng.standard_normal(shape)
+    elif kind == "integers":
+        x = rng.integers(-2, 3, shape).astype(np.float64)
+    elif kind == "constant":
+        x = np.full(shape, -0.75)
+    elif kind == "relu":
+        x = np.maximum(rng.standard_normal(shape) - 0.8, 0)
+    else:
+        raise ValueError(kind)
+    return x.astype(dtype)
+
+
+POOL_KINDS = ["normal", "integers", "constant", "relu"]
+
+
+# ----------------------------------------------------------- im2col / col2im
+def check_im2col(geom, dtype, seed):
+    n, h, w, c, kh, kw, sh, sw, ph, pw = geom
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    expected = ref.im2col(x, kh, kw, sh, sw, ph, pw)
+    cols = np.full(expected.shape, np.nan, dtype)
+    cpu.im2col(cols, x, kh, kw, sh, sw, ph, pw)
+    assert_close(cols, expected, op="im2col", dtype=_dt(dtype), geometry=_conv_id(geom))
+
+
+def check_col2im(geom, dtype, seed):
+    n, h, w, c, kh, kw, sh, sw, ph, pw = geom
+    rng = np.random.default_rng(seed)
+    oh, ow = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
+    cols = rng.standard_normal((n * oh * ow, kh * kw * c)).astype(dtype)
+    expected = ref.col2im(cols, (n, h, w, c), kh, kw, sh, sw, ph, pw)
+    dx = np.full((n, h, w, c), np.nan, dtype)
+    cpu.col2im(dx, cols, kh, kw, sh, sw, ph, pw)
+    assert_close(dx, expected, op="col2im", rtol=RTOL[np.dtype(dtype)], atol=RTOL[np.dtype(dtype)],
+                 dtype=_dt(dtype), geometry=_conv_id(geom))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("geom", CONV_CASES, ids=_conv_id)
+def test_im2col_col2im_edge_cases(geom, dtype):
+    check_im2col(geom, dtype, 1)
+    check_col2im(geom, dtype, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@HYP
+@given(case=conv_geometry())
+def test_im2col_col2im_random(case, dtype):
+    geom, seed = case
+    check_im2col(geom, dtype, seed)
+    check_col2im(geom, dtype, seed + 1)
+
+
+@pytest.mark.parametrize("geom", CONV_CASES, ids=_conv_id)
+def test_col2im_is_adjoint_of_im2col(geom):
+    """<im2col(x), C> == <x, col2im(C)>: the backward pass is the true adjoint."""
+    n, h, w, c, kh, kw, sh, sw, ph, pw = geom
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, h, w, c))
+    oh, ow = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
+    cols_in = rng.standard_normal((n * oh * ow, kh * kw * c))
+    cols = np.empty_like(cols_in)
+    cpu.im2col(cols, x, kh, kw, sh, sw, ph, pw)
+    dx = np.empty_like(x)
+    cpu.col2im(dx, cols_in, kh, kw, sh, sw, ph, pw)
+    lhs, rhs = float((cols * cols_in).sum()), float((x * dx).sum())
+    assert math.isclose(lhs, rhs, rel_tol=1e-12, abs_tol=1e-12), \
+        f"im2col/col2im adjoint [{_conv_id(geom)}]: <im2col(x), C> = {lhs!r}, <x, col2im(C)> = {rhs!r}"
+
+
+# ---------------------------------------------------------------- max pool
+def _kernel_pool(x, kh, kw, sh, sw):
+    n, h, w, c = x.shape
+    y = np.full((n, _out(h, kh, sh, 0), _out(w, kw, sw, 0), c), np.nan, x.dtype)
+    idx = np.full(y.shape, 255, np.uint8)
+    cpu.maxpool2d_forward(y, idx, x, kh, kw, sh, sw)
+    return y, idx
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("kind", POOL_KINDS)
+@pytest.mark.parametrize("geom", POOL_CASES, ids=_pool_id)
+def test_maxpool2d_forward_backward(geom, kind, dtype):
+    n, h, w, c, kh, kw, sh, sw = geom
+    rng = np.random.default_rng(4)
+    x = pool_input(kind, (n, h, w, c), dtype, rng)
+    info = dict(dtype=_dt(dtype), geometry=_pool_id(geom), input=kind)
+    y_ref, idx_ref = ref.maxpool2d_forward(x, kh, kw, sh, sw)
+    y, idx = _kernel_pool(x, kh, kw, sh, sw)
+    assert_close(y, y_ref, op="maxpool2d_forward values", **info)
+    assert_close(idx, idx_ref, op="maxpool2d_forward argmax (ties -> first in row-major order)", **info)
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx_ref = ref.maxpool2d_backward(dy, idx_ref, x.shape, kh, kw, sh, sw)
+    dx = np.full(x.shape, np.nan, dtype)
+    cpu.maxpool2d_backward(dx, dy, idx, kh, kw, sh, sw)
+    assert_close(dx, dx_ref, op="maxpool2d_backward", rtol=RTOL[np.dtype(dtype)], **info)
+
+
+TIE_WINDOWS = [  # a 2x2 window, the expected first-maximum position (row-major) and value
+    ([[1, 3], [3, 1]], 1, 3),
+    ([[0, 0], [0, 0]], 0, 0),
+    ([[2, 1], [2, 2]], 0, 2),
+    ([[-1, 0], [0, 0]], 1, 0),
+    ([[-5, -5], [-5, -4]], 3, -4),
+    ([[1, 1], [2, 2]], 2, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("window,pos,value", TIE_WINDOWS, ids=[str(w[0]) for w in TIE_WINDOWS])
+def test_maxpool2d_ties_go_to_first_maximum(window, pos, value, dtype):
+    x = np.array(window, dtype).reshape(1, 2, 2, 1)
+    for name, (y, idx) in (("reference", ref.maxpool2d_forward(x, 2, 2, 2, 2)),
+                           ("cpu", _kernel_pool(x, 2, 2, 2, 2))):
+        assert (int(idx[0, 0, 0, 0]), float(y[0, 0, 0, 0])) == (pos, value), \
+            f"maxpool2d_forward [{name}, {_dt(dtype)}] window {window}: got (position, value) " \
+            f"({int(idx[0, 0, 0, 0])}, {float(y[0, 0, 0, 0])}), expected ({pos}, {value})"
+    dx = np.full(x.shape, np.nan, dtype)
+    cpu.maxpool2d_backward(dx, np.ones((1, 1, 1, 1), dtype), idx, 2, 2, 2, 2)
+    expected = np.zeros(4, dtype)
+    expected[pos] = 1
+    assert_close(dx.reshape(-1), expected, op="maxpool2d_backward tie routing", window=str(window))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_maxpool2d_overlapping_all_equal(dtype):
+    """kernel 3 stride 2 on an all-zero 3x5 map: two windows share column 2;
+    each routes to its own first element, (0, 0) and (0, 2)."""
+    x = np.zeros((1, 3, 5, 1), dtype)
+    y, idx = _kernel_pool(x, 3, 3, 2, 2)
+    assert idx.reshape(-1).tolist() == [0, 0], f"maxpool2d_forward k3 s2 all-equal: idx {idx.reshape(-1)}"
+    dx = np.full(x.shape, np.nan, dtype)
+    cpu.maxpool2d_backward(dx, np.array([1.0, 10.0], dtype).reshape(1, 1, 2, 1), idx, 3, 3, 2, 2)
+    expected = np.zeros((3, 5), dtype)
+    expected[0, 0], expected[0, 2] = 1, 10
+    assert_close(dx[0, :, :, 0], expected, op="maxpool2d_backward k3 s2 all-equal", dtype=_dt(dtype))
+
+
+# ---------------------------------------------- fused bias + max pool + ReLU
+BIAS_KINDS = ["normal", "integers", "mostly_negative"]
+
+
+def _bias_pool_inputs(kind, shape, dtype, rng):
+    c = shape[-1]
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(dtype), rng.standard_normal(c).astype(dtype)
+    if kind == "integers":  # exact ties before and after the bias
+        return (rng.integers(-2, 3, shape).astype(dtype), rng.integers(-1, 2, c).astype(dtype))
+    # most windows end <= 0 after the bias: the ReLU zeroes them
+    return rng.standard_normal(shape).astype(dtype), np.full(c, -1.5, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("kind", BIAS_KINDS)
+@pytest.mark.parametrize("geom", POOL_CASES, ids=_pool_id)
+def test_bias_maxpool_relu_matches_chain(geom, kind, dtype):
+    """bias_maxpool_relu == maxpool(relu(x + b)); maxpool_relu_backward == the
+    chain's gradient (maxpool backward, then the ReLU mask)."""
+    n, h, w, c, kh, kw, sh, sw = geom
+    rng = np.random.default_rng(5)
+    x, b = _bias_pool_inputs(kind, (n, h, w, c), dtype, rng)
+    info = dict(dtype=_dt(dtype), geometry=_pool_id(geom), input=kind)
+    r = ref.bias_relu(x, b)
+    y_ref, idx_ref = ref.maxpool2d_forward(r, kh, kw, sh, sw)
+    y = np.full(y_ref.shape, np.nan, dtype)
+    idx = np.full(y_ref.shape, 255, np.uint8)
+    cpu.bias_maxpool_relu(y, idx, x, b, kh, kw, sh, sw)
+    assert_close(y, y_ref, op="bias_maxpool_relu values", **info)
+    # Where the pooled output is 0 the gradient is 0 whichever element idx names.
+    live = y_ref > 0
+    assert_close(np.where(live, idx, 0), np.where(live, idx_ref, 0), op="bias_maxpool_relu argmax", **info)
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx_ref = ref.relu_backward(ref.maxpool2d_backward(dy, idx_ref, x.shape, kh, kw, sh, sw), r)
+    dx = np.full(x.shape, np.nan, dtype)
+    cpu.maxpool_relu_backward(dx, dy, y, idx, kh, kw, sh, sw)
+    assert_close(dx, dx_ref, op="maxpool_relu_backward", rtol=RTOL[np.dtype(dtype)], **info)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_bias_maxpool_relu_tie_created_by_rounding(dtype):
+    """x = [0, tiny], b = 1: x + b rounds to [1, 1] in ``dtype``, an exact tie, so
+    the chain maxpool(relu(x + b)) (and PyTorch's conv-with-bias + ReLU + pool)
+    routes the gradient to the first element. The fused kernel must agree: it
+    must compare x + b, not x."""
+    tiny = {np.float32: 1e-8, np.float64: 1e-17}[dtype]
+    x = np.array([0.0, tiny], dtype).reshape(1, 1, 2, 1)
+    b = np.ones(1, dtype)
+    assert (x + b)[0, 0, 0, 0] == (x + b)[0, 0, 1, 0], "test premise: x + b must tie after rounding"
+    r = ref.bias_relu(x, b)
+    y_ref, idx_ref = ref.maxpool2d_forward(r, 1, 2, 1, 2)
+    y = np.full(y_ref.shape, np.nan, dtype)
+    idx = np.full(y_ref.shape, 255, np.uint8)
+    cpu.bias_maxpool_relu(y, idx, x, b, 1, 2, 1, 2)
+    assert_close(y, y_ref, op="bias_maxpool_relu values (rounding tie)", dtype=_dt(dtype))
+    dx = np.full(x.shape, np.nan, dtype)
+    cpu.maxpool_relu_backward(dx, np.ones_like(y), y, idx, 1, 2, 1, 2)
+    dx_ref = ref.relu_backward(ref.maxpool2d_backward(np.ones_like(y), idx_ref, x.shape, 1, 2, 1, 2), r)
+    assert_close(dx.reshape(-1), dx_ref.reshape(-1),
+                 op="maxpool_relu_backward (tie created by rounding x + b: gradient must go to the first element)",
+                 dtype=_dt(dtype), fused_idx=int(idx[0, 0, 0, 0]), chain_idx=int(idx_ref[0, 0, 0, 0]))
+
+
+# ------------------------------------------------------------ elementwise
+ROWS_COLS = [(1, 1), (5, 3), (37, 8), (1000, 2), (3, 65)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("mc", ROWS_COLS, ids=str)
+def test_bias_relu_and_add_bias(mc, dtype):
+    rng = np.random.default_rng(6)
+    y0 = rng.standard_normal(mc).astype(dtype)
+    b = rng.standard_normal(mc[1]).astype(dtype)
+    y = y0.copy()
+    cpu.bias_relu(y, b)
+    assert_close(y, ref.bias_relu(y0, b), op="bias_relu", dtype=_dt(dtype), shape=mc)
+    y = y0.copy()
+    cpu.add_bias(y, b)
+    assert_close(y, y0 + b, op="add_bias", dtype=_dt(dtype), shape=mc)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("size", [1, 7, 1000, 4099])
+def test_relu_and_relu_backward(size, dtype):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(size).astype(dtype)
+    x[::5] = 0  # exact zeros: the gradient there is 0
+    y = np.full_like(x, np.nan)
+    cpu.relu(y, x)
+    assert_close(y, np.maximum(x, 0), op="relu", dtype=_dt(dtype), size=size)
+    inplace = x.copy()
+    cpu.relu(inplace, inplace)
+    assert_close(inplace, np.maximum(x, 0), op="relu in place", dtype=_dt(dtype), size=size)
+
+    dy = rng.standard_normal(size).astype(dtype)
+    dx = np.full_like(x, np.nan)
+    cpu.relu_backward(dx, dy, y)
+    assert_close(dx, ref.relu_backward(dy, y), op="relu_backward", dtype=_dt(dtype), size=size)
+
+
+@pytest.mark.parametrize("x_dtype,out_dtype", [(np.float32, np.float32), (np.float64, np.float64),
+                                               (np.float32, np.float64)], ids=lambda d: _dt(d))
+@pytest.mark.parametrize("mc", [(0, 3), (1, 1), (7, 3), (64, 2), (65, 5), (200, 5), (3000, 16)], ids=str)
+def test_channel_sum(mc, x_dtype, out_dtype):
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(mc) + 0.5).astype(x_dtype)
+    out = np.full(mc[1], np.nan, out_dtype)
+    cpu.channel_sum(out, x)
+    expected = x.astype(np.float64).sum(axis=0)
+    scale = np.abs(x).astype(np.float64).sum() + 1
+    assert_close(out, expected, op="channel_sum", rtol=RTOL[np.dtype(out_dtype)], atol=1e-15 * scale,
+                 x_dtype=_dt(x_dtype), out_dtype=_dt(out_dtype), shape=mc)
+
+
+# ------------------------------------------------------------- optimisers
+def _update_tols(p_old, dtype):
+    """The step is compared, not the parameter: a parameter tolerance would hide
+    an update that is off by a large fraction of lr. Rounding of p itself costs
+    a few ulps of max|p|."""
+    eps = np.finfo(dtype).eps
+    return dict(rtol=RTOL[np.dtype(dtype)], atol=8 * eps * float(np.abs(p_old).max()))
+
+
+def _state_tols(dtype, *inputs):
+    """Moment buffers are differences of O(|g|) terms (m = m + (1-b1)(g - m)) and
+    cancel; the kernel rounds once in float64, the reference in ``dtype`` at
+    each operation, so allow a few ulps of the inputs' magnitude."""
+    eps = np.finfo(dtype).eps
+    return dict(rtol=RTOL[np.dtype(dtype)], atol=8 * eps * sum(float(np.abs(a).max()) for a in inputs))
+
+
+ADAM_CASES = [  # lr, beta1, beta2, eps, weight_decay
+    (1e-3, 0.9, 0.999, 1e-8, 0.0),
+    (1e-3, 0.9, 0.999, 1e-8, 1e-2),
+    (1e-1, 0.5, 0.9, 1e-6, 0.0),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("hyper", ADAM_CASES, ids=str)
+@pytest.mark.parametrize("size", [1, 13, 1000])
+def test_adam_update(size, hyper, dtype):
+    lr, b1, b2, eps, wd = hyper
+    rng = np.random.default_rng(9)
+    p = rng.standard_normal(size).astype(dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for step in (1, 2, 3):
+        g = rng.standard_normal(size).astype(dtype)
+        g[0] = 0  # a zero gradient still moves p through m
+        p0, m0, v0 = p.copy(), m.copy(), v.copy()
+        pr, mr, vr = ref.adam_update(p0, g, m0, v0, step, lr, b1, b2, eps, wd)
+        cpu.adam_update(p, g, m, v, lr, b1, b2, eps, wd, 1 - b1 ** step, math.sqrt(1 - b2 ** step))
+        info = dict(dtype=_dt(dtype), size=size, step=step, hyper=hyper)
+        assert_close(m, mr, op="adam_update m", **_state_tols(dtype, g, p0, m0), **info)
+        assert_close(v, vr, op="adam_update v", **_state_tols(dtype, (g + wd * p0) ** 2, v0), **info)
+        assert_close(p - p0, pr - p0, op="adam_update step (p_new - p_old)", **_update_tols(p0, dtype), **info)
+
+
+SGD_CASES = [  # momentum, nesterov, weight_decay
+    (0.0, False, 0.0), (0.0, False, 1e-2), (0.9, False, 0.0), (0.9, False, 1e-2),
+    (0.9, True, 0.0), (0.9, True, 1e-2), (0.5, True, 1e-3),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("hyper", SGD_CASES, ids=str)
+@pytest.mark.parametrize("size", [1, 13, 1000])
+def test_sgd_update(size, hyper, dtype):
+    momentum, nesterov, wd = hyper
+    lr = 0.05
+    rng = np.random.default_rng(10)
+    p = rng.standard_normal(size).astype(dtype)
+    # Garbage in the buffer at step 1: the first step must start it from g, not read it.
+    buf = (rng.standard_normal(size) * 100).astype(dtype)
+    for step in (1, 2, 3):
+        g = rng.standard_normal(size).astype(dtype)
+        p0, buf0 = p.copy(), buf.copy()
+        pr, bufr = ref.sgd_update(p0, g, buf0.copy(), step, lr, momentum, wd, nesterov)
+        cpu.sgd_update(p, g, buf, lr, momentum, wd, nesterov, step == 1)
+        info = dict(dtype=_dt(dtype), size=size, step=step, momentum=momentum, nesterov=nesterov, wd=wd)
+        assert_close(p - p0, pr - p0, op="sgd_update step (p_new - p_old)", **_update_tols(p0, dtype), **info)
+        if momentum == 0:
+            assert_close(buf, buf0, op="sgd_update without momentum must leave the buffer alone", **info)
+        else:
+            assert_close(buf, bufr, op="sgd_update momentum buffer", **_state_tols(dtype, g, p0, buf0), **info)
+
+
+# ====================================================== backend-level ops
+def _np(bk, a):
+    return np.asarray(bk.to_numpy(a))
+
+
+BACKEND_CONV = [g for g in CONV_CASES if g[1] + 2 * g[8] >= g[4] and g[2] + 2 * g[9] >= g[5]]
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("geom", BACKEND_CONV, ids=_conv_id)
+def test_backend_conv2d(backend, geom, dtype, relu):
+    """conv2d_forward / conv2d_backward against a direct (no im2col) float64 convolution."""
+    bk = backend
+    n, h, w, c, kh, kw, sh, sw, ph, pw = geom
+    o = 3
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    wt = rng.standard_normal((o, c, kh, kw)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    tol = RTOL[np.dtype(dtype)]
+    info = dict(backend=bk.name, dtype=_dt(dtype), geometry=_conv_id(geom), relu=relu)
+    y, ctx = bk.conv2d_forward(bk.asarray(x), bk.asarray(wt), bk.asarray(b), (sh, sw), (ph, pw), relu=relu)
+    y_exp = conv2d_direct(x, wt, b, (sh, sw), (ph, pw))
+    if relu:
+        y_exp = np.maximum(y_exp, 0)
+    scale = float(np.abs(y_exp).max()) + 1e-30
+    y = _np(bk, y)
+    assert_close(y, y_exp, op="conv2d_forward", rtol=tol, atol=tol * scale, **info)
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = bk.conv2d_backward(bk.asarray(dy), ctx, bk.asarray(wt), need_dx=True)
+    dy_eff = np.where(y > 0, dy, 0) if relu else dy
+    dx_e, dw_e, db_e = conv2d_direct_backward(dy_eff, x, wt, (sh, sw), (ph, pw))
+    for name, got, exp in (("dx", dx, dx_e), ("dw", dw, dw_e), ("db", db, db_e)):
+        got = _np(bk, got)
+        assert got.dtype == np.dtype(dtype), f"conv2d_backward {name} [{info}]: dtype {got.dtype}, expected {dtype}"
+        assert_close(got, exp, op=f"conv2d_backward {name}", rtol=tol,
+                     atol=tol * (float(np.abs(exp).max()) + 1e-30), **info)
+    _, ctx = bk.conv2d_forward(bk.asarray(x), bk.asarray(wt), bk.asarray(b), (sh, sw), (ph, pw), relu=relu)
+    none_dx, _, _ = bk.conv2d_backward(bk.asarray(dy), ctx, bk.asarray(wt), need_dx=False)
+    assert none_dx is None, "conv2d_backward(need_dx=False) must skip the input gradient"
+
+
+# (n, h, w, c, o, k, stride, pad, pool_kernel, pool_stride)
+FUSED_CASES = [
+    (2, 9, 9, 2, 3, 3, 1, 1, 2, 2),
+    (1, 7, 8, 1, 4, 3, 1, 0, 3, 2),     # overlapping pool windows, odd sizes
+    (2, 10, 7, 3, 2, 5, 2, 2, 2, 2),    # strided 5x5 conv
+    (1, 4, 4, 2, 3, 1, 1, 0, 2, 2),     # 1x1 conv (plain GEMM path)
+    (1, 6, 6, 1, 2, 3, 1, 1, 3, 3),
+    (1, 3, 3, 1, 2, 3, 1, 1, 3, 3),     # 1x1 pooled output
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("case", FUSED_CASES, ids=str)
+def test_backend_conv2d_relu_pool_equals_unfused_chain(backend, case, dtype):
+    """The fused conv + bias + ReLU + max pool equals the backend's own unfused
+    chain (conv2d_forward(relu=True) then maxpool2d), gradients included."""
+    bk = backend
+    n, h, w, c, o, k, s, p, pk, ps = case
+    rng = np.random.default_rng(12)
+    x = bk.asarray(rng.standard_normal((n, h, w, c)).astype(dtype))
+    wt = bk.asarray(rng.standard_normal((o, c, k, k)).astype(dtype))
+    b = bk.asarray((rng.standard_normal(o) * 0.5).astype(dtype))
+    info = dict(backend=bk.name, dtype=_dt(dtype), case=case)
+    pooled, fctx = bk.conv2d_relu_pool_forward(x, wt, b, (s, s), (p, p), (pk, pk), (ps, ps))
+    r, cctx = bk.conv2d_forward(x, wt, b, (s, s), (p, p), relu=True)
+    y_chain, idx = bk.maxpool2d_forward(r, (pk, pk), (ps, ps))
+    assert_close(_np(bk, pooled), _np(bk, y_chain), op="conv2d_relu_pool_forward", **info)
+
+    dy = bk.asarray(rng.standard_normal(pooled.shape).astype(dtype))
+    dx, dw, db = bk.conv2d_relu_pool_backward(dy, fctx, wt, need_dx=True)
+    dr = bk.maxpool2d_backward(dy, idx, r.shape, (pk, pk), (ps, ps))
+    dx_c, dw_c, db_c = bk.conv2d_backward(dr, cctx, wt, need_dx=True)
+    tol = RTOL[np.dtype(dtype)]
+    for name, got, exp in (("dx", dx, dx_c), ("dw", dw, dw_c), ("db", db, db_c)):
+        exp = _np(bk, exp)
+        assert_close(_np(bk, got), exp, op=f"conv2d_relu_pool_backward {name}", rtol=tol,
+                     atol=tol * (float(np.abs(exp).max()) + 1e-30), **info)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("kind", POOL_KINDS)
+@pytest.mark.parametrize("geom", POOL_CASES[1:4], ids=_pool_id)
+def test_backend_maxpool2d(backend, geom, kind, dtype):
+    bk = backend
+    n, h, w, c, kh, kw, sh, sw = geom
+    rng = np.random.default_rng(13)
+    x = pool_input(kind, (n, h, w, c), dtype, rng)
+    info = dict(backend=bk.name, dtype=_dt(dtype), geometry=_pool_id(geom), input=kind)
+    y, idx = bk.maxpool2d_forward(bk.asarray(x), (kh, kw), (sh, sw))
+    y_ref, idx_ref = ref.maxpool2d_forward(x, kh, kw, sh, sw)
+    assert_close(_np(bk, y), y_ref, op="maxpool2d_forward", **info)
+    assert_close(_np(bk, idx), idx_ref, op="maxpool2d_forward argmax", **info)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    dx = bk.maxpool2d_backward(bk.asarray(dy), idx, x.shape, (kh, kw), (sh, sw))
+    assert_close(_np(bk, dx), ref.maxpool2d_backward(dy, idx_ref, x.shape, kh, kw, sh, sw),
+                 op="maxpool2d_backward", rtol=RTOL[np.dtype(dtype)], **info)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 4), (3, 17)], ids=str)
+def test_backend_relu(backend, shape, dtype):
+    bk = backend
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::3] = 0
+    y = bk.relu_forward(bk.asarray(x))
+    assert_close(_np(bk, y), np.maximum(x, 0), op="relu_forward", backend=bk.name, shape=shape)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx = bk.relu_backward(bk.asarray(dy), y)
+    assert_close(_np(bk, dx), ref.relu_backward(dy, np.maximum(x, 0)), op="relu_backward", backend=bk.name,
+                 shape=shape)
+
+
+def test_backend_ops_accept_noncontiguous_inputs(backend):
+    """Backend ops take any strided input (a transposed view here) and return
+    the same as for a contiguous copy."""
+    bk = backend
+    if bk.name != "cpu":
+        pytest.skip("strided NumPy views are a CPU-backend input")
+    rng = np.random.default_rng(21)
+    view = rng.standard_normal((2, 3, 5, 4)).transpose(0, 2, 3, 1)  # NHWC view of an NCHW array
+    dense = np.ascontiguousarray(view)
+    w, b = rng.standard_normal((3, 3, 3, 3)), rng.standard_normal(3)
+    cases = {
+        "relu_forward": lambda a: bk.relu_forward(a),
+        "relu_backward (dy)": lambda a: bk.relu_backward(a, np.maximum(dense, 0)),
+        "maxpool2d_forward": lambda a: bk.maxpool2d_forward(a, (2, 2), (2, 2))[0],
+        "conv2d_forward": lambda a: bk.conv2d_forward(a, w, b, (1, 1), (1, 1))[0],
+        "global_avg_pool_forward": lambda a: bk.global_avg_pool_forward(a),
+    }
+    for op, f in cases.items():
+        # rtol: NumPy may sum a strided view in another order (GAP's mean)
+        assert_close(f(view), f(dense), op=f"{op} on a non-contiguous input", rtol=1e-12, backend=bk.name,
+                     shape=view.shape, strides=view.strides)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("nio", [(1, 1, 1), (4, 7, 3), (9, 33, 2)], ids=str)
+def test_backend_dense(backend, nio, dtype):
+    bk = backend
+    n, fin, fout = nio
+    rng = np.random.default_rng(15)
+    x, w = rng.standard_normal((n, fin)).astype(dtype), rng.standard_normal((fout, fin)).astype(dtype)
+    b, dy = rng.standard_normal(fout).astype(dtype), rng.standard_normal((n, fout)).astype(dtype)
+    tol = RTOL[np.dtype(dtype)]
+    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    info = dict(backend=bk.name, dtype=_dt(dtype), shape=nio)
+    y = bk.dense_forward(bk.asarray(x), bk.asarray(w), bk.asarray(b))
+    exp = x64 @ w64.T + b
+    assert_close(_np(bk, y), exp, op="dense_forward", rtol=tol, atol=tol * np.abs(exp).max(), **info)
+    dx, dw, db = bk.dense_backward(bk.asarray(dy), bk.asarray(x), bk.asarray(w))
+    for name, got, e in (("dx", dx, dy64 @ w64), ("dw", dw, dy64.T @ x64), ("db", db, dy64.sum(0))):
+        assert_close(_np(bk, got), e, op=f"dense_backward {name}", rtol=tol, atol=tol * np.abs(e).max(), **info)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 4), (3, 7, 7, 2)], ids=str)
+def test_backend_global_avg_pool(backend, shape, dtype):
+    bk = backend
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal(shape).astype(dtype)
+    tol = RTOL[np.dtype(dtype)]
+    y = bk.global_avg_pool_forward(bk.asarray(x))
+    assert_close(_np(bk, y), x.astype(np.float64).mean(axis=(1, 2)), op="global_avg_pool_forward", rtol=tol,
+                 atol=tol, backend=bk.name, shape=shape)
+    dy = rng.standard_normal((shape[0], shape[3])).astype(dtype)
+    dx = bk.global_avg_pool_backward(bk.asarray(dy), shape)
+    exp = np.broadcast_to(dy.astype(np.float64)[:, None, None, :] / (shape[1] * shape[2]), shape)
+    assert_close(_np(bk, dx), exp, op="global_avg_pool_backward", rtol=tol, backend=bk.name, shape=shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("shape", [(1, 2, 2, 1), (4, 3, 5, 3), (2, 1, 1, 6)], ids=str)
+def test_backend_batchnorm(backend, shape, dtype):
+    bk = backend
+    rng = np.random.default_rng(17)
+    c = shape[-1]
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm0, rv0 = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+    rm, rv = bk.asarray(rm0.copy()), bk.asarray(rv0.copy())
+    mom, eps = 0.1, 1e-5
+    tol = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}[np.dtype(dtype)]
+    info = dict(backend=bk.name, dtype=_dt(dtype), shape=shape)
+    y, ctx = bk.batchnorm_forward(bk.asarray(x), bk.asarray(gamma), bk.asarray(beta), rm, rv, mom, eps, True)
+    y_e, mean, var = batchnorm_train(x, gamma.astype(np.float64), beta.astype(np.float64), eps)
+    assert_close(_np(bk, y), y_e, op="batchnorm_forward (training)", rtol=tol, atol=tol, **info)
+    m = shape[0] * shape[1] * shape[2]
+    unbiased = var * m / max(m - 1, 1)
+    assert_close(_np(bk, rm), (1 - mom) * rm0 + mom * mean, op="batchnorm running_mean", rtol=tol, atol=tol, **info)
+    assert_close(_np(bk, rv), (1 - mom) * rv0 + mom * unbiased, op="batchnorm running_var (unbiased)",
+                 rtol=tol, atol=tol, **info)
+
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dg, db = bk.batchnorm_backward(bk.asarray(dy), ctx, bk.asarray(gamma))
+    if m > 1:  # with one value per channel the batch-normalised output is constant
+        dx_e, dg_e, db_e = batchnorm_train_backward(dy, x, gamma.astype(np.float64), eps)
+        for name, got, e in (("dx", dx, dx_e), ("dgamma", dg, dg_e), ("dbeta", db, db_e)):
+            assert_close(_np(bk, got), e, op=f"batchnorm_backward {name}", rtol=tol,
+                         atol=tol * (np.abs(e).max() + 1), **info)
+
+    y, _ = bk.batchnorm_forward(bk.asarray(x), bk.asarray(gamma), bk.asarray(beta), bk.asarray(rm0),
+                                bk.asarray(rv0), mom, eps, False)
+    y_e = (x.astype(np.float64) - rm0) / np.sqrt(rv0.astype(np.float64) + eps) * gamma + beta
+    assert_close(_np(bk, y), y_e, op="batchnorm_forward (eval)", rtol=tol, atol=tol, **info)
+
+
+LOGIT_SCALES = [1.0, 30.0, 800.0]  # 800: exp overflows unless the op is stable
+
+
+@pytest.mark.parametrize("weights", [None, (0.3, 2.0)], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("scale", LOGIT_SCALES)
+def test_backend_sigmoid_bce(backend, scale, weights):
+    bk = backend
+    rng = np.random.default_rng(18)
+    z = rng.standard_normal((7, 1)) * scale
+    y = np.array([0, 1, 1, 0, 1, 0, 0])
+    loss, dz = bk.sigmoid_bce(bk.asarray(z), y, weights)
+    w = np.ones(7) if weights is None else np.asarray(weights)[y]
+    sig = 0.5 * (1 + np.tanh(z[:, 0] / 2))  # overflow-free sigmoid
+    info = dict(backend=bk.name, scale=scale, weights=weights)
+    assert_close(loss, sigmoid_bce(z, y, weights), op="sigmoid_bce loss", rtol=1e-12, **info)
+    assert_close(_np(bk, dz), (w * (sig - y) / w.sum())[:, None], op="sigmoid_bce dlogits", rtol=1e-12,
+                 atol=1e-15, **info)
+
+
+@pytest.mark.parametrize("weights", [None, (0.3, 2.0, 1.1)], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("scale", LOGIT_SCALES)
+def test_backend_softmax_cross_entropy(backend, scale, weights):
+    bk = backend
+    rng = np.random.default_rng(19)
+    z = rng.standard_normal((6, 3)) * scale
+    y = np.array([0, 1, 2, 2, 1, 0])
+    loss, dz = bk.softmax_cross_entropy(bk.asarray(z), y, weights)
+    w = np.ones(6) if weights is None else np.asarray(weights)[y]
+    p = np.exp(z - np.logaddexp.reduce(z, axis=1, keepdims=True))
+    p[np.arange(6), y] -= 1
+    info = dict(backend=bk.name, scale=scale, weights=weights)
+    assert_close(loss, softmax_cross_entropy(z, y, weights), op="softmax_cross_entropy loss", rtol=1e-12, **info)
+    assert_close(_np(bk, dz), p * (w / w.sum())[:, None], op="softmax_cross_entropy dlogits", rtol=1e-12,
+                 atol=1e-15, **info)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_backend_adam_and_sgd(backend, dtype):
+    bk = backend
+    rng = np.random.default_rng(20)
+    shape = (3, 4, 2)
+    p = rng.standard_normal(shape).astype(dtype)
+    m, v, buf = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    pa, ma, va = bk.asarray(p.copy()), bk.asarray(m.copy()), bk.asarray(v.copy())
+    ps, bs = bk.asarray(p.copy()), bk.asarray(buf.copy())
+    pr_s, bufr = p.copy(), buf.copy()
+    for step in (1, 2):
+        g = rng.standard_normal(shape).astype(dtype)
+        p0a, p0s = _np(bk, pa).copy(), _np(bk, ps).copy()
+        pr, m, v = ref.adam_update(p0a, g, m, v, step, 1e-3, 0.9, 0.999, 1e-8, 1e-2)
+        bk.adam_update(pa, bk.asarray(g), ma, va, step, 1e-3, 0.9, 0.999, 1e-8, 1e-2)
+        assert_close(_np(bk, pa) - p0a, pr - p0a, op="backend adam_update step", backend=bk.name, step=step,
+                     **_update_tols(p0a, dtype))
+        pr_s, bufr = ref.sgd_update(p0s, g, bufr, step, 0.1, 0.9, 1e-2, True)
+        bk.sgd_update(ps, bk.asarray(g), bs, step, 0.1, 0.9, 1e-2, True)
+        assert_close(_np(bk, ps) - p0s, pr_s - p0s, op="backend sgd_update step", backend=bk.name, step=step,
+                     **_update_tols(p0s, dtype))
+        m, v = m.astype(dtype), v.astype(dtype)
+        bufr = bufr.astype(dtype)
+
+
+def test_backend_dropout_mask(backend):
+    bk = backend
+    mask = _np(bk, bk.dropout_mask(bk.rng(0), (200, 50), 0.3, np.float32))
+    assert mask.dtype == np.float32
+    values = set(np.unique(mask).tolist())
+    assert values <= {0.0, np.float32(1 / 0.7)}, f"dropout_mask: values {sorted(values)}, expected {{0, 1/0.7}}"
+    frac = float((mask == 0).mean())
+    assert abs(frac - 0.3) < 0.02, f"dropout_mask: dropped fraction {frac:.3f}, expected about 0.3"
