@@ -28,65 +28,91 @@ _JIT = dict(parallel=True, cache=True, nogil=True)
 
 @njit(**_JIT)
 def im2col(cols, x, kh, kw, sh, sw, ph, pw):
-    """cols (N*OH*OW, KH*KW*C) <- patches of x (N, H, W, C); see reference.im2col."""
+    """cols (N*OH*OW, KH*KW*C) <- patches of x (N, H, W, C); see reference.im2col.
+
+    The KW taps of one kernel row are adjacent in an NHWC image row, so an
+    interior window row is one contiguous run of KW*C floats; only windows
+    that overlap the padding are copied tap by tap.
+    """
     n, h, w, c = x.shape
     oh = (h + 2 * ph - kh) // sh + 1
     ow = (w + 2 * pw - kw) // sw + 1
+    run = kw * c
+    xr = np.ascontiguousarray(x).reshape((n, h, w * c))  # no copy for the C-ordered arrays xraynet passes
     for r in prange(n * oh):
         b = r // oh
         oy = r % oh
         for ox in range(ow):
             row = r * ow + ox
+            ix0 = ox * sw - pw
             for ky in range(kh):
                 iy = oy * sh - ph + ky
-                for kx in range(kw):
-                    ix = ox * sw - pw + kx
-                    base = (ky * kw + kx) * c
-                    if 0 <= iy < h and 0 <= ix < w:
-                        for ci in range(c):
-                            cols[row, base + ci] = x[b, iy, ix, ci]
-                    else:
-                        for ci in range(c):
-                            cols[row, base + ci] = 0
+                base = ky * run
+                if iy < 0 or iy >= h:
+                    for j in range(run):
+                        cols[row, base + j] = 0
+                elif ix0 >= 0 and ix0 + kw <= w:
+                    src = ix0 * c
+                    for j in range(run):
+                        cols[row, base + j] = xr[b, iy, src + j]
+                else:
+                    for kx in range(kw):
+                        ix = ix0 + kx
+                        if 0 <= ix < w:
+                            for ci in range(c):
+                                cols[row, base + kx * c + ci] = xr[b, iy, ix * c + ci]
+                        else:
+                            for ci in range(c):
+                                cols[row, base + kx * c + ci] = 0
 
 
 @njit(**_JIT)
-def conv_direct(y, x, wk, sh, sw, ph, pw):
-    """y (N, OH, OW, O) <- convolution of x (N, H, W, C) with wk (KH, KW, C, O), no bias.
+def im2col_t1(cols_t, x, kh, kw, sh, sw, ph, pw):
+    """cols_t (KH*KW, N*OH*OW) <- transposed patch matrix of a one-channel
+    batch x (N, H, W): cols_t = reference.im2col(x[..., None], ...).T.
 
-    For inputs with few channels (the grayscale first layer), where an im2col
-    matrix of K = KH*KW*C columns is too narrow for an efficient GEMM: each
-    output pixel accumulates its taps into a vector of O channels.
+    For the grayscale first layer: the ordinary patch matrix has only KH*KW
+    columns, so building it is a scatter of single floats; transposed, every
+    row is a run of shifted image rows, copied with unit stride.
     """
-    n, h, w, c = x.shape
-    kh, kw, _, o = wk.shape
-    _, oh, ow, _ = y.shape
+    n, h, w = x.shape
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kw) // sw + 1
     for r in prange(n * oh):
         b = r // oh
         oy = r % oh
-        for ox in range(ow):
-            for oc in range(o):
-                y[b, oy, ox, oc] = 0
-            for ky in range(kh):
-                iy = oy * sh - ph + ky
+        base = r * ow
+        for ky in range(kh):
+            iy = oy * sh - ph + ky
+            for kx in range(kw):
+                k = ky * kw + kx
                 if iy < 0 or iy >= h:
+                    for ox in range(ow):
+                        cols_t[k, base + ox] = 0
                     continue
-                for kx in range(kw):
-                    ix = ox * sw - pw + kx
-                    if ix < 0 or ix >= w:
-                        continue
-                    for ci in range(c):
-                        v = x[b, iy, ix, ci]
-                        for oc in range(o):
-                            y[b, oy, ox, oc] += v * wk[ky, kx, ci, oc]
+                # output columns whose tap lands inside the row: 0 <= ox*sw - pw + kx < w
+                lo = min(ow, max(0, (pw - kx + sw - 1) // sw))
+                hi = max(lo, min(ow, (w - 1 + pw - kx) // sw + 1))
+                for ox in range(lo):
+                    cols_t[k, base + ox] = 0
+                if sw == 1:
+                    off = kx - pw
+                    for ox in range(lo, hi):
+                        cols_t[k, base + ox] = x[b, iy, ox + off]
+                else:
+                    for ox in range(lo, hi):
+                        cols_t[k, base + ox] = x[b, iy, ox * sw - pw + kx]
+                for ox in range(hi, ow):
+                    cols_t[k, base + ox] = 0
 
 
 @njit(**_JIT)
 def col2im(dx, cols, kh, kw, sh, sw, ph, pw):
     """dx (N, H, W, C) <- sum of patch entries of cols; see reference.col2im.
 
-    Written as a gather (each input pixel collects the taps that read it), so
-    every dx element is written by exactly one iteration and needs no zeroing.
+    Written as a gather over input rows (each dx row collects the taps that
+    read it), so every dx element is written by one iteration only. For each
+    tap the input columns it reaches form one range, walked without tests.
     """
     n, h, w, c = dx.shape
     oh = (h + 2 * ph - kh) // sh + 1
@@ -97,24 +123,35 @@ def col2im(dx, cols, kh, kw, sh, sw, ph, pw):
         for ix in range(w):
             for ci in range(c):
                 dx[b, iy, ix, ci] = 0
-            for ky in range(kh):
-                ty = iy + ph - ky
-                if ty < 0 or ty % sh != 0:
-                    continue
-                oy = ty // sh
-                if oy >= oh:
-                    continue
-                for kx in range(kw):
-                    tx = ix + pw - kx
-                    if tx < 0 or tx % sw != 0:
-                        continue
-                    ox = tx // sw
-                    if ox >= ow:
-                        continue
-                    row = (b * oh + oy) * ow + ox
-                    base = (ky * kw + kx) * c
-                    for ci in range(c):
-                        dx[b, iy, ix, ci] += cols[row, base + ci]
+        for ky in range(kh):
+            ty = iy + ph - ky
+            if ty < 0 or ty % sh != 0:
+                continue
+            oy = ty // sh
+            if oy >= oh:
+                continue
+            rowbase = (b * oh + oy) * ow
+            for kx in range(kw):
+                off = (ky * kw + kx) * c
+                if sw == 1:
+                    # ox = ix + pw - kx must lie in [0, ow)
+                    lo = max(0, kx - pw)
+                    hi = min(w, ow + kx - pw)
+                    shift = pw - kx
+                    for ix in range(lo, hi):
+                        row = rowbase + ix + shift
+                        for ci in range(c):
+                            dx[b, iy, ix, ci] += cols[row, off + ci]
+                else:
+                    for ix in range(w):
+                        tx = ix + pw - kx
+                        if tx < 0 or tx % sw != 0:
+                            continue
+                        ox = tx // sw
+                        if ox >= ow:
+                            continue
+                        for ci in range(c):
+                            dx[b, iy, ix, ci] += cols[rowbase + ox, off + ci]
 
 
 @njit(**_JIT)
@@ -234,8 +271,36 @@ def bias_maxpool_relu(y, idx, x, bias, kh, kw, sh, sw):
 @njit(**_JIT)
 def maxpool_relu_backward(dx, dy, y, idx, kh, kw, sh, sw):
     """Gradient of bias_maxpool_relu with respect to its input x (N, H, W, C):
-    dy where the pooled output y > 0, routed to the recorded maximum."""
+    dy where the pooled output y > 0, routed to the recorded maximum.
+
+    Windows that tile the map (stride == kernel, the usual 2x2/2) are written
+    row by row in one pass with no zeroing pass first; overlapping windows
+    fall back to a scatter-add, parallel over images.
+    """
     n, oh, ow, c = dy.shape
+    _, h, w, _ = dx.shape
+    if sh == kh and sw == kw:
+        for r in prange(n * h):
+            b = r // h
+            iy = r % h
+            py = iy // kh
+            ky = iy % kh
+            if py >= oh:
+                for ix in range(w):
+                    for ci in range(c):
+                        dx[b, iy, ix, ci] = 0
+                continue
+            for ix in range(w):
+                px = ix // kw
+                if px >= ow:
+                    for ci in range(c):
+                        dx[b, iy, ix, ci] = 0
+                    continue
+                k = ky * kw + ix % kw
+                for ci in range(c):
+                    hit = idx[b, py, px, ci] == k and y[b, py, px, ci] > 0
+                    dx[b, iy, ix, ci] = dy[b, py, px, ci] if hit else 0
+        return
     for b in prange(n):
         dx[b] = 0
         for oy in range(oh):

@@ -52,6 +52,30 @@ def resolve_padding(padding, kernel_size: tuple[int, int], stride: tuple[int, in
     )
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    Every training step allocates and frees the same large temporaries (im2col
+    matrices, gradient maps: hundreds of MB for `wide`). By default glibc serves
+    each from a fresh mmap and unmaps it on free, so every step pays page
+    faults and kernel zeroing on first touch: about a third of a `seed`
+    training step (347 vs 503 images/s). With mmap off and trimming raised,
+    the heap keeps those pages and the next step reuses them. No effect
+    outside glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**30)
+
+
 class CPUBackend:
     """NumPy arrays, Numba kernels and the BLAS behind ``numpy.matmul``."""
 
@@ -62,6 +86,7 @@ class CPUBackend:
         from xraynet.kernels import cpu  # imported here: loading Numba costs ~0.3 s
 
         self.k = cpu
+        _keep_freed_memory()
 
     # ------------------------------------------------------------------ plumbing
     def asarray(self, x, dtype=None):
@@ -100,107 +125,136 @@ class CPUBackend:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     # -------------------------------------------------------------- convolution
-    #: below this many columns (KH*KW*C) the im2col GEMM is too narrow to pay
-    #: and conv_direct runs instead (the grayscale first layer: 9 columns)
-    DIRECT_MAX_K = 16
+    #: Convolutions run over the batch in chunks of about this many bytes of
+    #: patch matrix / pre-activation, so those stay in cache between im2col,
+    #: GEMM and epilogue instead of streaming hundreds of MB through memory
+    #: (the `wide` conv2 patch matrix is 231 MB at batch 32). Backward rebuilds
+    #: each chunk's patch matrix rather than keeping the whole one.
+    CHUNK_BYTES = 4 << 20
+    BACKWARD_CHUNK_BYTES = 4 << 20
 
-    def _im2col(self, x, kh, kw, stride, pad, oh, ow):
-        n, h, wd, c = x.shape
-        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
-            return x.reshape(n * h * wd, c)  # a 1x1 convolution is a plain GEMM
-        cols = np.empty((n * oh * ow, kh * kw * c), x.dtype)
-        self.k.im2col(cols, x, kh, kw, stride[0], stride[1], pad[0], pad[1])
-        return cols
-
-    def _conv_matmul(self, x, w, stride, pad, save):
-        """Convolution without bias: returns (y2d (M, O), saved input, out shape).
-
-        The saved input is the im2col matrix, or x itself where the direct
-        kernel ran (backward then builds the narrow matrix it needs)."""
-        n, h, wd, c = x.shape
-        o, c2, kh, kw = w.shape
+    def _geometry(self, x_shape, w_shape, stride, pad, chunk_bytes=None):
+        n, h, wd, c = x_shape
+        o, c2, kh, kw = w_shape
         if c2 != c:
             from .errors import ShapeError
             raise ShapeError(f"conv2d: input has {c} channels. Expected {c2}, got {c}. Check the layer spec.")
         oh = (h + 2 * pad[0] - kh) // stride[0] + 1
         ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
-        wk = np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # (KH, KW, C, O)
-        if kh * kw * c <= self.DIRECT_MAX_K:
-            y = np.empty((n, oh, ow, o), x.dtype)
-            self.k.conv_direct(y, x, wk, stride[0], stride[1], pad[0], pad[1])
-            return y.reshape(-1, o), (x if save else None), (n, oh, ow, o)
-        cols = self._im2col(x, kh, kw, stride, pad, oh, ow)
-        return cols @ wk.reshape(kh * kw * c, o), (cols if save else None), (n, oh, ow, o)
+        per_image = oh * ow * max(kh * kw * c, o) * 4
+        step = max(1, min(n, (chunk_bytes or self.CHUNK_BYTES) // per_image))
+        return oh, ow, [(i, min(n, i + step)) for i in range(0, n, step)]
+
+    def _patches(self, x, kh, kw, stride, pad, oh, ow):
+        """Patch matrix A (M, KH*KW*C) of an NHWC chunk, so that conv = A @ W (K, O).
+
+        A 1x1 convolution needs none; a grayscale input gets the transposed
+        matrix (built with unit-stride copies) and A is its transposed view."""
+        n, h, wd, c = x.shape
+        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
+            return x.reshape(n * h * wd, c)
+        if c == 1:
+            cols_t = np.empty((kh * kw, n * oh * ow), x.dtype)
+            self.k.im2col_t1(cols_t, x.reshape(n, h, wd), kh, kw, stride[0], stride[1], pad[0], pad[1])
+            return cols_t.T
+        cols = np.empty((n * oh * ow, kh * kw * c), x.dtype)
+        self.k.im2col(cols, x, kh, kw, stride[0], stride[1], pad[0], pad[1])
+        return cols
+
+    @staticmethod
+    def _wmat(w):
+        """(O, C, KH, KW) -> (KH*KW*C, O), the GEMM operand matching the patch order."""
+        o, c, kh, kw = w.shape
+        return np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)
 
     def conv2d_forward(self, x, w, b, stride, pad, relu=False, save=True):
         """x (N, H, W, C), w (O, C, KH, KW), b (O,) -> y (N, OH, OW, O) and a context.
 
-        With ``relu`` the ReLU is fused into the bias pass (the layer's output
-        is then the ReLU output, which the backward pass masks with)."""
-        y2d, saved, shape = self._conv_matmul(x, w, stride, pad, save)
-        if relu:
-            self.k.bias_relu(y2d, b)
-        else:
-            self.k.add_bias(y2d, b)
-        y = y2d.reshape(shape)
-        ctx = (saved, x.shape, stride, pad, y if relu else None)
-        return y, ctx
-
-    def _conv_grads(self, dy2d, saved, x_shape, w, stride, pad, need_dx):
-        o, c, kh, kw = w.shape
-        if saved.ndim == 4:  # the input itself: the direct kernel ran forward
-            n, h, wd, _ = x_shape
-            oh = (h + 2 * pad[0] - kh) // stride[0] + 1
-            ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
-            cols = self._im2col(saved, kh, kw, stride, pad, oh, ow)
-        else:
-            cols = saved
-        db = np.empty(o, dy2d.dtype)
-        self.k.channel_sum(db, dy2d)
-        dwmat = cols.T @ dy2d  # (K, O)
-        dw = np.ascontiguousarray(dwmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
-        dx = None
-        if need_dx:
-            wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)
-            dcols = dy2d @ wmat.T
-            if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
-                dx = dcols.reshape(x_shape)
-            else:
-                dx = np.empty(x_shape, dy2d.dtype)
-                self.k.col2im(dx, dcols, kh, kw, stride[0], stride[1], pad[0], pad[1])
-        return dx, dw, db
+        With ``relu`` the ReLU is fused into the bias pass (the output is then
+        the ReLU output, which backward masks with)."""
+        o, _, kh, kw = w.shape
+        oh, ow, chunks = self._geometry(x.shape, w.shape, stride, pad)
+        wmat = self._wmat(w)
+        y = np.empty((x.shape[0], oh, ow, o), x.dtype)
+        for s, e in chunks:
+            y2d = y[s:e].reshape(-1, o)
+            np.matmul(self._patches(x[s:e], kh, kw, stride, pad, oh, ow), wmat, out=y2d)
+            (self.k.bias_relu if relu else self.k.add_bias)(y2d, b)
+        return y, ((x, stride, pad, y if relu else None) if save else None)
 
     def conv2d_backward(self, dy, ctx, w, need_dx=True):
         """Gradients of conv2d_forward: returns (dx or None, dw (O, C, KH, KW), db (O,))."""
-        cols, x_shape, stride, pad, y_relu = ctx
-        o = w.shape[0]
-        dy2d = np.ascontiguousarray(dy).reshape(-1, o)
-        if y_relu is not None:
-            masked = np.empty_like(dy2d)
-            self.k.relu_backward(masked.reshape(-1), dy2d.reshape(-1), y_relu.reshape(-1))
-            dy2d = masked
-        return self._conv_grads(dy2d, cols, x_shape, w, stride, pad, need_dx)
+        x, stride, pad, y_relu = ctx
+        dy = np.ascontiguousarray(dy)
+
+        def chunk_grad(s, e, buf):
+            if y_relu is None:
+                return dy[s:e].reshape(-1, dy.shape[3])
+            self.k.relu_backward(buf.reshape(-1), dy[s:e].reshape(-1), y_relu[s:e].reshape(-1))
+            return buf.reshape(-1, dy.shape[3])
+
+        return self._conv_grads(chunk_grad, x, w, stride, pad, need_dx)
+
+    def _conv_grads(self, chunk_grad, x, w, stride, pad, need_dx):
+        """Accumulate conv gradients chunk by chunk. ``chunk_grad(s, e, buf)`` gives
+        the output gradient (M, O) of images s:e, using ``buf`` as scratch."""
+        o, c, kh, kw = w.shape
+        oh, ow, chunks = self._geometry(x.shape, w.shape, stride, pad, self.BACKWARD_CHUNK_BYTES)
+        step = chunks[0][1] - chunks[0][0]
+        buf = np.empty((step, oh, ow, o), x.dtype)
+        wmat = self._wmat(w)
+        dwmat = np.zeros(wmat.shape, x.dtype)
+        db64 = np.zeros(o, np.float64)
+        part = np.empty(o, np.float64)
+        dx = np.empty(x.shape, x.dtype) if need_dx else None
+        for s, e in chunks:
+            g = chunk_grad(s, e, buf[: e - s])
+            cols = self._patches(x[s:e], kh, kw, stride, pad, oh, ow)
+            dwmat += cols.T @ g
+            self.k.channel_sum(part, g)
+            db64 += part
+            if need_dx:
+                dcols = g @ wmat.T
+                if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
+                    dx[s:e] = dcols.reshape(dx[s:e].shape)
+                else:
+                    self.k.col2im(dx[s:e], dcols, kh, kw, stride[0], stride[1], pad[0], pad[1])
+        dw = np.ascontiguousarray(dwmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+        return dx, dw, db64.astype(x.dtype)
 
     def conv2d_relu_pool_forward(self, x, w, b, stride, pad, pool_kernel, pool_stride, save=True):
-        """Fused conv + bias + ReLU + max pool: the pre-activation is read once.
+        """Fused conv + bias + ReLU + max pool: x (N, H, W, C) -> (N, PH, PW, O).
 
-        Returns the pooled output (N, PH, PW, O) and a context. Equal to the
-        unfused chain, gradients included (see kernels.cpu.bias_maxpool_relu).
-        """
-        y2d, saved, (n, oh, ow, o) = self._conv_matmul(x, w, stride, pad, save)
+        Equal to the unfused chain, gradients included (see
+        kernels.cpu.bias_maxpool_relu); the pre-activation exists only one
+        cache-sized chunk at a time."""
+        n = x.shape[0]
+        o, _, kh, kw = w.shape
+        oh, ow, chunks = self._geometry(x.shape, w.shape, stride, pad)
         (pkh, pkw), (psh, psw) = pool_kernel, pool_stride
         ph, pw = (oh - pkh) // psh + 1, (ow - pkw) // psw + 1
+        wmat = self._wmat(w)
         pooled = np.empty((n, ph, pw, o), x.dtype)
         idx = np.empty((n, ph, pw, o), np.uint8)
-        self.k.bias_maxpool_relu(pooled, idx, y2d.reshape(n, oh, ow, o), b, pkh, pkw, psh, psw)
-        ctx = (saved, x.shape, stride, pad, pooled, idx, (n, oh, ow, o), pool_kernel, pool_stride)
+        step = chunks[0][1] - chunks[0][0]
+        buf = np.empty((step * oh * ow, o), x.dtype)
+        for s, e in chunks:
+            y2d = buf[: (e - s) * oh * ow]
+            np.matmul(self._patches(x[s:e], kh, kw, stride, pad, oh, ow), wmat, out=y2d)
+            self.k.bias_maxpool_relu(pooled[s:e], idx[s:e], y2d.reshape(e - s, oh, ow, o), b, pkh, pkw, psh, psw)
+        ctx = (x, stride, pad, pooled, idx, (oh, ow), pool_kernel, pool_stride) if save else None
         return pooled, ctx
 
     def conv2d_relu_pool_backward(self, dy, ctx, w, need_dx=True):
-        cols, x_shape, stride, pad, pooled, idx, y_shape, (pkh, pkw), (psh, psw) = ctx
-        dpre = np.empty(y_shape, dy.dtype)
-        self.k.maxpool_relu_backward(dpre, np.ascontiguousarray(dy), pooled, idx, pkh, pkw, psh, psw)
-        return self._conv_grads(dpre.reshape(-1, y_shape[3]), cols, x_shape, w, stride, pad, need_dx)
+        x, stride, pad, pooled, idx, (oh, ow), (pkh, pkw), (psh, psw) = ctx
+        dy = np.ascontiguousarray(dy)
+        o = w.shape[0]
+
+        def chunk_grad(s, e, buf):
+            self.k.maxpool_relu_backward(buf, dy[s:e], pooled[s:e], idx[s:e], pkh, pkw, psh, psw)
+            return buf.reshape(-1, o)
+
+        return self._conv_grads(chunk_grad, x, w, stride, pad, need_dx)
 
     # ------------------------------------------------------------------ pooling
     def maxpool2d_forward(self, x, kernel, stride):
