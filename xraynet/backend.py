@@ -195,9 +195,10 @@ class CPUBackend:
 
         return self._conv_grads(chunk_grad, x, w, stride, pad, need_dx)
 
-    def _conv_grads(self, chunk_grad, x, w, stride, pad, need_dx):
+    def _conv_grads(self, chunk_grad, x, w, stride, pad, need_dx, db=None):
         """Accumulate conv gradients chunk by chunk. ``chunk_grad(s, e, buf)`` gives
-        the output gradient (M, O) of images s:e, using ``buf`` as scratch."""
+        the output gradient (M, O) of images s:e, using ``buf`` as scratch. The
+        bias gradient is summed here unless the caller passes it as ``db``."""
         o, c, kh, kw = w.shape
         oh, ow, chunks = self._geometry(x.shape, w.shape, stride, pad, self.BACKWARD_CHUNK_BYTES)
         step = chunks[0][1] - chunks[0][0]
@@ -211,8 +212,9 @@ class CPUBackend:
             g = chunk_grad(s, e, buf[: e - s])
             cols = self._patches(x[s:e], kh, kw, stride, pad, oh, ow)
             dwmat += cols.T @ g
-            self.k.channel_sum(part, g)
-            db64 += part
+            if db is None:
+                self.k.channel_sum(part, g)
+                db64 += part
             if need_dx:
                 dcols = g @ wmat.T
                 if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
@@ -220,7 +222,7 @@ class CPUBackend:
                 else:
                     self.k.col2im(dx[s:e], dcols, kh, kw, stride[0], stride[1], pad[0], pad[1])
         dw = np.ascontiguousarray(dwmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
-        return dx, dw, db64.astype(x.dtype)
+        return dx, dw, (db64.astype(x.dtype) if db is None else db)
 
     def conv2d_relu_pool_forward(self, x, w, b, stride, pad, pool_kernel, pool_stride, save=True):
         """Fused conv + bias + ReLU + max pool: x (N, H, W, C) -> (N, PH, PW, O).
@@ -254,7 +256,10 @@ class CPUBackend:
             self.k.maxpool_relu_backward(buf, dy[s:e], pooled[s:e], idx[s:e], pkh, pkw, psh, psw)
             return buf.reshape(-1, o)
 
-        return self._conv_grads(chunk_grad, x, w, stride, pad, need_dx)
+        # The bias gradient from the pooled map: a quarter of the elements.
+        db = np.empty(o, np.float64)
+        self.k.channel_sum(db, dy.reshape(-1, o), pooled.reshape(-1, o))
+        return self._conv_grads(chunk_grad, x, w, stride, pad, need_dx, db.astype(x.dtype))
 
     # ------------------------------------------------------------------ pooling
     def maxpool2d_forward(self, x, kernel, stride):
