@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 MATRIX = [("seed", "train", 32), ("seed", "infer", 32), ("seed", "infer", 256),
@@ -51,15 +53,21 @@ def main(argv=None) -> int:
     configs = [tuple(int(v) if v.isdigit() else v for v in o.split(":")) for o in args.only] if args.only else MATRIX
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fd, one = tempfile.mkstemp(suffix=".jsonl")  # each run's line; torch_reference overwrites its file
+    os.close(fd)
     for r in range(args.rounds):
         for arch, mode, batch in configs:
-            for impl, cmd in commands(arch, mode, batch, args.threads, str(out), args.min_time).items():
+            for impl, cmd in commands(arch, mode, batch, args.threads, one, args.min_time).items():
                 print(f"[race] round {r + 1}/{args.rounds} {impl} {arch} {mode} b{batch}", file=sys.stderr,
                       flush=True)
+                Path(one).write_text("")
                 res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 if res.returncode:
                     print(res.stderr[-2000:], file=sys.stderr)
                     return res.returncode
+                with open(out, "a") as fh:
+                    fh.write(Path(one).read_text())
+    os.unlink(one)
     subprocess.run([sys.executable, str(BENCH / "summarize_runs.py"), str(out), "--baseline", "torch"], check=False)
     # Ratio against the better torch layout, configuration by configuration.
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.startswith("{")]
