@@ -38,3 +38,48 @@ def missing_dependency(package: str, extra: str, purpose: str) -> MissingDepende
         f"{package}: not installed, but it is needed {purpose}. "
         f'Install it with: pip install "xraynet[{extra}]"'
     )
+
+
+class DataError(XraynetError, ValueError):
+    """A dataset folder, its metadata.csv, or a split request is unusable."""
+
+
+class EvaluationError(XraynetError, ValueError):
+    """Labels, probabilities or options handed to the metrics do not fit together."""
+
+
+class ImageError(XraynetError):
+    """An image file cannot be decoded (see xraynet.imaging).
+
+    ``reason`` is one stable code that reports and scripts can match on:
+
+    ``"empty"``               the file has zero bytes
+    ``"truncated"``           the header reads but the pixel data ends early or is damaged
+    ``"not_an_image"``        no supported image format recognises the file
+    ``"unsupported_mode"``    an image whose pixel layout xraynet cannot turn into grayscale
+    ``"too_large"``           more pixels than the decompression-bomb limit allows
+    ``"unreadable"``          the operating system cannot read the file (missing, permissions, I/O)
+    ``"dicom_unsupported"``   a DICOM file without pixel data, or one pydicom cannot decode
+    ``"dicom_needs_pydicom"`` a DICOM file, but pydicom is not installed
+
+    ``path`` is the file (a str), or None.
+    """
+
+    REASONS = ("empty", "truncated", "not_an_image", "unsupported_mode", "too_large", "unreadable",
+               "dicom_unsupported", "dicom_needs_pydicom")
+
+    def __init__(self, message: str, reason: str, path=None):
+        if reason not in self.REASONS:
+            raise ValueError(f"ImageError reason {reason!r} is not one of {self.REASONS}")
+        super().__init__(message)
+        self.reason = reason
+        self.path = None if path is None else str(path)
+
+    def __reduce__(self):
+        # Screening may decode in worker processes; the default reduce would
+        # rebuild the error from the message alone and lose the reason.
+        return (type(self), (str(self), self.reason, self.path))
+
+
+class CacheError(XraynetError):
+    """A decode cache file cannot be used (in use elsewhere, or not an xraynet cache)."""

@@ -1,0 +1,485 @@
+"""Datasets on disk: find the images, join their metadata, split by patient.
+
+A dataset is a folder with one subfolder per class::
+
+    DATA_DIR/
+        covid/      a.png  b.jpg  patient7/c.dcm ...
+        normal/     ...
+        metadata.csv   (optional)
+
+:func:`scan_dataset` lists the images (class subfolders are searched
+recursively; hidden files and folders are skipped), :func:`split_dataset`
+splits them into train and validation sets with no patient on both sides, and
+:func:`confound_report` counts what a model could learn besides the disease:
+which source and which view each class comes from.
+
+Images are recognised by extension (``.png .jpg .jpeg .bmp .tif .tiff .dcm
+.dicom``, any case). Any other file is an image only when it carries the DICOM
+magic ``DICM`` at byte 128: DICOM files are often named without an extension
+or after their UID (``1.2.840.113619.2.55``), whose last dot looks like one.
+
+``metadata.csv``, when present, must have the columns ``file`` (the image's
+path relative to DATA_DIR, with ``/``, e.g. ``covid/x.png``) and
+``patient_id``; ``source_repo`` and ``view`` are read when present, other
+columns are ignored. Images without a row (or with an empty ``patient_id``)
+become their own patient, ``"file:" + rel``. Without metadata every image is
+its own patient, and images of one patient may then land on both sides of a
+split: the split says so (``Split.per_image``) and the report warns.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+METADATA_FILE = "metadata.csv"
+UNKNOWN = "(unknown)"   # report key for an image whose source or view is not given
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image: its path, path relative to the dataset root (posix), class
+    label (index into ``Dataset.classes``), patient and, from the metadata,
+    source collection and view (None when not given)."""
+
+    path: Path
+    rel: str
+    label: int
+    patient_id: str
+    source: str | None = None
+    view: str | None = None
+
+
+@dataclass
+class Dataset:
+    """What :func:`scan_dataset` found. ``items`` are ordered by label, then by
+    ``rel``. ``n_images_without_metadata`` counts images with no usable
+    metadata row (all of them when there is no metadata.csv);
+    ``n_metadata_without_images`` counts rows naming no image found here."""
+
+    root: Path
+    classes: list[str]
+    items: list[Item]
+    has_metadata: bool
+    n_images_without_metadata: int
+    n_metadata_without_images: int
+    n_ignored_files: int = 0
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 class labels, in item order."""
+        return np.array([it.label for it in self.items], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A patient-level train/validation split: ``train`` and ``val`` are sorted
+    int64 item indices into ``Dataset.items``. ``per_image`` is True when the
+    dataset had no patient ids, so each image counted as its own patient."""
+
+    train: np.ndarray
+    val: np.ndarray
+    per_image: bool
+    n_train_patients: int
+    n_val_patients: int
+    val_fraction: float
+    seed: int
+
+
+# ------------------------------------------------------------------ scanning
+def _is_image(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def _walk_images(folder: Path) -> tuple[list[Path], int]:
+    """Images under ``folder`` (recursive, hidden entries skipped), and the
+    number of other files seen."""
+    images, others = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        # Pruning in place stops os.walk descending into hidden folders.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if _is_image(p):
+                images.append(p)
+            else:
+                others += 1
+    return images, others
+
+
+def _norm_key(s: str) -> str:
+    s = s.strip().replace("\\", "/")
+    while s.startswith("./"):
+        s = s[2:]
+    return s
+
+
+def _read_metadata(csv_path: Path) -> dict[str, dict]:
+    """``{file: {"patient_id", "source", "view"}}`` from metadata.csv."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in ("file", "patient_id") if c not in columns]
+            if missing:
+                raise DataError(
+                    f"{csv_path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}. "
+                    f"Expected a header with 'file' and 'patient_id' (optional 'source_repo', 'view'), "
+                    f"got {columns}. Rename the columns, or move metadata.csv out of the data folder "
+                    "to treat every image as its own patient.")
+            reader.fieldnames = columns
+            rows: dict[str, dict] = {}
+            for line, row in enumerate(reader, start=2):
+                key = _norm_key(row.get("file") or "")
+                if not key:
+                    continue
+                entry = {"patient_id": (row.get("patient_id") or "").strip(),
+                         "source": (row.get("source_repo") or "").strip() or None,
+                         "view": (row.get("view") or "").strip() or None}
+                old = rows.get(key)
+                if old is not None and old["patient_id"] != entry["patient_id"]:
+                    raise DataError(
+                        f"{csv_path}: line {line} names {key!r} again with another patient. "
+                        f"Expected one patient_id per file, got {old['patient_id']!r} and "
+                        f"{entry['patient_id']!r}. Keep one row per file.")
+                rows[key] = entry
+            return rows
+    except UnicodeDecodeError as e:
+        raise DataError(f"{csv_path}: cannot be read as text ({e.reason}). Expected a UTF-8 CSV file, "
+                        "got other bytes. Save it as UTF-8 CSV.") from None
+    except csv.Error as e:
+        raise DataError(f"{csv_path}: malformed CSV ({e}). Expected comma-separated rows with a header, "
+                        "got text the csv module cannot parse. Fix or remove the file.") from None
+
+
+def scan_dataset(data_dir) -> Dataset:
+    """List the images of ``data_dir`` (one subfolder per class, at least two).
+
+    Class names are the subfolder names, sorted; label = index. Raises
+    :class:`~xraynet.errors.DataError` when the folder is missing or not a
+    folder, has fewer than two class folders, a class folder holds no image,
+    or metadata.csv is unusable (see the module docstring).
+    """
+    root = Path(data_dir)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder. Expected a folder with one subfolder per class, "
+                        "got nothing at that path. Check the path.")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder. Expected a folder with one subfolder per class, "
+                        "got a file. Pass the folder that holds the class subfolders.")
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: p.name)
+    if len(class_dirs) < 2:
+        raise DataError(f"{root}: too few class folders. Expected at least 2 subfolders, one per class "
+                        f"(e.g. covid/ and normal/), got {len(class_dirs)} "
+                        f"{[p.name for p in class_dirs]}. Put each class's images in its own subfolder.")
+
+    meta_path = root / METADATA_FILE
+    meta = _read_metadata(meta_path) if meta_path.is_file() else None
+
+    classes = [p.name for p in class_dirs]
+    items: list[Item] = []
+    ignored = without = 0
+    for label, cdir in enumerate(class_dirs):
+        images, others = _walk_images(cdir)
+        ignored += others
+        if not images:
+            raise DataError(
+                f"{cdir}: class folder holds no images. Expected at least one image "
+                f"({' '.join(sorted(IMAGE_EXTENSIONS))} or DICOM), got none ({others} other files). "
+                "Add images, or move the folder out of the data folder.")
+        for p in sorted(images, key=lambda q: q.relative_to(root).as_posix()):
+            rel = p.relative_to(root).as_posix()
+            row = (meta or {}).get(rel) or {"patient_id": "", "source": None, "view": None}
+            if not row["patient_id"]:
+                without += 1
+            items.append(Item(p, rel, label, row["patient_id"] or "file:" + rel, row["source"], row["view"]))
+
+    found = {it.rel for it in items}
+    orphans = 0 if meta is None else sum(1 for k in meta if k not in found)
+    return Dataset(root=root, classes=classes, items=items, has_metadata=meta is not None,
+                   n_images_without_metadata=without, n_metadata_without_images=orphans,
+                   n_ignored_files=ignored)
+
+
+# ------------------------------------------------------------------ splitting
+def _patient_table(ds: Dataset):
+    """Patient ids (sorted), item -> patient index, and (P, C) image counts."""
+    pids = sorted({it.patient_id for it in ds.items})
+    index = {p: i for i, p in enumerate(pids)}
+    of_item = np.array([index[it.patient_id] for it in ds.items], dtype=np.int64)
+    counts = np.zeros((len(pids), len(ds.classes)), dtype=np.int64)
+    np.add.at(counts, (of_item, ds.labels), 1)
+    return pids, of_item, counts
+
+
+def split_dataset(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Split ``ds`` into train and validation by patient, stratified by class.
+
+    Every patient goes whole to one side. A patient's stratum is the class of
+    most of their images (ties: the lowest label), so a patient with images in
+    several classes is placed once, as a member of that class. Within each
+    stratum, in label order, patients are visited in a seeded random order and
+    moved to validation whenever that lowers the cost: the sum over classes of
+    |validation images of the class - val_fraction * its images| / its images
+    (so a patient's images in other classes count too). A second pass moves
+    single patients either way while that lowers the same cost (the greedy
+    pass can overshoot one class for another's sake). The cost is L1, not
+    squared: a squared cost would overfill one class to shave a large deficit
+    elsewhere. Patients have different numbers of images, so shares are close
+    to, not exactly, ``val_fraction`` (within 1% on ../shared/data/cxr).
+
+    Then, as far as patients allow: each class keeps at least one image in
+    train, and at least one in validation when two or more patients have
+    images of it. Same dataset and seed, same split; the result does not
+    depend on the order of ``ds.items``.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 < float(val_fraction) < 1.0:
+        raise DataError(f"val_fraction: out of range. Expected a number strictly between 0 and 1, "
+                        f"got {val_fraction!r}. Pass e.g. 0.2 for a 20% validation set.")
+    val_fraction = float(val_fraction)
+    pids, of_item, counts = _patient_table(ds)
+    n_pat, n_cls = counts.shape
+    n_c = counts.sum(axis=0)
+    target = val_fraction * n_c
+    scale = 1.0 / np.maximum(n_c, 1)
+    primary = counts.argmax(axis=1)     # argmax takes the first maximum: ties -> lowest label
+    rng = np.random.default_rng(seed)
+
+    def cost(v):
+        return float((np.abs(v - target) * scale).sum())
+
+    in_val = np.zeros(n_pat, dtype=bool)
+    v = np.zeros(n_cls)
+    for c in range(n_cls):
+        for p in rng.permutation(np.flatnonzero(primary == c)):
+            new = v + counts[p]
+            if cost(new) < cost(v):
+                v, in_val[p] = new, True
+    # Greedy order can leave a class over its target (a patient added for the
+    # images it brings to another class); single-patient moves either way,
+    # while they lower the cost, take such excess back. The cost strictly
+    # decreases, so this settles; the pass cap only bounds the time.
+    for _ in range(20):
+        moved = False
+        for p in rng.permutation(n_pat):
+            new = v - counts[p] if in_val[p] else v + counts[p]
+            if cost(new) < cost(v) - 1e-12:
+                v, in_val[p], moved = new, not in_val[p], True
+        if not moved:
+            break
+
+    # Coverage fixes. A random key breaks ties among equally small patients.
+    tiebreak = rng.random(n_pat)
+    has = counts > 0
+    n_holders = has.sum(axis=0)
+
+    def unmet() -> set:
+        """Requirements not met now: ("train", c) or ("val", c)."""
+        in_train = has[~in_val].any(axis=0)
+        in_v = has[in_val].any(axis=0)
+        return ({("train", c) for c in range(n_cls) if not in_train[c]}
+                | {("val", c) for c in range(n_cls) if n_holders[c] >= 2 and not in_v[c]})
+
+    def fix(need: tuple) -> None:
+        side, c = need
+        to_val = side == "val"
+        before = unmet()
+        cands = sorted((p for p in np.flatnonzero(has[:, c]) if in_val[p] != to_val),
+                       key=lambda p: (primary[p] != c, counts[p].sum(), tiebreak[p]))
+        for p in cands:
+            in_val[p] = to_val
+            if unmet() < before:    # fixed this need and broke no other
+                return
+            in_val[p] = not to_val
+        if side == "train" and cands:
+            # Train coverage wins over validation coverage: a class the model
+            # never sees cannot be learnt, one missing from validation only
+            # goes unmeasured.
+            in_val[cands[0]] = False
+
+    # Validation needs first, so that the train fixes (which may override
+    # them) come last.
+    for need in sorted(unmet(), key=lambda x: (x[0] != "val", x[1])):
+        if need in unmet():
+            fix(need)
+
+    val_mask = in_val[of_item]
+    return Split(train=np.flatnonzero(~val_mask).astype(np.int64), val=np.flatnonzero(val_mask).astype(np.int64),
+                 per_image=ds.n_images_without_metadata == len(ds.items),
+                 n_train_patients=int((~in_val).sum()), n_val_patients=int(in_val.sum()),
+                 val_fraction=val_fraction, seed=int(seed))
+
+
+# ------------------------------------------------------------- confound report
+def _count_by(items, classes, attr):
+    table = {c: {} for c in classes}
+    for it in items:
+        key = getattr(it, attr) or UNKNOWN
+        row = table[classes[it.label]]
+        row[key] = row.get(key, 0) + 1
+    return {c: dict(sorted(row.items())) for c, row in table.items()}
+
+
+def _single_value_warnings(ds: Dataset, attr: str, what: str) -> list[str]:
+    """Warnings where a class has one value of ``attr`` while the dataset has
+    several: the value alone then tells that class apart (or a value holds one
+    class only)."""
+    if not any(getattr(it, attr) for it in ds.items):
+        return []
+    by_class = _count_by(ds.items, ds.classes, attr)
+    values = sorted({v for row in by_class.values() for v in row if v != UNKNOWN})
+    if len(values) < 2:
+        return []
+    out = []
+    for cls, row in by_class.items():
+        if len(row) == 1 and UNKNOWN not in row:
+            (val,) = row
+            out.append(f"class {cls!r} comes from a single {what} ({val}): "
+                       f"a model can tell it apart by {what} alone")
+    for val in values:
+        holding = [cls for cls, row in by_class.items() if row.get(val)]
+        if len(holding) == 1:
+            out.append(f"{what} {val!r} holds only class {holding[0]!r}: "
+                       f"a model can recognise the {what} instead of the disease")
+    return out
+
+
+def confound_report(ds: Dataset, split: Split) -> dict:
+    """Counts of images and patients per class and split, class x source and
+    class x view counts (when the metadata has them), and warnings. Plain
+    JSON-able data::
+
+        {"classes": [...], "has_metadata": bool, "per_image_split": bool,
+         "images":   {"train": {cls: n}, "val": {...}, "all": {...}},
+         "patients": {"train": {cls: n}, "val": {...}, "all": {...}},
+         "totals":   {"images": {"train", "val", "all"}, "patients": {...}},
+         "multi_class_patients": int,   patients with images in several classes
+         "patient_overlap": int,        patients on both sides; 0 for a valid split
+         "sources": null | {"train"|"val"|"all": {cls: {source: n}}},
+         "views":   null | the same by view,
+         "warnings": [str, ...]}
+
+    A patient counts once per class they have images of, so a class's patient
+    counts can add up to more than the total. Missing sources or views are
+    counted under ``"(unknown)"``.
+    """
+    n = len(ds.items)
+    idx = {"train": np.asarray(split.train, dtype=np.int64), "val": np.asarray(split.val, dtype=np.int64)}
+    for side, a in idx.items():
+        if a.size and (a.min() < 0 or a.max() >= n):
+            raise DataError(f"split.{side}: index out of range. Expected item indices in [0, {n}), "
+                            f"got {int(a.min())}..{int(a.max())}. Split this dataset, not another one.")
+    parts = {"train": [ds.items[i] for i in idx["train"]], "val": [ds.items[i] for i in idx["val"]],
+             "all": list(ds.items)}
+    classes = ds.classes
+
+    def per_class_images(items):
+        counts = {c: 0 for c in classes}
+        for it in items:
+            counts[classes[it.label]] += 1
+        return counts
+
+    def per_class_patients(items):
+        sets = {c: set() for c in classes}
+        for it in items:
+            sets[classes[it.label]].add(it.patient_id)
+        return {c: len(s) for c, s in sets.items()}
+
+    pat_sides = {side: {it.patient_id for it in parts[side]} for side in ("train", "val", "all")}
+    overlap = len(pat_sides["train"] & pat_sides["val"])
+    labels_of: dict[str, set] = {}
+    for it in ds.items:
+        labels_of.setdefault(it.patient_id, set()).add(it.label)
+    multi = sum(1 for s in labels_of.values() if len(s) > 1)
+
+    has_sources = any(it.source for it in ds.items)
+    has_views = any(it.view for it in ds.items)
+    report = {
+        "classes": list(classes),
+        "has_metadata": ds.has_metadata,
+        "per_image_split": bool(split.per_image),
+        "images": {s: per_class_images(parts[s]) for s in parts},
+        "patients": {s: per_class_patients(parts[s]) for s in parts},
+        "totals": {"images": {s: len(parts[s]) for s in parts},
+                   "patients": {s: len(pat_sides[s]) for s in parts}},
+        "multi_class_patients": multi,
+        "patient_overlap": overlap,
+        "sources": {s: _count_by(parts[s], classes, "source") for s in parts} if has_sources else None,
+        "views": {s: _count_by(parts[s], classes, "view") for s in parts} if has_views else None,
+    }
+
+    warnings: list[str] = []
+    if overlap:
+        warnings.append(f"{overlap} patients have images in both train and validation: "
+                        "validation scores will be optimistic")
+    if not ds.has_metadata:
+        warnings.append(f"no {METADATA_FILE} with patient_id: each image counts as its own patient, so "
+                        "images of one patient may sit on both sides of the split")
+    elif ds.n_images_without_metadata:
+        warnings.append(f"{ds.n_images_without_metadata} images have no row (or no patient_id) in "
+                        f"{METADATA_FILE}: each counts as its own patient")
+    if ds.has_metadata and ds.n_metadata_without_images:
+        warnings.append(f"{ds.n_metadata_without_images} rows of {METADATA_FILE} name no image found here")
+    warnings += _single_value_warnings(ds, "source", "source")
+    warnings += _single_value_warnings(ds, "view", "view")
+    if len(parts["val"]):
+        for c in classes:
+            if report["images"]["val"][c] == 0:
+                warnings.append(f"class {c!r} has no validation images: its sensitivity cannot be "
+                                "measured on this split")
+    report["warnings"] = warnings
+    return report
+
+
+def confound_tables(report: dict) -> list:
+    """rich Tables for a report from :func:`confound_report`: images (patients)
+    per class and split, then class x source and class x view when present.
+    Cells of the source/view tables read ``all (train/val)``."""
+    from rich.table import Table   # rich is only needed when printing
+
+    classes = report["classes"]
+    t = Table(title="Images (patients) per class",
+              caption=f"patients on both sides: {report['patient_overlap']}"
+                      + ("; one patient per image (no metadata)" if report["per_image_split"] else ""))
+    t.add_column("class")
+    for side in ("train", "val", "all"):
+        t.add_column(side, justify="right")
+    for c in classes:
+        t.add_row(c, *(f"{report['images'][s][c]} ({report['patients'][s][c]})" for s in ("train", "val", "all")))
+    t.add_row("total", *(f"{report['totals']['images'][s]} ({report['totals']['patients'][s]})"
+                         for s in ("train", "val", "all")), style="bold")
+    tables = [t]
+    for key, title in (("sources", "Source per class"), ("views", "View per class")):
+        data = report.get(key)
+        if not data:
+            continue
+        values = sorted({v for row in data["all"].values() for v in row})
+        tt = Table(title=f"{title}: all (train/val)")
+        tt.add_column("class")
+        for v in values:
+            tt.add_column(v, justify="right")
+        for c in classes:
+            tt.add_row(c, *(f"{data['all'][c].get(v, 0)} ({data['train'][c].get(v, 0)}/"
+                            f"{data['val'][c].get(v, 0)})" for v in values))
+        tables.append(tt)
+    return tables
