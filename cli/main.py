@@ -115,6 +115,187 @@ def bench(
         console.print(p)
 
 
+class _TrainUI:
+    """Rich progress and tables for `xraynet train` (stderr for progress, stdout for tables)."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.out = Console()
+        self.err = Console(stderr=True)
+        self.progress = None
+        self.task = None
+
+    def _bar(self, description, total):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self.quiet:
+            return
+        if self.progress is None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     console=self.err, transient=True)
+            self.progress.start()
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(description, total=total, info="")
+
+    def stop(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def on_decode(self, done, total):
+        if self.quiet:
+            return
+        if self.task is None or self.progress.tasks[0].description != "decoding":
+            self._bar("decoding", total)
+        self.progress.update(self.task, completed=done)
+
+    def on_report(self, report, skipped):
+        from xraynet.data import confound_tables
+
+        self.stop()
+        self.task = None
+        if not self.quiet:
+            for t in confound_tables(report):
+                self.out.print(t)
+        for w in report.get("warnings", []):
+            self.err.print(f"[yellow]warning:[/] {w}", highlight=False)
+        for rel, reason, msg in skipped:
+            self.err.print(f"[yellow]skipped[/] {rel}: {msg}", highlight=False)
+
+    def on_batch(self, epoch, done, total, loss):
+        if self.quiet:
+            return
+        if done == 1:
+            self._bar(f"epoch {epoch}", total)
+        self.progress.update(self.task, completed=done, info=f"loss {loss:.4f}")
+
+    def on_epoch(self, rec, is_best):
+        self.stop()
+        self.task = None
+        if self.quiet:
+            return
+        sens = " ".join(f"{c}:{v['sensitivity']:.2f}/{v['specificity']:.2f}" for c, v in rec["per_class"].items()
+                        if v["sensitivity"] is not None and v["specificity"] is not None)
+        auc = "-" if rec["val_auc"] is None else f"{rec['val_auc']:.3f}"
+        self.out.print(f"epoch {rec['epoch']:>3}  train loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}"
+                       f"  acc {rec['val_accuracy']:.3f}  bal.acc {rec['val_balanced_accuracy']:.3f}  AUC {auc}"
+                       f"  sens/spec {sens}  {rec['seconds']:.0f}s{'  best' if is_best else ''}", highlight=False)
+
+
+@app.command()
+def train(
+    data_dir: str = typer.Argument(..., help="Folder with one subfolder of images per class (and metadata.csv)."),
+    out: str = typer.Option("model.h5", help="Where to write the best model (HDF5)."),
+    arch: str = typer.Option("xraynet", help="seed, wide, xraynet or a .json architecture spec."),
+    epochs: int = typer.Option(30, min=1, help="Most epochs to train."),
+    batch_size: int = typer.Option(32, min=1, help="Images per training step."),
+    image_size: Optional[int] = typer.Option(None, min=16, help="Input size (default: the architecture's)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    weight_decay: float = typer.Option(1e-4, help="Adam weight decay (L2 added to the gradient)."),
+    val_fraction: float = typer.Option(0.2, help="Share of patients held out for validation."),
+    seed: int = typer.Option(0, help="Seed of the split, initialisation, shuffling and augmentation."),
+    patience: int = typer.Option(8, min=1, help="Stop after this many epochs without a better validation AUC."),
+    resume: Optional[str] = typer.Option(None, help="Continue from a checkpoint (OUT.checkpoint.h5)."),
+    device: str = typer.Option("cpu", help="Compute backend."),
+    workers: int = typer.Option(2, min=1, help="Threads decoding images."),
+    augment: bool = typer.Option(True, help="Random rotation, shift, zoom, brightness and contrast."),
+    fit: str = typer.Option("pad", help="pad: keep the whole film; crop: centre crop to a square."),
+    border_crop: float = typer.Option(0.0, help="Fraction cut from each edge before resizing (text, markers)."),
+    equalize: bool = typer.Option(False, help="Histogram equalisation before resizing."),
+    screening_class: Optional[str] = typer.Option(None, help="Class the threshold is chosen for (default covid)."),
+    target_sensitivity: float = typer.Option(0.95, help="Validation sensitivity the threshold must reach."),
+    quiet: bool = typer.Option(False, help="Print only warnings, errors and the final summary."),
+) -> None:
+    """Train a network on DATA_DIR; the best model by validation AUC goes to --out."""
+    from xraynet.errors import XraynetError
+    from xraynet.train import TrainOptions, train as run_train
+
+    opts = TrainOptions(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+                        weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
+                        device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
+                        equalize=equalize, screening_class=screening_class, target_sensitivity=target_sensitivity)
+    ui = _TrainUI(quiet)
+    try:
+        summary = run_train(data_dir, out, opts, resume=resume, callbacks=ui)
+    except XraynetError as e:
+        ui.stop()
+        _fail(e)
+    except KeyboardInterrupt:
+        ui.stop()
+        ckpt = out.rsplit(".", 1)[0] + ".checkpoint.h5"
+        typer.echo(f"interrupted: continue with --resume {ckpt}", err=True)
+        raise typer.Exit(code=130)
+    t = summary["threshold"]
+    typer.echo(f"best epoch {summary['best_epoch']} (validation macro AUC {summary['best_val_auc']:.3f}); "
+               f"model: {summary['out']}; threshold for {t['class']!r}: {t['value']:.4f} "
+               f"(validation sensitivity >= {t['target_sensitivity']})")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="Model file (HDF5) written by `xraynet train`."),
+    data_dir: str = typer.Argument(..., help="Folder with one subfolder of images per class."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON document."),
+    out: Optional[str] = typer.Option(None, help="Also write the JSON document to this file."),
+    plots: Optional[str] = typer.Option(None, help="Write roc.png and reliability.png to this folder."),
+    n_boot: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC intervals."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    workers: int = typer.Option(2, min=1, help="Threads decoding images."),
+) -> None:
+    """Metrics with 95% intervals, per class and per source/view, at the model's threshold."""
+    from xraynet.errors import XraynetError
+    from xraynet.evaluate import evaluate as run_eval
+
+    try:
+        doc = run_eval(model, data_dir, n_boot=n_boot, seed=seed, plots_dir=plots, workers=workers)
+    except XraynetError as e:
+        _fail(e)
+    text = json.dumps(doc, allow_nan=False, indent=None if as_json else 2)
+    if out:
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=os.path.dirname(os.path.abspath(out)))
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, out)
+    if as_json:
+        sys.stdout.write(text + "\n")
+        return
+    _print_metrics(doc)
+
+
+def _print_metrics(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(m):
+        if not m or m.get("value") is None:
+            return "-"
+        lo, hi = m.get("ci") or (None, None)
+        return f"{m['value']:.3f}" + (f" ({lo:.3f}-{hi:.3f})" if lo is not None else "")
+
+    console = Console()
+    t = Table(title=f"{doc['n']} images: accuracy {fmt(doc['accuracy'])}")
+    for col in ("class", "sensitivity", "specificity", "PPV", "NPV", "AUC"):
+        t.add_column(col)
+    for c, m in doc["per_class"].items():
+        t.add_row(c, fmt(m["sensitivity"]), fmt(m["specificity"]), fmt(m["ppv"]), fmt(m["npv"]), fmt(m["auc"]))
+    console.print(t)
+    for group, values in (doc.get("by_group") or {}).items():
+        g = Table(title=f"by {group}")
+        for col in ("value", "n", "accuracy", "balanced accuracy"):
+            g.add_column(col)
+        for name, m in values.items():
+            bal = m["balanced_accuracy"]
+            g.add_row(str(name), str(m["n"]), fmt(m["accuracy"]), "-" if bal is None else f"{bal:.3f}")
+        console.print(g)
+
+
 def main() -> None:
     app()
 

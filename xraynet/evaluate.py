@@ -1,0 +1,72 @@
+"""`xraynet evaluate`: metrics of a trained model on a labelled folder of X-rays.
+
+The folder has the layout `xraynet train` reads (one subfolder per class,
+optional metadata.csv). Every number comes with its uncertainty (Wilson
+intervals for proportions, stratified bootstrap for ROC AUC), and when the
+metadata names each image's source collection or view, the metrics are
+repeated per source and per view, so a reader can see whether the model tells
+diseases apart or only where the films came from. The screening threshold is
+the one stored in the model, chosen on validation data at training time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import XraynetError
+
+
+def evaluate(model_path, data_dir, *, n_boot: int = 1000, seed: int = 0, plots_dir=None, workers: int = 2,
+             cache: str | None = None, batch_size: int = 32) -> dict:
+    """Evaluate; returns the JSON-able metrics document of
+    :func:`xraynet.metrics.evaluate_predictions` plus ``model`` and ``skipped``."""
+    from .data import scan_dataset
+    from .imaging import Preprocessing
+    from .metrics import evaluate_predictions, roc_curve
+    from .modelfile import load_model
+    from .train import decode_all, predict
+
+    loaded = load_model(model_path)
+    ds = scan_dataset(data_dir)
+    classes = list(loaded.classes)
+    unknown = sorted(set(ds.classes) - set(classes))
+    if unknown:
+        raise XraynetError(f"{data_dir}: class folders {unknown} are not classes of the model. Expected folders "
+                           f"among {classes}, got {ds.classes}. Rename or remove those folders.")
+    remap = np.array([classes.index(c) for c in ds.classes])
+    prep = Preprocessing.from_dict(loaded.preprocessing)
+    x, ok, skipped = decode_all(ds.items, prep, cache, workers)
+    keep = np.flatnonzero(ok)
+    if len(keep) == 0:
+        raise XraynetError(f"{data_dir}: no readable images. Expected at least one, got 0 of {len(ds.items)}. "
+                           "See the skipped files for reasons.")
+    y = remap[np.array([ds.items[i].label for i in keep])]
+    proba = predict(loaded.model, x[keep], batch_size)
+    groups = {}
+    for name, attr in (("source", "source"), ("view", "view")):
+        vals = [getattr(ds.items[i], attr) for i in keep]
+        if any(v for v in vals):
+            groups[name] = vals
+    thr = loaded.metadata.get("threshold") or {}
+    doc = evaluate_predictions(y, proba, classes, screening_class=thr.get("class"), threshold=thr.get("value"),
+                               groups=groups or None, n_boot=n_boot, seed=seed)
+    doc["model"] = {"path": str(model_path), "arch": loaded.model.spec.get("name"),
+                    "threshold": thr or None}
+    doc["data"] = {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "evaluated": int(len(keep))}
+    doc["skipped"] = [{"file": rel, "reason": reason, "message": msg} for rel, reason, msg in skipped]
+    if plots_dir:
+        from .plots import write_reliability_png, write_roc_png
+
+        plots = Path(plots_dir)
+        plots.mkdir(parents=True, exist_ok=True)
+        curves = {}
+        for k, c in enumerate(classes):
+            pos = y == k
+            if pos.any() and (~pos).any():
+                fpr, tpr, _ = roc_curve(proba[:, k], pos)
+                curves[c] = (fpr, tpr, doc["per_class"][c]["auc"]["value"])
+        write_roc_png(plots / "roc.png", curves)
+        write_reliability_png(plots / "reliability.png", doc["reliability"], ece=doc["ece"])
+        doc["plots"] = {"roc": str(plots / "roc.png"), "reliability": str(plots / "reliability.png")}
+    return doc

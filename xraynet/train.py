@@ -1,0 +1,342 @@
+"""`xraynet train`: fit a network on a folder of X-rays, one subfolder per class.
+
+The run, in order:
+
+1. scan DATA_DIR and its metadata.csv; split train/validation by patient,
+   stratified by class, seeded (:mod:`xraynet.data`); report confounds;
+2. decode and preprocess every image once (:mod:`xraynet.imaging`), through
+   the on-disk decode cache; unreadable files are listed and skipped;
+3. each epoch: shuffle, augment (:mod:`xraynet.augment`), train with Adam
+   and class-weighted loss; evaluate on validation; keep the best model by
+   validation macro ROC AUC (ties: lower validation loss); stop early after ``patience`` epochs without
+   improvement; write a checkpoint atomically;
+4. choose the screening threshold on validation data only and store it in
+   the model file with the history.
+
+Determinism and resume: everything random in epoch ``e`` (shuffle,
+augmentation, dropout masks) is drawn from generators seeded with
+``(seed, e)``, and a checkpoint holds weights, batch-norm statistics, Adam
+state, history and early-stopping state, so ``--resume`` after an
+interruption finishes with the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .archs import resolve_arch
+from .augment import Augmentation, augment_batch
+from .errors import ImageError, XraynetError
+from .layers import Dropout
+from .model import Model
+from .optim import Adam
+
+DEFAULT_IMAGE_SIZE = {"seed": 64, "wide": 224, "xraynet": 224}
+
+
+@dataclass
+class TrainOptions:
+    arch: str = "xraynet"
+    epochs: int = 30
+    batch_size: int = 32
+    image_size: int | None = None      # default: the architecture's own
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    seed: int = 0
+    patience: int = 8
+    device: str = "cpu"
+    workers: int = 2
+    augment: bool = True
+    fit: str = "pad"
+    border_crop: float = 0.0
+    equalize: bool = False
+    working_size: int | None = None
+    screening_class: str | None = None  # default: 'covid' if present, else the last class
+    target_sensitivity: float = 0.95
+    cache: str | None = None            # decode cache file; default beside the output model
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_balanced_accuracy: float
+    val_auc: float
+    per_class: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    lr: float = 0.0
+
+
+class Callbacks:
+    """Hooks for the command line's progress display; all optional."""
+
+    def on_report(self, report: dict, skipped: list) -> None: ...
+    def on_decode(self, done: int, total: int) -> None: ...
+    def on_batch(self, epoch: int, done: int, total: int, loss: float) -> None: ...
+    def on_epoch(self, record: dict, is_best: bool) -> None: ...
+
+
+def decode_all(items, prep, cache_path, workers: int, progress: Callable[[int, int], None] | None = None):
+    """Preprocess every item's image: returns (array (N, S, S), ok mask, [(rel, reason, message)]).
+
+    ``cache_path`` names the decode cache file, or None for no cache."""
+    from .decodecache import DecodeCache
+    from .imaging import load
+
+    n, size = len(items), prep.image_size
+    out = np.zeros((n, size, size), np.float32)
+    ok = np.zeros(n, bool)
+    skipped = []
+
+    def work(i):
+        try:
+            return i, load(items[i].path, prep)[0], None
+        except ImageError as e:
+            return i, None, e
+
+    with (DecodeCache(cache_path, prep) if cache_path else _NoCache()) as cache:
+        todo = []
+        for i, it in enumerate(items):
+            hit = cache.get(it.path)
+            if hit is not None:
+                out[i], ok[i] = hit, True
+            else:
+                todo.append(i)
+        done = n - len(todo)
+        if progress:
+            progress(done, n)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for i, arr, err in pool.map(work, todo):
+                if err is None:
+                    out[i], ok[i] = arr, True
+                    cache.put(items[i].path, arr)
+                else:
+                    skipped.append((items[i].rel, err.reason, str(err)))
+                done += 1
+                if progress:
+                    progress(done, n)
+    return out, ok, skipped
+
+
+class _NoCache:
+    """Stands in for DecodeCache when no cache file is wanted."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def get(self, path):
+        return None
+
+    def put(self, path, array):
+        pass
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights, mean 1 over the training images."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return w
+
+
+def _reseed_dropout(model: Model, seed: int, epoch: int) -> None:
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, Dropout):
+            layer.rng = model.bk.rng([seed, epoch, i])
+
+
+def predict(model: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class probabilities (N, C) of preprocessed images (N, S, S)."""
+    return model.predict_proba(x[:, None, :, :], batch_size=batch_size)
+
+
+def epoch_metrics(model: Model, x, y, batch_size, classes) -> dict:
+    from .metrics import evaluate_predictions
+
+    proba = predict(model, x, batch_size)
+    eps = 1e-12
+    val_loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0))))
+    doc = evaluate_predictions(y, proba, classes, n_boot=0)
+    per_class = {c: {"sensitivity": doc["per_class"][c]["sensitivity"]["value"],
+                     "specificity": doc["per_class"][c]["specificity"]["value"]} for c in classes}
+    return {"val_loss": val_loss, "val_accuracy": doc["accuracy"]["value"],
+            "val_balanced_accuracy": doc["balanced_accuracy"], "val_auc": doc["macro_auc"],
+            "per_class": per_class, "proba": proba}
+
+
+def _atomic_csv(path: Path, rows: list[dict]) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            if rows:
+                keys = [k for k in rows[0] if k != "per_class"]
+                w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _prep_from(opts: TrainOptions, image_size: int):
+    from .imaging import Preprocessing
+
+    return Preprocessing(image_size=image_size, fit=opts.fit, border_crop=opts.border_crop, equalize=opts.equalize,
+                         working_size=opts.working_size)
+
+
+def checkpoint_path_for(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".checkpoint.h5")
+
+
+def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = None,
+          callbacks: Callbacks | None = None) -> dict:
+    """Train on DATA_DIR and write the best model to ``out``; returns a summary dict.
+
+    With ``resume`` (a checkpoint written by an earlier run), the options
+    stored in it are used, except ``epochs`` (which may extend the run)."""
+    from .data import confound_report, scan_dataset, split_dataset
+    from .metrics import binary_metrics_at, choose_threshold
+    from .modelfile import load_model, restore_optimizer, save_model
+    from .plots import write_history_png
+
+    cb = callbacks or Callbacks()
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise XraynetError(f"{out}: the output folder does not exist. Expected an existing folder, got "
+                           f"{out.parent}. Create it or pick another --out.")
+    ckpt_path = checkpoint_path_for(out)
+    state = None
+    if resume:
+        loaded = load_model(resume)
+        state = loaded.metadata.get("training_state")
+        if not state:
+            raise XraynetError(f"{resume}: not a training checkpoint. Expected a file written during "
+                               "`xraynet train` (NAME.checkpoint.h5), got a model without training state. "
+                               "Pass the checkpoint file, or train without --resume.")
+        epochs = (opts or TrainOptions()).epochs if opts else state["options"]["epochs"]
+        opts = TrainOptions(**{**state["options"], "epochs": epochs})
+    opts = opts or TrainOptions()
+
+    ds = scan_dataset(data_dir)
+    split = split_dataset(ds, val_fraction=opts.val_fraction, seed=opts.seed)
+    report = confound_report(ds, split)
+    classes = list(ds.classes)
+    n_classes = len(classes)
+    image_size = opts.image_size or DEFAULT_IMAGE_SIZE.get(opts.arch, 224)
+    spec = resolve_arch(opts.arch, num_classes=n_classes, image_size=image_size)
+    image_size = spec["input_shape"][1]
+    prep = _prep_from(opts, image_size)
+
+    cache_path = opts.cache or str(out.with_name(out.stem + ".decode-cache.h5"))
+    x_all, ok, skipped = decode_all(ds.items, prep, cache_path, opts.workers, cb.on_decode)
+    cb.on_report(report, skipped)
+    labels = np.array([it.label for it in ds.items], np.int64)
+    tr = np.array([i for i in split.train if ok[i]], np.int64)
+    va = np.array([i for i in split.val if ok[i]], np.int64)
+    if len(tr) == 0 or len(va) == 0:
+        raise XraynetError(f"{data_dir}: no readable images on one side of the split. Expected images in both "
+                           f"train and validation, got {len(tr)} and {len(va)}. Add images or check the skipped "
+                           "files listed above.")
+    x_tr, y_tr, x_va, y_va = x_all[tr], labels[tr], x_all[va], labels[va]
+    cw = class_weights(y_tr, n_classes)
+
+    if resume:
+        model = loaded.model
+        opt = restore_optimizer(loaded, Adam(model.named_parameters(), model.bk, lr=opts.lr,
+                                             weight_decay=opts.weight_decay))
+        history = list(loaded.history)
+        start, best_auc, best_loss, best_epoch, bad = (state["epoch"] + 1, state["best_auc"], state["best_loss"],
+                                                       state["best_epoch"], state["bad_epochs"])
+    else:
+        model = Model(spec, device=opts.device, seed=opts.seed)
+        opt = Adam(model.named_parameters(), model.bk, lr=opts.lr, weight_decay=opts.weight_decay)
+        history, start, best_auc, best_loss, best_epoch, bad = [], 1, -np.inf, np.inf, 0, 0
+    if model.num_classes != n_classes:
+        raise XraynetError(f"architecture {opts.arch}: gives {model.num_classes} classes. Expected {n_classes} "
+                           f"(the class folders {classes}), got {model.num_classes}. Fix the spec's last layer.")
+    aug = Augmentation() if opts.augment else Augmentation.off()
+    screening = opts.screening_class or ("covid" if "covid" in classes else classes[-1])
+    if screening not in classes:
+        raise XraynetError(f"screening class {screening!r}: not among the classes. Expected one of {classes}, "
+                           f"got {screening!r}. Pick one of those.")
+    metadata = {
+        "data": {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "skipped": len(skipped),
+                 "train_images": int(len(tr)), "val_images": int(len(va)), "per_image_split": bool(split.per_image),
+                 "confounds": report},
+        "command": "xraynet train", "arch": opts.arch,
+    }
+
+    for epoch in range(start, opts.epochs + 1):
+        if bad >= opts.patience:
+            break
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([opts.seed, epoch])
+        _reseed_dropout(model, opts.seed, epoch)
+        order = rng.permutation(len(tr))
+        losses = []
+        nb = (len(order) + opts.batch_size - 1) // opts.batch_size
+        for b in range(nb):
+            idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
+            xb = augment_batch(x_tr[idx], rng, aug) if opts.augment else x_tr[idx]
+            losses.append(model.train_step(xb[:, None], y_tr[idx], opt, class_weights=cw))
+            cb.on_batch(epoch, b + 1, nb, losses[-1])
+        m = epoch_metrics(model, x_va, y_va, opts.batch_size, classes)
+        rec = asdict(EpochRecord(epoch=epoch, train_loss=float(np.mean(losses)), val_loss=m["val_loss"],
+                                 val_accuracy=m["val_accuracy"], val_balanced_accuracy=m["val_balanced_accuracy"],
+                                 val_auc=m["val_auc"], per_class=m["per_class"],
+                                 seconds=time.perf_counter() - t0, lr=opts.lr))
+        history.append(rec)
+        auc = -np.inf if m["val_auc"] is None else m["val_auc"]
+        # Best by validation AUC; at equal AUC (it saturates at 1 on easy data)
+        # the lower validation loss, i.e. the better calibrated model.
+        is_best = auc > best_auc or (auc == best_auc and m["val_loss"] < best_loss)
+        if is_best:
+            best_auc, best_loss, best_epoch, bad = auc, m["val_loss"], epoch, 0
+            save_model(out, model, classes=classes, preprocessing=prep.to_dict(), history=history,
+                       metadata={**metadata, "best_epoch": epoch})
+        else:
+            bad += 1
+        state = {"epoch": epoch, "best_auc": best_auc, "best_loss": best_loss, "best_epoch": best_epoch,
+                 "bad_epochs": bad, "options": asdict(opts)}
+        save_model(ckpt_path, model, classes=classes, preprocessing=prep.to_dict(), optimizer=opt,
+                   history=history, metadata={**metadata, "training_state": state})
+        cb.on_epoch(rec, is_best)
+
+    # The operating threshold, chosen on validation data only, with the best model.
+    best = load_model(out)
+    proba = predict(best.model, x_va, opts.batch_size)
+    k = classes.index(screening)
+    positives = y_va == k
+    thr = float(choose_threshold(proba[:, k], positives, opts.target_sensitivity))
+    at = binary_metrics_at(proba[:, k], positives, thr)
+    threshold = {"class": screening, "value": thr, "target_sensitivity": opts.target_sensitivity,
+                 "chosen_on": "validation", "validation": at}
+    save_model(out, best.model, classes=classes, preprocessing=prep.to_dict(), history=history,
+               metadata={**metadata, "best_epoch": best_epoch, "threshold": threshold})
+    history_csv = out.with_name(out.stem + ".history.csv")
+    _atomic_csv(history_csv, history)
+    history_png = out.with_name(out.stem + ".history.png")
+    write_history_png(history_png, history)
+    return {"out": str(out), "checkpoint": str(ckpt_path), "best_epoch": best_epoch, "best_val_auc": best_auc,
+            "threshold": threshold, "history_csv": str(history_csv), "history_png": str(history_png),
+            "skipped": skipped, "epochs_run": len(history), "train_images": int(len(tr)),
+            "val_images": int(len(va))}
