@@ -239,6 +239,8 @@ def train(
 def evaluate(
     model: str = typer.Argument(..., help="Model file (HDF5) written by `xraynet train`."),
     data_dir: str = typer.Argument(..., help="Folder with one subfolder of images per class."),
+    subset: str = typer.Option("all", help="all: every image; val: only the validation patients of the "
+                                           "model's own training split (when DATA_DIR is its training folder)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON document."),
     out: Optional[str] = typer.Option(None, help="Also write the JSON document to this file."),
     plots: Optional[str] = typer.Option(None, help="Write roc.png and reliability.png to this folder."),
@@ -251,7 +253,7 @@ def evaluate(
     from xraynet.evaluate import evaluate as run_eval
 
     try:
-        doc = run_eval(model, data_dir, n_boot=n_boot, seed=seed, plots_dir=plots, workers=workers)
+        doc = run_eval(model, data_dir, subset=subset, n_boot=n_boot, seed=seed, plots_dir=plots, workers=workers)
     except XraynetError as e:
         _fail(e)
     text = json.dumps(doc, allow_nan=False, indent=None if as_json else 2)

@@ -119,6 +119,9 @@ def test_train_then_evaluate(dataset, tmp_path):
     assert set(doc["by_group"]["source"]) == {"site-a", "site-b"}
     assert (tmp_path / "plots" / "roc.png").exists()
     json.dumps(doc, allow_nan=False)
+    held_out = evaluate(out, root, subset="val", n_boot=0)
+    assert held_out["data"]["subset"] == "val"
+    assert held_out["n"] == summary["val_images"] < doc["n"]
 
 
 def test_split_keeps_patients_apart(dataset):

@@ -282,6 +282,7 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         "data": {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "skipped": len(skipped),
                  "train_images": int(len(tr)), "val_images": int(len(va)), "per_image_split": bool(split.per_image),
                  "confounds": report},
+        "split": {"seed": opts.seed, "val_fraction": opts.val_fraction},
         "command": "xraynet train", "arch": opts.arch,
     }
 
