@@ -38,13 +38,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def make_step(arch: str, mode: str, batch: int, device: str = "cpu", seed: int = 0):
-    """(model, step function) for one configuration; the step runs one
-    training step (forward + loss + backward + Adam) or one inference."""
+def _setup(arch: str, batch: int, device: str, seed: int):
+    """Model of a benchmark architecture, a synthetic batch and its labels."""
     model = Model(builtin_spec(arch, num_classes=2), device=device, seed=seed)
     rng = np.random.default_rng(seed + 1)
     x = model.bk.asarray(rng.standard_normal((batch, *model.input_shape), dtype=np.float32))
-    labels = rng.integers(0, 2, batch)
+    return model, x, rng.integers(0, 2, batch)
+
+
+def make_step(arch: str, mode: str, batch: int, device: str = "cpu", seed: int = 0):
+    """(model, step function) for one configuration; the step runs one
+    training step (forward + loss + backward + Adam) or one inference."""
+    model, x, labels = _setup(arch, batch, device, seed)
     if mode == "train":
         opt = Adam(model.named_parameters(), model.bk, lr=1e-3)
 
@@ -107,48 +112,42 @@ def profile_layers(arch: str = "seed", mode: str = "train", batch: int = 32, dev
                    threads: int | None = None, repeats: int = 5, seed: int = 0) -> list[dict]:
     """Median milliseconds per execution stage (forward and backward apart) and
     for the optimiser update: where a step's time goes."""
-    model, _ = make_step(arch, mode, batch, device, seed)
+    model, x, labels = _setup(arch, batch, device, seed)
     bk = model.bk
     if threads is not None:
         bk.set_threads(threads)
-    rng = np.random.default_rng(seed + 1)
-    x = bk.asarray(rng.standard_normal((batch, *model.input_shape), dtype=np.float32))
-    labels = rng.integers(0, 2, batch)
     opt = Adam(model.named_parameters(), bk, lr=1e-3)
     training = mode == "train"
     names = [" + ".join(l.type for l in _stage_layers(model, i)) + f" [{first}]"
              for i, (first, _) in enumerate(model._stages)]
-    rows = {n: {"forward": [], "backward": []} for n in names}
-    rows["optimizer (adam)"] = {"forward": [], "backward": []}
-    for rep in range(repeats + 1):  # the first pass warms up
+    adam = "optimizer (adam)"
+    times = {(n, d): [] for n in names + [adam] for d in ("forward", "backward")}
+
+    def timed(key, rep, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        bk.synchronize()
+        if rep:  # the first pass warms up
+            times[key].append(time.perf_counter() - t0)
+        return out
+
+    for rep in range(repeats + 1):
         h = bk.nchw_to_internal(x)
         for name, (_, stage) in zip(names, model._stages):
-            t0 = time.perf_counter()
-            h = stage.forward(h, training)
-            bk.synchronize()
-            if rep:
-                rows[name]["forward"].append(time.perf_counter() - t0)
+            h = timed((name, "forward"), rep, stage.forward, h, training)
         if not training:
             continue
         _, d = model.loss(h, labels)
         for name, (first, stage) in zip(reversed(names), reversed(model._stages)):
             need = first > model._first_param
-            t0 = time.perf_counter()
-            d = stage.backward(d, need)
-            bk.synchronize()
-            if rep:
-                rows[name]["backward"].append(time.perf_counter() - t0)
+            d = timed((name, "backward"), rep, stage.backward, d, need)
             if not need:
                 break
-        t0 = time.perf_counter()
-        opt.step(model.named_grads())
-        bk.synchronize()
-        if rep:
-            rows["optimizer (adam)"]["backward"].append(time.perf_counter() - t0)
+        timed((adam, "backward"), rep, opt.step, model.named_grads())
     out = []
-    for name, r in rows.items():
-        fwd = statistics.median(r["forward"]) * 1e3 if r["forward"] else 0.0
-        bwd = statistics.median(r["backward"]) * 1e3 if r["backward"] else 0.0
+    for name in names + [adam]:
+        fwd, bwd = (statistics.median(times[name, d]) * 1e3 if times[name, d] else 0.0
+                    for d in ("forward", "backward"))
         if fwd or bwd:
             out.append({"stage": name, "forward_ms": fwd, "backward_ms": bwd})
     return out

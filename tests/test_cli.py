@@ -1,0 +1,73 @@
+"""The typer command line: help, bench JSON, train/evaluate round trip, error exits."""
+import json
+
+from typer.testing import CliRunner
+
+from xraynet import __version__
+from xraynet.cli.main import app
+
+from test_train import _film, _write  # noqa: F401  (generated films)
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("bench", "train", "evaluate"):
+        assert cmd in res.output
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+
+
+def test_bench_json_has_the_keys_torch_reference_has():
+    res = runner.invoke(app, ["bench", "--arch", "seed", "--mode", "infer", "--batch", "2", "--threads", "1",
+                              "--iters", "2", "--warmup", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output.strip().splitlines()[-1])
+    for key in ("arch", "mode", "batch", "device", "threads", "images_per_s", "ms_per_batch"):
+        assert key in row
+    assert (row["arch"], row["mode"], row["batch"], row["threads"]) == ("seed", "infer", 2, 1)
+    assert row["images_per_s"] > 0 and row["iters"] == 2
+
+
+def test_bench_profile_names_every_stage():
+    res = runner.invoke(app, ["bench", "--arch", "seed", "--mode", "train", "--batch", "2", "--iters", "1",
+                              "--warmup", "1", "--json", "--profile"])
+    assert res.exit_code == 0, res.output
+    stages = [p["stage"] for p in json.loads(res.output.strip().splitlines()[-1])["profile"]]
+    assert stages[0].startswith("conv2d + relu + maxpool2d") and stages[-1] == "optimizer (adam)"
+
+
+def test_train_and_evaluate_commands(tmp_path):
+    import numpy as np
+
+    from test_train import TINY_SPEC
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    for label in ("normal", "opacity"):
+        (root / label).mkdir(parents=True)
+        for i in range(24):
+            _write(root / label / f"f{i}", _film(rng, label == "opacity"), "png")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_SPEC))
+    out = tmp_path / "m.h5"
+    res = runner.invoke(app, ["train", str(root), "--out", str(out), "--arch", str(spec), "--epochs", "2",
+                              "--batch-size", "8", "--no-augment", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "best epoch" in res.output and out.exists()
+    res = runner.invoke(app, ["evaluate", str(out), str(root), "--json", "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output.strip().splitlines()[-1])
+    assert doc["n"] == 48 and set(doc["per_class"]) == {"normal", "opacity"}
+
+
+def test_errors_exit_2_with_the_file_named(tmp_path):
+    missing = tmp_path / "nope.h5"
+    res = runner.invoke(app, ["evaluate", str(missing), str(tmp_path)])
+    assert res.exit_code == 2
+    assert "nope.h5" in res.output
