@@ -237,8 +237,9 @@ def train(
 
 @app.command()
 def evaluate(
-    model: str = typer.Argument(..., help="Model file (HDF5) written by `xraynet train`."),
-    data_dir: str = typer.Argument(..., help="Folder with one subfolder of images per class."),
+    paths: list[str] = typer.Argument(..., metavar="[MODEL] DATA_DIR",
+                                      help="Model file (HDF5, default: the bundled model) and a folder with "
+                                           "one subfolder of images per class."),
     subset: str = typer.Option("all", help="all: every image; val: only the validation patients of the "
                                            "model's own training split (when DATA_DIR is its training folder)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON document."),
@@ -251,8 +252,12 @@ def evaluate(
     """Metrics with 95% intervals, per class and per source/view, at the model's threshold."""
     from xraynet.errors import XraynetError
     from xraynet.evaluate import evaluate as run_eval
+    from xraynet.modelfile import bundled_model_path
 
+    if len(paths) > 2:
+        raise typer.BadParameter(f"expected [MODEL] DATA_DIR, got {len(paths)} paths")
     try:
+        model, data_dir = (paths[0], paths[1]) if len(paths) == 2 else (str(bundled_model_path()), paths[0])
         doc = run_eval(model, data_dir, subset=subset, n_boot=n_boot, seed=seed, plots_dir=plots, workers=workers)
     except XraynetError as e:
         _fail(e)
@@ -289,12 +294,15 @@ def _print_metrics(doc: dict) -> None:
         t.add_row(c, fmt(m["sensitivity"]), fmt(m["specificity"]), fmt(m["ppv"]), fmt(m["npv"]), fmt(m["auc"]))
     console.print(t)
     for group, values in (doc.get("by_group") or {}).items():
-        g = Table(title=f"by {group}")
-        for col in ("value", "n", "accuracy", "balanced accuracy"):
+        # Per-class AUC inside one source is the figure that a source shortcut cannot inflate.
+        g = Table(title=f"by {group} (AUC of each class against the rest, within the {group})")
+        for col in ["value", "n", "accuracy", "balanced accuracy"] + [f"AUC {c}" for c in doc["classes"]]:
             g.add_column(col)
         for name, m in values.items():
             bal = m["balanced_accuracy"]
-            g.add_row(str(name), str(m["n"]), fmt(m["accuracy"]), "-" if bal is None else f"{bal:.3f}")
+            aucs = [m["per_class"][c]["auc"]["value"] for c in doc["classes"]]
+            g.add_row(str(name), str(m["n"]), fmt(m["accuracy"]), "-" if bal is None else f"{bal:.3f}",
+                      *("-" if a is None else f"{a:.3f}" for a in aucs))
         console.print(g)
 
 

@@ -582,3 +582,19 @@ def restore_optimizer(loaded: LoadedModel, optimizer=None):
     except ModelFileError as e:
         raise ModelFileError(f"{where}: {e}") from None
     return optimizer
+
+
+#: The model shipped inside the package (trained on ../shared/data/cxr; see the README).
+BUNDLED_MODEL = "models/default.h5"
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled default model; ModelFileError if this install lacks it."""
+    from importlib.resources import files
+
+    path = Path(str(files("xraynet") / BUNDLED_MODEL))
+    if not path.is_file():
+        raise ModelFileError(f"{path}: the bundled default model is missing from this installation. Expected "
+                             "the file shipped with xraynet, got nothing there. Reinstall xraynet or pass a "
+                             "model file explicitly.")
+    return path
