@@ -206,6 +206,9 @@ def train(
     fit: str = typer.Option("pad", help="pad: keep the whole film; crop: centre crop to a square."),
     border_crop: float = typer.Option(0.0, help="Fraction cut from each edge before resizing (text, markers)."),
     equalize: bool = typer.Option(False, help="Histogram equalisation before resizing."),
+    working_size: Optional[int] = typer.Option(None, min=16, help="First resize every film so its short side has "
+                                                                  "this many pixels (one resolution for all "
+                                                                  "sources)."),
     screening_class: Optional[str] = typer.Option(None, help="Class the threshold is chosen for (default covid)."),
     target_sensitivity: float = typer.Option(0.95, help="Validation sensitivity the threshold must reach."),
     quiet: bool = typer.Option(False, help="Print only warnings, errors and the final summary."),
@@ -217,7 +220,8 @@ def train(
     opts = TrainOptions(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
                         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
                         device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
-                        equalize=equalize, screening_class=screening_class, target_sensitivity=target_sensitivity)
+                        equalize=equalize, working_size=working_size, screening_class=screening_class,
+                        target_sensitivity=target_sensitivity)
     ui = _TrainUI(quiet)
     try:
         summary = run_train(data_dir, out, opts, resume=resume, callbacks=ui)

@@ -83,3 +83,11 @@ class ImageError(XraynetError):
 
 class CacheError(XraynetError):
     """A decode cache file cannot be used (in use elsewhere, or not an xraynet cache)."""
+
+
+class ScreenError(XraynetError, ValueError):
+    """Screening cannot start: the folder, an option, or the report file cannot be used."""
+
+
+class ReportLockedError(ScreenError):
+    """Another ``xraynet screen`` run holds the lock of the same report (``<report>.lock``)."""
