@@ -316,9 +316,11 @@ class CPUBackend:
         keep = rng.random(shape) >= p
         return (keep / (1.0 - p)).astype(dtype)
 
-    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps, training):
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps, training, keep=False):
         """x (..., C) normalised per channel. In training, batch statistics are used
-        and the running ones updated in place (unbiased variance, as in PyTorch)."""
+        and the running ones updated in place (unbiased variance, as in PyTorch).
+        In evaluation the running statistics make it an affine map; with ``keep``
+        its context is returned so backward works there too (Grad-CAM)."""
         c = x.shape[-1]
         x2d = np.ascontiguousarray(x).reshape(-1, c)
         m = x2d.shape[0]
@@ -337,15 +339,23 @@ class CPUBackend:
             inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
             xhat = xc * inv_std
             y = xhat * gamma + beta
-            return y.reshape(x.shape), (xhat, inv_std, x.shape)
+            return y.reshape(x.shape), ("train", xhat, inv_std, x.shape)
         inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
         scale = gamma * inv_std
         y = x2d * scale + (beta - running_mean * scale)
-        return y.reshape(x.shape), None
+        ctx = ("eval", (x2d - running_mean) * inv_std, scale, x.shape) if keep else None
+        return y.reshape(x.shape), ctx
 
     def batchnorm_backward(self, dy, ctx, gamma):
-        """Returns (dx, dgamma, dbeta) for training-mode batch norm."""
-        xhat, inv_std, shape = ctx
+        """Returns (dx, dgamma, dbeta), for a training-mode or a kept evaluation-mode forward."""
+        if ctx[0] == "eval":  # affine map: y = xhat * gamma + beta with fixed statistics
+            _, xhat, scale, shape = ctx
+            dy2d = np.ascontiguousarray(dy).reshape(-1, shape[-1])
+            dgamma, dbeta = np.empty(shape[-1], np.float64), np.empty(shape[-1], np.float64)
+            self.k.channel_sum(dbeta, dy2d)
+            self.k.channel_sum(dgamma, dy2d * xhat)
+            return (dy2d * scale).reshape(shape), dgamma.astype(dy2d.dtype), dbeta.astype(dy2d.dtype)
+        _, xhat, inv_std, shape = ctx
         c = shape[-1]
         dy2d = np.ascontiguousarray(dy).reshape(-1, c)
         m = dy2d.shape[0]

@@ -60,7 +60,9 @@ class Layer:
             raise SpecError(f"{self.type}: needs image maps (C, H, W) as input. "
                             f"Expected a 3-d sample shape, got {in_shape}. Put it before flatten/global_avg_pool.")
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool = False, keep: bool = False):
+        """``training`` picks the semantics (batch statistics, dropout); ``keep``
+        keeps what ``backward`` needs in evaluation mode too (Grad-CAM)."""
         raise NotImplementedError
 
     def backward(self, dy, need_dx: bool = True):
@@ -113,9 +115,9 @@ class Conv2D(Layer):
         }
         return (self.out_channels, oh, ow)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, keep=False):
         y, self.ctx = self.bk.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride,
-                                             self.pad, save=training)
+                                             self.pad, save=training or keep)
         return y
 
     def backward(self, dy, need_dx=True):
@@ -158,9 +160,9 @@ class MaxPool2D(Layer):
                             f"Expected at least 1x1 output, got {oh}x{ow}. Use a larger image size.")
         return (c, oh, ow)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, keep=False):
         y, idx = self.bk.maxpool2d_forward(x, self.kernel_size, self.stride)
-        self.cache = (idx, x.shape) if training else None
+        self.cache = (idx, x.shape) if training or keep else None
         return y
 
     def backward(self, dy, need_dx=True):
@@ -177,9 +179,9 @@ class ReLU(Layer):
 
     type = "relu"
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, keep=False):
         y = self.bk.relu_forward(x)
-        self.y = y if training else None
+        self.y = y if training or keep else None
         return y
 
     def backward(self, dy, need_dx=True):
@@ -197,7 +199,7 @@ class Flatten(Layer):
     def _build(self, in_shape, rng, dtype):
         return (int(np.prod(in_shape)),)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, keep=False):
         self.x_shape = x.shape
         if x.ndim == 4:
             return self.bk.internal_to_nchw(x).reshape(x.shape[0], -1)
@@ -219,7 +221,7 @@ class GlobalAvgPool2D(Layer):
         self._need_maps(in_shape)
         return (in_shape[0],)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, keep=False):
         self.x_shape = x.shape
         return self.bk.global_avg_pool_forward(x)
 
@@ -251,8 +253,8 @@ class Dense(Layer):
         }
         return (self.out_features,)
 
-    def forward(self, x, training=False):
-        self.x = x if training else None
+    def forward(self, x, training=False, keep=False):
+        self.x = x if training or keep else None
         return self.bk.dense_forward(x, self.params["weight"], self.params["bias"])
 
     def backward(self, dy, need_dx=True):
@@ -284,7 +286,7 @@ class Dropout(Layer):
         self.rng = self.bk.rng(int(rng.integers(2**63)))
         return in_shape
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, keep=False):
         if not training or self.p == 0:
             self.mask = None
             return x
@@ -322,16 +324,16 @@ class BatchNorm2D(Layer):
                         "running_var": self.bk.asarray(np.ones(c), dtype)}
         return in_shape
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, keep=False):
         y, self.ctx = self.bk.batchnorm_forward(x, self.params["weight"], self.params["bias"],
                                                 self.buffers["running_mean"], self.buffers["running_var"],
-                                                self.momentum, self.eps, training)
+                                                self.momentum, self.eps, training, keep)
         return y
 
     def backward(self, dy, need_dx=True):
         if self.ctx is None:
-            raise ShapeError("batchnorm2d: backward called without a training-mode forward. "
-                             "Expected forward(x, training=True) first. Call forward in training mode.")
+            raise ShapeError("batchnorm2d: backward called without a kept forward. "
+                             "Expected forward(x, training=True) or forward(x, keep=True) first. Call one of those.")
         dx, dg, db = self.bk.batchnorm_backward(dy, self.ctx, self.params["weight"])
         self.ctx = None
         self.grads = {"weight": dg, "bias": db}

@@ -29,16 +29,15 @@ class _ConvReLU:
     def __init__(self, conv: Conv2D, pool: MaxPool2D | None):
         self.conv, self.pool, self.ctx = conv, pool, None
 
-    def forward(self, x, training):
+    def forward(self, x, training, keep=False):
         c, bk = self.conv, self.conv.bk
         if self.pool is None:
             y, self.ctx = bk.conv2d_forward(x, c.params["weight"], c.params["bias"], c.stride, c.pad, relu=True,
-                                            save=training)
+                                            save=training or keep)
         else:
             y, self.ctx = bk.conv2d_relu_pool_forward(x, c.params["weight"], c.params["bias"], c.stride, c.pad,
-                                                      self.pool.kernel_size, self.pool.stride, save=training)
-        if not training:
-            self.ctx = None
+                                                      self.pool.kernel_size, self.pool.stride,
+                                                      save=training or keep)
         return y
 
     def backward(self, dy, need_dx):
@@ -56,8 +55,8 @@ class _Single:
     def __init__(self, layer: Layer):
         self.layer = layer
 
-    def forward(self, x, training):
-        return self.layer.forward(x, training)
+    def forward(self, x, training, keep=False):
+        return self.layer.forward(x, training, keep)
 
     def backward(self, dy, need_dx):
         return self.layer.backward(dy, need_dx)
@@ -151,15 +150,16 @@ class Model:
             arr[...] = self.bk.asarray(src, arr.dtype)
 
     # ---------------------------------------------------------------- compute
-    def forward(self, x, training: bool = False):
-        """x (N, C, H, W) -> logits (N, outputs), a backend array."""
+    def forward(self, x, training: bool = False, keep: bool = False):
+        """x (N, C, H, W) -> logits (N, outputs), a backend array. ``keep``: in
+        evaluation mode, keep what ``backward`` needs (Grad-CAM, saliency)."""
         x = self.bk.asarray(x, self.dtype)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"input batch: wrong shape. Expected (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {tuple(x.shape)}. Resize images to the model's input size.")
         h = self.bk.nchw_to_internal(x)
         for _, stage in self._stages:
-            h = stage.forward(h, training)
+            h = stage.forward(h, training, keep)
         return h
 
     def backward(self, dlogits, input_grad: bool = False):
@@ -172,6 +172,45 @@ class Model:
             if not need:
                 return None
         return self.bk.internal_to_nchw(d) if input_grad else None
+
+    def gradcam(self, x, class_index: int) -> np.ndarray:
+        """Grad-CAM maps (N, H', W') in [0, 1] for class ``class_index``, in evaluation mode.
+
+        The feature maps A are the output of the last stage that still yields
+        image maps; each channel k is weighted by the mean over positions of
+        d(score)/dA_k, computed with the network's own backward pass, and the
+        map is ReLU(sum_k w_k A_k), scaled so each image's maximum is 1 (all
+        zero where nothing speaks for the class). The score is the class's
+        logit; for a one-logit sigmoid model it is the logit for class 1 and its
+        negative for class 0.
+        """
+        if not 0 <= class_index < self.num_classes:
+            raise ShapeError(f"gradcam class: out of range. Expected 0..{self.num_classes - 1}, got {class_index}. "
+                             "Pass the index of one of the model's classes.")
+        bounds = [first for first, _ in self._stages] + [len(self.layers)]
+        target = max((i for i in range(len(self._stages)) if len(self.layers[bounds[i + 1] - 1].out_shape) == 3),
+                     default=None)
+        if target is None:
+            raise SpecError("gradcam: the network has no layer with image maps. Expected a conv layer, got none.")
+        x = self.bk.asarray(x, self.dtype)
+        h = self.bk.nchw_to_internal(x)
+        for i, (_, stage) in enumerate(self._stages):
+            h = stage.forward(h, False, keep=i > target)
+            if i == target:
+                acts = h
+        xp = self.bk.xp
+        d = xp.zeros(h.shape, h.dtype)
+        if self.output == "sigmoid":
+            d[:, 0] = 1.0 if class_index == 1 else -1.0
+        else:
+            d[:, class_index] = 1.0
+        for i in range(len(self._stages) - 1, target, -1):
+            d = self._stages[i][1].backward(d, True)
+        weights = d.mean(axis=(1, 2))                                    # (N, C)
+        cam = xp.maximum((acts * weights[:, None, None, :]).sum(axis=3), 0)  # (N, H', W')
+        peak = cam.max(axis=(1, 2), keepdims=True)
+        cam = xp.where(peak > 0, cam / xp.where(peak > 0, peak, 1), 0)
+        return self.bk.to_numpy(cam)
 
     def loss(self, logits, labels, class_weights=None):
         """(loss, dlogits) for integer class labels (N,)."""
