@@ -310,6 +310,116 @@ def _print_metrics(doc: dict) -> None:
         console.print(g)
 
 
+class OnLock(str, Enum):
+    fail = "fail"
+    wait = "wait"
+
+
+_SCREEN_HELP = """Screen every X-ray under FOLDER into the CSV report --out (cron-safe, incremental).
+
+Re-runs with the same --out screen only new or changed files; a kill at any
+moment leaves a valid report. Columns and the crash-safety design are in the
+docstring of xraynet/screen.py.
+
+Exit codes: 0 every file screened ok; 1 some files are error rows in the
+report; 2 usage error (bad option, missing folder, unusable model or report);
+3 another run holds the report's lock (--on-lock fail).
+"""
+
+
+@app.command(help=_SCREEN_HELP)
+def screen(
+    folder: str = typer.Argument(..., help="Folder of images (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM)."),
+    out: str = typer.Option(..., "--out", help="CSV report to create or bring up to date."),
+    model: Optional[str] = typer.Option(None, help="Model file (HDF5); default: the bundled model."),
+    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                              help="Flag when p(screening class) >= this (default: the model's)."),
+    batch_size: int = typer.Option(32, min=1, help="Images per network batch."),
+    workers: int = typer.Option(2, min=1, help="Threads decoding images."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Descend into subfolders."),
+    on_lock: OnLock = typer.Option(OnLock.fail, "--on-lock",
+                                   help="When another run holds the report: fail (exit 3) or wait."),
+    quiet: bool = typer.Option(False, help="No progress bar and no summary table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be screened; write nothing."),
+) -> None:
+    from rich.console import Console
+
+    from xraynet.errors import ReportLockedError, XraynetError
+    from xraynet.screen import EXIT_LOCKED, screen as run_screen
+
+    err = Console(stderr=True)
+    bar = None
+    if not quiet and not dry_run and err.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=err, transient=True)
+    task = None
+
+    def on_progress(done, total):
+        nonlocal task
+        if bar is None:
+            return
+        if task is None:
+            bar.start()
+            task = bar.add_task("screening", total=total)
+        bar.update(task, completed=done)
+
+    try:
+        summary = run_screen(folder, out, model_path=model, threshold=threshold, batch_size=batch_size,
+                             workers=workers, recursive=recursive, on_lock=on_lock.value, dry_run=dry_run,
+                             progress=on_progress)
+    except ReportLockedError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(code=EXIT_LOCKED)
+    except XraynetError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        # Rows already written are whole and synced; the next run continues from them.
+        err.print("interrupted: the report holds every row written so far; run the same command again to "
+                  "screen the rest", highlight=False)
+        raise typer.Exit(code=130)
+    finally:
+        if bar is not None:
+            bar.stop()
+    for note in summary.warnings:
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+    elif dry_run:
+        for rel in summary.would_screen:
+            typer.echo(rel)
+        if not quiet:
+            err.print(f"dry run: {summary.files} files, {len(summary.would_screen)} would be screened, "
+                      f"{summary.skipped_unchanged} unchanged; nothing written", highlight=False)
+    elif not quiet:
+        _print_screen_summary(summary)
+    raise typer.Exit(code=summary.exit_code)
+
+
+def _print_screen_summary(s) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"xraynet screen -> {s.out}")
+    t.add_column("", justify="left")
+    t.add_column("value", justify="right")
+    net_share = s.network_seconds / max(s.decode_seconds + s.network_seconds, 1e-12)
+    for name, value in (
+        ("files in folder", s.files), ("screened now", s.screened), ("unchanged, kept", s.skipped_unchanged),
+        ("old rows dropped", s.dropped_rows), ("error rows", s.errors),
+        (f"flagged {s.screening_class} (p >= {s.threshold:.4g})", s.flagged),
+        ("flagged among screened now", s.flagged_new),
+        ("images/s", f"{s.images_per_s:.1f}"), ("seconds", f"{s.seconds:.2f}"),
+        ("decode seconds (all threads)", f"{s.decode_seconds:.2f}"),
+        ("network seconds", f"{s.network_seconds:.2f} ({net_share:.0%} of decode + network)"),
+        ("model", f"{s.model} {s.model_sha256[:12]}"),
+    ):
+        t.add_row(name, str(value))
+    Console().print(t)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,643 @@
+"""Screen a folder of X-rays into a CSV report that a nightly cron job can trust.
+
+:func:`screen` finds every image under a folder, runs the model on the files
+that are new or changed since the last run, and appends one row per file to a
+CSV report. The report stays a valid CSV whatever moment the run is killed at
+(``kill -9`` included), and after a run that completes every image in the
+folder appears in it exactly once, with the SHA-256 of its current bytes.
+
+Which files
+-----------
+Every file under the folder (recursively unless ``recursive=False``) whose
+name ends in ``.png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom`` (any
+case), or that holds the DICOM magic ``DICM`` at byte 128. Names starting
+with ``.`` (hidden files and folders) are skipped, and so are the report and
+its ``.lock`` and ``.tmp`` companions when they sit inside the folder.
+Directory symlinks are followed once: a folder reached a second time (a
+symlink loop, two links to one folder) is not entered again. Rows are sorted
+by the path relative to the folder in POSIX form.
+
+Report columns (in this order)
+------------------------------
+==================  ==========================================================
+``path``            file path relative to the folder, POSIX separators
+``sha256``          SHA-256 of the file's bytes (empty when it cannot be read)
+``status``          ``ok`` or ``error``
+``error``           error rows: ``<reason>: <message>``, where reason is
+                    :attr:`ImageError.reason <xraynet.errors.ImageError>`
+                    (``empty``, ``truncated``, ``not_an_image``...) or
+                    ``internal_error`` for an unexpected failure
+``label``           predicted class (highest probability); empty on errors
+``p_<class>``       one column per model class, in the model's class order:
+                    the probability, as a plain decimal; empty on errors
+``flagged``         ``1`` if ``p_<screening class> >= threshold`` else ``0``;
+                    empty on errors
+``threshold``       the threshold used for ``flagged``
+``warnings``        :data:`xraynet.imaging.WARNING_CODES` codes joined by ``;``
+``width``           decoded image width in pixels (empty on errors)
+``height``          decoded image height in pixels (empty on errors)
+``model``           ``<architecture name> (<model file name>)``
+``model_sha256``    the model file's ``weights_sha256``
+``xraynet_version`` the xraynet that wrote the row
+``screened_at``     UTC time of screening, ISO 8601 with ``Z``
+==================  ==========================================================
+
+The file is UTF-8, written by the :mod:`csv` module with ``\\r\\n`` line ends
+(RFC 4180), so commas, quotes, newlines and non-ASCII in names survive. Text
+cells (path, error, label, warnings, model) that start with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return get a leading ``'`` so that a
+spreadsheet shows them as text instead of running them as formulas.
+
+Crash safety
+------------
+* One run at a time per report: ``<report>.lock`` is held with ``flock``
+  (``on_lock="fail"``: give up at once with :class:`ReportLockedError`;
+  ``"wait"``: block until the other run ends). The kernel drops the lock when
+  the process dies, however it dies. The lock file is left in place.
+* A new report is created whole: header to ``<report>.tmp``, ``fsync``,
+  ``os.replace``. So a report, once it exists, always has its header.
+* Rows are appended a batch at a time with one ``write()`` of complete lines
+  followed by ``fsync``. A kill can therefore only leave an incomplete last
+  record. On start (under the lock) the report is parsed; from the first
+  incomplete or malformed record on, the file is truncated back to the end
+  of the last good record. Those files are simply screened again.
+* A file is skipped when the report has a row for its path with the same
+  ``sha256``, ``model_sha256`` and ``threshold`` (error rows whose reason
+  depends on the machine, not the bytes -- ``unreadable``,
+  ``dicom_needs_pydicom``, ``dicom_unsupported`` -- are always retried).
+  When any existing row must go (its file changed, was deleted, or is a
+  duplicate), the kept rows are first written to ``<report>.tmp``, synced and
+  ``os.replace``-d over the report (*compaction*); only then are new rows
+  appended. Hence at every moment no path has two rows: the report after
+  compaction has none for the files about to be screened, and each of those
+  is appended once.
+* When the run ends, if the appended rows do not sort after the kept ones,
+  the report is rewritten in sorted order the same atomic way.
+* A report whose header is not the one this model needs (other classes,
+  another column layout, not an xraynet report) is refused with
+  :class:`~xraynet.errors.ScreenError`; write to a new ``--out`` or move the
+  old report aside.
+
+A file that changes between being hashed and being decoded is the one race
+left: its row holds the older hash, so the next run screens it again.
+
+Exit codes (``xraynet screen``)
+-------------------------------
+``0`` every file has an ``ok`` row; ``1`` the report has ``error`` rows for
+some files of the folder (the run itself completed); ``2`` usage errors: bad
+options, missing folder, unusable model or report; ``3`` another run holds
+the report's lock (``--on-lock fail``).
+
+Threads
+-------
+Decoding (Pillow releases the GIL) runs in a pool of ``workers`` threads a
+batch ahead of the network, which runs on the calling thread only (the Numba
+workqueue layer must not be entered from two threads). At most two batches
+of images are in memory.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import ImageError, ReportLockedError, ScreenError
+
+__all__ = ["screen", "Summary", "find_images", "report_columns", "IMAGE_SUFFIXES", "RETRY_REASONS", "EXIT_OK",
+           "EXIT_ERRORS", "EXIT_USAGE", "EXIT_LOCKED"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
+#: Error reasons that depend on this machine rather than on the file's bytes: retried on every run.
+RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "dicom_unsupported"})
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+_HEAD = ("path", "sha256", "status", "error", "label")
+_TAIL = ("flagged", "threshold", "warnings", "width", "height", "model", "model_sha256", "xraynet_version",
+         "screened_at")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_LINE_END = "\r\n"
+
+
+def report_columns(classes) -> list[str]:
+    """The report header for a model with these class names."""
+    return [*_HEAD, *(f"p_{c}" for c in classes), *_TAIL]
+
+
+@dataclass
+class Summary:
+    """What one :func:`screen` run did. ``files``: images in the folder now;
+    ``screened``: rows written this run; ``skipped_unchanged``: files whose row
+    was kept; ``errors`` / ``flagged``: error rows / flagged rows among the
+    folder's files in the report after the run (``*_new``: among this run's
+    rows); ``labels_new``: predicted label counts of this run's ok rows;
+    ``dropped_rows``: old rows removed (changed, deleted or duplicate files);
+    times in seconds (``decode_seconds`` sums the worker threads' time,
+    ``network_seconds`` is the model on the calling thread)."""
+
+    folder: str
+    out: str
+    model: str
+    model_sha256: str
+    screening_class: str
+    threshold: float
+    files: int = 0
+    screened: int = 0
+    skipped_unchanged: int = 0
+    errors: int = 0
+    errors_new: int = 0
+    flagged: int = 0
+    flagged_new: int = 0
+    labels_new: dict = field(default_factory=dict)
+    dropped_rows: int = 0
+    repaired_bytes: int = 0
+    seconds: float = 0.0
+    hash_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    network_seconds: float = 0.0
+    images_per_s: float = 0.0
+    dry_run: bool = False
+    would_screen: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every file of the folder has an ok row, 1 when some have error rows."""
+        return EXIT_ERRORS if self.errors else EXIT_OK
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "exit_code": self.exit_code}
+
+
+@dataclass(frozen=True)
+class _File:
+    key: str     # path relative to the folder, POSIX, as text (the report's key before neutralising)
+    path: str    # where to open it
+
+
+# ------------------------------------------------------------------ discovery
+def _text(name: str) -> str:
+    """A file-system name as printable text: undecodable bytes become \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _has_dicom_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def find_images(folder, *, recursive: bool = True, exclude=()) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(relative posix path, path to open)] sorted by relative path, [warnings]).
+
+    See the module docstring for which files count. ``exclude``: paths never
+    listed (compared after resolving symlinks). Folders that cannot be listed
+    are reported in the warnings instead of failing the run.
+    """
+    root = os.fspath(folder)
+    skip = {os.path.realpath(p) for p in exclude}
+    found: list[tuple[str, str]] = []
+    notes: list[str] = []
+    st = os.stat(root)
+    visited = {(st.st_dev, st.st_ino)}
+    stack = [(root, "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            notes.append(f"{rel or '.'}: folder cannot be listed ({e.strerror or e}); its files are not screened")
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel_name = f"{rel}{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not recursive:
+                    continue
+                try:
+                    sub = os.stat(entry.path)
+                except OSError as e:
+                    notes.append(f"{_text(rel_name)}: folder cannot be read ({e.strerror or e})")
+                    continue
+                ident = (sub.st_dev, sub.st_ino)
+                if ident in visited:  # a symlink loop, or a second link to one folder
+                    continue
+                visited.add(ident)
+                subdirs.append((entry.path, rel_name + "/"))
+                continue
+            try:
+                is_file = entry.is_file(follow_symlinks=True)
+                broken_link = not is_file and entry.is_symlink() and not os.path.exists(entry.path)
+            except OSError:
+                is_file, broken_link = False, False
+            if not (is_file or broken_link) or os.path.realpath(entry.path) in skip:
+                continue
+            suffix = os.path.splitext(entry.name)[1].lower()
+            if suffix in IMAGE_SUFFIXES or (is_file and _has_dicom_magic(entry.path)):
+                found.append((_text(rel_name), entry.path))
+        stack.extend(reversed(subdirs))
+    found.sort(key=lambda f: f[0])
+    return found, notes
+
+
+# ------------------------------------------------------------------ CSV cells
+def _cell(text: str) -> str:
+    """Neutralise spreadsheet formulas: text starting with = + - @ tab or CR gets a leading '."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _num(x: float) -> str:
+    """Shortest round-tripping plain decimal (no exponent)."""
+    return np.format_float_positional(float(x), trim="-")
+
+
+def _rows_text(rows) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=_LINE_END).writerows(rows)
+    return buf.getvalue()
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------- reading a report
+@dataclass
+class _Existing:
+    rows: list            # the good records, header excluded
+    good_bytes: int       # file length up to the end of the last good record
+    size: int             # file length now
+    empty: bool           # no header at all: the report must be (re)created
+
+
+def _read_report(path: Path, columns: list[str]) -> _Existing:
+    """Parse the report; everything from the first incomplete or malformed record on is 'bad'."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return _Existing([], 0, 0, True)
+    except OSError as e:
+        raise ScreenError(f"{path}: the report cannot be read ({e.strerror or e}). Expected a readable CSV "
+                          f"report, got {type(e).__name__}. Check the permissions or choose another --out.") from None
+    if not data:
+        return _Existing([], 0, 0, True)
+    text = data.decode("utf-8", "surrogateescape")
+    pieces = text.split("\n")
+    lines = [p + "\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+    consumed = [0]
+
+    def feed():
+        for line in lines:
+            consumed[0] += len(line)
+            yield line
+
+    records = []  # (record, end offset in characters)
+    try:
+        for rec in csv.reader(feed(), strict=True):
+            end = consumed[0]
+            if not text[end - 1:end] == "\n":  # a kill mid-write: no line end yet
+                break
+            records.append((rec, end))
+    except csv.Error:
+        pass  # a cut inside a quoted cell; records so far stand
+    if not records or records[0][0] != columns:
+        got = ",".join(records[0][0]) if records else repr(text[:80])
+        raise ScreenError(f"{path}: the existing report does not have the columns this model writes. Expected "
+                          f"header {','.join(columns)}, got {got}. "
+                          "Write to a new --out file, or move the old report aside (another model or "
+                          "another program wrote it).")
+    rows, good_end = [], records[0][1]
+    n = len(columns)
+    i_status = columns.index("status")
+    for rec, end in records[1:]:
+        if len(rec) != n or rec[i_status] not in ("ok", "error") or not rec[0]:
+            break
+        rows.append(rec)
+        good_end = end
+    good_bytes = len(text[:good_end].encode("utf-8", "surrogateescape"))
+    return _Existing(rows, good_bytes, len(data), False)
+
+
+# ------------------------------------------------------------- durable files
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the replace itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _atomic_write(path: Path, tmp: Path, text: str) -> None:
+    """Write ``text`` to ``tmp``, sync, and replace ``path`` with it."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, text.encode("utf-8", "surrogateescape"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class _Lock:
+    """``flock`` on ``<report>.lock``; released on close or when the process dies."""
+
+    def __init__(self, path: Path, wait: bool, report: Path):
+        import fcntl
+
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(self.fd)
+            raise ReportLockedError(
+                f"{report}: another xraynet screen run is writing this report (lock {path.name} is held). "
+                f"Expected no other run, got a held lock. Wait for it to finish, or pass --on-lock wait "
+                f"to queue behind it.") from None
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+# ------------------------------------------------------------------ decoding
+def _decode_one(f: _File, prep):
+    """Worker-thread job: (array or None, (width, height, warnings) or None, error cell or None, seconds)."""
+    from .imaging import load
+
+    t0 = time.perf_counter()
+    try:
+        x, d = load(f.path, prep)
+        return x, (d.width, d.height, d.warnings), None, time.perf_counter() - t0
+    except ImageError as e:
+        # Messages start with the path the decoder was given; the report shows the relative one.
+        msg = str(e).replace(str(Path(f.path)), f.key)
+        return None, None, f"{e.reason}: {msg}", time.perf_counter() - t0
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- one odd file must not stop the night's screening
+        return None, None, (f"internal_error: {f.key}: decoding failed unexpectedly ({type(e).__name__}: {e}). "
+                            f"Expected a decodable image or an ImageError, got an exception. Report this "
+                            f"file to the xraynet maintainers."), time.perf_counter() - t0
+
+
+def _hash_one(f: _File) -> str:
+    from .decodecache import file_sha256
+
+    try:
+        return file_sha256(f.path)
+    except OSError:
+        return ""  # decoding reports why it cannot be read
+
+
+# -------------------------------------------------------------------- screen
+def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tuple[str, float]:
+    classes = info["classes"]
+    stored = info["metadata"].get("threshold") if isinstance(info["metadata"].get("threshold"), dict) else {}
+    cls = screening_class or stored.get("class") or ("covid" if "covid" in classes else classes[-1])
+    if cls not in classes:
+        raise ScreenError(f"{model_path}: screening class {cls!r} is not a class of this model. Expected one of "
+                          f"{classes}, got {cls!r}. Pass a class the model predicts.")
+    value = threshold if threshold is not None else stored.get("value")
+    if value is None:
+        raise ScreenError(f"{model_path}: no screening threshold stored in the model. Expected metadata "
+                          f"threshold.value or a threshold option, got neither. Pass --threshold.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)
+                                                                             and 0.0 <= value <= 1.0):
+        raise ScreenError(f"threshold: not a probability. Expected a number from 0 to 1, got {value!r}. "
+                          f"Pass --threshold between 0 and 1.")
+    return cls, float(value)
+
+
+def screen(folder, out, *, model_path=None, threshold: float | None = None, screening_class: str | None = None,
+           batch_size: int = 32, workers: int = 2, recursive: bool = True, on_lock: str = "fail",
+           dry_run: bool = False, progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Screen the images under ``folder`` into the CSV report ``out``; see the module docstring.
+
+    ``model_path``: a model file (default: the bundled model). ``threshold`` /
+    ``screening_class``: default to the model's stored
+    ``metadata["threshold"]``. ``on_lock``: ``"fail"`` or ``"wait"``.
+    ``dry_run``: list in ``Summary.would_screen`` what would be screened and
+    write nothing (not even the lock file). ``progress(done, total)`` is
+    called from the calling thread after each batch.
+
+    Raises :class:`ScreenError` for unusable options, folder or report,
+    :class:`ReportLockedError` when another run holds the lock, and
+    :class:`~xraynet.errors.ModelFileError` for a bad model file.
+    """
+    from .modelfile import bundled_model_path, read_info
+
+    t_start = time.perf_counter()
+    folder_p, out_p = Path(folder), Path(out)
+    if not folder_p.is_dir():
+        got = "a file" if folder_p.exists() else "nothing at that path"
+        raise ScreenError(f"{folder}: cannot screen it. Expected a folder of images, got {got}. "
+                          f"Check the path.")
+    if out_p.is_dir():
+        raise ScreenError(f"{out}: cannot write the report there. Expected a file path such as report.csv, "
+                          f"got a directory. Give a file name.")
+    if not out_p.parent.is_dir():
+        raise ScreenError(f"{out}: the report's folder does not exist. Expected an existing folder, got missing "
+                          f"{out_p.parent}. Create it first.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScreenError(f"batch_size: invalid. Expected an integer >= 1, got {batch_size!r}. Pass --batch-size 32.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ScreenError(f"workers: invalid. Expected an integer >= 1, got {workers!r}. Pass --workers 2.")
+    if on_lock not in ("fail", "wait"):
+        raise ScreenError(f"on_lock: invalid. Expected 'fail' or 'wait', got {on_lock!r}. Pass one of them.")
+
+    model_file = Path(model_path) if model_path is not None else bundled_model_path()
+    info = read_info(model_file)
+    classes = list(info["classes"])
+    cls, thr = _resolve_threshold(info, threshold, screening_class, model_file)
+    model_text = f"{info['architecture'].get('name', 'model')} ({model_file.name})"
+    model_sha = info["weights_sha256"]
+    columns = report_columns(classes)
+    summary = Summary(folder=str(folder), out=str(out), model=model_text, model_sha256=model_sha,
+                      screening_class=cls, threshold=thr, dry_run=dry_run)
+
+    lock_p = out_p.with_name(out_p.name + ".lock")
+    tmp_p = out_p.with_name(out_p.name + ".tmp")
+    lock = None if dry_run else _Lock(lock_p, on_lock == "wait", out_p)
+    try:
+        return _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
+                    batch_size, workers, recursive, dry_run, progress, summary, t_start)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
+         batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start) -> Summary:
+    existing = _read_report(out_p, columns)
+    if not dry_run:
+        tmp_p.unlink(missing_ok=True)  # left by a run killed during a compaction
+        if existing.empty:
+            _atomic_write(out_p, tmp_p, _rows_text([columns]))
+        elif existing.good_bytes < existing.size:
+            # A kill mid-append: cut back to the last complete record (under the lock).
+            with open(out_p, "r+b") as fh:
+                fh.truncate(existing.good_bytes)
+                os.fsync(fh.fileno())
+            summary.repaired_bytes = existing.size - existing.good_bytes
+
+    listed, notes = find_images(folder_p, recursive=recursive, exclude=(out_p, lock_p, tmp_p))
+    summary.warnings.extend(notes)
+    files = [_File(key, path) for key, path in listed]
+    summary.files = len(files)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        t0 = time.perf_counter()
+        hashes = list(pool.map(_hash_one, files))
+        summary.hash_seconds = time.perf_counter() - t0
+
+        # Plan: keep the first row of each file whose bytes, model and threshold match.
+        i_sha, i_status, i_error = columns.index("sha256"), columns.index("status"), columns.index("error")
+        i_model, i_thr = columns.index("model_sha256"), columns.index("threshold")
+        first: dict[str, list] = {}
+        for row in existing.rows:
+            first.setdefault(row[0], row)
+        thr_text = _num(thr)
+        kept: dict[str, list] = {}
+        todo: list[tuple[_File, str]] = []
+        for f, digest in zip(files, hashes):
+            row = first.get(_cell(f.key))
+            reusable = (row is not None and digest and row[i_sha] == digest and row[i_model] == model_sha
+                        and row[i_thr] == thr_text
+                        and not (row[i_status] == "error" and row[i_error].split(":", 1)[0] in RETRY_REASONS))
+            if reusable:
+                kept[f.key] = row
+            else:
+                todo.append((f, digest))
+        summary.skipped_unchanged = len(kept)
+        summary.dropped_rows = len(existing.rows) - len(kept)
+        if dry_run:
+            summary.would_screen = [f.key for f, _ in todo]
+            summary.errors = sum(1 for r in kept.values() if r[i_status] == "error")
+            summary.flagged = sum(1 for r in kept.values() if r[columns.index("flagged")] == "1")
+            summary.seconds = time.perf_counter() - t_start
+            return summary
+
+        kept_keys = [f.key for f in files if f.key in kept]  # sorted, like files
+        if summary.dropped_rows:
+            # Compaction: no row of a file about to be screened (or gone) may survive, so that
+            # appending its new row can never make a duplicate, at any kill point.
+            _atomic_write(out_p, tmp_p, _rows_text([columns, *(kept[k] for k in kept_keys)]))
+            on_disk = list(kept_keys)
+        else:
+            on_disk = [r[0] for r in existing.rows]  # the same rows, in the file's own order
+
+        new_rows: dict[str, list] = {}
+        if todo:
+            _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha,
+                          batch_size, progress, summary, new_rows)
+    on_disk_cells = on_disk + [_cell(f.key) for f, _ in todo]
+    final_cells = [_cell(f.key) for f in files]
+    final = {**kept, **new_rows}
+    if on_disk_cells != final_cells:
+        # New rows were appended after kept rows that sort later: restore the sorted order atomically.
+        _atomic_write(out_p, tmp_p, _rows_text([columns, *(final[f.key] for f in files)]))
+
+    i_flag = columns.index("flagged")
+    summary.errors = sum(1 for r in final.values() if r[i_status] == "error")
+    summary.flagged = sum(1 for r in final.values() if r[i_flag] == "1")
+    summary.seconds = time.perf_counter() - t_start
+    summary.images_per_s = summary.screened / summary.seconds if summary.seconds > 0 else 0.0
+    return summary
+
+
+def _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha, batch_size,
+                  progress, summary: Summary, new_rows: dict) -> None:
+    """Decode a batch ahead in the pool while this thread runs the network; append each batch durably."""
+    from .imaging import Preprocessing
+    from .modelfile import load_model
+
+    loaded = load_model(model_file)
+    model = loaded.model
+    prep = Preprocessing.from_dict(loaded.preprocessing)
+    ci = classes.index(cls)
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    total, done = len(todo), 0
+    if progress:
+        progress(0, total)
+
+    def submit(batch):
+        return [pool.submit(_decode_one, f, prep) for f, _ in batch]
+
+    fd = os.open(out_p, os.O_WRONLY | os.O_APPEND)
+    try:
+        ahead = submit(batches[0])
+        for k, batch in enumerate(batches):
+            current = ahead
+            ahead = submit(batches[k + 1]) if k + 1 < len(batches) else None  # decoded while the net runs
+            results = [fu.result() for fu in current]
+            summary.decode_seconds += sum(r[3] for r in results)
+            ok = [i for i, r in enumerate(results) if r[2] is None]
+            proba = None
+            if ok:
+                x = np.stack([results[i][0] for i in ok])[:, None]
+                t0 = time.perf_counter()
+                proba = model.predict_proba(x, batch_size=len(ok))
+                summary.network_seconds += time.perf_counter() - t0
+            now = _utc_now()
+            rows, p_of = [], {i: proba[j] for j, i in enumerate(ok)}
+            for i, ((f, digest), (_, meta, err, _)) in enumerate(zip(batch, results)):
+                if err is not None:
+                    row = [_cell(f.key), digest, "error", _cell(err), "", *([""] * len(classes)), "", thr_text, "",
+                           "", "", _cell(model_text), model_sha, __version__, now]
+                    summary.errors_new += 1
+                else:
+                    p = p_of[i]
+                    label = classes[int(np.argmax(p))]
+                    flagged = int(p[ci] >= thr)
+                    w, h, warns = meta
+                    row = [_cell(f.key), digest, "ok", "", _cell(label), *(_num(v) for v in p), str(flagged),
+                           thr_text, _cell(";".join(warns)), str(w), str(h), _cell(model_text), model_sha,
+                           __version__, now]
+                    summary.flagged_new += flagged
+                    summary.labels_new[label] = summary.labels_new.get(label, 0) + 1
+                rows.append(row)
+                new_rows[f.key] = row
+            # One write of whole records, then fsync: a kill leaves at most one cut record at the end.
+            _write_all(fd, _rows_text(rows).encode("utf-8", "surrogateescape"))
+            os.fsync(fd)
+            summary.screened += len(rows)
+            done += len(rows)
+            if progress:
+                progress(done, total)
+    finally:
+        os.close(fd)
