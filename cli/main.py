@@ -342,6 +342,8 @@ def screen(
     quiet: bool = typer.Option(False, help="No progress bar and no summary table."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be screened; write nothing."),
+    heatmaps: Optional[str] = typer.Option(None, help="Write a Grad-CAM overlay PNG for each flagged image into "
+                                                      "this folder (named after the input; path in the CSV)."),
 ) -> None:
     from rich.console import Console
 
@@ -369,7 +371,7 @@ def screen(
     try:
         summary = run_screen(folder, out, model_path=model, threshold=threshold, batch_size=batch_size,
                              workers=workers, recursive=recursive, on_lock=on_lock.value, dry_run=dry_run,
-                             progress=on_progress)
+                             progress=on_progress, heatmaps=heatmaps)
     except ReportLockedError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(code=EXIT_LOCKED)

@@ -104,7 +104,8 @@ def test_schema_order_and_one_row_per_file_with_odd_names(tmp_path, model_file):
     text = report.read_text(encoding="utf-8")
     assert text.splitlines()[0] == ",".join(COLUMNS)
     assert COLUMNS == ["path", "sha256", "status", "error", "label", "p_covid", "p_normal", "flagged", "threshold",
-                       "warnings", "width", "height", "model", "model_sha256", "xraynet_version", "screened_at"]
+                       "warnings", "width", "height", "model", "model_sha256", "xraynet_version", "screened_at",
+                       "heatmap"]
     rows = _check_whole(report)
     neutral = {"=cmd.png": "'=cmd.png", "-minus.png": "'-minus.png", "@at.png": "'@at.png"}
     assert [r["path"] for r in rows] == [neutral.get(p, p) for p in expected]
@@ -365,3 +366,23 @@ def test_two_concurrent_runs_on_one_report(tmp_path, model_file):
     assert first.returncode == 0 and third.returncode == 0
     assert json.loads(third.stdout)["screened"] == 0  # it waited, then found everything done
     assert len(_check_whole(report)) == 100
+
+
+def test_heatmaps_for_flagged_images(tmp_path, model_file):
+    from PIL import Image
+
+    folder = tmp_path / "films"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        _png(folder / "sub" / f"f{i}.png", seed=i)
+    report, heat = tmp_path / "r.csv", tmp_path / "heat"
+    # threshold 0: every readable film is flagged, so every one gets an overlay
+    summary = screen(folder, report, model_path=model_file, threshold=0.0, heatmaps=heat)
+    rows = _check_whole(report)
+    assert summary.flagged == 3 and len(rows) == 3
+    for r in rows:
+        png = Path(r["heatmap"])
+        assert png == heat / (r["path"] + ".png") and png.exists()
+        assert Image.open(png).size == (32, 32)
+    plain = screen(folder, tmp_path / "r2.csv", model_path=model_file, threshold=1.0, heatmaps=tmp_path / "h2")
+    assert plain.flagged == 0 and all(r["heatmap"] == "" for r in _read(tmp_path / "r2.csv"))

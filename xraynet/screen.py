@@ -40,6 +40,8 @@ Report columns (in this order)
 ``model_sha256``    the model file's ``weights_sha256``
 ``xraynet_version`` the xraynet that wrote the row
 ``screened_at``     UTC time of screening, ISO 8601 with ``Z``
+``heatmap``         with ``heatmaps=DIR``: the Grad-CAM overlay PNG written
+                    for a flagged image (``DIR/<path>.png``); else empty
 ==================  ==========================================================
 
 The file is UTF-8, written by the :mod:`csv` module with ``\\r\\n`` line ends
@@ -123,7 +125,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 
 _HEAD = ("path", "sha256", "status", "error", "label")
 _TAIL = ("flagged", "threshold", "warnings", "width", "height", "model", "model_sha256", "xraynet_version",
-         "screened_at")
+         "screened_at", "heatmap")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _LINE_END = "\r\n"
 
@@ -445,14 +447,16 @@ def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tu
 
 def screen(folder, out, *, model_path=None, threshold: float | None = None, screening_class: str | None = None,
            batch_size: int = 32, workers: int = 2, recursive: bool = True, on_lock: str = "fail",
-           dry_run: bool = False, progress: Callable[[int, int], None] | None = None) -> Summary:
+           dry_run: bool = False, progress: Callable[[int, int], None] | None = None, heatmaps=None) -> Summary:
     """Screen the images under ``folder`` into the CSV report ``out``; see the module docstring.
 
     ``model_path``: a model file (default: the bundled model). ``threshold`` /
     ``screening_class``: default to the model's stored
     ``metadata["threshold"]``. ``on_lock``: ``"fail"`` or ``"wait"``.
     ``dry_run``: list in ``Summary.would_screen`` what would be screened and
-    write nothing (not even the lock file). ``progress(done, total)`` is
+    write nothing (not even the lock file). ``heatmaps``: a folder; each
+    flagged image gets a Grad-CAM overlay PNG there (``<path>.png``, computed
+    with the model's own backward pass) and its path in the ``heatmap`` column. ``progress(done, total)`` is
     called from the calling thread after each batch.
 
     Raises :class:`ScreenError` for unusable options, folder or report,
@@ -495,14 +499,14 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     lock = None if dry_run else _Lock(lock_p, on_lock == "wait", out_p)
     try:
         return _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
-                    batch_size, workers, recursive, dry_run, progress, summary, t_start)
+                    batch_size, workers, recursive, dry_run, progress, summary, t_start, heatmaps)
     finally:
         if lock is not None:
             lock.close()
 
 
 def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
-         batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start) -> Summary:
+         batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start, heatmaps=None) -> Summary:
     existing = _read_report(out_p, columns)
     if not dry_run:
         tmp_p.unlink(missing_ok=True)  # left by a run killed during a compaction
@@ -564,7 +568,7 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
         new_rows: dict[str, list] = {}
         if todo:
             _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha,
-                          batch_size, progress, summary, new_rows)
+                          batch_size, progress, summary, new_rows, heatmaps)
     on_disk_cells = on_disk + [_cell(f.key) for f, _ in todo]
     final_cells = [_cell(f.key) for f in files]
     final = {**kept, **new_rows}
@@ -580,8 +584,30 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
     return summary
 
 
+def _write_heatmaps(folder, model, ci, thr, batch, x, ok, p_of) -> dict:
+    """Grad-CAM overlays for the flagged images of one batch: {index in batch: path}.
+
+    The overlay is drawn on the network's own input (the preprocessed film), so
+    it shows exactly what the model looked at."""
+    if folder is None or x is None:
+        return {}
+    from .heatmap import write_overlay_png
+
+    flagged = [j for j, i in enumerate(ok) if p_of[i][ci] >= thr]
+    if not flagged:
+        return {}
+    cams = model.gradcam(x[flagged], ci)
+    out = {}
+    for j, cam in zip(flagged, cams):
+        i = ok[j]
+        path = Path(folder) / (batch[i][0].key + ".png")
+        write_overlay_png(path, x[j, 0], cam)
+        out[i] = str(path)
+    return out
+
+
 def _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha, batch_size,
-                  progress, summary: Summary, new_rows: dict) -> None:
+                  progress, summary: Summary, new_rows: dict, heatmaps=None) -> None:
     """Decode a batch ahead in the pool while this thread runs the network; append each batch durably."""
     from .imaging import Preprocessing
     from .modelfile import load_model
@@ -615,10 +641,11 @@ def _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, mo
                 summary.network_seconds += time.perf_counter() - t0
             now = _utc_now()
             rows, p_of = [], {i: proba[j] for j, i in enumerate(ok)}
+            heat = _write_heatmaps(heatmaps, model, ci, thr, batch, x if ok else None, ok, p_of)
             for i, ((f, digest), (_, meta, err, _)) in enumerate(zip(batch, results)):
                 if err is not None:
                     row = [_cell(f.key), digest, "error", _cell(err), "", *([""] * len(classes)), "", thr_text, "",
-                           "", "", _cell(model_text), model_sha, __version__, now]
+                           "", "", _cell(model_text), model_sha, __version__, now, ""]
                     summary.errors_new += 1
                 else:
                     p = p_of[i]
@@ -627,7 +654,7 @@ def _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, mo
                     w, h, warns = meta
                     row = [_cell(f.key), digest, "ok", "", _cell(label), *(_num(v) for v in p), str(flagged),
                            thr_text, _cell(";".join(warns)), str(w), str(h), _cell(model_text), model_sha,
-                           __version__, now]
+                           __version__, now, _cell(heat.get(i, ""))]
                     summary.flagged_new += flagged
                     summary.labels_new[label] = summary.labels_new.get(label, 0) + 1
                 rows.append(row)
