@@ -1,0 +1,51 @@
+"""Screening streams: peak memory does not grow with the number of files.
+
+Two runs in fresh processes, one on 150 files and one on 3,000, with a tiny
+model; the larger run's peak resident size may exceed the smaller one's only
+by a small fixed allowance (the report rows and file list themselves).
+"""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+from PIL import Image
+
+from xraynet.imaging import Preprocessing
+from xraynet.model import Model
+from xraynet.modelfile import save_model
+
+TINY = {"name": "tiny", "input_shape": [1, 32, 32], "output": "softmax",
+        "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "valid"}, {"type": "relu"},
+                   {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 2}]}
+ALLOWANCE_MB = 40
+
+
+def _peak_rss_mb(folder, report, model) -> float:
+    code = textwrap.dedent(f"""
+        import resource
+        from xraynet.screen import screen
+        s = screen({str(folder)!r}, {str(report)!r}, model_path={str(model)!r}, batch_size=32, workers=2)
+        assert s.screened == s.files
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_peak_memory_is_flat_in_the_number_of_files(tmp_path):
+    model = tmp_path / "tiny.h5"
+    save_model(model, Model(TINY, seed=1), classes=["covid", "normal"],
+               preprocessing=Preprocessing(image_size=32).to_dict(),
+               metadata={"threshold": {"class": "covid", "value": 0.5}})
+    rng = np.random.default_rng(0)
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, n in ((small, 150), (large, 3000)):
+        for i in range(n):
+            sub = folder / f"d{i % 20:02d}"
+            sub.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(sub / f"{i:05d}.png")
+    base = _peak_rss_mb(small, tmp_path / "small.csv", model)
+    big = _peak_rss_mb(large, tmp_path / "large.csv", model)
+    assert big - base < ALLOWANCE_MB, f"peak RSS {base:.0f} MB for 150 files, {big:.0f} MB for 3000"
