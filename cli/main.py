@@ -344,6 +344,7 @@ def screen(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be screened; write nothing."),
     heatmaps: Optional[str] = typer.Option(None, help="Write a Grad-CAM overlay PNG for each flagged image into "
                                                       "this folder (named after the input; path in the CSV)."),
+    device: str = typer.Option("cpu", help="Compute backend for the network."),
 ) -> None:
     from rich.console import Console
 
@@ -371,7 +372,7 @@ def screen(
     try:
         summary = run_screen(folder, out, model_path=model, threshold=threshold, batch_size=batch_size,
                              workers=workers, recursive=recursive, on_lock=on_lock.value, dry_run=dry_run,
-                             progress=on_progress, heatmaps=heatmaps)
+                             progress=on_progress, heatmaps=heatmaps, device=device)
     except ReportLockedError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(code=EXIT_LOCKED)
@@ -395,8 +396,12 @@ def screen(
         if not quiet:
             err.print(f"dry run: {summary.files} files, {len(summary.would_screen)} would be screened, "
                       f"{summary.skipped_unchanged} unchanged; nothing written", highlight=False)
-    elif not quiet:
+    elif not quiet and sys.stdout.isatty():
+        # From cron (stdout not a terminal) only errors are printed; --json gives the summary.
         _print_screen_summary(summary)
+    if summary.errors and not as_json:
+        err.print(f"{summary.errors} file(s) are error rows in {summary.out} (status 'error', reason in column "
+                  "'error')", highlight=False)
     raise typer.Exit(code=summary.exit_code)
 
 

@@ -447,7 +447,8 @@ def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tu
 
 def screen(folder, out, *, model_path=None, threshold: float | None = None, screening_class: str | None = None,
            batch_size: int = 32, workers: int = 2, recursive: bool = True, on_lock: str = "fail",
-           dry_run: bool = False, progress: Callable[[int, int], None] | None = None, heatmaps=None) -> Summary:
+           dry_run: bool = False, progress: Callable[[int, int], None] | None = None, heatmaps=None,
+           device: str = "cpu") -> Summary:
     """Screen the images under ``folder`` into the CSV report ``out``; see the module docstring.
 
     ``model_path``: a model file (default: the bundled model). ``threshold`` /
@@ -456,7 +457,8 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     ``dry_run``: list in ``Summary.would_screen`` what would be screened and
     write nothing (not even the lock file). ``heatmaps``: a folder; each
     flagged image gets a Grad-CAM overlay PNG there (``<path>.png``, computed
-    with the model's own backward pass) and its path in the ``heatmap`` column. ``progress(done, total)`` is
+    with the model's own backward pass) and its path in the ``heatmap`` column.
+    ``device``: the compute backend the network runs on. ``progress(done, total)`` is
     called from the calling thread after each batch.
 
     Raises :class:`ScreenError` for unusable options, folder or report,
@@ -499,14 +501,15 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     lock = None if dry_run else _Lock(lock_p, on_lock == "wait", out_p)
     try:
         return _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
-                    batch_size, workers, recursive, dry_run, progress, summary, t_start, heatmaps)
+                    batch_size, workers, recursive, dry_run, progress, summary, t_start, heatmaps, device)
     finally:
         if lock is not None:
             lock.close()
 
 
 def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
-         batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start, heatmaps=None) -> Summary:
+         batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start, heatmaps=None,
+         device="cpu") -> Summary:
     existing = _read_report(out_p, columns)
     if not dry_run:
         tmp_p.unlink(missing_ok=True)  # left by a run killed during a compaction
@@ -568,7 +571,7 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
         new_rows: dict[str, list] = {}
         if todo:
             _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha,
-                          batch_size, progress, summary, new_rows, heatmaps)
+                          batch_size, progress, summary, new_rows, heatmaps, device)
     on_disk_cells = on_disk + [_cell(f.key) for f, _ in todo]
     final_cells = [_cell(f.key) for f in files]
     final = {**kept, **new_rows}
@@ -607,12 +610,12 @@ def _write_heatmaps(folder, model, ci, thr, batch, x, ok, p_of) -> dict:
 
 
 def _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha, batch_size,
-                  progress, summary: Summary, new_rows: dict, heatmaps=None) -> None:
+                  progress, summary: Summary, new_rows: dict, heatmaps=None, device="cpu") -> None:
     """Decode a batch ahead in the pool while this thread runs the network; append each batch durably."""
     from .imaging import Preprocessing
     from .modelfile import load_model
 
-    loaded = load_model(model_file)
+    loaded = load_model(model_file, device=device)
     model = loaded.model
     prep = Preprocessing.from_dict(loaded.preprocessing)
     ci = classes.index(cls)
