@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .imaging import IMAGE_SUFFIXES as IMAGE_EXTENSIONS  # one list of image endings for training and screening
+from .imaging import has_dicom_magic
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 METADATA_FILE = "metadata.csv"
 UNKNOWN = "(unknown)"   # report key for an image whose source or view is not given
 
@@ -97,14 +98,7 @@ class Split:
 
 # ------------------------------------------------------------------ scanning
 def _is_image(path: Path) -> bool:
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
+    return path.suffix.lower() in IMAGE_EXTENSIONS or has_dicom_magic(path)
 
 
 def _walk_images(folder: Path) -> tuple[list[Path], int]:

@@ -377,6 +377,21 @@ def _image_warnings(pixels: np.ndarray) -> list[str]:
     return out
 
 
+
+#: File name endings read as images (any case); other files count only with the DICOM marker.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
+
+
+def has_dicom_magic(path) -> bool:
+    """True when the file has the DICOM marker ``DICM`` at byte 128 (a DICOM
+    file whatever its name); False for shorter or unreadable files."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
 def decode(path) -> Decoded:
     """Read one image file into a :class:`Decoded` (grayscale float32 in [0, 1]).
 

@@ -114,11 +114,11 @@ import numpy as np
 
 from . import __version__
 from .errors import ImageError, ReportLockedError, ScreenError
+from .imaging import IMAGE_SUFFIXES, has_dicom_magic
 
 __all__ = ["screen", "Summary", "find_images", "report_columns", "IMAGE_SUFFIXES", "RETRY_REASONS", "EXIT_OK",
            "EXIT_ERRORS", "EXIT_USAGE", "EXIT_LOCKED"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 #: Error reasons that depend on this machine rather than on the file's bytes: retried on every run.
 RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "dicom_unsupported"})
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
@@ -192,15 +192,6 @@ def _text(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _has_dicom_magic(path: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
-
-
 def find_images(folder, *, recursive: bool = True, exclude=()) -> tuple[list[tuple[str, str]], list[str]]:
     """([(relative posix path, path to open)] sorted by relative path, [warnings]).
 
@@ -254,7 +245,7 @@ def find_images(folder, *, recursive: bool = True, exclude=()) -> tuple[list[tup
             if not (is_file or broken_link) or os.path.realpath(entry.path) in skip:
                 continue
             suffix = os.path.splitext(entry.name)[1].lower()
-            if suffix in IMAGE_SUFFIXES or (is_file and _has_dicom_magic(entry.path)):
+            if suffix in IMAGE_SUFFIXES or (is_file and has_dicom_magic(entry.path)):
                 found.append((_text(rel_name), entry.path))
         stack.extend(reversed(subdirs))
     found.sort(key=lambda f: f[0])
