@@ -700,3 +700,61 @@ def test_backend_dropout_mask(backend):
     assert values <= {0.0, np.float32(1 / 0.7)}, f"dropout_mask: values {sorted(values)}, expected {{0, 1/0.7}}"
     frac = float((mask == 0).mean())
     assert abs(frac - 0.3) < 0.02, f"dropout_mask: dropped fraction {frac:.3f}, expected about 0.3"
+
+
+# --------------------------------------------- kernels added with the chunked convolution
+@pytest.mark.parametrize("geom", CONV_CASES, ids=[_conv_id(g) for g in CONV_CASES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_im2col_t1_is_the_transposed_patch_matrix(geom, dtype):
+    """im2col_t1 (grayscale input) == reference.im2col(x[..., None]).T, bit for bit."""
+    n, h, w, _, kh, kw, sh, sw, ph, pw = geom
+    x = np.random.default_rng(11).standard_normal((n, h, w)).astype(dtype)
+    expected = ref.im2col(x[..., None], kh, kw, sh, sw, ph, pw).T
+    out = np.full(expected.shape, np.nan, dtype)
+    cpu.im2col_t1(out, x, kh, kw, sh, sw, ph, pw)
+    assert_close(out, expected, op="im2col_t1", shape=x.shape, geom=geom)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_channel_sum_with_mask(dtype):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1001, 7)).astype(dtype)
+    mask = rng.standard_normal((1001, 7)).astype(dtype)
+    out = np.empty(7, np.float64)
+    cpu.channel_sum(out, x, mask)
+    expected = np.where(mask > 0, x.astype(np.float64), 0).sum(axis=0)
+    assert_close(out, expected, op="channel_sum (masked)", rtol=1e-12, atol=1e-12, shape=x.shape)
+
+
+@pytest.mark.parametrize("relu_pool", [False, True], ids=["conv", "conv+relu+pool"])
+@pytest.mark.parametrize("c", [1, 3], ids=["gray", "3ch"])
+def test_backend_conv_in_several_chunks_equals_one_chunk(monkeypatch, relu_pool, c):
+    """Batch chunking (with a short last chunk) gives the same results as one chunk."""
+    from xraynet.backend import CPUBackend, get_backend
+
+    bk = get_backend("cpu")
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5, 9, 8, c))
+    w = rng.standard_normal((4, c, 3, 3))
+    b = rng.standard_normal(4)
+
+    def run():
+        if relu_pool:
+            y, ctx = bk.conv2d_relu_pool_forward(x, w, b, (1, 1), (1, 1), (2, 2), (2, 2))
+            grads = bk.conv2d_relu_pool_backward(np.ones_like(y), ctx, w, need_dx=True)
+        else:
+            y, ctx = bk.conv2d_forward(x, w, b, (2, 1), (0, 1))
+            grads = bk.conv2d_backward(np.ones_like(y), ctx, w, need_dx=True)
+        return (y, *grads)
+
+    whole = run()
+    # Two to four images per chunk (the backend sizes chunks in float32 bytes), so 5 images
+    # make several chunks with a short last one.
+    per_image = 9 * 8 * max(9 * c, 4) * 8
+    monkeypatch.setattr(CPUBackend, "CHUNK_BYTES", per_image)
+    monkeypatch.setattr(CPUBackend, "BACKWARD_CHUNK_BYTES", per_image)
+    stride, pad = ((1, 1), (1, 1)) if relu_pool else ((2, 1), (0, 1))
+    assert len(bk._geometry(x.shape, w.shape, stride, pad)[2]) > 1
+    chunked = run()
+    for name, a, e in zip(("y", "dx", "dw", "db"), chunked, whole):
+        assert_close(a, e, op=f"chunked conv {name}", rtol=1e-12, atol=1e-12, c=c)
