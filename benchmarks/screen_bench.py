@@ -14,6 +14,10 @@ Prints images/s for both, their ratio, and screening's own split of time
 between decoding and the network.
 
     python benchmarks/screen_bench.py --files 200 --workers 2
+
+With ``--cluster local:2`` (or a scheduler address) a third timing screens the
+same folder into a second report on the Dask cluster (startup included) and
+prints ``cluster_screen_images_per_s`` next to the local figure.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--cluster", default=None, help="also screen on this Dask cluster (local:N or an address)")
     args = ap.parse_args(argv)
 
     from xraynet.imaging import Preprocessing, load
@@ -68,6 +73,12 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         summary = screen(folder, Path(tmp) / "report.csv", workers=args.workers, batch_size=args.batch_size)
         screen_s = time.perf_counter() - t0
+        cluster_s = None
+        if args.cluster:
+            t0 = time.perf_counter()
+            screen(folder, Path(tmp) / "report_cluster.csv", workers=args.workers, batch_size=args.batch_size,
+                   cluster=args.cluster)
+            cluster_s = time.perf_counter() - t0
     result = {
         "files": args.files, "size": args.size, "workers": args.workers,
         "decode_only_images_per_s": args.files / decode_s,
@@ -76,6 +87,9 @@ def main(argv=None) -> int:
         "screen_decode_seconds": summary.decode_seconds, "screen_network_seconds": summary.network_seconds,
         "screen_seconds": summary.seconds,
     }
+    if cluster_s is not None:
+        result.update(cluster=args.cluster, cluster_screen_images_per_s=args.files / cluster_s,
+                      cluster_seconds=cluster_s)
     print(json.dumps(result))
     return 0
 

@@ -345,6 +345,11 @@ def screen(
     heatmaps: Optional[str] = typer.Option(None, help="Write a Grad-CAM overlay PNG for each flagged image into "
                                                       "this folder (named after the input; path in the CSV)."),
     device: str = typer.Option("cpu", help="Compute backend for the network."),
+    cluster: Optional[str] = typer.Option(None, help="Run the batches on a Dask cluster: a scheduler address "
+                                                     "(tcp://host:8786) or local:N (N worker processes here). "
+                                                     "Workers must see FOLDER and the model at the same paths. "
+                                                     'Needs pip install "xraynet[cluster]".'),
+    cluster_timeout: float = typer.Option(30.0, min=0.001, help="Seconds to wait for the Dask scheduler."),
 ) -> None:
     from rich.console import Console
 
@@ -372,7 +377,8 @@ def screen(
     try:
         summary = run_screen(folder, out, model_path=model, threshold=threshold, batch_size=batch_size,
                              workers=workers, recursive=recursive, on_lock=on_lock.value, dry_run=dry_run,
-                             progress=on_progress, heatmaps=heatmaps, device=device)
+                             progress=on_progress, heatmaps=heatmaps, device=device, cluster=cluster,
+                             cluster_timeout=cluster_timeout)
     except ReportLockedError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(code=EXIT_LOCKED)

@@ -96,6 +96,27 @@ Decoding (Pillow releases the GIL) runs in a pool of ``workers`` threads a
 batch ahead of the network, which runs on the calling thread only (the Numba
 workqueue layer must not be entered from two threads). At most two batches
 of images are in memory.
+
+Across machines (``cluster=``, ``--cluster``)
+---------------------------------------------
+With a Dask scheduler address (``tcp://host:8786``) or ``local:N`` (a
+LocalCluster of N one-thread worker processes started here and closed at the
+end; it is started only when some file needs screening), only the per-batch
+work -- decode, preprocess, network, heatmaps of flagged images -- runs on
+the workers (:mod:`xraynet.cluster`). This process stays the one writer:
+listing, hashing, lock, repair, compaction, skip rule, the row text, the
+one-write()+fsync append per batch and the sorted rewrite are the code above,
+shared with the local path (:class:`_Writer`). Tasks carry paths, not pixels:
+workers must see the folder, the model file and the ``heatmaps`` folder at
+the same absolute paths (shared file system); a worker whose model file has
+another ``weights_sha256`` fails the run. At most two batches per worker are
+in flight. Batches complete out of order, so rows are appended out of order
+and the final sorted rewrite restores path order. A worker that dies has its
+task re-run elsewhere; a batch's rows are written once, when its result
+arrives, so every file still gets exactly one row. A batch that fails for
+good raises :class:`ScreenError` (exit 2) with the finished batches' rows kept.
+Needs ``pip install "xraynet[cluster]"``; ``import xraynet.screen`` never
+imports Dask.
 """
 from __future__ import annotations
 
@@ -439,7 +460,7 @@ def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tu
 def screen(folder, out, *, model_path=None, threshold: float | None = None, screening_class: str | None = None,
            batch_size: int = 32, workers: int = 2, recursive: bool = True, on_lock: str = "fail",
            dry_run: bool = False, progress: Callable[[int, int], None] | None = None, heatmaps=None,
-           device: str = "cpu") -> Summary:
+           device: str = "cpu", cluster: str | None = None, cluster_timeout: float = 30.0) -> Summary:
     """Screen the images under ``folder`` into the CSV report ``out``; see the module docstring.
 
     ``model_path``: a model file (default: the bundled model). ``threshold`` /
@@ -450,7 +471,9 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     flagged image gets a Grad-CAM overlay PNG there (``<path>.png``, computed
     with the model's own backward pass) and its path in the ``heatmap`` column.
     ``device``: the compute backend the network runs on. ``progress(done, total)`` is
-    called from the calling thread after each batch.
+    called from the calling thread after each batch. ``cluster``: a Dask scheduler address
+    (``tcp://host:8786``) or ``local:N``; the batches then run on its workers (see "Across
+    machines" in the module docstring); ``cluster_timeout``: seconds to wait for the scheduler.
 
     Raises :class:`ScreenError` for unusable options, folder or report,
     :class:`ReportLockedError` when another run holds the lock, and
@@ -476,6 +499,11 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
         raise ScreenError(f"workers: invalid. Expected an integer >= 1, got {workers!r}. Pass --workers 2.")
     if on_lock not in ("fail", "wait"):
         raise ScreenError(f"on_lock: invalid. Expected 'fail' or 'wait', got {on_lock!r}. Pass one of them.")
+    spec = None
+    if cluster is not None:
+        from .cluster import ClusterSpec
+
+        spec = ClusterSpec.parse(cluster, cluster_timeout, check_installed=not dry_run)
 
     model_file = Path(model_path) if model_path is not None else bundled_model_path()
     info = read_info(model_file)
@@ -492,7 +520,7 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     lock = None if dry_run else _Lock(lock_p, on_lock == "wait", out_p)
     try:
         return _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
-                    batch_size, workers, recursive, dry_run, progress, summary, t_start, heatmaps, device)
+                    batch_size, workers, recursive, dry_run, progress, summary, t_start, heatmaps, device, spec)
     finally:
         if lock is not None:
             lock.close()
@@ -500,7 +528,7 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
 
 def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
          batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start, heatmaps=None,
-         device="cpu") -> Summary:
+         device="cpu", cluster=None) -> Summary:
     existing = _read_report(out_p, columns)
     if not dry_run:
         tmp_p.unlink(missing_ok=True)  # left by a run killed during a compaction
@@ -562,8 +590,8 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
         new_rows: dict[str, list] = {}
         if todo:
             _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha,
-                          batch_size, progress, summary, new_rows, heatmaps, device)
-    on_disk_cells = on_disk + [_cell(f.key) for f, _ in todo]
+                          batch_size, progress, summary, new_rows, heatmaps, device, cluster)
+    on_disk_cells = on_disk + [_cell(k) for k in new_rows]  # in append order (--cluster: completion order)
     final_cells = [_cell(f.key) for f in files]
     final = {**kept, **new_rows}
     if on_disk_cells != final_cells:
@@ -578,87 +606,155 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
     return summary
 
 
-def _write_heatmaps(folder, model, ci, thr, batch, x, ok, p_of) -> dict:
-    """Grad-CAM overlays for the flagged images of one batch: {index in batch: path}.
+def _write_heatmaps(folder, model, ci, thr, keys, x, ok, p_of) -> set:
+    """Grad-CAM overlays for the flagged images of one batch, written to ``folder/<key>.png``:
+    the set of their indices in the batch (:func:`_heatmap_path` names the file).
 
     The overlay is drawn on the network's own input (the preprocessed film), so
     it shows exactly what the model looked at."""
     if folder is None or x is None:
-        return {}
+        return set()
     from .heatmap import write_overlay_png
 
     flagged = [j for j, i in enumerate(ok) if p_of[i][ci] >= thr]
     if not flagged:
-        return {}
+        return set()
     cams = model.gradcam(x[flagged], ci)
-    out = {}
+    out = set()
     for j, cam in zip(flagged, cams):
         i = ok[j]
-        path = Path(folder) / (batch[i][0].key + ".png")
-        write_overlay_png(path, x[j, 0], cam)
-        out[i] = str(path)
+        write_overlay_png(_heatmap_path(folder, keys[i]), x[j, 0], cam)
+        out.add(i)
     return out
 
 
+def _heatmap_path(folder, key: str) -> Path:
+    return Path(folder) / (key + ".png")
+
+
+@dataclass
+class _BatchResult:
+    """What running the network on one batch gives, per file in batch order: ``proba`` (array or
+    None), ``meta`` ((width, height, warnings) or None), ``error`` (error cell or None),
+    ``decode_seconds``; plus the indices with a heatmap and the batch's network seconds. Computed on
+    the calling thread (local) or on a Dask worker (``--cluster``); small and picklable."""
+
+    proba: list
+    meta: list
+    error: list
+    decode_seconds: list
+    heat: set
+    network_seconds: float
+
+
+def _infer(model, ci: int, thr: float, keys, decoded, heatmaps=None) -> _BatchResult:
+    """Run the network on one batch of :func:`_decode_one` results (and write its heatmaps)."""
+    ok = [i for i, r in enumerate(decoded) if r[2] is None]
+    proba, x, net_s = None, None, 0.0
+    if ok:
+        x = np.stack([decoded[i][0] for i in ok])[:, None]
+        t0 = time.perf_counter()
+        proba = model.predict_proba(x, batch_size=len(ok))
+        net_s = time.perf_counter() - t0
+    p_of = {i: proba[j] for j, i in enumerate(ok)}
+    heat = _write_heatmaps(heatmaps, model, ci, thr, keys, x, ok, p_of)
+    return _BatchResult([p_of.get(i) for i in range(len(decoded))], [r[1] for r in decoded],
+                        [r[2] for r in decoded], [r[3] for r in decoded], heat, net_s)
+
+
+@dataclass
+class _Writer:
+    """The one writer of new rows (local and --cluster alike): builds a batch's rows from its
+    :class:`_BatchResult` and appends them with one write() + fsync."""
+
+    fd: int
+    classes: list
+    ci: int
+    thr: float
+    thr_text: str
+    model_text: str
+    model_sha: str
+    heatmaps: object
+    summary: Summary
+    new_rows: dict
+    total: int
+    progress: Callable[[int, int], None] | None = None
+    done: int = 0
+
+    def rows(self, batch, res: _BatchResult) -> list:
+        """One CSV row per file of ``batch`` ([(_File, sha256)]), in batch order."""
+        s, classes, now = self.summary, self.classes, _utc_now()
+        s.decode_seconds += sum(res.decode_seconds)
+        s.network_seconds += res.network_seconds
+        rows = []
+        for i, (f, digest) in enumerate(batch):
+            if res.error[i] is not None:
+                row = [_cell(f.key), digest, "error", _cell(res.error[i]), "", *([""] * len(classes)), "",
+                       self.thr_text, "", "", "", _cell(self.model_text), self.model_sha, __version__, now, ""]
+                s.errors_new += 1
+            else:
+                p = res.proba[i]
+                label = classes[int(np.argmax(p))]
+                flagged = int(p[self.ci] >= self.thr)
+                w, h, warns = res.meta[i]
+                heat = str(_heatmap_path(self.heatmaps, f.key)) if i in res.heat else ""
+                row = [_cell(f.key), digest, "ok", "", _cell(label), *(_num(v) for v in p), str(flagged),
+                       self.thr_text, _cell(";".join(warns)), str(w), str(h), _cell(self.model_text),
+                       self.model_sha, __version__, now, _cell(heat)]
+                s.flagged_new += flagged
+                s.labels_new[label] = s.labels_new.get(label, 0) + 1
+            rows.append(row)
+        return rows
+
+    def append(self, batch, res: _BatchResult) -> None:
+        rows = self.rows(batch, res)
+        # One write of whole records, then fsync: a kill leaves at most one cut record at the end.
+        _write_all(self.fd, _rows_text(rows).encode("utf-8", "surrogateescape"))
+        os.fsync(self.fd)
+        for (f, _), row in zip(batch, rows):
+            self.new_rows[f.key] = row
+        self.summary.screened += len(rows)
+        self.done += len(rows)
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
 def _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha, batch_size,
-                  progress, summary: Summary, new_rows: dict, heatmaps=None, device="cpu") -> None:
-    """Decode a batch ahead in the pool while this thread runs the network; append each batch durably."""
+                  progress, summary: Summary, new_rows: dict, heatmaps=None, device="cpu", cluster=None) -> None:
+    """Decode a batch ahead in the pool while this thread runs the network (or hand the batches to a
+    Dask cluster, ``cluster``: a :class:`xraynet.cluster.ClusterSpec`); append each batch durably."""
+    ci = classes.index(cls)
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    if progress:
+        progress(0, len(todo))
+    fd = os.open(out_p, os.O_WRONLY | os.O_APPEND)
+    try:
+        writer = _Writer(fd, classes, ci, thr, thr_text, model_text, model_sha, heatmaps, summary, new_rows,
+                         len(todo), progress)
+        if cluster is not None:
+            from .cluster import screen_batches
+
+            screen_batches(cluster, batches, writer, model_file, model_sha, device, heatmaps)
+        else:
+            _screen_local(batches, pool, writer, model_file, heatmaps, device)
+    finally:
+        os.close(fd)
+
+
+def _screen_local(batches, pool, writer: _Writer, model_file, heatmaps, device) -> None:
     from .imaging import Preprocessing
     from .modelfile import load_model
 
     loaded = load_model(model_file, device=device)
     model = loaded.model
     prep = Preprocessing.from_dict(loaded.preprocessing)
-    ci = classes.index(cls)
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    total, done = len(todo), 0
-    if progress:
-        progress(0, total)
 
     def submit(batch):
         return [pool.submit(_decode_one, f, prep) for f, _ in batch]
 
-    fd = os.open(out_p, os.O_WRONLY | os.O_APPEND)
-    try:
-        ahead = submit(batches[0])
-        for k, batch in enumerate(batches):
-            current = ahead
-            ahead = submit(batches[k + 1]) if k + 1 < len(batches) else None  # decoded while the net runs
-            results = [fu.result() for fu in current]
-            summary.decode_seconds += sum(r[3] for r in results)
-            ok = [i for i, r in enumerate(results) if r[2] is None]
-            proba = None
-            if ok:
-                x = np.stack([results[i][0] for i in ok])[:, None]
-                t0 = time.perf_counter()
-                proba = model.predict_proba(x, batch_size=len(ok))
-                summary.network_seconds += time.perf_counter() - t0
-            now = _utc_now()
-            rows, p_of = [], {i: proba[j] for j, i in enumerate(ok)}
-            heat = _write_heatmaps(heatmaps, model, ci, thr, batch, x if ok else None, ok, p_of)
-            for i, ((f, digest), (_, meta, err, _)) in enumerate(zip(batch, results)):
-                if err is not None:
-                    row = [_cell(f.key), digest, "error", _cell(err), "", *([""] * len(classes)), "", thr_text, "",
-                           "", "", _cell(model_text), model_sha, __version__, now, ""]
-                    summary.errors_new += 1
-                else:
-                    p = p_of[i]
-                    label = classes[int(np.argmax(p))]
-                    flagged = int(p[ci] >= thr)
-                    w, h, warns = meta
-                    row = [_cell(f.key), digest, "ok", "", _cell(label), *(_num(v) for v in p), str(flagged),
-                           thr_text, _cell(";".join(warns)), str(w), str(h), _cell(model_text), model_sha,
-                           __version__, now, _cell(heat.get(i, ""))]
-                    summary.flagged_new += flagged
-                    summary.labels_new[label] = summary.labels_new.get(label, 0) + 1
-                rows.append(row)
-                new_rows[f.key] = row
-            # One write of whole records, then fsync: a kill leaves at most one cut record at the end.
-            _write_all(fd, _rows_text(rows).encode("utf-8", "surrogateescape"))
-            os.fsync(fd)
-            summary.screened += len(rows)
-            done += len(rows)
-            if progress:
-                progress(done, total)
-    finally:
-        os.close(fd)
+    ahead = submit(batches[0])
+    for k, batch in enumerate(batches):
+        current = ahead
+        ahead = submit(batches[k + 1]) if k + 1 < len(batches) else None  # decoded while the net runs
+        decoded = [fu.result() for fu in current]
+        writer.append(batch, _infer(model, writer.ci, writer.thr, [f.key for f, _ in batch], decoded, heatmaps))

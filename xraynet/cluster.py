@@ -1,0 +1,194 @@
+"""The Dask side of ``xraynet screen --cluster``: batches run on workers, the client writes.
+
+Only the per-batch work -- decode, preprocess, run the network (and draw the
+heatmaps of flagged images) -- moves to the workers. The calling process stays
+the one writer of the report and keeps every guarantee of
+:mod:`xraynet.screen` (lock, repair, compaction, skip rule, one write()+fsync
+per batch, sorted rewrite, exit codes): :func:`screen_batches` hands each
+completed batch to the same :class:`xraynet.screen._Writer` the local path
+uses.
+
+Over the wire: a task is one batch of ``(relative path, absolute path to
+open)`` pairs plus the model's absolute path, its ``weights_sha256``, the
+device, the screening class index and threshold, and the heatmap folder. No
+pixels travel: **workers must see the folder, the model file (and the heatmap
+folder) at the same absolute paths** (a shared file system, or ``local:N``).
+A worker checks the model file's ``weights_sha256`` against the client's and
+fails the run when they differ. The answer is a small
+:class:`xraynet.screen._BatchResult` (probabilities, width/height/warnings or
+the error cell, decode and network seconds, indices with a heatmap); the
+SHA-256 of each file is computed by the client and never leaves it.
+
+Each worker process loads the model once and caches it (``_MODELS``, keyed by
+model path, weights SHA-256 and device).
+
+Failures: a worker that dies mid-task has its task re-run elsewhere by the
+scheduler; since a batch's rows are written only when its future completes,
+and only by the client, each file still gets exactly one row. A batch that
+fails for good (an exception on the worker, ``KilledWorker`` after repeated
+worker deaths, a lost scheduler) stops the run with a
+:class:`~xraynet.errors.ScreenError` (exit 2); the rows of completed batches
+are already in the report and the next run screens the rest.
+
+``import xraynet.cluster`` does not import Dask either; it is imported on first use.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .errors import ScreenError, XraynetError, missing_dependency
+
+__all__ = ["ClusterSpec", "screen_batches", "screen_batch"]
+
+_MODELS: dict = {}  # in each worker process: (model path, weights sha256, device) -> (model, preprocessing)
+
+
+def _require_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise missing_dependency("dask[distributed]", "cluster", "to screen on a Dask cluster (--cluster)") from None
+    return distributed
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """``--cluster``: a scheduler ``address``, or ``local_workers`` > 0 for ``local:N``."""
+
+    address: str | None
+    local_workers: int
+    timeout: float
+
+    @classmethod
+    def parse(cls, text, timeout=30.0, check_installed: bool = True) -> "ClusterSpec":
+        if not isinstance(text, str) or not text.strip():
+            raise ScreenError(f"cluster: invalid. Expected a Dask scheduler address such as tcp://host:8786 or "
+                              f"local:N, got {text!r}. Pass --cluster tcp://host:8786 or --cluster local:2.")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ScreenError(f"cluster_timeout: invalid. Expected a number of seconds > 0, got {timeout!r}. "
+                              f"Pass --cluster-timeout 30.")
+        text = text.strip()
+        spec = None
+        if text.startswith("local:"):
+            n = text[len("local:"):]
+            if not (n.isdigit() and int(n) >= 1):
+                raise ScreenError(f"cluster: invalid local cluster {text!r}. Expected local:N with N >= 1 worker "
+                                  f"processes, got {n!r}. Pass e.g. --cluster local:2.")
+            spec = cls(None, int(n), float(timeout))
+        else:
+            spec = cls(text, 0, float(timeout))
+        if check_installed:
+            _require_distributed()
+        return spec
+
+
+@contextmanager
+def _connect(spec: ClusterSpec):
+    """A connected ``distributed.Client``; for ``local:N`` a LocalCluster started here and closed after."""
+    _require_distributed()
+    from distributed import Client, LocalCluster
+
+    if spec.local_workers:
+        n = spec.local_workers
+        threads = max(1, (os.cpu_count() or 1) // n)  # Numba threads per worker process: share the cores
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               env={"NUMBA_NUM_THREADS": str(threads)})
+        try:
+            with Client(cluster, timeout=spec.timeout) as client:
+                yield client
+        finally:
+            cluster.close()
+        return
+    try:
+        client = Client(spec.address, timeout=spec.timeout)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise ScreenError(f"{spec.address}: cannot reach the Dask scheduler ({type(e).__name__}: {e}). Expected a "
+                          f"running scheduler at this address, got no connection within {spec.timeout:g} s. "
+                          f"Check the address and that `dask scheduler` runs there, raise --cluster-timeout, "
+                          f"or use --cluster local:N.") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _abs(path) -> str:
+    """Absolute path without resolving symlinks (workers open the same path the client listed)."""
+    path = os.fspath(path)
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def _load(model_path: str, model_sha: str, device: str):
+    key = (model_path, model_sha, device)
+    got = _MODELS.get(key)
+    if got is None:
+        from .imaging import Preprocessing
+        from .modelfile import load_model, read_info
+
+        found = read_info(model_path)["weights_sha256"]
+        if found != model_sha:
+            raise ScreenError(f"{model_path}: on this worker the model file is another model. Expected weights "
+                              f"SHA-256 {model_sha} (the client's), got {found}. Workers must see the same "
+                              f"files at the same paths (shared file system).")
+        loaded = load_model(model_path, device=device)
+        got = (loaded.model, Preprocessing.from_dict(loaded.preprocessing))
+        _MODELS[key] = got
+    return got
+
+
+def screen_batch(model_path: str, model_sha: str, device: str, ci: int, thr: float, heatmaps, files):
+    """Worker task: decode, preprocess and run the network on one batch ``[(key, path)]``."""
+    from .screen import _decode_one, _File, _infer
+
+    model, prep = _load(model_path, model_sha, device)
+    decoded = [_decode_one(_File(key, path), prep) for key, path in files]
+    return _infer(model, ci, thr, [key for key, _ in files], decoded, heatmaps)
+
+
+def screen_batches(spec: ClusterSpec, batches, writer, model_file, model_sha: str, device: str, heatmaps) -> None:
+    """Run ``batches`` ([[(_File, sha256)]]) on the cluster; ``writer.append`` each as it completes.
+
+    At most 2 batches per worker are submitted at a time, so memory stays flat
+    however large the folder."""
+    from distributed import as_completed
+
+    with _connect(spec) as client:
+        window = max(2, 2 * len(client.nthreads()))
+        model_abs, heat_abs = _abs(model_file), (_abs(heatmaps) if heatmaps is not None else None)
+        pending: dict = {}
+        nxt = 0
+
+        def submit():
+            nonlocal nxt
+            batch = batches[nxt]
+            files = [(f.key, _abs(f.path)) for f, _ in batch]
+            fut = client.submit(screen_batch, model_abs, model_sha, device, writer.ci, writer.thr, heat_abs, files,
+                                pure=False)
+            pending[fut] = nxt
+            nxt += 1
+            return fut
+
+        done = as_completed([submit() for _ in range(min(window, len(batches)))])
+        try:
+            for fut in done:
+                k = pending.pop(fut)
+                try:
+                    res = fut.result()
+                except XraynetError:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- KilledWorker, lost scheduler, a bug on the worker
+                    batch = batches[k]
+                    raise ScreenError(
+                        f"{batch[0][0].key} .. {batch[-1][0].key}: the cluster could not screen this batch "
+                        f"({type(e).__name__}: {e}). Expected its results from a worker, got an error. The rows "
+                        f"of completed batches are in the report; run the same command again to screen the "
+                        f"rest.") from None
+                fut.release()
+                writer.append(batches[k], res)
+                if nxt < len(batches):
+                    done.add(submit())
+        finally:
+            for fut in pending:
+                fut.cancel()
