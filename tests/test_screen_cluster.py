@@ -131,3 +131,44 @@ def test_heatmaps_written_by_workers(tmp_path, model_file):
     rows = [r for r in _check_whole(tmp_path / "r.csv") if r["status"] == "ok"]
     assert s.flagged == 4 and all(Path(r["heatmap"]) == tmp_path / "heat" / (r["path"] + ".png") for r in rows)
     assert all(Path(r["heatmap"]).stat().st_size > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_client_killed_9_with_a_local_cluster_then_rerun_every_file_once(tmp_path, model_file):
+    """The cron-safety loop of test_screen.py, shortened, with --cluster local:2: the
+    client (the one writer) is killed at seeded random moments; re-runs finish the job."""
+    import random
+    import time
+
+    from test_screen import _cmd
+    from xraynet.decodecache import file_sha256
+
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    for i in range(40):
+        _png(folder / f"d{i % 3}" / f"img{i:03d}.png", i, size=96)
+    rng = random.Random(99)
+    cluster = ["--cluster", "local:2", "--batch-size", "2"]
+    kills = 0
+    for attempt in range(3):
+        if attempt:
+            for name in rng.sample(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")), 6):
+                _png(folder / name, 500 + attempt * 10 + len(name), size=96)
+        proc = subprocess.Popen(_cmd(folder, report, model_file, *cluster), start_new_session=True)
+        time.sleep(rng.uniform(1.0, 4.0))  # start-up, cluster start, hashing or appending
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the client and the cluster it started
+            kills += 1
+        proc.wait()
+        if report.exists():
+            _check_whole(report)
+    assert kills >= 2
+    rc = None
+    for _ in range(3):
+        rc = subprocess.run(_cmd(folder, report, model_file, *cluster), timeout=120).returncode
+        if rc == 0:
+            break
+    assert rc == 0
+    rows = _check_whole(report)
+    current = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    assert [r["path"] for r in rows] == current
+    assert all(r["sha256"] == file_sha256(folder / r["path"]) and r["status"] == "ok" for r in rows)
