@@ -187,13 +187,15 @@ class DecodeCache:
                              f"Open a new DecodeCache.")
         return self._file
 
-    def get(self, file_path) -> np.ndarray | None:
-        """The cached array for this image file's bytes and this preprocessing, or None."""
-        return self._get(file_sha256(file_path))
+    def get(self, file_path, digest: str | None = None) -> np.ndarray | None:
+        """The cached array for this image file's bytes and this preprocessing, or None.
+        ``digest``: the file's :func:`file_sha256`, when the caller has it already."""
+        return self._get(digest or file_sha256(file_path))
 
-    def put(self, file_path, array) -> None:
-        """Store ``array`` (float32 (image_size, image_size)) for this image file's bytes."""
-        self._put(file_sha256(file_path), array)
+    def put(self, file_path, array, digest: str | None = None) -> None:
+        """Store ``array`` (float32 (image_size, image_size)) for this image file's bytes
+        (``digest`` as in :meth:`get`)."""
+        self._put(digest or file_sha256(file_path), array)
 
     def get_or_compute(self, file_path, fn) -> np.ndarray:
         """The cached array, or ``fn(file_path)`` stored then returned. Errors from ``fn``

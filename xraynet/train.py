@@ -92,7 +92,7 @@ def decode_all(items, prep, cache_path, workers: int, progress: Callable[[int, i
     """Preprocess every item's image: returns (array (N, S, S), ok mask, [(rel, reason, message)]).
 
     ``cache_path`` names the decode cache file, or None for no cache."""
-    from .decodecache import DecodeCache
+    from .decodecache import DecodeCache, file_sha256
     from .imaging import load
 
     n, size = len(items), prep.image_size
@@ -107,9 +107,18 @@ def decode_all(items, prep, cache_path, workers: int, progress: Callable[[int, i
             return i, None, e
 
     with (DecodeCache(cache_path, prep) if cache_path else _NoCache()) as cache:
+        # Each file is hashed once, for the look-up and the store (none without a cache);
+        # an unreadable file gets no digest and is left to load() to report.
+        def digest(path):
+            try:
+                return file_sha256(path) if cache_path else None
+            except OSError:
+                return None
+
+        digests = [digest(it.path) for it in items]
         todo = []
         for i, it in enumerate(items):
-            hit = cache.get(it.path)
+            hit = cache.get(it.path, digests[i]) if digests[i] else None
             if hit is not None:
                 out[i], ok[i] = hit, True
             else:
@@ -121,7 +130,8 @@ def decode_all(items, prep, cache_path, workers: int, progress: Callable[[int, i
             for i, arr, err in pool.map(work, todo):
                 if err is None:
                     out[i], ok[i] = arr, True
-                    cache.put(items[i].path, arr)
+                    if digests[i]:
+                        cache.put(items[i].path, arr, digests[i])
                 else:
                     skipped.append((items[i].rel, err.reason, str(err)))
                 done += 1
@@ -139,10 +149,10 @@ class _NoCache:
     def __exit__(self, *exc):
         return False
 
-    def get(self, path):
+    def get(self, path, digest=None):
         return None
 
-    def put(self, path, array):
+    def put(self, path, array, digest=None):
         pass
 
 
