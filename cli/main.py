@@ -230,8 +230,9 @@ def train(
         _fail(e)
     except KeyboardInterrupt:
         ui.stop()
-        ckpt = out.rsplit(".", 1)[0] + ".checkpoint.h5"
-        typer.echo(f"interrupted: continue with --resume {ckpt}", err=True)
+        from xraynet.train import checkpoint_path_for
+
+        typer.echo(f"interrupted: continue with --resume {checkpoint_path_for(out)}", err=True)
         raise typer.Exit(code=130)
     t = summary["threshold"]
     typer.echo(f"best epoch {summary['best_epoch']} (validation macro AUC {summary['best_val_auc']:.3f}); "
@@ -267,13 +268,10 @@ def evaluate(
         _fail(e)
     text = json.dumps(doc, allow_nan=False, indent=None if as_json else 2)
     if out:
-        import os
-        import tempfile
+        from xraynet.atomic import atomic_open
 
-        fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=os.path.dirname(os.path.abspath(out)))
-        with os.fdopen(fd, "w") as fh:
+        with atomic_open(out, "w") as fh:
             fh.write(text + "\n")
-        os.replace(tmp, out)
     if as_json:
         sys.stdout.write(text + "\n")
         return

@@ -102,7 +102,9 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(plots.os, "replace", boom)
+    import xraynet.atomic
+
+    monkeypatch.setattr(xraynet.atomic.os, "replace", boom)  # plots write through xraynet.atomic
     with pytest.raises(OSError, match="disk full"):
         write_history_png(target, _history(8))
     assert target.read_bytes() == before   # the old chart is intact

@@ -7,12 +7,12 @@ pixels with no evidence keep the film unchanged. Written atomically.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .atomic import atomic_open
 
 # Colour stops of the heat scale (value, RGB): transparent-ish blue to yellow.
 _STOPS = np.array([0.0, 0.35, 0.7, 1.0])
@@ -40,15 +40,6 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
 
 def write_overlay_png(path, image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> Path:
     """Write the overlay of ``cam`` on ``image`` to ``path`` (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(overlay(image, cam, alpha)).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(overlay(image, cam, alpha)).save(fh, format="PNG")
+    return Path(path)

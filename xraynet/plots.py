@@ -11,8 +11,6 @@ loss) or an undefined AUC still gets its chart.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -190,24 +188,11 @@ def _legend(draw, xy, entries, *, max_width=None, row_height=22):
 
 
 def _write_atomic(img: Image.Image, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); a chart is meant to be shared.
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    from .atomic import atomic_open
+
+    with atomic_open(path, "wb") as fh:
+        img.save(fh, format="PNG")
+    return Path(path)
 
 
 def _canvas():

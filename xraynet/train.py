@@ -22,8 +22,6 @@ interruption finishes with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -32,7 +30,6 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
 from .archs import resolve_arch
 from .augment import Augmentation, augment_batch
 from .errors import ImageError, XraynetError
@@ -189,20 +186,14 @@ def epoch_metrics(model: Model, x, y, batch_size, classes) -> dict:
 
 
 def _atomic_csv(path: Path, rows: list[dict]) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            if rows:
-                keys = [k for k in rows[0] if k != "per_class"]
-                w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as fh:
+        if rows:
+            keys = [k for k in rows[0] if k != "per_class"]
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
 
 
 def _prep_from(opts: TrainOptions, image_size: int):
