@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import BACKENDS, make_backend
 from naive import assert_grad, numeric_grad
-from xraynet.backend import get_backend
 from xraynet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
                             ReLU)
 from xraynet.model import Model
@@ -22,9 +22,10 @@ from xraynet.model import Model
 F64 = np.float64
 
 
-@pytest.fixture(scope="module")
-def bk():
-    return get_backend("cpu")
+@pytest.fixture(scope="module", params=BACKENDS)
+def bk(request):
+    """Every check runs on each backend: float64 kernels on the GPU too."""
+    return make_backend(request.param)
 
 
 def _internal(in_shape, n):
@@ -38,20 +39,22 @@ def _internal(in_shape, n):
 def check_layer(layer, x, *, before_forward=None, what=""):
     """Gradcheck ``layer`` (already built, float64) at internal input ``x``:
     the input gradient and every parameter gradient."""
+    bk = layer.bk
     rng = np.random.default_rng(100)
+    x = bk.asarray(x)
     if before_forward:
         before_forward()
     y = layer.forward(x, training=True)
-    r = rng.standard_normal(y.shape)
-    dx = np.array(layer.backward(r.copy()), copy=True)
-    grads = {k: np.array(v, copy=True) for k, v in layer.grads.items()}
+    r = bk.asarray(rng.standard_normal(y.shape))
+    dx = bk.to_numpy(layer.backward(r.copy())).copy()
+    grads = {k: bk.to_numpy(v).copy() for k, v in layer.grads.items()}
     assert sorted(grads) == sorted(layer.params), \
         f"{what}: gradients for {sorted(grads)}, parameters {sorted(layer.params)}"
 
     def loss():
         if before_forward:
             before_forward()
-        return float(np.sum(layer.forward(x, training=True) * r))
+        return float(bk.to_numpy((layer.forward(x, training=True) * r).sum()))
 
     assert_grad(dx, numeric_grad(loss, x), what=f"{what} input")
     for name, p in layer.params.items():
@@ -76,7 +79,7 @@ def test_conv2d(bk, case):
     rng = np.random.default_rng(1)
     layer = Conv2D(out, kernel_size=k, stride=s, padding=p)
     layer.build(in_shape, bk, rng, F64)
-    layer.params["bias"][...] = rng.standard_normal(out)
+    layer.params["bias"][...] = bk.asarray(rng.standard_normal(out))
     x = rng.standard_normal(_internal(in_shape, n))
     check_layer(layer, x, what=f"conv2d {case}")
 
@@ -122,7 +125,7 @@ def test_dense(bk, fin, fout, n):
     rng = np.random.default_rng(4)
     layer = Dense(fout)
     layer.build((fin,), bk, rng, F64)
-    layer.params["bias"][...] = rng.standard_normal(fout)
+    layer.params["bias"][...] = bk.asarray(rng.standard_normal(fout))
     check_layer(layer, rng.standard_normal((n, fin)), what=f"dense {fin}->{fout}")
 
 
@@ -139,7 +142,7 @@ def test_flatten_uses_nchw_order(bk):
     layer = Flatten()
     layer.build((3, 2, 4), bk, None, F64)
     nchw = np.arange(2 * 3 * 2 * 4, dtype=F64).reshape(2, 3, 2, 4)
-    out = layer.forward(np.ascontiguousarray(nchw.transpose(0, 2, 3, 1)))
+    out = bk.to_numpy(layer.forward(bk.asarray(nchw.transpose(0, 2, 3, 1))))
     assert np.array_equal(out, nchw.reshape(2, -1)), "flatten: output is not in NCHW (channel-major) order"
 
 
@@ -161,7 +164,7 @@ def test_dropout_training_fixed_mask(bk, in_shape):
         layer.rng = bk.rng(1234)
 
     same_mask()
-    y = layer.forward(np.ones(_internal(in_shape, 2)), training=True)
+    y = bk.to_numpy(layer.forward(bk.asarray(np.ones(_internal(in_shape, 2))), training=True))
     assert 0 < (y == 0).mean() < 1, "dropout: expected some but not all elements dropped at p=0.4"
     check_layer(layer, rng.standard_normal(_internal(in_shape, 2)), before_forward=same_mask,
                 what=f"dropout {in_shape}")
@@ -173,8 +176,8 @@ def test_batchnorm2d_training(bk, in_shape, n):
     layer = BatchNorm2D()
     layer.build(in_shape, bk, rng, F64)
     c = in_shape[0]
-    layer.params["weight"][...] = rng.standard_normal(c)
-    layer.params["bias"][...] = rng.standard_normal(c)
+    layer.params["weight"][...] = bk.asarray(rng.standard_normal(c))
+    layer.params["bias"][...] = bk.asarray(rng.standard_normal(c))
     x = rng.standard_normal(_internal(in_shape, n)) * 2 + 1
     check_layer(layer, x, what=f"batchnorm2d {in_shape} n={n}")
 
@@ -198,21 +201,21 @@ def _fused_spec():
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
-def test_model_conv_relu_pool_stage(fuse):
+def test_model_conv_relu_pool_stage(bk, fuse):
     rng = np.random.default_rng(9)
-    model = Model(_fused_spec(), dtype=F64, seed=3, fuse=fuse)
+    model = Model(_fused_spec(), device=bk, dtype=F64, seed=3, fuse=fuse)
     for name, p in model.named_parameters():
         if name.endswith("bias"):
-            p[...] = rng.standard_normal(p.shape) * 0.1
-    x = rng.standard_normal((2, 2, 9, 11))
-    r = rng.standard_normal((2, 3))
+            p[...] = bk.asarray(rng.standard_normal(p.shape) * 0.1)
+    x = bk.asarray(rng.standard_normal((2, 2, 9, 11)))
+    r = bk.asarray(rng.standard_normal((2, 3)))
     model.forward(x, training=True)
-    dx = np.array(model.backward(r.copy(), input_grad=True), copy=True)
-    grads = {k: np.array(v, copy=True) for k, v in model.named_grads().items()}
+    dx = bk.to_numpy(model.backward(r.copy(), input_grad=True)).copy()
+    grads = {k: bk.to_numpy(v).copy() for k, v in model.named_grads().items()}
     assert sorted(grads) == sorted(n for n, _ in model.named_parameters())
 
     def loss():
-        return float(np.sum(model.forward(x, training=False) * r))
+        return float(bk.to_numpy((model.forward(x, training=False) * r).sum()))
 
     what = "fused" if fuse else "unfused"
     assert_grad(dx, numeric_grad(loss, x), what=f"model ({what}) input")
@@ -224,9 +227,10 @@ def test_model_conv_relu_pool_stage(fuse):
 @pytest.mark.parametrize("weights", [None, (0.25, 3.0)], ids=["unweighted", "weighted"])
 def test_sigmoid_bce(bk, weights):
     rng = np.random.default_rng(10)
-    z = rng.standard_normal((6, 1)) * 3
+    z = bk.asarray(rng.standard_normal((6, 1)) * 3)
     y = np.array([0, 1, 1, 0, 1, 1])
     _, dz = bk.sigmoid_bce(z, y, weights)
+    dz = bk.to_numpy(dz)
     numeric = numeric_grad(lambda: bk.sigmoid_bce(z, y, weights)[0], z)
     assert_grad(dz, numeric, what=f"sigmoid_bce weights={weights}")
 
@@ -234,8 +238,9 @@ def test_sigmoid_bce(bk, weights):
 @pytest.mark.parametrize("weights", [None, (0.5, 2.0, 1.5, 0.1)], ids=["unweighted", "weighted"])
 def test_softmax_cross_entropy(bk, weights):
     rng = np.random.default_rng(11)
-    z = rng.standard_normal((5, 4)) * 3
+    z = bk.asarray(rng.standard_normal((5, 4)) * 3)
     y = np.array([0, 3, 1, 1, 2])
     _, dz = bk.softmax_cross_entropy(z, y, weights)
+    dz = bk.to_numpy(dz)
     numeric = numeric_grad(lambda: bk.softmax_cross_entropy(z, y, weights)[0], z)
     assert_grad(dz, numeric, what=f"softmax_cross_entropy weights={weights}")

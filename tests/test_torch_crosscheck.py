@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import BACKENDS, make_backend
 from naive import rel_err
 from xraynet.archs import builtin_spec
 from xraynet.kernels import reference as ref
@@ -37,6 +38,12 @@ TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.
 # A flipped window must be a near-tie in PyTorch's own float32 activations:
 # the two values within this fraction of the largest activation of that layer.
 NEAR_TIE = 1e-5
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def device(request):
+    """The backend the xraynet side runs on (PyTorch runs on the CPU)."""
+    return make_backend(request.param)
 
 
 # ------------------------------------------------------------ the torch twin
@@ -185,9 +192,9 @@ def make_batch(model: Model, n: int, seed: int):
     return x, labels
 
 
-def step_errors(spec, dtype, n, *, seed=0, training=True, fuse=True, prepare=None):
+def step_errors(spec, dtype, n, *, device="cpu", seed=0, training=True, fuse=True, prepare=None):
     """One forward + loss + backward on both sides; returns ({quantity: rel err}, flips)."""
-    model = Model(spec, dtype=dtype, seed=seed, fuse=fuse)
+    model = Model(spec, device=device, dtype=dtype, seed=seed, fuse=fuse)
     if prepare:
         prepare(model)
     x, labels = make_batch(model, n, seed + 1)
@@ -252,25 +259,25 @@ ARCH_CASES = [  # name, image size, batch (float32)
 
 
 @pytest.mark.parametrize("arch,size,n", ARCH_CASES, ids=lambda v: str(v))
-def test_step_float32(arch, size, n):
+def test_step_float32(device, arch, size, n):
     spec = builtin_spec(arch, image_size=size)
-    errs, flips = step_errors(spec, np.float32, n)
+    errs, flips = step_errors(spec, np.float32, n, device=device)
     assert_errs(errs, TOL[np.dtype(np.float32)], f"{arch} {size}px batch {n} float32", flips)
 
 
 @pytest.mark.parametrize("arch", ["seed", "wide"])
-def test_step_float64(arch):
+def test_step_float64(device, arch):
     spec = builtin_spec(arch, image_size=64)
-    errs, flips = step_errors(spec, np.float64, 4)
+    errs, flips = step_errors(spec, np.float64, 4, device=device)
     assert sum(flips) == 0, f"{arch} float64: max-pool flips {flips}"
     assert_errs(errs, TOL[np.dtype(np.float64)], f"{arch} 64px float64")
 
 
 # -------------------------------------------------------------- optimisers
-def train_both(spec, dtype, make_opts, steps=2, n=4, seed=0):
+def train_both(spec, dtype, make_opts, steps=2, n=4, seed=0, device="cpu"):
     """``steps`` training steps on both sides (fresh batch each); returns
     {name: rel err} over parameters and buffers."""
-    model = Model(spec, dtype=dtype, seed=seed)
+    model = Model(spec, device=device, dtype=dtype, seed=seed)
     net = torch_twin(model)
     net.train(True)
     opt, topt = make_opts(model, net)
@@ -290,8 +297,8 @@ def adam_pair(model, net):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("arch", ["seed", "wide"])
-def test_adam_two_steps(arch, dtype):
-    errs = train_both(builtin_spec(arch, image_size=64), dtype, adam_pair, steps=2)
+def test_adam_two_steps(device, arch, dtype):
+    errs = train_both(builtin_spec(arch, image_size=64), dtype, adam_pair, steps=2, device=device)
     assert_errs(errs, TOL[np.dtype(dtype)], f"{arch} parameters after two Adam steps ({np.dtype(dtype).name})")
 
 
@@ -317,7 +324,7 @@ SGD_CASES = [  # momentum, nesterov, weight_decay
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("hyper", SGD_CASES, ids=str)
-def test_sgd_three_steps(hyper, dtype):
+def test_sgd_three_steps(device, hyper, dtype):
     momentum, nesterov, wd = hyper
 
     def sgd_pair(model, net):
@@ -325,7 +332,7 @@ def test_sgd_three_steps(hyper, dtype):
                     nesterov=nesterov),
                 torch.optim.SGD(net.parameters(), lr=0.05, momentum=momentum, weight_decay=wd, nesterov=nesterov))
 
-    errs = train_both(_small_spec(), dtype, sgd_pair, steps=3, n=6)
+    errs = train_both(_small_spec(), dtype, sgd_pair, steps=3, n=6, device=device)
     assert_errs(errs, TOL[np.dtype(dtype)], f"parameters after three SGD steps {hyper} ({np.dtype(dtype).name})")
 
 
@@ -334,25 +341,26 @@ def _random_biases(model):
     rng = np.random.default_rng(7)
     for name, p in model.named_parameters():
         if name.endswith("bias"):
-            p[...] = (rng.standard_normal(p.shape) * 0.1).astype(p.dtype)
+            p[...] = model.bk.asarray((rng.standard_normal(p.shape) * 0.1).astype(p.dtype))
 
 
 @pytest.mark.parametrize("arch", ["seed", "wide"])
-def test_fused_equals_unfused(arch):
+def test_fused_equals_unfused(device, arch):
     """The fused conv+ReLU+pool stages give bit-identical logits, loss and
     gradients to the layer-by-layer run (nonzero biases, float32)."""
     spec = builtin_spec(arch, image_size=64)
     out = {}
     for fuse in (True, False):
-        model = Model(spec, dtype=np.float32, seed=0, fuse=fuse)
+        model = Model(spec, device=device, dtype=np.float32, seed=0, fuse=fuse)
         _random_biases(model)
         x, labels = make_batch(model, 6, 1)
         logits = model.forward(x, training=True)
         loss, dl = model.loss(logits, labels)
         dx = model.backward(dl, input_grad=True)
-        out[fuse] = {"logits": logits.copy(), "loss": np.array(loss), "input grad": dx.copy(),
-                     **{k: v.copy() for k, v in model.named_grads().items()},
-                     "eval logits": model.forward(x, training=False).copy()}
+        host = device.to_numpy
+        out[fuse] = {"logits": host(logits).copy(), "loss": np.array(loss), "input grad": host(dx).copy(),
+                     **{k: host(v).copy() for k, v in model.named_grads().items()},
+                     "eval logits": host(model.forward(x, training=False)).copy()}
     for key, a in out[True].items():
         b = out[False][key]
         n_diff = int((a != b).sum())
@@ -360,7 +368,7 @@ def test_fused_equals_unfused(arch):
                              f"worst |diff| {float(np.abs(a - b).max()):.3e}, rel err {rel_err(a, b):.3e}")
 
 
-def test_fused_rounding_tie_matches_unfused_and_torch():
+def test_fused_rounding_tie_matches_unfused_and_torch(device):
     """conv 1x1 (w = 1, b = 1) on x = [0, 1e-8] gives [1, 1] in float32: a tie made
     by rounding the bias add. PyTorch and the unfused chain send the gradient to
     the first element; the fused stage must too (it has to compare x + b, not x)."""
@@ -370,11 +378,12 @@ def test_fused_rounding_tie_matches_unfused_and_torch():
     x = np.array([0.0, 1e-8], np.float32).reshape(1, 1, 1, 2)
     grads = {}
     for fuse in (True, False):
-        model = Model(spec, dtype=np.float32, fuse=fuse)
+        model = Model(spec, device=device, dtype=np.float32, fuse=fuse)
         model.load_state_dict({"layers.0.weight": np.ones((1, 1, 1, 1)), "layers.0.bias": np.ones(1),
                                "layers.4.weight": np.ones((1, 1)), "layers.4.bias": np.zeros(1)})
         model.forward(x, training=True)
-        grads["fused" if fuse else "unfused"] = model.backward(np.ones((1, 1), np.float32), input_grad=True)
+        dx = model.backward(device.asarray(np.ones((1, 1), np.float32)), input_grad=True)
+        grads["fused" if fuse else "unfused"] = device.to_numpy(dx)
     net = torch_twin(model)
     xt = torch.tensor(x, requires_grad=True)
     net(xt).sum().backward()
@@ -395,20 +404,23 @@ def _xraynet_spec_no_dropout():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_xraynet_arch_batchnorm(training, dtype):
+def test_xraynet_arch_batchnorm(device, training, dtype):
     """The default arch (strided 5x5 stem, BatchNorm, dropout set to 0) at 64 px:
     training mode checks batch statistics, running-statistic updates and all
     gradients; eval mode uses (perturbed) running statistics."""
 
     def perturb_stats(model):
         rng = np.random.default_rng(3)
+        bk = model.bk
         for name, b in model.named_buffers():
-            b[...] = (rng.random(b.shape) + 0.5 if name.endswith("var") else rng.standard_normal(b.shape) * 0.1)
+            b[...] = bk.asarray(rng.random(b.shape) + 0.5 if name.endswith("var") else
+                                rng.standard_normal(b.shape) * 0.1, b.dtype)
         for name, p in model.named_parameters():
             if name.endswith("bias") or (name.endswith("weight") and p.ndim == 1):
-                p[...] += (rng.standard_normal(p.shape) * 0.1).astype(p.dtype)
+                p += bk.asarray((rng.standard_normal(p.shape) * 0.1).astype(p.dtype))
 
-    errs, flips = step_errors(_xraynet_spec_no_dropout(), dtype, 4, training=training, prepare=perturb_stats)
+    errs, flips = step_errors(_xraynet_spec_no_dropout(), dtype, 4, device=device, training=training,
+                              prepare=perturb_stats)
     if np.dtype(dtype) == np.float64:
         assert sum(flips) == 0, f"xraynet float64: max-pool flips {flips}"
     assert_errs(errs, TOL[np.dtype(dtype)], f"xraynet arch ({'train' if training else 'eval'}, "
@@ -416,40 +428,38 @@ def test_xraynet_arch_batchnorm(training, dtype):
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
-def test_batchnorm_layer_running_stats(momentum):
+def test_batchnorm_layer_running_stats(device, momentum):
     """Two training-mode passes then eval, against nn.BatchNorm2d (non-default momentum too)."""
-    from xraynet.backend import get_backend
     from xraynet.layers import BatchNorm2D
 
-    bk = get_backend("cpu")
+    bk = device
     layer = BatchNorm2D(momentum=momentum, eps=1e-3)
     layer.build((3, 5, 4), bk, np.random.default_rng(0), np.float64)
     tbn = nn.BatchNorm2d(3, eps=1e-3, momentum=momentum).double()
     rng = np.random.default_rng(1)
     for s in range(2):
         x = rng.standard_normal((2, 3, 5, 4)) * 2 + s
-        y = layer.forward(bk.nchw_to_internal(x), training=True)
+        y = layer.forward(bk.nchw_to_internal(bk.asarray(x)), training=True)
         yt = tbn.train()(torch.from_numpy(x))
-        assert rel_err(bk.internal_to_nchw(y), yt.detach().numpy()) < 1e-12
+        assert rel_err(bk.to_numpy(bk.internal_to_nchw(y)), yt.detach().numpy()) < 1e-12
     for name in ("running_mean", "running_var"):
-        err = rel_err(layer.buffers[name], getattr(tbn, name).numpy())
+        err = rel_err(bk.to_numpy(layer.buffers[name]), getattr(tbn, name).numpy())
         assert err < 1e-12, f"batchnorm {name} after two steps (momentum {momentum}): rel err {err:.3e}"
     x = rng.standard_normal((2, 3, 5, 4))
-    y = bk.internal_to_nchw(layer.forward(bk.nchw_to_internal(x), training=False))
+    y = bk.to_numpy(bk.internal_to_nchw(layer.forward(bk.nchw_to_internal(bk.asarray(x)), training=False)))
     err = rel_err(y, tbn.eval()(torch.from_numpy(x)).detach().numpy())
     assert err < 1e-12, f"batchnorm eval output: rel err {err:.3e}"
 
 
 # -------------------------------------------------------------------- losses
 @pytest.mark.parametrize("weights", [None, (0.4, 2.5)], ids=["unweighted", "weighted"])
-def test_sigmoid_bce_vs_torch(weights):
-    from xraynet.backend import get_backend
-
-    bk = get_backend("cpu")
+def test_sigmoid_bce_vs_torch(device, weights):
+    bk = device
     rng = np.random.default_rng(2)
     z = rng.standard_normal((9, 1)) * 4
     y = rng.integers(0, 2, 9)
-    loss, dz = bk.sigmoid_bce(z, y, weights)
+    loss, dz = bk.sigmoid_bce(bk.asarray(z), y, weights)
+    dz = bk.to_numpy(dz)
     zt = torch.tensor(z, requires_grad=True)
     per = F.binary_cross_entropy_with_logits(zt[:, 0], torch.from_numpy(y).double(), reduction="none")
     w = torch.ones(9, dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)[torch.from_numpy(y)]
@@ -460,14 +470,13 @@ def test_sigmoid_bce_vs_torch(weights):
 
 
 @pytest.mark.parametrize("weights", [None, (0.4, 2.5, 1.2)], ids=["unweighted", "weighted"])
-def test_softmax_cross_entropy_vs_torch(weights):
-    from xraynet.backend import get_backend
-
-    bk = get_backend("cpu")
+def test_softmax_cross_entropy_vs_torch(device, weights):
+    bk = device
     rng = np.random.default_rng(3)
     z = rng.standard_normal((8, 3)) * 4
     y = rng.integers(0, 3, 8)
-    loss, dz = bk.softmax_cross_entropy(z, y, weights)
+    loss, dz = bk.softmax_cross_entropy(bk.asarray(z), y, weights)
+    dz = bk.to_numpy(dz)
     zt = torch.tensor(z, requires_grad=True)
     wt = None if weights is None else torch.tensor(weights, dtype=torch.float64)
     lt = F.cross_entropy(zt, torch.from_numpy(y), weight=wt)

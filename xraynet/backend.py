@@ -14,8 +14,9 @@ A backend owns the array module and every op that touches array memory:
 
 Activations are NHWC internally (see :mod:`xraynet.kernels`). Contexts
 returned by forward ops are opaque tuples handed back to the matching
-backward op. ``get_backend("cpu")`` returns the NumPy + Numba backend; the
-CuPy backend plugs in under ``"cuda"`` without changes to any caller.
+backward op. ``get_backend("cpu")`` returns the NumPy + Numba backend,
+``get_backend("gpu")`` the CuPy + CUDA one (``xraynet.gpu_backend``); callers
+never need to know which.
 """
 from __future__ import annotations
 
@@ -368,12 +369,13 @@ class CPUBackend:
         return dx.reshape(shape), dgamma.astype(dt), dbeta.astype(dt)
 
     # -------------------------------------------------------------------- losses
-    def sigmoid_bce(self, logits, labels, class_weights=None):
+    def sigmoid_bce(self, logits, labels, class_weights=None, to_host=True):
         """Binary cross-entropy on one logit per image, numerically stable.
 
         ``logits`` (N, 1), ``labels`` (N,) in {0, 1}. Returns (loss, dlogits);
         the loss is the mean over the batch, or with ``class_weights`` (2,) the
-        weighted mean ``sum(w_i * l_i) / sum(w_i)``.
+        weighted mean ``sum(w_i * l_i) / sum(w_i)``. ``to_host`` matters only to
+        GPU backends (False leaves the loss on the device); here it is a float.
         """
         z = logits.reshape(-1).astype(np.float64)
         y = np.asarray(labels).reshape(-1).astype(np.float64)
@@ -384,7 +386,7 @@ class CPUBackend:
         dz = wts * (sig - y) / total
         return float((wts * per).sum() / total), dz.reshape(logits.shape).astype(logits.dtype)
 
-    def softmax_cross_entropy(self, logits, labels, class_weights=None):
+    def softmax_cross_entropy(self, logits, labels, class_weights=None, to_host=True):
         """Softmax cross-entropy on C logits, numerically stable (log-sum-exp).
 
         ``logits`` (N, C), ``labels`` (N,) integer classes. Returns (loss,
@@ -414,18 +416,25 @@ class CPUBackend:
                           nesterov, step == 1)
 
 
-_BACKENDS = {"cpu": CPUBackend}
+def get_backend(name: str = "cpu"):
+    """The backend for device ``name`` ('cpu', 'gpu' or 'auto'; 'cuda' means
+    'gpu'), created once per process. 'auto' picks the GPU where CuPy and a
+    CUDA device are present, else the CPU."""
+    from .devices import resolve_device
+
+    return _make_backend(resolve_device(name))
 
 
 @functools.lru_cache(maxsize=None)
-def get_backend(name: str = "cpu"):
-    """The backend called ``name`` ('cpu' or 'cuda'), created once per process."""
-    if name == "cuda":
-        raise BackendError(
-            "device 'cuda': the GPU backend is not part of this build yet. "
-            "Expected device 'cpu', got 'cuda'. Run with --device cpu."
-        )
-    if name not in _BACKENDS:
-        raise BackendError(f"device {name!r}: unknown. Expected one of {sorted(_BACKENDS) + ['cuda']}, got {name!r}. "
-                           "Pick one of those.")
-    return _BACKENDS[name]()
+def _make_backend(device: str):
+    from .devices import INSTALL_HINT, gpu_unavailable_reason
+
+    if device == "cpu":
+        return CPUBackend()
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        raise BackendError(f"device 'gpu': {reason}. To use a GPU, {INSTALL_HINT}; "
+                           "or run on the CPU with --device cpu.")
+    from .gpu_backend import CUDABackend
+
+    return CUDABackend()

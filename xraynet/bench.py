@@ -38,12 +38,29 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _device_name(bk) -> str:
+    if bk.name != "gpu":
+        return _cpu_name()
+    if not getattr(bk, "on_gpu", False):
+        return "CUDA kernels emulated on the CPU"
+    from .devices import device_info
+
+    return device_info().get("device_name", "gpu")
+
+
+def _tf32() -> bool:
+    """CuPy's matmul uses TF32 only when CUPY_TF32=1; xraynet's own kernels never do."""
+    import os
+
+    return os.environ.get("CUPY_TF32", "0") == "1"
+
+
 def _setup(arch: str, batch: int, device: str, seed: int):
     """Model of a benchmark architecture, a synthetic batch and its labels."""
     model = Model(builtin_spec(arch, num_classes=2), device=device, seed=seed)
     rng = np.random.default_rng(seed + 1)
     x = model.bk.asarray(rng.standard_normal((batch, *model.input_shape), dtype=np.float32))
-    return model, x, rng.integers(0, 2, batch)
+    return model, x, model.bk.asarray(rng.integers(0, 2, batch))
 
 
 def make_step(arch: str, mode: str, batch: int, device: str = "cpu", seed: int = 0):
@@ -53,8 +70,8 @@ def make_step(arch: str, mode: str, batch: int, device: str = "cpu", seed: int =
     if mode == "train":
         opt = Adam(model.named_parameters(), model.bk, lr=1e-3)
 
-        def step():
-            model.train_step(x, labels, opt)
+        def step():  # the loss stays on the device: torch's step does not read it back either
+            model.train_step(x, labels, opt, to_host=False)
     elif mode == "infer":
         def step():
             model.forward(x, training=False)
@@ -81,11 +98,12 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
     bk = model.bk
     if threads is not None:
         bk.set_threads(threads)
-    warm = _timed(step, max(warmup, 1), bk.synchronize)
+    timer = getattr(bk, "time_steps", None) or (lambda fn, n: _timed(fn, n, bk.synchronize))
+    warm = timer(step, max(warmup, 1))
     if iters is None:
         est = min(warm[-max(1, len(warm) // 2):])
         iters = int(min(max_iters, max(min_iters, math.ceil(min_time / max(est, 1e-7)))))
-    times = _timed(step, iters, bk.synchronize)
+    times = timer(step, iters)
     med = statistics.median(times)
     srt = sorted(times)
     per_img = FLOPS.get(arch, {}).get(mode)
@@ -94,7 +112,8 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
         threads = numba.get_num_threads()
     return {
         "impl": "xraynet",
-        "arch": arch, "mode": mode, "batch": batch, "device": device, "threads": threads, "tf32": None,
+        "arch": arch, "mode": mode, "batch": batch, "device": bk.name, "threads": threads,
+        "tf32": _tf32() if bk.name == "gpu" else None,
         "images_per_s": batch / med,
         "ms_per_batch": med * 1e3,
         "ms_min": srt[0] * 1e3,
@@ -104,7 +123,7 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
         "gflop_per_s": per_img * batch / med / 1e9 if per_img else None,
         "iters": iters, "warmup": max(warmup, 1), "seed": seed,
         "xraynet_version": __version__,
-        "device_name": _cpu_name() if device == "cpu" else device,
+        "device_name": _device_name(bk),
     }
 
 
@@ -157,3 +176,30 @@ def _stage_layers(model, i):
     first = model._stages[i][0]
     nxt = model._stages[i + 1][0] if i + 1 < len(model._stages) else len(model.layers)
     return model.layers[first:nxt]
+
+
+def profile_kernels(arch: str = "seed", mode: str = "train", batch: int = 32, device: str = "gpu",
+                    steps: int = 10, seed: int = 0) -> list[dict]:
+    """Device milliseconds per step of every CUDA kernel and of the cuBLAS GEMMs
+    (CUDA events around each launch), largest first. Needs the GPU backend."""
+    from .errors import BackendError
+
+    model, step = make_step(arch, mode, batch, device, seed)
+    bk = model.bk
+    if not hasattr(bk, "profile_kernels"):
+        raise BackendError(f"kernel profile: the {bk.name} backend runs no CUDA kernels. Expected --device gpu, "
+                           f"got {bk.name}. Use --profile for per-layer times on the CPU.")
+    for _ in range(3):  # compile and warm up first
+        step()
+    bk.synchronize()
+    prof = bk.profile_kernels(True)
+    try:
+        for _ in range(steps):
+            step()
+        totals = prof.totals()
+    finally:
+        bk.profile_kernels(False)
+    all_ms = sum(ms for ms, _ in totals.values()) or 1.0
+    rows = [{"kernel": name, "ms_per_step": ms / steps, "launches_per_step": n / steps, "share": ms / all_ms}
+            for name, (ms, n) in totals.items()]
+    return sorted(rows, key=lambda r: -r["ms_per_step"])

@@ -65,16 +65,16 @@ class _Single:
 class Model:
     """A sequential CNN classifier.
 
-    ``spec``: architecture dict (see :mod:`xraynet.archs`). ``device``: backend
-    name. ``dtype``: float32 for use, float64 for gradient checks. ``seed``:
+    ``spec``: architecture dict (see :mod:`xraynet.archs`). ``device``: 'cpu',
+    'gpu' or 'auto', or a backend object (the tests pass emulated ones). ``dtype``: float32 for use, float64 for gradient checks. ``seed``:
     weight initialisation.
     """
 
     def __init__(self, spec: dict, device: str = "cpu", dtype=np.float32, seed: int = 0, fuse: bool = True):
         validate_spec(spec)
         self.spec = copy.deepcopy(spec)
-        self.bk = get_backend(device)
-        self.device = device
+        self.bk = get_backend(device) if isinstance(device, str) else device
+        self.device = self.bk.name
         self.dtype = np.dtype(dtype)
         self.output = spec["output"]
         rng = np.random.default_rng(seed)
@@ -212,16 +212,19 @@ class Model:
         cam = xp.where(peak > 0, cam / xp.where(peak > 0, peak, 1), 0)
         return self.bk.to_numpy(cam)
 
-    def loss(self, logits, labels, class_weights=None):
-        """(loss, dlogits) for integer class labels (N,)."""
+    def loss(self, logits, labels, class_weights=None, to_host=True):
+        """(loss, dlogits) for integer class labels (N,). The loss is a float;
+        on a GPU, ``to_host=False`` leaves it on the device (no wait)."""
         if self.output == "sigmoid":
-            return self.bk.sigmoid_bce(logits, labels, class_weights)
-        return self.bk.softmax_cross_entropy(logits, labels, class_weights)
+            return self.bk.sigmoid_bce(logits, labels, class_weights, to_host=to_host)
+        return self.bk.softmax_cross_entropy(logits, labels, class_weights, to_host=to_host)
 
-    def train_step(self, x, labels, optimizer, class_weights=None) -> float:
-        """One step: forward, loss, backward, optimiser update. Returns the loss."""
+    def train_step(self, x, labels, optimizer, class_weights=None, to_host=True):
+        """One step: forward, loss, backward, optimiser update. Returns the loss
+        (a float; with ``to_host=False`` a GPU leaves it on the device, so the
+        host can queue the next step while this one runs)."""
         logits = self.forward(x, training=True)
-        loss, dlogits = self.loss(logits, labels, class_weights)
+        loss, dlogits = self.loss(logits, labels, class_weights, to_host=to_host)
         self.backward(dlogits)
         optimizer.step(self.named_grads())
         return loss

@@ -22,6 +22,9 @@ class Optimizer:
     def step(self, grads: dict) -> None:
         """Apply one update; ``grads`` maps each parameter name to its gradient."""
         self.step_count += 1
+        if hasattr(self.bk, f"{self.name}_update_many"):  # one launch over every parameter (GPU)
+            self._update_many(grads)
+            return
         for name, p in self.params:
             self._update(name, p, grads[name])
 
@@ -68,6 +71,12 @@ class Adam(Optimizer):
         self.bk.adam_update(p, g, self.m[name], self.v[name], self.step_count, self.lr, self.beta1, self.beta2,
                             self.eps, self.weight_decay)
 
+    def _update_many(self, grads):
+        names = [n for n, _ in self.params]
+        self.bk.adam_update_many([p for _, p in self.params], [grads[n] for n in names], [self.m[n] for n in names],
+                                 [self.v[n] for n in names], self.step_count, self.lr, self.beta1, self.beta2,
+                                 self.eps, self.weight_decay)
+
     def _slots(self):
         return {"m": self.m, "v": self.v}
 
@@ -88,6 +97,12 @@ class SGD(Optimizer):
     def _update(self, name, p, g):
         self.bk.sgd_update(p, g, self.buf[name], self.step_count, self.lr, self.momentum, self.weight_decay,
                            self.nesterov)
+
+    def _update_many(self, grads):
+        names = [n for n, _ in self.params]
+        self.bk.sgd_update_many([p for _, p in self.params], [grads[n] for n in names],
+                                [self.buf[n] for n in names], self.step_count, self.lr, self.momentum,
+                                self.weight_decay, self.nesterov)
 
     def _slots(self):
         return {"momentum_buffer": self.buf}

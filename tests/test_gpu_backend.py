@@ -1,0 +1,195 @@
+"""What the GPU backend adds beyond the shared op tests (test_kernels,
+test_gradcheck, test_torch_crosscheck run every op and the whole network on
+it too): bit-reproducible training, the one-launch optimiser over many
+tensors, losses over batches larger than one thread block, the same network
+on CPU and GPU (weights, predictions, Grad-CAM, model files both ways), and
+the kernel profiler.
+
+Each test runs on the emulated GPU backend (CUDA C kernels on the CPU) and,
+where there is a CUDA device, on the real one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import make_backend
+from xraynet.archs import builtin_spec
+from xraynet.kernels import reference as ref
+from xraynet.model import Model
+from xraynet.modelfile import load_model, save_model
+from xraynet.optim import SGD, Adam
+
+
+@pytest.fixture(params=["gpu-emu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def gpu(request):
+    return make_backend(request.param)
+
+
+SPEC = {"name": "small", "input_shape": [1, 16, 16], "output": "softmax", "layers": [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
+    {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": "same"}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "global_avg_pool2d"}, {"type": "dropout", "p": 0.25}, {"type": "dense", "out_features": 3},
+]}
+
+
+def _batch(n=6, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 16, 16)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def _train(device, steps=3, seed=0):
+    model = Model(SPEC, device=device, seed=seed)
+    for layer in model.layers:
+        if hasattr(layer, "rng") and layer.type == "dropout":
+            layer.rng = model.bk.rng(99)
+    opt = Adam(model.named_parameters(), model.bk, lr=1e-2)
+    losses = [model.train_step(*_batch(seed=s), opt) for s in range(steps)]
+    return model, losses
+
+
+def test_training_is_bit_reproducible(gpu):
+    """No float atomics anywhere: the same seed gives the same bits, run to run."""
+    a, la = _train(gpu)
+    b, lb = _train(gpu)
+    assert la == lb, f"losses differ between identical runs: {la} vs {lb}"
+    for name, arr in a.state_dict().items():
+        assert np.array_equal(arr, b.state_dict()[name]), f"{name} differs between identical runs"
+
+
+def test_same_seed_same_network_on_cpu_and_gpu(gpu):
+    cpu = Model(SPEC, device="cpu", seed=5)
+    dev = Model(SPEC, device=gpu, seed=5)
+    for name, arr in cpu.state_dict().items():
+        assert np.array_equal(arr, dev.state_dict()[name]), f"initial {name} differs between CPU and GPU"
+    x, _ = _batch()
+    assert np.allclose(cpu.predict_proba(x), dev.predict_proba(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["gpu->cpu", "cpu->gpu"])
+def test_model_files_move_between_cpu_and_gpu(gpu, direction, tmp_path):
+    src_device, dst_device = (gpu, "cpu") if direction == "gpu->cpu" else ("cpu", gpu)
+    model, _ = _train(src_device, steps=2)
+    path = tmp_path / "m.h5"
+    save_model(path, model, classes=["a", "b", "c"], preprocessing={"image_size": 16})
+    loaded = load_model(path, device=dst_device).model
+    x, _ = _batch(n=5, seed=7)
+    p_src, p_dst = model.predict_proba(x), loaded.predict_proba(x)
+    assert np.allclose(p_src, p_dst, rtol=1e-5, atol=1e-6), \
+        f"{direction}: predictions differ by up to {np.abs(p_src - p_dst).max():.3e}"
+    assert (p_src.argmax(1) == p_dst.argmax(1)).all()
+
+
+def test_gradcam_matches_the_cpu(gpu):
+    cpu = Model(SPEC, device="cpu", dtype=np.float64, seed=2)
+    dev = Model(SPEC, device=gpu, dtype=np.float64, seed=2)
+    x, _ = _batch(n=3)
+    for c in range(3):
+        a, b = cpu.gradcam(x, c), dev.gradcam(x, c)
+        assert np.allclose(a, b, rtol=1e-9, atol=1e-12), f"class {c}: Grad-CAM differs by {np.abs(a - b).max():.3e}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_one_launch_optimisers_update_every_tensor(gpu, dtype):
+    """adam_update_many / sgd_update_many over tensors of mixed sizes (1 to
+    several thousand elements) equal the per-tensor reference formulas."""
+    rng = np.random.default_rng(4)
+    shapes = [(1,), (7,), (3, 5), (64, 9, 3), (2, 1, 3, 3), (300,)]
+    ps = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    dev = lambda a: gpu.asarray(a.copy())  # noqa: E731 (a copy even where asarray would alias, as under the emulator)
+    for step in (1, 2):
+        dp, dg = [dev(p) for p in ps], [dev(g) for g in gs]
+        m0 = [rng.standard_normal(s).astype(dtype) * 0.1 for s in shapes]
+        v0 = [rng.random(s).astype(dtype) * 0.1 for s in shapes]
+        dm, dv = [dev(m) for m in m0], [dev(v) for v in v0]
+        gpu.adam_update_many(dp, dg, dm, dv, step, 1e-2, 0.9, 0.999, 1e-8, 1e-3)
+        for i in range(len(shapes)):
+            p, m, v = ref.adam_update(ps[i].astype(np.float64), gs[i], m0[i], v0[i], step, 1e-2, 0.9, 0.999, 1e-8,
+                                      1e-3)
+            for what, got, want in (("p", dp[i], p), ("m", dm[i], m), ("v", dv[i], v)):
+                err = np.abs(gpu.to_numpy(got) - want).max() / max(np.abs(want).max(), 1e-30)
+                assert err < tol, f"adam step {step} tensor {shapes[i]} {what}: max rel err {err:.3e}"
+        dp, db = [dev(p) for p in ps], [dev(g * 0.5) for g in gs]
+        gpu.sgd_update_many(dp, [dev(g) for g in gs], db, step, 0.05, 0.9, 1e-3, True)
+        for i in range(len(shapes)):
+            p, b = ref.sgd_update(ps[i].astype(np.float64), gs[i], gs[i] * 0.5, step, 0.05, 0.9, 1e-3, True)
+            assert np.allclose(gpu.to_numpy(dp[i]), p, rtol=tol, atol=tol), f"sgd step {step} tensor {shapes[i]}"
+            assert np.allclose(gpu.to_numpy(db[i]), b, rtol=tol, atol=tol), f"sgd buffer step {step} {shapes[i]}"
+
+
+def test_optimiser_rejects_mismatched_state(gpu):
+    from xraynet.errors import ShapeError
+
+    p = gpu.asarray(np.ones(4, np.float32))
+    with pytest.raises(ShapeError, match="does not match its parameter"):
+        gpu.adam_update_many([p], [gpu.asarray(np.ones(5, np.float32))], [p.copy()], [p.copy()], 1, 1e-3, 0.9,
+                             0.999, 1e-8, 0.0)
+
+
+@pytest.mark.parametrize("n", [1, 257, 600])
+def test_losses_over_batches_larger_than_a_block(gpu, n):
+    """The loss kernels are one block of 256 threads striding over the batch."""
+    rng = np.random.default_rng(n)
+    cpu = make_backend("cpu")
+    z = rng.standard_normal((n, 3)) * 3
+    y = rng.integers(0, 3, n)
+    w = (0.5, 2.0, 1.25)
+    for weights in (None, w):
+        l_cpu, d_cpu = cpu.softmax_cross_entropy(z, y, weights)
+        l_gpu, d_gpu = gpu.softmax_cross_entropy(gpu.asarray(z), y, weights)
+        assert abs(l_gpu - l_cpu) <= 1e-12 * abs(l_cpu) and np.allclose(gpu.to_numpy(d_gpu), d_cpu, rtol=1e-12)
+        z1, y1 = z[:, :1], (y > 0).astype(np.int64)
+        l_cpu, d_cpu = cpu.sigmoid_bce(z1, y1, None if weights is None else weights[:2])
+        l_gpu, d_gpu = gpu.sigmoid_bce(gpu.asarray(z1), y1, None if weights is None else weights[:2])
+        assert abs(l_gpu - l_cpu) <= 1e-12 * abs(l_cpu) and np.allclose(gpu.to_numpy(d_gpu), d_cpu, rtol=1e-12)
+
+
+def test_kernel_profiler_records_every_launch(gpu):
+    model = Model(builtin_spec("seed"), device=gpu, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 1, 64, 64)).astype(np.float32)
+    prof = gpu.profile_kernels(True)
+    try:
+        opt = Adam(model.named_parameters(), model.bk)
+        model.train_step(x, np.array([0, 1]), opt)
+        totals = prof.totals()
+    finally:
+        gpu.profile_kernels(False)
+    for name in ("im2col_f32", "bias_maxpool_relu_f32", "maxpool_relu_bwd_f32", "col2im_f32", "sigmoid_bce_f32",
+                 "adam_multi_f32", "gemm (cuBLAS)"):
+        assert name in totals, f"profiler saw {sorted(totals)}; {name} missing"
+    assert totals["adam_multi_f32"][1] == 1, "Adam must be one launch over all parameters"
+    assert all(ms >= 0 for ms, _ in totals.values())
+
+
+def test_sgd_through_the_optimiser_class(gpu):
+    model = Model(SPEC, device=gpu, seed=3)
+    ref_model = Model(SPEC, device="cpu", seed=3)
+    for m in (model, ref_model):
+        m.layers[8].p = 0.0  # no dropout: both sides see the same network
+    opts = [SGD(m.named_parameters(), m.bk, lr=0.05, momentum=0.9, nesterov=True) for m in (model, ref_model)]
+    for s in range(2):
+        x, y = _batch(seed=10 + s)
+        la = model.train_step(x, y, opts[0])
+        lb = ref_model.train_step(x, y, opts[1])
+        assert abs(la - lb) < 1e-5 * abs(lb)
+    for name, arr in ref_model.state_dict().items():
+        assert np.allclose(model.state_dict()[name], arr, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_bench_and_kernel_profile_run_on_the_gpu_backend(gpu, mode):
+    from xraynet.bench import profile_kernels, run_bench
+
+    row = run_bench("seed", mode, 2, device=gpu, iters=2, warmup=1)
+    assert row["device"] == "gpu" and row["images_per_s"] > 0 and row["iters"] == 2
+    assert row["tf32"] is False, "TF32 must be off unless CUPY_TF32=1 is set"
+    rows = profile_kernels("seed", mode, 2, device=gpu, steps=1)
+    names = {r["kernel"] for r in rows}
+    assert "gemm (cuBLAS)" in names and "bias_maxpool_relu_f32" in names, names
+    assert ("adam_multi_f32" in names) == (mode == "train")
+    assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
+    assert rows == sorted(rows, key=lambda r: -r["ms_per_step"])
