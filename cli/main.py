@@ -50,9 +50,52 @@ def _root(
 
 def _fail(err: Exception) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+    # escape: messages hold install commands ("xraynet[gpu]") and file names that rich would take
+    # for markup and drop. soft_wrap: the message stays one line (cron mail, grep).
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+_DEVICE_HELP = ("Compute device: auto (the GPU when CuPy and a CUDA device are present, else the CPU), "
+                "cpu or gpu.")
+
+
+def _check_device(value: str) -> str:
+    """Option callback: 'auto', 'cpu' or 'gpu' ('cuda' is taken as 'gpu'); anything else is a usage error."""
+    from xraynet.devices import normalise
+    from xraynet.errors import BackendError
+
+    try:
+        return normalise(value)
+    except BackendError:
+        raise typer.BadParameter(f"unknown device. Expected auto, cpu or gpu, got {value!r}.") from None
+
+
+def _device_option():
+    return typer.Option("auto", "--device", metavar="[auto|cpu|gpu]", callback=_check_device, help=_DEVICE_HELP)
+
+
+def _use_device(device: str, notice: bool = True) -> str:
+    """Make the backend for ``device`` before any work starts: a GPU that cannot be used ends the
+    command here (exit 2, with the install command), not after decoding or scanning. With
+    ``notice``, 'auto' falling back to the CPU says so in one line on stderr. Returns the device
+    the work runs on, 'cpu' or 'gpu' (the name reports record)."""
+    from xraynet.backend import get_backend
+    from xraynet.devices import auto_notice, resolve_device
+    from xraynet.errors import XraynetError
+
+    try:
+        get_backend(device)
+    except XraynetError as e:
+        _fail(e)
+    text = auto_notice(device) if notice else None
+    if text:
+        from rich.console import Console
+
+        Console(stderr=True).print(text, markup=False, highlight=False, soft_wrap=True)
+    return resolve_device(device)
 
 
 @app.command()
@@ -61,7 +104,7 @@ def bench(
     mode: Mode = typer.Option(Mode.train, help="train: forward + loss + backward + Adam; infer: forward only."),
     batch: int = typer.Option(32, min=1, help="Images per batch."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for kernels and BLAS (default: all)."),
-    device: str = typer.Option("cpu", help="Compute backend."),
+    device: str = _device_option(),
     iters: Optional[int] = typer.Option(None, min=1, help="Timed steps (default: enough for --min-time)."),
     warmup: int = typer.Option(3, min=1, help="Untimed warm-up steps (JIT compilation happens here)."),
     min_time: float = typer.Option(3.0, help="Seconds of timed steps to aim for when --iters is not given."),
@@ -70,19 +113,24 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     json_out: Optional[str] = typer.Option(None, help="Append the JSON object as one line to this file."),
     profile: bool = typer.Option(False, help="Also print median time per layer stage (forward/backward)."),
+    kernels: bool = typer.Option(False, "--kernels",
+                                 help="Also print device ms per step of every CUDA kernel and GEMM (GPU only)."),
 ) -> None:
     """Time a training step or inference on random data (median of repeated steps).
 
     Flags and meaning match ../shared/bench/torch_reference.py, so results
     compare directly with PyTorch on the same machine.
     """
-    from xraynet.bench import profile_layers, run_bench
+    from xraynet.bench import profile_kernels, profile_layers, run_bench
     from xraynet.errors import XraynetError
 
+    # The resolved name ('cpu' or 'gpu'), so the row says where it ran, never 'auto'.
+    device = _use_device(device)
     try:
         row = run_bench(arch.value, mode.value, batch, device=device, threads=threads, iters=iters,
                         warmup=warmup, min_time=min_time, min_iters=min_iters, seed=seed)
         prof = profile_layers(arch.value, mode.value, batch, device=device, threads=threads) if profile else None
+        kern = profile_kernels(arch.value, mode.value, batch, device=device, seed=seed) if kernels else None
     except XraynetError as e:
         _fail(e)
     if json_out:
@@ -91,6 +139,8 @@ def bench(
     if as_json:
         if prof is not None:
             row = {**row, "profile": prof}
+        if kern is not None:
+            row = {**row, "kernels": kern}
         sys.stdout.write(json.dumps(row) + "\n")
         return
     from rich.console import Console
@@ -113,6 +163,13 @@ def bench(
         for r in prof:
             p.add_row(r["stage"], f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}")
         console.print(p)
+    if kern is not None:
+        k = Table(title="device time per step, by kernel")
+        for col in ("kernel", "ms/step", "launches/step", "share"):
+            k.add_column(col, justify="right" if col != "kernel" else "left")
+        for r in kern:
+            k.add_row(r["kernel"], f"{r['ms_per_step']:.3f}", f"{r['launches_per_step']:g}", f"{r['share']:.0%}")
+        console.print(k)
 
 
 class _TrainUI:
@@ -154,6 +211,8 @@ class _TrainUI:
         self.progress.update(self.task, completed=done)
 
     def on_report(self, report, skipped):
+        from rich.markup import escape
+
         from xraynet.data import confound_tables
 
         self.stop()
@@ -162,9 +221,9 @@ class _TrainUI:
             for t in confound_tables(report):
                 self.out.print(t)
         for w in report.get("warnings", []):
-            self.err.print(f"[yellow]warning:[/] {w}", highlight=False)
+            self.err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
         for rel, reason, msg in skipped:
-            self.err.print(f"[yellow]skipped[/] {rel}: {msg}", highlight=False)
+            self.err.print(f"[yellow]skipped[/] {escape(f'{rel}: {msg}')}", highlight=False)
 
     def on_batch(self, epoch, done, total, loss):
         if self.quiet:
@@ -200,7 +259,7 @@ def train(
     seed: int = typer.Option(0, help="Seed of the split, initialisation, shuffling and augmentation."),
     patience: int = typer.Option(8, min=1, help="Stop after this many epochs without a better validation AUC."),
     resume: Optional[str] = typer.Option(None, help="Continue from a checkpoint (OUT.checkpoint.h5)."),
-    device: str = typer.Option("cpu", help="Compute backend."),
+    device: str = _device_option(),
     workers: int = typer.Option(2, min=1, help="Threads decoding images."),
     augment: bool = typer.Option(True, help="Random rotation, shift, zoom, brightness and contrast."),
     fit: str = typer.Option("pad", help="pad: keep the whole film; crop: centre crop to a square."),
@@ -217,6 +276,7 @@ def train(
     from xraynet.errors import XraynetError
     from xraynet.train import TrainOptions, train as run_train
 
+    _use_device(device)
     opts = TrainOptions(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
                         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
                         device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
@@ -253,6 +313,7 @@ def evaluate(
     n_boot: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC intervals."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     workers: int = typer.Option(2, min=1, help="Threads decoding images."),
+    device: str = _device_option(),
 ) -> None:
     """Metrics with 95% intervals, per class and per source/view, at the model's threshold."""
     from xraynet.errors import XraynetError
@@ -261,9 +322,11 @@ def evaluate(
 
     if len(paths) > 2:
         raise typer.BadParameter(f"expected [MODEL] DATA_DIR, got {len(paths)} paths")
+    _use_device(device)
     try:
         model, data_dir = (paths[0], paths[1]) if len(paths) == 2 else (str(bundled_model_path()), paths[0])
-        doc = run_eval(model, data_dir, subset=subset, n_boot=n_boot, seed=seed, plots_dir=plots, workers=workers)
+        doc = run_eval(model, data_dir, subset=subset, n_boot=n_boot, seed=seed, plots_dir=plots, workers=workers,
+                       device=device)
     except XraynetError as e:
         _fail(e)
     text = json.dumps(doc, allow_nan=False, indent=None if as_json else 2)
@@ -342,7 +405,7 @@ def screen(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be screened; write nothing."),
     heatmaps: Optional[str] = typer.Option(None, help="Write a Grad-CAM overlay PNG for each flagged image into "
                                                       "this folder (named after the input; path in the CSV)."),
-    device: str = typer.Option("cpu", help="Compute backend for the network."),
+    device: str = _device_option(),
     cluster: Optional[str] = typer.Option(None, help="Run the batches on a Dask cluster: a scheduler address "
                                                      "(tcp://host:8786) or local:N (N worker processes here). "
                                                      "Workers must see FOLDER and the model at the same paths. "
@@ -350,11 +413,17 @@ def screen(
     cluster_timeout: float = typer.Option(30.0, min=0.001, help="Seconds to wait for the Dask scheduler."),
 ) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     from xraynet.errors import ReportLockedError, XraynetError
     from xraynet.screen import EXIT_LOCKED, screen as run_screen
 
     err = Console(stderr=True)
+    if cluster is None:
+        # With --cluster each worker makes its own backend from the device name: this machine may
+        # have no GPU while the workers do. The auto notice shows where the progress bar would:
+        # from cron (stderr not a terminal) nothing but errors is printed.
+        _use_device(device, notice=not quiet and err.is_terminal)
     bar = None
     if not quiet and not dry_run and err.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -378,7 +447,7 @@ def screen(
                              progress=on_progress, heatmaps=heatmaps, device=device, cluster=cluster,
                              cluster_timeout=cluster_timeout)
     except ReportLockedError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_LOCKED)
     except XraynetError as e:
         _fail(e)
@@ -391,7 +460,7 @@ def screen(
         if bar is not None:
             bar.stop()
     for note in summary.warnings:
-        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
     elif dry_run:
@@ -405,7 +474,7 @@ def screen(
         _print_screen_summary(summary)
     if summary.errors and not as_json:
         err.print(f"{summary.errors} file(s) are error rows in {summary.out} (status 'error', reason in column "
-                  "'error')", highlight=False)
+                  "'error')", markup=False, highlight=False)
     raise typer.Exit(code=summary.exit_code)
 
 
@@ -429,6 +498,33 @@ def _print_screen_summary(s) -> None:
     ):
         t.add_row(name, str(value))
     Console().print(t)
+
+
+@app.command()
+def info(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the lines."),
+) -> None:
+    """Versions, the backend --device auto picks here, and the GPU: name, compute capability, memory,
+    CUDA runtime and driver (or why there is none, and what to install)."""
+    from xraynet.devices import device_info
+
+    d = device_info()
+    if as_json:
+        sys.stdout.write(json.dumps(d) + "\n")
+        return
+    reason = d.get("gpu_unavailable_reason")
+    cupy = d["cupy"] or ("not installed" if reason == "CuPy is not installed" else "does not import")
+    rows = [("xraynet", d["xraynet"]), ("python", d["python"]), ("numpy", d["numpy"]), ("numba", d["numba"]),
+            ("cupy", cupy), ("backend (auto)", d["auto_device"])]
+    if d["gpu_available"]:
+        rows += [("gpu", f"{d['device_name']} (device {d['device_id']})"),
+                 ("compute capability", d["compute_capability"]), ("gpu memory", f"{d['memory_gib']} GiB"),
+                 ("CUDA runtime", d["cuda_runtime"]), ("CUDA driver", d["cuda_driver"])]
+    else:
+        rows += [("gpu", f"none: {reason}"), ("to use a GPU", d["install_hint"])]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k:<{width}}  {v}")
 
 
 def main() -> None:

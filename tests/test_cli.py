@@ -5,6 +5,8 @@ from typer.testing import CliRunner
 
 from xraynet import __version__
 from xraynet.cli.main import app
+from xraynet.devices import auto_notice, resolve_device
+from xraynet.modelfile import read_info
 
 from test_train import _film, _write  # noqa: F401  (generated films)
 
@@ -14,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("bench", "train", "evaluate"):
+    for cmd in ("bench", "train", "evaluate", "screen", "info"):
         assert cmd in res.output
 
 
@@ -60,9 +62,14 @@ def test_train_and_evaluate_commands(tmp_path):
                               "--batch-size", "8", "--no-augment", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "best epoch" in res.output and out.exists()
-    res = runner.invoke(app, ["evaluate", str(out), str(root), "--json", "--n-boot", "20"])
+    # The default device is auto: said once on stderr when it falls back to the CPU (--quiet or not),
+    # and the model records where it really ran.
+    notice = auto_notice("auto")
+    assert notice is None or res.stderr.count(notice) == 1
+    assert read_info(out)["metadata"]["device"] == resolve_device("auto")
+    res = runner.invoke(app, ["evaluate", str(out), str(root), "--json", "--n-boot", "20", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output.strip().splitlines()[-1])
+    doc = json.loads(res.stdout)
     assert doc["n"] == 48 and set(doc["per_class"]) == {"normal", "opacity"}
 
 

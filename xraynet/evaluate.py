@@ -21,21 +21,22 @@ SUBSETS = ("all", "val")
 
 
 def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, seed: int = 0, plots_dir=None,
-             workers: int = 2, cache: str | None = None, batch_size: int = 32) -> dict:
+             workers: int = 2, cache: str | None = None, batch_size: int = 32, device: str = "cpu") -> dict:
     """Evaluate; returns the JSON-able metrics document of
     :func:`xraynet.metrics.evaluate_predictions` plus ``model``, ``data`` and ``skipped``.
 
     ``subset="val"`` evaluates only the validation patients of the model's own
     training split (re-derived from the seed and fraction stored in the model
     file), so the figures are on patients the weights never saw, when
-    DATA_DIR is the folder the model was trained on."""
+    DATA_DIR is the folder the model was trained on. ``device``: where the
+    network runs ('auto', 'cpu' or 'gpu'; see :mod:`xraynet.devices`)."""
     from .data import scan_dataset, split_dataset
     from .imaging import Preprocessing
     from .metrics import evaluate_predictions, roc_curve
     from .modelfile import load_model
     from .train import decode_all, predict
 
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, device=device)
     ds = scan_dataset(data_dir)
     classes = list(loaded.classes)
     unknown = sorted(set(ds.classes) - set(classes))

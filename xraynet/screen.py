@@ -470,14 +470,16 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     write nothing (not even the lock file). ``heatmaps``: a folder; each
     flagged image gets a Grad-CAM overlay PNG there (``<path>.png``, computed
     with the model's own backward pass) and its path in the ``heatmap`` column.
-    ``device``: the compute backend the network runs on. ``progress(done, total)`` is
+    ``device``: where the network runs, 'auto', 'cpu' or 'gpu' (see :mod:`xraynet.devices`;
+    with ``cluster``, each worker resolves it for itself). ``progress(done, total)`` is
     called from the calling thread after each batch. ``cluster``: a Dask scheduler address
     (``tcp://host:8786``) or ``local:N``; the batches then run on its workers (see "Across
     machines" in the module docstring); ``cluster_timeout``: seconds to wait for the scheduler.
 
     Raises :class:`ScreenError` for unusable options, folder or report,
-    :class:`ReportLockedError` when another run holds the lock, and
-    :class:`~xraynet.errors.ModelFileError` for a bad model file.
+    :class:`ReportLockedError` when another run holds the lock,
+    :class:`~xraynet.errors.ModelFileError` for a bad model file, and
+    :class:`~xraynet.errors.BackendError` for an unknown device or a GPU that cannot be used.
     """
     from .modelfile import bundled_model_path, read_info
 
@@ -499,6 +501,15 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
         raise ScreenError(f"workers: invalid. Expected an integer >= 1, got {workers!r}. Pass --workers 2.")
     if on_lock not in ("fail", "wait"):
         raise ScreenError(f"on_lock: invalid. Expected 'fail' or 'wait', got {on_lock!r}. Pass one of them.")
+    from .devices import normalise
+
+    device = normalise(device)  # 'cuda' -> 'gpu'; an unknown name fails here, before anything is written
+    if cluster is None:
+        from .backend import get_backend
+
+        # A GPU that cannot be used fails now, not after the report is created and files hashed.
+        # With --cluster the workers make their own backend: this machine may have no GPU.
+        get_backend(device)
     spec = None
     if cluster is not None:
         from .cluster import ClusterSpec

@@ -213,8 +213,13 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     """Train on DATA_DIR and write the best model to ``out``; returns a summary dict.
 
     With ``resume`` (a checkpoint written by an earlier run), the options
-    stored in it are used, except ``epochs`` (which may extend the run)."""
+    stored in it are used, except ``epochs`` (which may extend the run) and
+    ``device``, both taken from ``opts``. ``opts.device``: 'auto', 'cpu' or
+    'gpu' (see :mod:`xraynet.devices`); the model file's metadata records the
+    device the run used."""
+    from .backend import get_backend
     from .data import confound_report, scan_dataset, split_dataset
+    from .devices import resolve_device
     from .metrics import binary_metrics_at, choose_threshold
     from .modelfile import load_model, restore_optimizer, save_model
     from .plots import write_history_png
@@ -225,16 +230,20 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         raise XraynetError(f"{out}: the output folder does not exist. Expected an existing folder, got "
                            f"{out.parent}. Create it or pick another --out.")
     ckpt_path = checkpoint_path_for(out)
+    get_backend((opts or TrainOptions()).device)  # a GPU that cannot be used fails before any decoding
     state = None
     if resume:
-        loaded = load_model(resume)
+        # The device is where this run computes, not part of the training recipe: a checkpoint
+        # written on a GPU resumes on the CPU and the other way round.
+        device = (opts or TrainOptions()).device
+        loaded = load_model(resume, device=device)
         state = loaded.metadata.get("training_state")
         if not state:
             raise XraynetError(f"{resume}: not a training checkpoint. Expected a file written during "
                                "`xraynet train` (NAME.checkpoint.h5), got a model without training state. "
                                "Pass the checkpoint file, or train without --resume.")
-        epochs = (opts or TrainOptions()).epochs if opts else state["options"]["epochs"]
-        opts = TrainOptions(**{**state["options"], "epochs": epochs})
+        epochs = opts.epochs if opts else state["options"]["epochs"]
+        opts = TrainOptions(**{**state["options"], "epochs": epochs, "device": device})
     opts = opts or TrainOptions()
 
     ds = scan_dataset(data_dir)
@@ -284,7 +293,7 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
                  "train_images": int(len(tr)), "val_images": int(len(va)), "per_image_split": bool(split.per_image),
                  "confounds": report},
         "split": {"seed": opts.seed, "val_fraction": opts.val_fraction},
-        "command": "xraynet train", "arch": opts.arch,
+        "command": "xraynet train", "arch": opts.arch, "device": resolve_device(opts.device),
     }
 
     for epoch in range(start, opts.epochs + 1):
@@ -324,7 +333,7 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         cb.on_epoch(rec, is_best)
 
     # The operating threshold, chosen on validation data only, with the best model.
-    best = load_model(out)
+    best = load_model(out, device=opts.device)
     proba = predict(best.model, x_va, opts.batch_size)
     k = classes.index(screening)
     positives = y_va == k
