@@ -5,6 +5,12 @@ the parameters after Adam / SGD steps, in float32 and float64.
 Errors are norm-wise relative, ``||ours - torch|| / ||torch||``: float32 must
 agree to 1e-4, float64 to 1e-9.
 
+The same holds at the ReLU kink: a pre-activation within rounding of 0 can
+be positive on one side and not on the other (batch norm puts plenty of values
+near 0), which passes or stops that element's gradient. Those flips are
+counted, checked to be near-ties, and PyTorch's ReLUs are then forced to
+xraynet's masks in the same way.
+
 The max-pool trap (bench/ARCHS.md): two float32 implementations whose forward
 passes differ by rounding can pick different maxima in a window whose two
 largest values are nearly equal, which reroutes that window's gradient. The
@@ -83,12 +89,15 @@ class TorchNet(nn.Module):
             else:
                 raise AssertionError(f"no torch twin for layer type {t!r}")
         self.layers = nn.Sequential(*mods)
-        self.pool_idx, self.pool_in = [], []
+        self.pool_idx, self.pool_in, self.relu_in = [], [], []
 
-    def forward(self, x, force=None):
-        self.pool_idx, self.pool_in = [], []
+    def forward(self, x, force=None, relu_force=None):
+        self.pool_idx, self.pool_in, self.relu_in = [], [], []
         for m in self.layers:
-            if isinstance(m, nn.MaxPool2d):
+            if isinstance(m, nn.ReLU):
+                self.relu_in.append(x.detach())
+                x = m(x) if relu_force is None else x * relu_force[len(self.relu_in) - 1].to(x.dtype)
+            elif isinstance(m, nn.MaxPool2d):
                 y, idx = F.max_pool2d(x, m.kernel_size, m.stride, return_indices=True)
                 self.pool_idx.append(idx)
                 self.pool_in.append(x.detach())
@@ -140,6 +149,40 @@ def xraynet_pool_argmax(model: Model, x, training: bool) -> list:
     return out
 
 
+def xraynet_relu_masks(model: Model, x, training: bool) -> list:
+    """Where each ReLU of xraynet passes the gradient (output > 0), as bool
+    tensors in PyTorch's layout; replayed layer by layer like the pools."""
+    saved = [(a, a.copy()) for _, a in model.named_buffers()]
+    bk = model.bk
+    h = bk.nchw_to_internal(bk.asarray(x, model.dtype))
+    out = []
+    for layer in model.layers:
+        h = layer.forward(h, training=training)
+        if layer.type == "relu":
+            y = bk.to_numpy(h) > 0
+            out.append(torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2) if y.ndim == 4 else y)))
+    for arr, value in saved:
+        arr[...] = value
+    return out
+
+
+def count_relu_flips(ours: list, tnet: TorchNet, dtype) -> list:
+    """Elements per ReLU that pass the gradient on one side only; asserts each
+    is a near-tie at 0 in PyTorch's own pre-activations."""
+    flips = []
+    for k, (mine, x_in) in enumerate(zip(ours, tnet.relu_in)):
+        diff = mine != (x_in > 0)
+        flips.append(int(diff.sum()))
+        if diff.any():
+            assert np.dtype(dtype) == np.float32, f"relu {k}: {int(diff.sum())} sign flips in float64"
+            worst = float(x_in[diff].abs().max())
+            scale = float(x_in.abs().max())
+            assert worst <= NEAR_TIE * scale, (
+                f"relu {k}: {int(diff.sum())} elements pass the gradient on one side only and the worst is no "
+                f"near-tie: |pre-activation| {worst:.3e} (largest {scale:.3e}); a real ReLU bug")
+    return flips
+
+
 def count_flips(ours: list, tnet: TorchNet, dtype) -> list:
     """Windows per pool where PyTorch and xraynet chose different elements;
     asserts each is a near-tie in PyTorch's own activations."""
@@ -184,6 +227,31 @@ def test_flip_machinery():
         count_flips(bad, net, np.float32)
 
 
+def test_relu_flip_machinery():
+    """A sign flip within rounding of 0 is an accepted ReLU flip, forcing
+    routes PyTorch's gradient by xraynet's mask, and a flip on a clearly
+    positive value is reported as a ReLU bug."""
+    spec = {"name": "relu", "input_shape": [1, 1, 4], "output": "sigmoid", "layers": [
+        {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "out_features": 1}]}
+    model = Model(spec, dtype=np.float32)
+    x = np.array([1e-9, 2.0, -1.0, 3.0], np.float32).reshape(1, 1, 1, 4)
+    net = torch_twin(model)
+    net(torch.from_numpy(x))
+    ours = xraynet_relu_masks(model, x, False)
+    assert ours[0].flatten().tolist() == [True, True, False, True]
+    assert count_relu_flips(ours, net, np.float32) == [0]
+    near = [ours[0].clone()]
+    near[0][0, 0, 0, 0] = False  # 1e-9 counted as not positive: a near-tie
+    assert count_relu_flips(near, net, np.float32) == [1]
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt, relu_force=near).sum().backward()
+    assert xt.grad[0, 0, 0, 0] == 0 and xt.grad[0, 0, 0, 1] != 0, f"forced ReLU routing: grad {xt.grad}"
+    bad = [ours[0].clone()]
+    bad[0][0, 0, 0, 1] = False  # 2.0 "not positive"
+    with pytest.raises(AssertionError, match="no near-tie"):
+        count_relu_flips(bad, net, np.float32)
+
+
 # ----------------------------------------------------------------- one step
 def make_batch(model: Model, n: int, seed: int):
     rng = np.random.default_rng(seed)
@@ -199,20 +267,23 @@ def step_errors(spec, dtype, n, *, device="cpu", seed=0, training=True, fuse=Tru
         prepare(model)
     x, labels = make_batch(model, n, seed + 1)
     ours_idx = xraynet_pool_argmax(model, x, training)
+    ours_relu = xraynet_relu_masks(model, x, training)
 
-    def run_torch(force):
+    def run_torch(force, relu_force):
         net = torch_twin(model)
         net.train(training)
         xt = torch.tensor(x, requires_grad=True)
-        logits = net(xt, force=force)
+        logits = net(xt, force=force, relu_force=relu_force)
         loss = torch_loss(model, logits, torch.from_numpy(labels))
         loss.backward()
         return net, xt, logits, loss
 
-    net, xt, logits_t, loss_t = run_torch(None)
+    net, xt, logits_t, loss_t = run_torch(None, None)
     flips = count_flips(ours_idx, net, dtype)
-    if sum(flips):
-        net, xt, logits_t, loss_t = run_torch(ours_idx)
+    relu_flips = count_relu_flips(ours_relu, net, dtype)
+    if sum(flips) or sum(relu_flips):
+        net, xt, logits_t, loss_t = run_torch(ours_idx, ours_relu)
+    flips = flips + relu_flips  # pools first, then ReLUs
 
     logits = model.forward(x, training=training)
     loss, dlogits = model.loss(logits, labels)
@@ -248,7 +319,7 @@ def assert_errs(errs: dict, tol: float, what: str, flips=None):
     bad = {k: v for k, v in errs.items() if not v < tol}
     worst = max(errs, key=errs.get)
     assert not bad, (f"{what}: norm-wise relative error >= {tol:g} for {bad} "
-                     f"(max-pool flips per pool: {flips}); worst overall {worst} {errs[worst]:.3e}")
+                     f"(flips per max pool, then per ReLU: {flips}); worst overall {worst} {errs[worst]:.3e}")
 
 
 ARCH_CASES = [  # name, image size, batch (float32)
@@ -269,7 +340,7 @@ def test_step_float32(device, arch, size, n):
 def test_step_float64(device, arch):
     spec = builtin_spec(arch, image_size=64)
     errs, flips = step_errors(spec, np.float64, 4, device=device)
-    assert sum(flips) == 0, f"{arch} float64: max-pool flips {flips}"
+    assert sum(flips) == 0, f"{arch} float64: max-pool / ReLU flips {flips}"
     assert_errs(errs, TOL[np.dtype(np.float64)], f"{arch} 64px float64")
 
 
@@ -422,7 +493,7 @@ def test_xraynet_arch_batchnorm(device, training, dtype):
     errs, flips = step_errors(_xraynet_spec_no_dropout(), dtype, 4, device=device, training=training,
                               prepare=perturb_stats)
     if np.dtype(dtype) == np.float64:
-        assert sum(flips) == 0, f"xraynet float64: max-pool flips {flips}"
+        assert sum(flips) == 0, f"xraynet float64: max-pool / ReLU flips {flips}"
     assert_errs(errs, TOL[np.dtype(dtype)], f"xraynet arch ({'train' if training else 'eval'}, "
                                             f"{np.dtype(dtype).name})", flips)
 

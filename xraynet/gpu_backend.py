@@ -7,7 +7,8 @@ and whatever the caller asks for with ``to_numpy``.
 
 How each op runs:
 
-* convolution: ``im2col`` kernel -> cuBLAS GEMM (``cupy.matmul``) -> one
+* convolution: ``im2col`` kernel (patches ordered like the weights, so the
+  weights enter every GEMM as they are) -> cuBLAS GEMM (``cupy.matmul``) -> one
   epilogue kernel (bias, bias + ReLU, or bias + ReLU + max pool with argmax).
   Training keeps the patch matrix for the weight gradient (GPU memory is
   plentiful; rebuilding it costs a launch and a pass over it). Backward:
@@ -222,10 +223,10 @@ class CUDABackend:
             raise ShapeError(f"conv2d: input has {c} channels. Expected {c2}, got {c}. Check the layer spec.")
         return (h + 2 * pad[0] - kh) // stride[0] + 1, (wd + 2 * pad[1] - kw) // stride[1] + 1
 
-    def _wmat(self, w):
-        """(O, C, KH, KW) -> (KH*KW*C, O), the GEMM operand matching the patch order."""
-        o, c, kh, kw = w.shape
-        return self.xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * c, o)
+    @staticmethod
+    def _wmat(w):
+        """(O, C, KH, KW) as the (O, C*KH*KW) matrix the patch order matches: a view."""
+        return w.reshape(w.shape[0], -1)
 
     def _patches(self, x, kh, kw, stride, pad, oh, ow):
         n, h, wd, c = x.shape
@@ -244,7 +245,7 @@ class CUDABackend:
         cols = self._patches(x, kh, kw, stride, pad, oh, ow)
         y = self.xp.empty((x.shape[0], oh, ow, o), x.dtype)
         y2d = y.reshape(-1, o)
-        self._gemm(cols, self._wmat(w), out=y2d)
+        self._gemm(cols, self._wmat(w).T, out=y2d)
         self.k(x.dtype).bias_act.launch(y2d.size, y2d, b, o, int(relu), y2d.size)
         return y, ((x, cols, stride, pad, y if relu else None) if save else None)
 
@@ -264,11 +265,10 @@ class CUDABackend:
     def _conv_grads(self, g, x, cols, w, stride, pad, need_dx, db):
         """dw and dx from the output gradient g (M, O) and the saved patch matrix."""
         o, c, kh, kw = w.shape
-        dwmat = self._gemm(cols.T, g)
-        dw = self.xp.ascontiguousarray(dwmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+        dw = self._gemm(g.T, cols).reshape(w.shape)
         dx = None
         if need_dx:
-            dcols = self._gemm(g, self._wmat(w).T)
+            dcols = self._gemm(g, self._wmat(w))
             n, h, wd, _ = x.shape
             if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
                 dx = dcols.reshape(x.shape)
@@ -288,7 +288,7 @@ class CUDABackend:
         (pkh, pkw), (psh, psw) = pool_kernel, pool_stride
         ph, pw = (oh - pkh) // psh + 1, (ow - pkw) // psw + 1
         cols = self._patches(x, kh, kw, stride, pad, oh, ow)
-        pre = self._gemm(cols, self._wmat(w))
+        pre = self._gemm(cols, self._wmat(w).T)
         pooled = self.xp.empty((n, ph, pw, o), x.dtype)
         idx = self.xp.empty((n, ph, pw, o), np.uint8)
         self.k(x.dtype).bias_maxpool_relu.launch(pooled.size, pre, b, pooled, idx, oh, ow, o, pkh, pkw, psh, psw,

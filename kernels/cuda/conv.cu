@@ -1,8 +1,10 @@
 // Convolution as patch matrix + GEMM (the GEMM is cuBLAS, through cupy.matmul).
 //
-// im2col:  cols (N*OH*OW, KH*KW*C) from x (N, H, W, C); row (n*OH + oy)*OW + ox
-//          holds the window of output pixel (oy, ox), ordered (ky, kx, c); taps
-//          in the zero padding are 0.
+// im2col:  cols (N*OH*OW, C*KH*KW) from x (N, H, W, C); row (n*OH + oy)*OW + ox
+//          holds the window of output pixel (oy, ox), ordered (c, ky, kx): the
+//          order of the weights' own (O, C, KH, KW) layout, so every GEMM takes
+//          the weights, and gives their gradient, as they are (a transpose
+//          flag to cuBLAS, never a copy). Taps in the zero padding are 0.
 // col2im:  its adjoint, written as a gather: each input element sums, in a
 //          fixed order, the patch entries that read it. No atomics.
 #include "common.cuh"
@@ -12,12 +14,12 @@ XR_KERNEL(im2col)(const real* __restrict__ x, real* __restrict__ cols,
                                   int ph, int pw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
-        int ci = (int)(i % c);
-        long long t = i / c;
-        int kx = (int)(t % kw);
-        t /= kw;
+        int kx = (int)(i % kw);
+        long long t = i / kw;
         int ky = (int)(t % kh);
         t /= kh;
+        int ci = (int)(t % c);
+        t /= c;
         int ox = (int)(t % ow);
         t /= ow;
         int oy = (int)(t % oh);
@@ -51,7 +53,7 @@ XR_KERNEL(col2im)(const real* __restrict__ dcols, real* __restrict__ dx,
                 if (tx < 0 || tx % sw != 0) continue;
                 int ox = tx / sw;
                 if (ox >= ow) continue;
-                acc += dcols[((b * oh + oy) * ow + ox) * row_len + (ky * kw + kx) * c + ci];
+                acc += dcols[((b * oh + oy) * ow + ox) * row_len + ((long long)ci * kh + ky) * kw + kx];
             }
         }
         dx[i] = acc;
