@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU path, checked and raced on a CUDA machine in one call (no network needed).
+#
+#   mkdir -p .device && cp ../shared/bench/torch_reference.py .device/   # .device/ is git-ignored
+#   bash benchmarks/gpu_check.sh            # writes logs and results under $OUT (default: a temp folder)
+#
+# 1. installs xraynet from this tree without touching dependencies (the
+#    machine already has CuPy, NumPy, Numba, h5py, typer, rich, pillow,
+#    pytest, hypothesis and torch), or, failing that, puts it on PYTHONPATH;
+# 2. prints `xraynet info` and nvidia-smi;
+# 3. runs the GPU tests (pytest -m gpu): every CUDA kernel against its NumPy
+#    reference, float64 finite-difference gradients of every layer on the
+#    GPU, the whole network against PyTorch, determinism, CPU<->GPU model files;
+# 4. per-kernel device times (`xraynet bench --kernels`) of the main configurations;
+# 5. the race against torch_reference.py --device cuda on the ARCHS.md matrix
+#    plus wide train b128 and wide infer b256, and prints the ratio table last.
+#
+# Budget: about 5-6 minutes on an H200; each step has its own timeout so a hang
+# cannot eat the whole session.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+TORCH_REF=${TORCH_REF:-.device/torch_reference.py}
+[ -f "$TORCH_REF" ] || TORCH_REF=../shared/bench/torch_reference.py
+ROUNDS=${ROUNDS:-3}
+MIN_TIME=${MIN_TIME:-0.5}
+export CUPY_TF32=0
+step() { echo; echo "== $* ($(date +%T))"; }
+
+step "install"
+if python -m pip install --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+        && (cd / && python -c "import xraynet.kernels, xraynet.cli") 2>>"$OUT/install.log"; then
+    echo "installed (editable, no dependencies)"
+else
+    # The package maps kernels/ and cli/ into xraynet.kernels / xraynet.cli: rebuild that layout.
+    PKG="$OUT/pythonpath"
+    rm -rf "$PKG" && mkdir -p "$PKG"
+    cp -r xraynet "$PKG/xraynet" && cp -r kernels "$PKG/xraynet/kernels" && cp -r cli "$PKG/xraynet/cli"
+    export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
+    echo "pip install failed (see install.log); using PYTHONPATH=$PKG"
+fi
+XRAYNET=(python -m xraynet.cli.main)
+
+step "xraynet info"
+"${XRAYNET[@]}" info | tee "$OUT/info.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/info.txt"
+
+step "GPU tests (pytest -m gpu)"
+timeout 240 python -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --benchmark-disable \
+    --junitxml="$OUT/gpu-tests.xml" \
+    tests/test_kernels.py tests/test_gradcheck.py tests/test_torch_crosscheck.py tests/test_gpu_backend.py \
+    >"$OUT/gpu-tests.txt" 2>&1
+TESTS_RC=$?
+tail -n 40 "$OUT/gpu-tests.txt"
+echo "pytest exit code: $TESTS_RC"
+
+step "per-kernel device times (ms per step)"
+for cfg in "seed train 32" "wide train 32" "wide train 128" "wide infer 256"; do
+    set -- $cfg
+    timeout 60 "${XRAYNET[@]}" bench --device gpu --arch "$1" --mode "$2" --batch "$3" --min-time 0.3 --kernels \
+        >"$OUT/kernels-$1-$2-$3.txt" 2>&1
+    cat "$OUT/kernels-$1-$2-$3.txt"
+done
+
+step "race against PyTorch + cuDNN ($ROUNDS interleaved rounds)"
+timeout 300 python benchmarks/gpu_race.py --torch-ref "$TORCH_REF" --rounds "$ROUNDS" --min-time "$MIN_TIME" \
+    --jsonl "$OUT/race.jsonl" --report "$OUT/race.md" >"$OUT/race.log" 2>&1
+RACE_RC=$?
+tail -n 3 "$OUT/race.log" | grep -v '^|' || true
+
+step "results (tests rc=$TESTS_RC, race rc=$RACE_RC; files in $OUT)"
+grep -E "passed|failed|error" "$OUT/gpu-tests.txt" | tail -n 1
+if [ -s "$OUT/race.md" ]; then cat "$OUT/race.md"; else tail -n 20 "$OUT/race.log"; fi
+[ "$TESTS_RC" -eq 0 ] && [ "$RACE_RC" -eq 0 ]
