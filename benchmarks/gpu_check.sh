@@ -46,6 +46,11 @@ step "xraynet info"
 "${XRAYNET[@]}" info | tee "$OUT/info.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/info.txt"
 
+NO_GPU=$(python -c "from xraynet.devices import gpu_unavailable_reason as r; print(r() or '')")
+if [ -n "$NO_GPU" ]; then
+    echo "NO GPU FOR XRAYNET: $NO_GPU. The GPU tests below will all skip and the race cannot run."
+fi
+
 step "GPU tests (pytest -m gpu)"
 timeout 240 python -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --benchmark-disable \
     --junitxml="$OUT/gpu-tests.xml" \
@@ -72,4 +77,5 @@ tail -n 3 "$OUT/race.log" | grep -v '^|' || true
 step "results (tests rc=$TESTS_RC, race rc=$RACE_RC; files in $OUT)"
 grep -E "passed|failed|error" "$OUT/gpu-tests.txt" | tail -n 1
 if [ -s "$OUT/race.md" ]; then cat "$OUT/race.md"; else tail -n 20 "$OUT/race.log"; fi
-[ "$TESTS_RC" -eq 0 ] && [ "$RACE_RC" -eq 0 ]
+[ -n "$NO_GPU" ] && echo "NO GPU: nothing above ran on a GPU ($NO_GPU)"
+[ -z "$NO_GPU" ] && [ "$TESTS_RC" -eq 0 ] && [ "$RACE_RC" -eq 0 ]
