@@ -28,6 +28,7 @@ import numpy as np
 SOURCES = ("conv.cu", "pool.cu", "elementwise.cu", "reduce.cu", "norm.cu", "loss.cu", "optim.cu")
 COMMON = "common.cuh"
 THREADS = 256
+_BLOCK = (THREADS,)
 
 _KERNEL_RE = re.compile(r'XR_KERNEL\((\w+)\)\s*\(([^)]*)\)', re.S)
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"common\.cuh"\s*$', re.M)
@@ -99,34 +100,65 @@ class KernelError(RuntimeError):
 
 
 class Kernel:
-    """One kernel: call ``k(grid, block, *args)`` or ``k.launch(total, *args)``."""
+    """One kernel: call ``k(grid, block, *args)`` or ``k.launch(total, *args)``.
+
+    A call costs Python time on every launch, and a `seed` training step is
+    a few dozen launches of a few microseconds of GPU work each, so the call
+    path is kept short: the scalars' C-type conversion is memoised (a step
+    passes the same shapes every time), and where all pointers come first
+    (most kernels) the arguments are joined by slicing. Measured with a
+    no-op launcher (benchmarks/test_launch_bench.py): im2col, 14 arguments,
+    8.8 -> 2.6 us per call; relu_fwd, 3 arguments, 2.7 -> 2.4 us.
+    """
 
     def __init__(self, name, params, fn, dtype, checked, max_blocks, profiler):
         self.name, self.params, self._fn = name, params, fn
         self.dtype = np.dtype(dtype)
         self.checked, self.max_blocks, self._profiler = checked, max_blocks, profiler
-        self._scalars = [(i, np.dtype(self.dtype if p.ctype == "real" else _C_TYPES[p.ctype]).type)
-                         for i, p in enumerate(params) if not p.pointer]
+        self._nargs = len(params)
+        scalars = [(i, np.dtype(self.dtype if p.ctype == "real" else _C_TYPES[p.ctype]).type)
+                   for i, p in enumerate(params) if not p.pointer]
+        self._scalar_pos = tuple(i for i, _ in scalars)
+        self._casts = tuple(cast for _, cast in scalars)
+        n_ptr = len(params) - len(scalars)
+        #: all pointers first: the converted scalars are simply appended after them
+        self._pointers_first = n_ptr if self._scalar_pos == tuple(range(n_ptr, len(params))) else None
+        self._converted: dict = {}
+
+    def _convert(self, values: tuple) -> tuple:
+        out = self._converted.get(values)
+        if out is None:
+            out = tuple(cast(v) for cast, v in zip(self._casts, values))
+            if len(self._converted) >= 1024:  # per-step values (Adam's bias corrections) must not pile up
+                self._converted.clear()
+            self._converted[values] = out
+        return out
 
     def __call__(self, grid, block, *args):
-        if len(args) != len(self.params):
+        if len(args) != self._nargs:
             raise KernelError(f"kernel {self.name}: {len(args)} arguments. Expected {len(self.params)} "
                               f"({', '.join(p.name for p in self.params)}).")
-        args = list(args)
-        for i, cast in self._scalars:
-            args[i] = cast(args[i])
+        n = self._pointers_first
+        if n is not None:
+            args = args[:n] + self._convert(args[n:])
+        else:
+            merged = list(args)
+            pos = self._scalar_pos
+            for i, v in zip(pos, self._convert(tuple([args[i] for i in pos]))):
+                merged[i] = v
+            args = tuple(merged)
         if self.checked:
             self._check(args)
         if self._profiler is None:
-            self._fn(grid, block, tuple(args))
+            self._fn(grid, block, args)
         else:
             with self._profiler.timing(self.name):
-                self._fn(grid, block, tuple(args))
+                self._fn(grid, block, args)
 
     def launch(self, total: int, *args):
         """Launch enough 256-thread blocks for ``total`` grid-stride items (capped)."""
-        blocks = max(1, min(-(-int(total) // THREADS), self.max_blocks))
-        self((blocks,), (THREADS,), *args)
+        blocks = min(max((total + THREADS - 1) // THREADS, 1), self.max_blocks)
+        self((blocks,), _BLOCK, *args)
 
     def _check(self, args):
         for p, a in zip(self.params, args):

@@ -200,12 +200,18 @@ class CUDABackend:
         """Per-channel sums of (M, C) in double (see kernels/cuda/reduce.cu)."""
         m, c = x2d.shape
         k = self.k(x2d.dtype)
-        parts = max(1, min(1024, -(-m // 128)))
+        parts = max(1, min(1024, -(-m // 512)))  # slabs of at least 512 rows: up to 512 rows, one launch
         rows = -(-m // parts) if m else 1
         parts = max(1, -(-m // rows)) if m else 1
         partial = self.xp.empty((parts, c), np.float64)
+        direct = parts == 1 and real_out
+        out = self.xp.empty(c, x2d.dtype) if direct else x2d
         k.channel_reduce_partial((-(-c // 32), parts), (32, 8), x2d, x2d if y is None else y,
-                                 partial if mean is None else mean, mode, m, c, rows, partial)
+                                 partial if mean is None else mean, mode, m, c, rows, partial, int(direct), out)
+        if direct:
+            return out
+        if parts == 1:
+            return partial.reshape(c)
         if real_out:
             out = self.xp.empty(c, x2d.dtype)
             k.channel_reduce_final_real.launch(c, partial, parts, c, out)

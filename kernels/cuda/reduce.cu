@@ -5,7 +5,9 @@
 // (tx, ty) sums rows ty, ty+8, ... of its slab, then the 8 partial sums are
 // added in a fixed order. Pass 2 (channel_reduce_final*) adds the slabs in
 // order. The split depends only on M and C, never on timing, so results are
-// bit-identical run to run.
+// bit-identical run to run. With a single slab (direct != 0) pass 1 writes
+// the result itself, as `real` into out_real: small reductions (a dense
+// layer's bias over a batch) take one launch.
 //
 // mode 0: sum x                       (bias and beta gradients)
 // mode 1: sum x where y > 0           (bias gradient through a fused ReLU)
@@ -15,7 +17,8 @@
 
 XR_KERNEL(channel_reduce_partial)(const real* __restrict__ x, const real* __restrict__ y,
                                                   const double* __restrict__ mean, int mode, long long m,
-                                                  int c, long long rows_per_part, double* __restrict__ partial)
+                                                  int c, long long rows_per_part, double* __restrict__ partial,
+                                                  int direct, real* __restrict__ out_real)
 {
     __shared__ double lanes[8][32];
     int tx = threadIdx.x, ty = threadIdx.y;
@@ -43,7 +46,8 @@ XR_KERNEL(channel_reduce_partial)(const real* __restrict__ x, const real* __rest
     if (ty == 0 && ch < c) {
         double s = 0;
         for (int k = 0; k < 8; ++k) s += lanes[k][tx];
-        partial[(long long)blockIdx.y * c + ch] = s;
+        if (direct) out_real[ch] = (real)s;
+        else partial[(long long)blockIdx.y * c + ch] = s;
     }
 }
 
