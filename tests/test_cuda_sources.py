@@ -183,3 +183,47 @@ def test_emulator_runs_shared_memory_blocks_like_a_gpu(emu):
     mean = x.astype(np.float64).mean(0)
     sq = emu._channel_reduce(x, mode=2, mean=mean)
     assert np.allclose(sq, ((x - mean) ** 2).sum(0), rtol=1e-9)
+
+
+# ------------------------------------------------ NVRTC, as CuPy compiles
+def _find_nvrtc():
+    """libnvrtc from the CUDA toolkit or from the nvidia-cuda-nvrtc wheel, if any."""
+    import ctypes.util
+    import glob
+
+    candidates = [ctypes.util.find_library("nvrtc")]
+    try:
+        import nvidia.cuda_nvrtc as pkg  # the pip wheel (e.g. nvidia-cuda-nvrtc-cu12)
+
+        for base in pkg.__path__:
+            candidates += sorted(glob.glob(str(Path(base) / "lib" / "libnvrtc.so*")))
+    except ImportError:
+        pass
+    candidates += sorted(glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*"))
+    return next((c for c in candidates if c and "builtins" not in c and ".alt." not in c), None)
+
+
+def nvrtc_compile(source: str, options) -> tuple[int, str]:
+    import ctypes
+
+    lib = ctypes.CDLL(_find_nvrtc())
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"xraynet.cu", 0, None, None) == 0
+    opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    rc = lib.nvrtcCompileProgram(prog, len(options), opts)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return rc, log.value.decode(errors="replace")
+
+
+@pytest.mark.skipif(_find_nvrtc() is None, reason="libnvrtc not found (CUDA toolkit or nvidia-cuda-nvrtc wheel): "
+                                                  "the nvcc tests above cover compilation")
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_the_joined_module_compiles_with_nvrtc(arch, dtype):
+    """Exactly what cupy.RawModule does with the backend's source and options."""
+    rc, log = nvrtc_compile(module_source(), [*compile_options(dtype), f"-arch={arch}"])
+    assert rc == 0, f"NVRTC {arch} {np.dtype(dtype).name} failed:\n{log}"
