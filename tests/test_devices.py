@@ -15,7 +15,6 @@ import types
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from xraynet import devices
@@ -23,14 +22,12 @@ from xraynet.backend import get_backend
 from xraynet.cli.main import app
 from xraynet.errors import BackendError
 
+from test_screen import _png, model_file  # noqa: F401  (the tiny screening model fixture, reused)
+
 runner = CliRunner()
 NO_GPU = "CuPy is not installed"
 NOTICE = "--device auto: running on the CPU (CuPy is not installed)."
 INSTALL = ('pip install "xraynet[gpu]" (CUDA 12)', 'pip install "xraynet[gpu-cuda13]" (CUDA 13)')
-TINY = {"name": "tiny", "input_shape": [1, 32, 32], "output": "softmax",
-        "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "valid"}, {"type": "relu"},
-                   {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 2}]}
-
 
 def _flat(text: str) -> str:
     """CLI output with rich's line wrapping and error-box borders undone."""
@@ -51,25 +48,6 @@ def no_gpu(monkeypatch):
 @pytest.fixture
 def with_gpu(monkeypatch):
     monkeypatch.setattr(devices, "gpu_unavailable_reason", lambda: None)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from xraynet.imaging import Preprocessing
-    from xraynet.model import Model
-    from xraynet.modelfile import save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny.h5"
-    save_model(path, Model(TINY, seed=1), classes=["covid", "normal"],
-               preprocessing=Preprocessing(image_size=32).to_dict(),
-               metadata={"threshold": {"class": "covid", "value": 0.5}})
-    return path
-
-
-def _png(path, seed):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path, format="PNG")
 
 
 # --- the library: names, resolution, the notice -------------------------------------------------------------
@@ -186,8 +164,8 @@ def _commands(tmp_path, model):
 
 @pytest.mark.parametrize("command", ["bench", "train", "evaluate", "screen"])
 def test_device_gpu_without_one_exits_2_with_the_install_command_and_writes_nothing(no_gpu, tmp_path,
-                                                                                     tiny_model, command):
-    args = _commands(tmp_path, tiny_model)[command]
+                                                                                     model_file, command):
+    args = _commands(tmp_path, model_file)[command]
     before = sorted(os.listdir(tmp_path))
     res = runner.invoke(app, args + ["--device", "gpu"])
     assert res.exit_code == 2, res.output
@@ -200,8 +178,8 @@ def test_device_gpu_without_one_exits_2_with_the_install_command_and_writes_noth
 
 
 @pytest.mark.parametrize("command", ["bench", "train", "evaluate", "screen"])
-def test_unknown_device_is_a_usage_error(tmp_path, tiny_model, command):
-    res = runner.invoke(app, _commands(tmp_path, tiny_model)[command] + ["--device", "tpu"])
+def test_unknown_device_is_a_usage_error(tmp_path, model_file, command):
+    res = runner.invoke(app, _commands(tmp_path, model_file)[command] + ["--device", "tpu"])
     assert res.exit_code == 2
     assert "Invalid value for '--device': unknown device. Expected auto, cpu or gpu, got 'tpu'." in _flat(res.output)
 
@@ -234,23 +212,23 @@ def test_bench_cpu_prints_no_notice():
     assert json.loads(res.stdout)["device"] == "cpu" and res.stderr == ""
 
 
-def test_screen_auto_screens_on_the_cpu_and_stays_quiet_off_a_terminal(no_gpu, tmp_path, tiny_model):
+def test_screen_auto_screens_on_the_cpu_and_stays_quiet_off_a_terminal(no_gpu, tmp_path, model_file):
     """From cron (stderr not a terminal) screen prints nothing but errors: no notice either."""
     _png(tmp_path / "in" / "a.png", 1)
     report = tmp_path / "r.csv"
-    res = runner.invoke(app, ["screen", str(tmp_path / "in"), "--out", str(report), "--model", str(tiny_model),
+    res = runner.invoke(app, ["screen", str(tmp_path / "in"), "--out", str(report), "--model", str(model_file),
                               "--device", "auto"])
     assert res.exit_code == 0, res.output
     assert res.stdout == "" and res.stderr == ""
     assert len(report.read_text().splitlines()) == 2
 
 
-def test_screen_library_refuses_a_gpu_before_writing(no_gpu, tmp_path, tiny_model):
+def test_screen_library_refuses_a_gpu_before_writing(no_gpu, tmp_path, model_file):
     from xraynet.screen import screen
 
     _png(tmp_path / "in" / "a.png", 1)
     with pytest.raises(BackendError, match="CuPy is not installed"):
-        screen(tmp_path / "in", tmp_path / "r.csv", model_path=tiny_model, device="gpu")
+        screen(tmp_path / "in", tmp_path / "r.csv", model_path=model_file, device="gpu")
     with pytest.raises(BackendError, match="device 'tpu': unknown"):
-        screen(tmp_path / "in", tmp_path / "r.csv", model_path=tiny_model, device="tpu")
+        screen(tmp_path / "in", tmp_path / "r.csv", model_path=model_file, device="tpu")
     assert sorted(os.listdir(tmp_path)) == ["in"]

@@ -32,3 +32,21 @@ typedef XR_REAL real;
 #define XR_GRID_STRIDE(i, n)                                                     \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
+
+// Where flat index i lies in an NHWC array of H x W pixels of C channels.
+struct NhwcPos {
+    long long b;
+    int y, x, c;
+};
+
+__device__ __forceinline__ NhwcPos nhwc_pos(long long i, int h, int w, int c)
+{
+    NhwcPos p;
+    p.c = (int)(i % c);
+    long long t = i / c;
+    p.x = (int)(t % w);
+    t /= w;
+    p.y = (int)(t % h);
+    p.b = t / h;
+    return p;
+}

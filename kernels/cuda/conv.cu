@@ -36,12 +36,9 @@ XR_KERNEL(col2im)(const real* __restrict__ dcols, real* __restrict__ dx,
 {
     long long row_len = (long long)kh * kw * c;
     XR_GRID_STRIDE(i, total) {
-        int ci = (int)(i % c);
-        long long t = i / c;
-        int x = (int)(t % w);
-        t /= w;
-        int y = (int)(t % h);
-        long long b = t / h;
+        NhwcPos p = nhwc_pos(i, h, w, c);
+        long long b = p.b;
+        int y = p.y, x = p.x, ci = p.c;
         real acc = 0;
         for (int ky = 0; ky < kh; ++ky) {
             int ty = y + ph - ky;

@@ -23,15 +23,28 @@ __device__ double block_sum(double v, double* red)
     return total;
 }
 
+__device__ __forceinline__ double weight_of(const long long* __restrict__ labels, const double* __restrict__ class_w,
+                                            int use_w, int i)
+{
+    return use_w ? class_w[labels[i]] : 1.0;
+}
+
+// sum of the batch's weights (N when unweighted), in every thread.
+__device__ double total_weight(const long long* __restrict__ labels, const double* __restrict__ class_w, int use_w,
+                               int n, double* red)
+{
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += weight_of(labels, class_w, use_w, i);
+    return block_sum(s, red);
+}
+
 // Softmax cross-entropy on logits z (N, K) with integer labels (N,).
 XR_KERNEL(softmax_xent)(const real* __restrict__ z, const long long* __restrict__ labels,
                                         const double* __restrict__ class_w, int use_w, int n, int k,
                                         real* __restrict__ dz, double* __restrict__ loss)
 {
     __shared__ double red[XR_LOSS_THREADS];
-    double wsum = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) wsum += use_w ? class_w[labels[i]] : 1.0;
-    double total_w = block_sum(wsum, red);
+    double total_w = total_weight(labels, class_w, use_w, n, red);
     double lsum = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const real* row = z + (long long)i * k;
@@ -41,7 +54,7 @@ XR_KERNEL(softmax_xent)(const real* __restrict__ z, const long long* __restrict_
         double se = 0;
         for (int j = 0; j < k; ++j) se += exp((double)row[j] - zmax);
         double lse = zmax + log(se);
-        double wi = use_w ? class_w[y] : 1.0;
+        double wi = weight_of(labels, class_w, use_w, i);
         lsum += wi * (lse - (double)row[y]);
         for (int j = 0; j < k; ++j) {
             double p = exp((double)row[j] - lse) - (j == y ? 1.0 : 0.0);
@@ -58,14 +71,12 @@ XR_KERNEL(sigmoid_bce)(const real* __restrict__ z, const long long* __restrict__
                                        real* __restrict__ dz, double* __restrict__ loss)
 {
     __shared__ double red[XR_LOSS_THREADS];
-    double wsum = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) wsum += use_w ? class_w[labels[i]] : 1.0;
-    double total_w = block_sum(wsum, red);
+    double total_w = total_weight(labels, class_w, use_w, n, red);
     double lsum = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         double zi = (double)z[i];
         double y = (double)labels[i];
-        double wi = use_w ? class_w[labels[i]] : 1.0;
+        double wi = weight_of(labels, class_w, use_w, i);
         double e = exp(-fabs(zi));
         lsum += wi * ((zi > 0 ? zi : 0.0) - zi * y + log1p(e));
         double sig = zi >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);

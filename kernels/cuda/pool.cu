@@ -5,29 +5,40 @@
 // whose recorded maximum it is.
 #include "common.cuh"
 
-XR_KERNEL(maxpool_fwd)(const real* __restrict__ x, real* __restrict__ y,
-                                       unsigned char* __restrict__ idx, int h, int w, int c,
-                                       int kh, int kw, int sh, int sw, int oh, int ow, long long total)
+// The first maximum of the pooling window at `base` (of values + bias with
+// HasBias): its value, and its position ky*KW + kx in *arg. Ties keep the
+// earlier element, as PyTorch does.
+template <bool HasBias>
+__device__ __forceinline__ real window_max(const real* __restrict__ base, real bias, int w, int c, int kh, int kw,
+                                           int* arg)
+{
+    real best = HasBias ? base[0] + bias : base[0];
+    *arg = 0;
+    for (int ky = 0; ky < kh; ++ky)
+        for (int kx = 0; kx < kw; ++kx) {
+            real v = base[((long long)ky * w + kx) * c];
+            if (HasBias) v += bias;
+            if (v > best) {
+                best = v;
+                *arg = ky * kw + kx;
+            }
+        }
+    return best;
+}
+
+// The window of pooled output i (N, OH, OW, C) in an input of H x W x C.
+__device__ __forceinline__ long long window_start(long long i, int h, int w, int c, int sh, int sw, int oh, int ow)
+{
+    NhwcPos p = nhwc_pos(i, oh, ow, c);
+    return ((p.b * h + (long long)p.y * sh) * w + (long long)p.x * sw) * c + p.c;
+}
+
+XR_KERNEL(maxpool_fwd)(const real* __restrict__ x, real* __restrict__ y, unsigned char* __restrict__ idx,
+                       int h, int w, int c, int kh, int kw, int sh, int sw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
-        int ci = (int)(i % c);
-        long long t = i / c;
-        int ox = (int)(t % ow);
-        t /= ow;
-        int oy = (int)(t % oh);
-        long long b = t / oh;
-        const real* base = x + ((b * h + (long long)oy * sh) * w + (long long)ox * sw) * c + ci;
-        real best = base[0];
-        int arg = 0;
-        for (int ky = 0; ky < kh; ++ky)
-            for (int kx = 0; kx < kw; ++kx) {
-                real v = base[((long long)ky * w + kx) * c];
-                if (v > best) {
-                    best = v;
-                    arg = ky * kw + kx;
-                }
-            }
-        y[i] = best;
+        int arg;
+        y[i] = window_max<false>(x + window_start(i, h, w, c, sh, sw, oh, ow), (real)0, w, c, kh, kw, &arg);
         idx[i] = (unsigned char)arg;
     }
 }
@@ -38,12 +49,9 @@ __device__ __forceinline__ real pool_gather(const real* __restrict__ dy, const r
                                             const unsigned char* __restrict__ idx, int relu_mask, long long i,
                                             int h, int w, int c, int kh, int kw, int sh, int sw, int oh, int ow)
 {
-    int ci = (int)(i % c);
-    long long t = i / c;
-    int x = (int)(t % w);
-    t /= w;
-    int yy = (int)(t % h);
-    long long b = t / h;
+    NhwcPos p = nhwc_pos(i, h, w, c);
+    long long b = p.b;
+    int yy = p.y, x = p.x, ci = p.c;
     int oy0 = yy >= kh ? (yy - kh) / sh + 1 : 0;
     int ox0 = x >= kw ? (x - kw) / sw + 1 : 0;
     int oy1 = yy / sh < oh - 1 ? yy / sh : oh - 1;
@@ -69,30 +77,14 @@ XR_KERNEL(maxpool_bwd)(const real* __restrict__ dy, const unsigned char* __restr
 // y = relu(maxpool(pre + b)), idx as maxpool_fwd of pre + b. The bias is
 // added before comparing, so ties that rounding creates go to the first
 // element exactly as in the unfused chain (see kernels/cpu.py).
-XR_KERNEL(bias_maxpool_relu)(const real* __restrict__ pre, const real* __restrict__ bias,
-                                             real* __restrict__ y, unsigned char* __restrict__ idx,
-                                             int h, int w, int c, int kh, int kw, int sh, int sw,
-                                             int oh, int ow, long long total)
+XR_KERNEL(bias_maxpool_relu)(const real* __restrict__ pre, const real* __restrict__ bias, real* __restrict__ y,
+                             unsigned char* __restrict__ idx, int h, int w, int c, int kh, int kw, int sh, int sw,
+                             int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
-        int ci = (int)(i % c);
-        long long t = i / c;
-        int ox = (int)(t % ow);
-        t /= ow;
-        int oy = (int)(t % oh);
-        long long b = t / oh;
-        const real* base = pre + ((b * h + (long long)oy * sh) * w + (long long)ox * sw) * c + ci;
-        real bc = bias[ci];
-        real best = base[0] + bc;
-        int arg = 0;
-        for (int ky = 0; ky < kh; ++ky)
-            for (int kx = 0; kx < kw; ++kx) {
-                real v = base[((long long)ky * w + kx) * c] + bc;
-                if (v > best) {
-                    best = v;
-                    arg = ky * kw + kx;
-                }
-            }
+        int arg;
+        real best = window_max<true>(pre + window_start(i, h, w, c, sh, sw, oh, ow), bias[i % c], w, c, kh, kw,
+                                     &arg);
         y[i] = best < (real)0 ? (real)0 : best;
         idx[i] = (unsigned char)arg;
     }
