@@ -12,7 +12,8 @@
 #    reference, float64 finite-difference gradients of every layer on the
 #    GPU, the whole network against PyTorch, determinism, CPU<->GPU model files;
 # 4. per-kernel device times (`xraynet bench --kernels`) of the main configurations;
-# 5. the race against torch_reference.py --device cuda on the ARCHS.md matrix
+# 5. the direct one-channel first conv against im2col + GEMM (xraynet vs itself);
+# 6. the race against torch_reference.py --device cuda on the ARCHS.md matrix
 #    plus wide train b128 and wide infer b256, and prints the ratio table last.
 #
 # Budget: about 5-6 minutes on an H200; each step has its own timeout so a hang
@@ -68,13 +69,19 @@ for cfg in "seed train 32" "wide train 32" "wide train 128" "wide infer 256"; do
     cat "$OUT/kernels-$1-$2-$3.txt"
 done
 
+step "direct one-channel conv vs im2col + GEMM ($ROUNDS interleaved rounds)"
+timeout 150 python benchmarks/gpu_race.py --ab-direct-conv --rounds "$ROUNDS" --min-time "$MIN_TIME" \
+    --jsonl "$OUT/ab-direct-conv.jsonl" --report "$OUT/ab-direct-conv.md" >"$OUT/ab-direct-conv.log" 2>&1
+AB_RC=$?
+if [ -s "$OUT/ab-direct-conv.md" ]; then cat "$OUT/ab-direct-conv.md"; else tail -n 20 "$OUT/ab-direct-conv.log"; fi
+
 step "race against PyTorch + cuDNN ($ROUNDS interleaved rounds)"
 timeout 300 python benchmarks/gpu_race.py --torch-ref "$TORCH_REF" --rounds "$ROUNDS" --min-time "$MIN_TIME" \
     --jsonl "$OUT/race.jsonl" --report "$OUT/race.md" >"$OUT/race.log" 2>&1
 RACE_RC=$?
 tail -n 3 "$OUT/race.log" | grep -v '^|' || true
 
-step "results (tests rc=$TESTS_RC, race rc=$RACE_RC; files in $OUT)"
+step "results (tests rc=$TESTS_RC, direct-conv A/B rc=$AB_RC, race rc=$RACE_RC; files in $OUT)"
 grep -E "passed|failed|error" "$OUT/gpu-tests.txt" | tail -n 1
 if [ -s "$OUT/race.md" ]; then cat "$OUT/race.md"; else tail -n 20 "$OUT/race.log"; fi
 [ -n "$NO_GPU" ] && echo "NO GPU: nothing above ran on a GPU ($NO_GPU)"

@@ -12,6 +12,11 @@ median images/s over the rounds and the ratio xraynet / torch.
 
 ``--device cpu`` runs the same race on the CPU backends (a plumbing check for
 machines without a GPU; the CPU race proper is benchmarks/race.py).
+
+``--ab-direct-conv`` races xraynet against itself instead: the one-channel
+first convolution as a direct kernel (the default) against im2col + GEMM
+(XRAYNET_GPU_DIRECT_CONV=0), interleaved the same way, on the wide rows
+(default configurations: wide train b128, wide infer b256, seed train b32).
 """
 from __future__ import annotations
 
@@ -46,7 +51,9 @@ def load_torch_reference(path: Path):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--torch-ref", type=Path, required=True, help="path of ../shared/bench/torch_reference.py")
+    ap.add_argument("--torch-ref", type=Path, default=None, help="path of ../shared/bench/torch_reference.py")
+    ap.add_argument("--ab-direct-conv", action="store_true",
+                    help="race the direct first-layer conv against im2col + GEMM (xraynet only)")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds of timed steps per measurement")
@@ -70,6 +77,11 @@ def main(argv=None) -> int:
             print(f"gpu_race: no GPU for xraynet: {reason}. Run on a CUDA machine, or --device cpu.",
                   file=sys.stderr)
             return 2
+    if args.ab_direct_conv:
+        return ab_direct_conv(args, cuda)
+    if args.torch_ref is None:
+        print("gpu_race: --torch-ref PATH is needed (../shared/bench/torch_reference.py)", file=sys.stderr)
+        return 2
     tref = load_torch_reference(args.torch_ref)
     import torch
 
@@ -107,6 +119,52 @@ def main(argv=None) -> int:
     print(report)
     if args.report:
         args.report.write_text(report + "\n")
+    return 0
+
+
+AB_CONFIGS = [("wide", "train", 128), ("wide", "infer", 256), ("seed", "train", 32)]
+
+
+def ab_direct_conv(args, cuda: bool) -> int:
+    """Direct one-channel conv vs im2col + GEMM, same process, interleaved rounds."""
+    from xraynet.bench import run_bench
+
+    if cuda:
+        from xraynet.gpu_backend import CUDABackend
+
+        backends = {"direct": CUDABackend(direct_first_conv=True), "gemm": CUDABackend(direct_first_conv=False)}
+    else:  # plumbing check: the emulator is far too slow to time, so the CPU backend stands in twice
+        from xraynet.backend import get_backend
+
+        backends = {"direct": get_backend("cpu"), "gemm": get_backend("cpu")}
+    configs = AB_CONFIGS
+    if args.configs:
+        configs = [(a, m, int(b)) for a, m, b in (c.split(":") for c in args.configs.split(","))]
+    rows = []
+    for r in range(args.rounds):
+        for arch, mode, batch in configs:
+            for variant, bk in backends.items():
+                row = run_bench(arch, mode, batch, device=bk, warmup=10 if cuda else 2, min_time=args.min_time,
+                                min_iters=20 if cuda else 3)
+                rows.append({**row, "variant": variant, "round": r})
+                print(f"round {r + 1}/{args.rounds} {arch} {mode} b{batch} {variant}: "
+                      f"{row['images_per_s']:.0f} images/s", flush=True)
+    lines = [f"direct one-channel conv vs im2col + GEMM (median images/s over {args.rounds} interleaved rounds)", "",
+             "| arch | mode | batch | direct | im2col + GEMM | direct / GEMM |", "|---|---|---:|---:|---:|---:|"]
+    for arch, mode, batch in configs:
+        med = {v: statistics.median(x["images_per_s"] for x in rows if (x["variant"], x["arch"], x["mode"],
+                                                                          x["batch"]) == (v, arch, mode, batch))
+               for v in backends}
+        lines.append(f"| {arch} | {mode} | {batch} | {med['direct']:.0f} | {med['gemm']:.0f} | "
+                     f"{med['direct'] / med['gemm']:.2f} |")
+    report = "\n".join(lines)
+    print(report)
+    if args.report:
+        args.report.write_text(report + "\n")
+    if args.jsonl:
+        with open(args.jsonl, "a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -158,8 +158,8 @@ def test_kernel_profiler_records_every_launch(gpu):
         totals = prof.totals()
     finally:
         gpu.profile_kernels(False)
-    for name in ("im2col_f32", "bias_maxpool_relu_f32", "maxpool_relu_bwd_f32", "col2im_f32", "sigmoid_bce_f32",
-                 "adam_multi_f32", "gemm (cuBLAS)"):
+    for name in ("conv1_direct_pool_f32", "conv1_dw_partial_f32", "im2col_f32", "bias_maxpool_relu_f32",
+                 "maxpool_relu_bwd_f32", "col2im_f32", "sigmoid_bce_f32", "adam_multi_f32", "gemm (cuBLAS)"):
         assert name in totals, f"profiler saw {sorted(totals)}; {name} missing"
     assert totals["adam_multi_f32"][1] == 1, "Adam must be one launch over all parameters"
     assert all(ms >= 0 for ms, _ in totals.values())
@@ -193,3 +193,49 @@ def test_bench_and_kernel_profile_run_on_the_gpu_backend(gpu, mode):
     assert ("adam_multi_f32" in names) == (mode == "train")
     assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
     assert rows == sorted(rows, key=lambda r: -r["ms_per_step"])
+
+
+DIRECT_CASES = [  # (N, H, W), O, kernel, stride, pad, pool (kernel, stride) or None
+    ((2, 11, 9), 3, (3, 3), (1, 1), (1, 1), ((2, 2), (2, 2))),
+    ((1, 12, 13), 4, (5, 5), (2, 2), (2, 2), ((2, 2), (2, 2))),
+    ((2, 9, 10), 2, (3, 2), (1, 2), (0, 1), ((3, 3), (2, 2))),   # overlapping pool windows
+    ((3, 7, 7), 5, (3, 3), (1, 1), (0, 0), None),
+    ((1, 6, 5), 2, (1, 1), (1, 1), (0, 0), None),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=str)
+def test_direct_one_channel_conv_equals_the_gemm_path(case, dtype):
+    """conv1_direct / conv1_direct_pool / conv1_dw_partial against im2col + GEMM
+    on the same emulated kernels: outputs, argmax, and every gradient."""
+    from cudaemu import compile_module
+    from xraynet.gpu_backend import CUDABackend
+
+    (n, h, w), o, k, s, p, pool = case
+    direct = CUDABackend(xp=np, compile_fn=compile_module, checked=True, max_blocks=4, direct_first_conv=True)
+    gemm = CUDABackend(xp=np, compile_fn=compile_module, checked=True, max_blocks=4, direct_first_conv=False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, h, w, 1)).astype(dtype)
+    wt = rng.standard_normal((o, 1, *k)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) * 0.1
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    out = {}
+    for name, bk in (("direct", direct), ("gemm", gemm)):
+        if pool is None:
+            y, ctx = bk.conv2d_forward(x.copy(), wt, b, s, p, relu=True)
+            dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+            grads = bk.conv2d_backward(dy, ctx, wt)
+            out[name] = (y, None, *grads)
+        else:
+            y, ctx = bk.conv2d_relu_pool_forward(x.copy(), wt, b, s, p, *pool)
+            dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+            grads = bk.conv2d_relu_pool_backward(dy, ctx, wt)
+            out[name] = (y, ctx[5], *grads)  # ctx[5]: the argmax
+        assert (ctx[1] is None) == (name == "direct"), f"{name}: patch matrix kept {ctx[1] is not None}"
+    (y_d, i_d, dx_d, dw_d, db_d), (y_g, i_g, dx_g, dw_g, db_g) = out["direct"], out["gemm"]
+    for what, a, e in (("output", y_d, y_g), ("dx", dx_d, dx_g), ("dw", dw_d, dw_g), ("db", db_d, db_g)):
+        assert np.allclose(a, e, rtol=tol, atol=tol), f"{case} {what}: max |diff| {np.abs(a - e).max():.3e}"
+    if i_d is not None:
+        live = y_g > 0  # where the pooled value is 0 the argmax carries no gradient
+        assert (i_d[live] == i_g[live]).all(), f"{case}: argmax differs on live windows"

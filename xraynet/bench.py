@@ -114,6 +114,7 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
         "impl": "xraynet",
         "arch": arch, "mode": mode, "batch": batch, "device": bk.name, "threads": threads,
         "tf32": _tf32() if bk.name == "gpu" else None,
+        "direct_first_conv": getattr(bk, "direct_first_conv", None),
         "images_per_s": batch / med,
         "ms_per_batch": med * 1e3,
         "ms_min": srt[0] * 1e3,

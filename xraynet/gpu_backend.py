@@ -28,6 +28,7 @@ included, on machines without a GPU.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -88,7 +89,12 @@ class CUDABackend:
 
     name = "gpu"
 
-    def __init__(self, xp=None, compile_fn=None, checked: bool = False, max_blocks: int = 1 << 16):
+    def __init__(self, xp=None, compile_fn=None, checked: bool = False, max_blocks: int = 1 << 16,
+                 direct_first_conv: bool | None = None):
+        if direct_first_conv is None:  # XRAYNET_GPU_DIRECT_CONV=0 turns it off, to race the two ways
+            direct_first_conv = os.environ.get("XRAYNET_GPU_DIRECT_CONV", "1") != "0"
+        #: one-channel convolutions run as direct kernels (conv1_direct*) instead of im2col + GEMM
+        self.direct_first_conv = bool(direct_first_conv)
         if xp is None:
             import cupy
 
@@ -243,16 +249,28 @@ class CUDABackend:
                                       oh, ow, cols.size)
         return cols
 
+    def _direct(self, x) -> bool:
+        return self.direct_first_conv and x.shape[3] == 1
+
     def conv2d_forward(self, x, w, b, stride, pad, relu=False, save=True):
-        """x (N, H, W, C), w (O, C, KH, KW), b (O,) -> y (N, OH, OW, O) and a context."""
+        """x (N, H, W, C), w (O, C, KH, KW), b (O,) -> y (N, OH, OW, O) and a context.
+
+        A one-channel input runs the direct kernel (no patch matrix; the
+        context then holds none and backward uses conv1_dw_partial)."""
         x = self._c(x)
+        n, h, wd, _ = x.shape
         o, _, kh, kw = w.shape
         oh, ow = self._geometry(x.shape, w.shape, stride, pad)
-        cols = self._patches(x, kh, kw, stride, pad, oh, ow)
-        y = self.xp.empty((x.shape[0], oh, ow, o), x.dtype)
-        y2d = y.reshape(-1, o)
-        self._gemm(cols, self._wmat(w).T, out=y2d)
-        self.k(x.dtype).bias_act.launch(y2d.size, y2d, b, o, int(relu), y2d.size)
+        y = self.xp.empty((n, oh, ow, o), x.dtype)
+        if self._direct(x):
+            cols = None
+            self.k(x.dtype).conv1_direct.launch(y.size, x, w, b, y, h, wd, o, kh, kw, stride[0], stride[1], pad[0],
+                                                pad[1], oh, ow, int(relu), y.size)
+        else:
+            cols = self._patches(x, kh, kw, stride, pad, oh, ow)
+            y2d = y.reshape(-1, o)
+            self._gemm(cols, self._wmat(w).T, out=y2d)
+            self.k(x.dtype).bias_act.launch(y2d.size, y2d, b, o, int(relu), y2d.size)
         return y, ((x, cols, stride, pad, y if relu else None) if save else None)
 
     def conv2d_backward(self, dy, ctx, w, need_dx=True):
@@ -269,9 +287,10 @@ class CUDABackend:
         return self._conv_grads(g, x, cols, w, stride, pad, need_dx, db)
 
     def _conv_grads(self, g, x, cols, w, stride, pad, need_dx, db):
-        """dw and dx from the output gradient g (M, O) and the saved patch matrix."""
+        """dw and dx from the output gradient g (M, O) and the saved patch matrix
+        (None after a direct one-channel forward: dw then comes from the image)."""
         o, c, kh, kw = w.shape
-        dw = self._gemm(g.T, cols).reshape(w.shape)
+        dw = self._conv1_dw(g, x, w, stride, pad) if cols is None else self._gemm(g.T, cols).reshape(w.shape)
         dx = None
         if need_dx:
             dcols = self._gemm(g, self._wmat(w))
@@ -285,20 +304,46 @@ class CUDABackend:
                                               pad[0], pad[1], oh, ow, dx.size)
         return dx, dw, db
 
+    def _conv1_dw(self, g, x, w, stride, pad):
+        """dw of a one-channel conv from the output gradient g (M, O) and the image."""
+        o, _, kh, kw = w.shape
+        n, h, wd, _ = x.shape
+        oh, ow = self._geometry(x.shape, w.shape, stride, pad)
+        m, pairs = g.shape[0], o * kh * kw
+        parts = max(1, min(1024, -(-m // 2048)))
+        rows = -(-m // parts)
+        parts = -(-m // rows)
+        k = self.k(x.dtype)
+        partial = self.xp.empty((parts, pairs), np.float64)
+        k.conv1_dw_partial((parts,), (_THREADS,), g, x, h, wd, o, kh, kw, stride[0], stride[1], pad[0], pad[1],
+                           oh, ow, m, rows, partial)
+        dw = self.xp.empty(w.shape, x.dtype)
+        k.channel_reduce_final_real.launch(pairs, partial, parts, pairs, dw)
+        return dw
+
     def conv2d_relu_pool_forward(self, x, w, b, stride, pad, pool_kernel, pool_stride, save=True):
-        """Fused conv + bias + ReLU + max pool: x (N, H, W, C) -> (N, PH, PW, O)."""
+        """Fused conv + bias + ReLU + max pool: x (N, H, W, C) -> (N, PH, PW, O).
+
+        A one-channel input never materialises the pre-activation: one direct
+        kernel convolves, adds the bias, pools and applies the ReLU."""
         x = self._c(x)
-        n = x.shape[0]
+        n, h, wd, _ = x.shape
         o, _, kh, kw = w.shape
         oh, ow = self._geometry(x.shape, w.shape, stride, pad)
         (pkh, pkw), (psh, psw) = pool_kernel, pool_stride
         ph, pw = (oh - pkh) // psh + 1, (ow - pkw) // psw + 1
-        cols = self._patches(x, kh, kw, stride, pad, oh, ow)
-        pre = self._gemm(cols, self._wmat(w).T)
         pooled = self.xp.empty((n, ph, pw, o), x.dtype)
         idx = self.xp.empty((n, ph, pw, o), np.uint8)
-        self.k(x.dtype).bias_maxpool_relu.launch(pooled.size, pre, b, pooled, idx, oh, ow, o, pkh, pkw, psh, psw,
-                                                 ph, pw, pooled.size)
+        if self._direct(x):
+            cols = None
+            self.k(x.dtype).conv1_direct_pool.launch(pooled.size, x, w, b, pooled, idx, h, wd, o, kh, kw, stride[0],
+                                                     stride[1], pad[0], pad[1], pkh, pkw, psh, psw, ph, pw,
+                                                     pooled.size)
+        else:
+            cols = self._patches(x, kh, kw, stride, pad, oh, ow)
+            pre = self._gemm(cols, self._wmat(w).T)
+            self.k(x.dtype).bias_maxpool_relu.launch(pooled.size, pre, b, pooled, idx, oh, ow, o, pkh, pkw, psh,
+                                                     psw, ph, pw, pooled.size)
         ctx = (x, cols, stride, pad, pooled, idx, (oh, ow), pool_kernel, pool_stride) if save else None
         return pooled, ctx
 
