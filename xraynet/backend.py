@@ -53,6 +53,18 @@ def resolve_padding(padding, kernel_size: tuple[int, int], stride: tuple[int, in
     )
 
 
+def conv_output_shape(x_shape, w_shape, stride, pad) -> tuple[int, int]:
+    """(OH, OW) of a convolution of NHWC ``x_shape`` with (O, C, KH, KW) weights;
+    a channel mismatch is a ShapeError."""
+    from .errors import ShapeError
+
+    _, h, wd, c = x_shape
+    _, c2, kh, kw = w_shape
+    if c2 != c:
+        raise ShapeError(f"conv2d: input has {c} channels. Expected {c2}, got {c}. Check the layer spec.")
+    return (h + 2 * pad[0] - kh) // stride[0] + 1, (wd + 2 * pad[1] - kw) // stride[1] + 1
+
+
 def _keep_freed_memory() -> None:
     """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
 
@@ -135,13 +147,8 @@ class CPUBackend:
     BACKWARD_CHUNK_BYTES = 4 << 20
 
     def _geometry(self, x_shape, w_shape, stride, pad, chunk_bytes=None):
-        n, h, wd, c = x_shape
-        o, c2, kh, kw = w_shape
-        if c2 != c:
-            from .errors import ShapeError
-            raise ShapeError(f"conv2d: input has {c} channels. Expected {c2}, got {c}. Check the layer spec.")
-        oh = (h + 2 * pad[0] - kh) // stride[0] + 1
-        ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
+        oh, ow = conv_output_shape(x_shape, w_shape, stride, pad)
+        n, c, o, kh, kw = x_shape[0], x_shape[3], w_shape[0], w_shape[2], w_shape[3]
         per_image = oh * ow * max(kh * kw * c, o) * 4
         step = max(1, min(n, (chunk_bytes or self.CHUNK_BYTES) // per_image))
         return oh, ow, [(i, min(n, i + step)) for i in range(0, n, step)]

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from .backend import conv_output_shape
 from .cudakernels import KernelSet, Profiler
 from .errors import ShapeError
 
@@ -227,13 +228,7 @@ class CUDABackend:
         return out
 
     # -------------------------------------------------------------- convolution
-    @staticmethod
-    def _geometry(x_shape, w_shape, stride, pad):
-        n, h, wd, c = x_shape
-        o, c2, kh, kw = w_shape
-        if c2 != c:
-            raise ShapeError(f"conv2d: input has {c} channels. Expected {c2}, got {c}. Check the layer spec.")
-        return (h + 2 * pad[0] - kh) // stride[0] + 1, (wd + 2 * pad[1] - kw) // stride[1] + 1
+    _geometry = staticmethod(conv_output_shape)
 
     @staticmethod
     def _wmat(w):
