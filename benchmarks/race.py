@@ -33,7 +33,8 @@ def commands(arch, mode, batch, threads, out, min_time):
               "--min-time", str(min_time)]
     torch_ref = [sys.executable, str(BENCH / "torch_reference.py"), *common, "--json-out", out]
     return {
-        "xraynet": [sys.executable, "-m", "xraynet.cli.main", "bench", *common, "--json", "--json-out", out],
+        "xraynet": [sys.executable, "-m", "xraynet.cli.main", "bench", *common, "--device", "cpu", "--json",
+                    "--json-out", out],
         "torch": torch_ref,
         "torch+cl": torch_ref + ["--channels-last"],
     }
