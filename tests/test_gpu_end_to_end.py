@@ -1,0 +1,101 @@
+"""`train`, `evaluate` and `screen` with `--device gpu`, end to end, on the
+emulated GPU backend: the commands' own code paths (device checks, training
+loop, class weights, dropout, checkpoints, model files, screening batches)
+with the CUDA kernels doing the arithmetic. ``xraynet.devices`` is told a GPU
+is present and the backend factory hands out the emulator for 'gpu'.
+
+The emulator draws dropout masks from NumPy like the CPU backend, so a GPU
+run and a CPU run with the same seed see the same masks and must agree to
+float32 rounding, epoch by epoch.
+"""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+import xraynet.backend as backend_mod
+from conftest import emulated_gpu_backend
+from test_train import TINY_SPEC, _opts, dataset  # noqa: F401  (the generated film dataset fixture, reused)
+from xraynet import devices
+from xraynet.modelfile import load_model
+from xraynet.train import train
+
+
+@pytest.fixture
+def gpu_here(monkeypatch):
+    """'gpu' resolves to the emulated GPU backend for the length of a test."""
+    emu = emulated_gpu_backend()
+    original = backend_mod._make_backend
+    monkeypatch.setattr(devices, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setattr(backend_mod, "_make_backend", lambda d: emu if d == "gpu" else original(d))
+    return emu
+
+
+def _compare_weights(a: dict, b: dict, spec: dict, what: str) -> None:
+    """Weights equal to float32 rounding, except a conv bias feeding batch norm:
+    its gradient is exactly 0 in exact arithmetic (BN removes the mean), so it
+    holds rounding noise that Adam scales up to lr-sized steps on both sides."""
+    kinds = [layer["type"] for layer in spec["layers"]] + [None]
+    noise = {f"layers.{i}.bias" for i, t in enumerate(kinds[:-1]) if t == "conv2d" and kinds[i + 1] == "batchnorm2d"}
+    assert noise, "the spec has a conv bias feeding batch norm; this check expects one"
+    for name, arr in a.items():
+        if name not in noise:
+            assert np.allclose(b[name], arr, rtol=1e-2, atol=1e-4), f"{what}: {name} differs"
+
+
+def _history(path):
+    return [(h["train_loss"], h["val_loss"]) for h in load_model(path).history]
+
+
+def test_train_evaluate_screen_on_the_gpu_match_the_cpu(dataset, gpu_here, tmp_path):  # noqa: F811
+    from xraynet.evaluate import evaluate
+    from xraynet.screen import screen
+
+    root, spec = dataset
+    runs = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / device / "m.h5"
+        out.parent.mkdir()
+        train(root, out, _opts(spec, epochs=3, device=device))
+        runs[device] = out
+    assert load_model(runs["gpu"]).metadata["device"] == "gpu"
+    h_cpu, h_gpu = _history(runs["cpu"]), _history(runs["gpu"])
+    assert np.allclose(h_gpu, h_cpu, rtol=1e-3), f"epoch losses: GPU {h_gpu} vs CPU {h_cpu}"
+    _compare_weights(load_model(runs["cpu"]).model.state_dict(), load_model(runs["gpu"]).model.state_dict(),
+                     TINY_SPEC, "after 3 epochs on CPU and GPU")
+
+    # The GPU-trained model evaluated and screened on the GPU and on the CPU.
+    docs = {d: evaluate(runs["gpu"], root, n_boot=0, device=d) for d in ("cpu", "gpu")}
+    assert docs["gpu"]["n"] == docs["cpu"]["n"] > 0
+    assert abs(docs["gpu"]["accuracy"]["value"] - docs["cpu"]["accuracy"]["value"]) <= 1 / docs["cpu"]["n"]
+    reports = {}
+    for d in ("cpu", "gpu"):
+        report = tmp_path / f"screen-{d}.csv"
+        screen(root / "opacity", report, model_path=runs["gpu"], device=d, batch_size=8)
+        with open(report, newline="") as fh:
+            reports[d] = {r["path"]: r for r in csv.DictReader(fh)}
+    assert reports["gpu"].keys() == reports["cpu"].keys() and len(reports["gpu"]) == 120
+    for path, row in reports["gpu"].items():
+        other = reports["cpu"][path]
+        assert row["status"] == other["status"] == "ok"
+        assert abs(float(row["p_opacity"]) - float(other["p_opacity"])) < 1e-5, path
+
+
+def test_resume_a_cpu_checkpoint_on_the_gpu(dataset, gpu_here, tmp_path):  # noqa: F811
+    """Two epochs on the CPU, interrupted, then the third on the GPU: the same
+    model (to float32 rounding) as three epochs on the CPU."""
+    from xraynet.train import checkpoint_path_for
+
+    root, spec = dataset
+    straight = tmp_path / "straight.h5"
+    train(root, straight, _opts(spec, epochs=3, device="cpu"))
+    split = tmp_path / "split.h5"
+    train(root, split, _opts(spec, epochs=2, device="cpu"))
+    ckpt = checkpoint_path_for(split)
+    assert ckpt.exists(), "training leaves a checkpoint to resume from"
+    train(root, split, _opts(spec, epochs=3, device="gpu"), resume=str(ckpt))
+    # The checkpoints hold the last epoch's weights (the best model may be an earlier epoch).
+    a = load_model(checkpoint_path_for(straight)).model.state_dict()
+    _compare_weights(a, load_model(ckpt).model.state_dict(), TINY_SPEC, "resumed on the GPU")
