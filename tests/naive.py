@@ -74,10 +74,10 @@ def assert_rel(actual, expected, tol: float, *, op: str, **info) -> float:
 # --------------------------------------------------------------- finite differences
 def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f()`` with respect to every element of
-    ``x``, which is perturbed in place (and restored)."""
+    ``x`` (a NumPy or a device array), which is perturbed in place (and restored)."""
     g = np.zeros(x.shape, np.float64)
     for i in np.ndindex(x.shape):
-        old = x[i]
+        old = x[i].item()  # a value: on CuPy x[i] is a 0-d view that the next line would change
         x[i] = old + eps
         fp = f()
         x[i] = old - eps
