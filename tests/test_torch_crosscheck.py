@@ -125,44 +125,52 @@ def torch_loss(model: Model, logits, labels):
     return F.cross_entropy(logits, labels)
 
 
-def xraynet_pool_argmax(model: Model, x, training: bool) -> list:
-    """xraynet's argmax of every max pool on input ``x`` (NCHW), as PyTorch
-    flat indices (N, C, OH, OW). Replays the layers one by one (the fused model
-    gives the same activations, which ``test_fused_equals_unfused`` checks);
-    buffers touched by a training-mode replay are restored."""
+def _replay(model: Model, x, training: bool, visit) -> None:
+    """Run the layers one by one on input ``x`` (NCHW), calling
+    ``visit(layer, h_in, h_out)`` after each; buffers a training-mode replay
+    touches are restored. (The fused model gives the same activations, which
+    ``test_fused_equals_unfused`` checks.)"""
     saved = [(a, a.copy()) for _, a in model.named_buffers()]
     bk = model.bk
     h = bk.nchw_to_internal(bk.asarray(x, model.dtype))
-    out = []
     for layer in model.layers:
+        out = layer.forward(h, training=training)
+        visit(layer, h, out)
+        h = out
+    for arr, value in saved:
+        arr[...] = value
+
+
+def xraynet_pool_argmax(model: Model, x, training: bool) -> list:
+    """xraynet's argmax of every max pool on input ``x`` (NCHW), as PyTorch
+    flat indices (N, C, OH, OW)."""
+    out = []
+
+    def visit(layer, h, _):
         if isinstance(layer, MaxPool2D):
             (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
-            _, idx = ref.maxpool2d_forward(bk.to_numpy(h), kh, kw, sh, sw)
+            _, idx = ref.maxpool2d_forward(model.bk.to_numpy(h), kh, kw, sh, sw)
             k = idx.astype(np.int64)
             oy = np.arange(k.shape[1])[None, :, None, None]
             ox = np.arange(k.shape[2])[None, None, :, None]
             flat = (oy * sh + k // kw) * h.shape[2] + ox * sw + k % kw
             out.append(torch.from_numpy(np.ascontiguousarray(flat.transpose(0, 3, 1, 2))))
-        h = layer.forward(h, training=training)
-    for arr, value in saved:
-        arr[...] = value
+
+    _replay(model, x, training, visit)
     return out
 
 
 def xraynet_relu_masks(model: Model, x, training: bool) -> list:
     """Where each ReLU of xraynet passes the gradient (output > 0), as bool
-    tensors in PyTorch's layout; replayed layer by layer like the pools."""
-    saved = [(a, a.copy()) for _, a in model.named_buffers()]
-    bk = model.bk
-    h = bk.nchw_to_internal(bk.asarray(x, model.dtype))
+    tensors in PyTorch's layout."""
     out = []
-    for layer in model.layers:
-        h = layer.forward(h, training=training)
+
+    def visit(layer, _, y):
         if layer.type == "relu":
-            y = bk.to_numpy(h) > 0
+            y = model.bk.to_numpy(y) > 0
             out.append(torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2) if y.ndim == 4 else y)))
-    for arr, value in saved:
-        arr[...] = value
+
+    _replay(model, x, training, visit)
     return out
 
 

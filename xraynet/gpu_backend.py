@@ -85,6 +85,15 @@ class _DeviceRNG:
         return self.rs.random_sample(shape, dtype=np.float32)
 
 
+def _slabs(m: int, min_rows: int) -> tuple[int, int]:
+    """(slabs, rows per slab) splitting m rows for a two-pass reduction: slabs of
+    at least ``min_rows`` rows, at most 1024 of them. Depends on m only, so
+    the summation order (and the result) never changes run to run."""
+    parts = max(1, min(1024, -(-m // min_rows)))
+    rows = max(1, -(-m // parts))
+    return max(1, -(-m // rows)), rows
+
+
 class CUDABackend:
     """CuPy arrays and the CUDA C kernels in kernels/cuda (see the module docs)."""
 
@@ -207,9 +216,7 @@ class CUDABackend:
         """Per-channel sums of (M, C) in double (see kernels/cuda/reduce.cu)."""
         m, c = x2d.shape
         k = self.k(x2d.dtype)
-        parts = max(1, min(1024, -(-m // 512)))  # slabs of at least 512 rows: up to 512 rows, one launch
-        rows = -(-m // parts) if m else 1
-        parts = max(1, -(-m // rows)) if m else 1
+        parts, rows = _slabs(m, 512)  # up to 512 rows: one slab, one launch
         partial = self.xp.empty((parts, c), np.float64)
         direct = parts == 1 and real_out
         out = self.xp.empty(c, x2d.dtype) if direct else x2d
@@ -305,9 +312,7 @@ class CUDABackend:
         n, h, wd, _ = x.shape
         oh, ow = self._geometry(x.shape, w.shape, stride, pad)
         m, pairs = g.shape[0], o * kh * kw
-        parts = max(1, min(1024, -(-m // 2048)))
-        rows = -(-m // parts)
-        parts = -(-m // rows)
+        parts, rows = _slabs(m, 2048)
         k = self.k(x.dtype)
         partial = self.xp.empty((parts, pairs), np.float64)
         k.conv1_dw_partial((parts,), (_THREADS,), g, x, h, wd, o, kh, kw, stride[0], stride[1], pad[0], pad[1],
@@ -515,26 +520,25 @@ class CUDABackend:
                     raise ShapeError(f"optimiser update: a state or gradient array of shape {a.shape} ({a.dtype}) "
                                      f"does not match its parameter {p.shape} ({p.dtype}), or is not contiguous.")
 
-    def adam_update_many(self, ps, gs, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
-        """One Adam step on every parameter at once (one launch per precision)."""
-        gs = [self._c(g) for g in gs]
+    def _by_precision(self, ps, *others):
+        """Per parameter dtype: (dtype, count, device address tables..., offsets, total)
+        of the parameters and their matching gradient / state arrays."""
         for dt in {p.dtype for p in ps}:
             sel = [i for i, p in enumerate(ps) if p.dtype == dt]
-            group = [[arrs[i] for i in sel] for arrs in (ps, gs, ms, vs)]
+            group = [[arrs[i] for i in sel] for arrs in (ps, *others)]
             self._check_group(*group)
-            pt, gt, mt, vt, offsets, total = self._table(*group)
-            self.k(dt).adam_multi.launch(total, pt, gt, mt, vt, offsets, len(sel), total, lr, beta1, beta2, eps,
+            yield (dt, len(sel), *self._table(*group))
+
+    def adam_update_many(self, ps, gs, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
+        """One Adam step on every parameter at once (one launch per precision)."""
+        for dt, n, pt, gt, mt, vt, offsets, total in self._by_precision(ps, [self._c(g) for g in gs], ms, vs):
+            self.k(dt).adam_multi.launch(total, pt, gt, mt, vt, offsets, n, total, lr, beta1, beta2, eps,
                                          weight_decay, 1 - beta1 ** step, math.sqrt(1 - beta2 ** step))
 
     def sgd_update_many(self, ps, gs, bufs, step, lr, momentum, weight_decay, nesterov):
         """One SGD step on every parameter at once."""
-        gs = [self._c(g) for g in gs]
-        for dt in {p.dtype for p in ps}:
-            sel = [i for i, p in enumerate(ps) if p.dtype == dt]
-            group = [[arrs[i] for i in sel] for arrs in (ps, gs, bufs)]
-            self._check_group(*group)
-            pt, gt, bt, offsets, total = self._table(*group)
-            self.k(dt).sgd_multi.launch(total, pt, gt, bt, offsets, len(sel), total, lr, momentum, weight_decay,
+        for dt, n, pt, gt, bt, offsets, total in self._by_precision(ps, [self._c(g) for g in gs], bufs):
+            self.k(dt).sgd_multi.launch(total, pt, gt, bt, offsets, n, total, lr, momentum, weight_decay,
                                         int(nesterov), int(step == 1))
 
     def adam_update(self, p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):

@@ -10,8 +10,8 @@
 #include "common.cuh"
 
 XR_KERNEL(im2col)(const real* __restrict__ x, real* __restrict__ cols,
-                                  int h, int w, int c, int kh, int kw, int sh, int sw,
-                                  int ph, int pw, int oh, int ow, long long total)
+                  int h, int w, int c, int kh, int kw, int sh, int sw,
+                  int ph, int pw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int kx = (int)(i % kw);
@@ -31,8 +31,8 @@ XR_KERNEL(im2col)(const real* __restrict__ x, real* __restrict__ cols,
 }
 
 XR_KERNEL(col2im)(const real* __restrict__ dcols, real* __restrict__ dx,
-                                  int h, int w, int c, int kh, int kw, int sh, int sw,
-                                  int ph, int pw, int oh, int ow, long long total)
+                  int h, int w, int c, int kh, int kw, int sh, int sw,
+                  int ph, int pw, int oh, int ow, long long total)
 {
     long long row_len = (long long)kh * kw * c;
     XR_GRID_STRIDE(i, total) {
@@ -59,7 +59,7 @@ XR_KERNEL(col2im)(const real* __restrict__ dcols, real* __restrict__ dx,
 
 // Conv epilogue: y (M, C) <- y + b, or max(y + b, 0) with relu != 0.
 XR_KERNEL(bias_act)(real* __restrict__ y, const real* __restrict__ b, int c, int relu,
-                                    long long total)
+                    long long total)
 {
     XR_GRID_STRIDE(i, total) {
         real v = y[i] + b[i % c];

@@ -11,7 +11,7 @@ XR_KERNEL(relu_fwd)(const real* __restrict__ x, real* __restrict__ y, long long 
 
 // ReLU gradient from the ReLU output y (PyTorch's convention: 0 at y == 0).
 XR_KERNEL(relu_bwd)(const real* __restrict__ dy, const real* __restrict__ y,
-                                    real* __restrict__ dx, long long total)
+                    real* __restrict__ dx, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         dx[i] = y[i] > (real)0 ? dy[i] : (real)0;
@@ -20,7 +20,7 @@ XR_KERNEL(relu_bwd)(const real* __restrict__ dy, const real* __restrict__ y,
 
 // y (N, C) = mean of x (N, HW, C) over HW, summed in double.
 XR_KERNEL(gap_fwd)(const real* __restrict__ x, real* __restrict__ y, int hw, int c,
-                                   long long total)
+                   long long total)
 {
     XR_GRID_STRIDE(i, total) {
         long long b = i / c;
@@ -33,7 +33,7 @@ XR_KERNEL(gap_fwd)(const real* __restrict__ x, real* __restrict__ y, int hw, int
 }
 
 XR_KERNEL(gap_bwd)(const real* __restrict__ dy, real* __restrict__ dx, int hw, int c,
-                                   long long total)
+                   long long total)
 {
     XR_GRID_STRIDE(i, total) {
         long long b = i / ((long long)hw * c);

@@ -40,8 +40,8 @@ __device__ double total_weight(const long long* __restrict__ labels, const doubl
 
 // Softmax cross-entropy on logits z (N, K) with integer labels (N,).
 XR_KERNEL(softmax_xent)(const real* __restrict__ z, const long long* __restrict__ labels,
-                                        const double* __restrict__ class_w, int use_w, int n, int k,
-                                        real* __restrict__ dz, double* __restrict__ loss)
+                        const double* __restrict__ class_w, int use_w, int n, int k,
+                        real* __restrict__ dz, double* __restrict__ loss)
 {
     __shared__ double red[XR_LOSS_THREADS];
     double total_w = total_weight(labels, class_w, use_w, n, red);
@@ -67,8 +67,8 @@ XR_KERNEL(softmax_xent)(const real* __restrict__ z, const long long* __restrict_
 
 // Binary cross-entropy on one logit per image, z (N,), labels (N,) in {0, 1}.
 XR_KERNEL(sigmoid_bce)(const real* __restrict__ z, const long long* __restrict__ labels,
-                                       const double* __restrict__ class_w, int use_w, int n,
-                                       real* __restrict__ dz, double* __restrict__ loss)
+                       const double* __restrict__ class_w, int use_w, int n,
+                       real* __restrict__ dz, double* __restrict__ loss)
 {
     __shared__ double red[XR_LOSS_THREADS];
     double total_w = total_weight(labels, class_w, use_w, n, red);

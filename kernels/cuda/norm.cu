@@ -7,9 +7,9 @@
 // Training statistics: mean, inverse std, and the running estimates updated
 // in place with `momentum`.
 XR_KERNEL(bn_stats)(const double* __restrict__ sum, const double* __restrict__ sqdev,
-                                    long long m, int c, double momentum, double eps,
-                                    real* __restrict__ running_mean, real* __restrict__ running_var,
-                                    double* __restrict__ mean, real* __restrict__ inv_std)
+                    long long m, int c, double momentum, double eps,
+                    real* __restrict__ running_mean, real* __restrict__ running_var,
+                    double* __restrict__ mean, real* __restrict__ inv_std)
 {
     XR_GRID_STRIDE(ch, (long long)c) {
         double mu = sum[ch] / m;
@@ -24,9 +24,9 @@ XR_KERNEL(bn_stats)(const double* __restrict__ sum, const double* __restrict__ s
 
 // xhat = (x - mean) * inv_std, y = xhat * gamma + beta.
 XR_KERNEL(bn_fwd_train)(const real* __restrict__ x, const double* __restrict__ mean,
-                                        const real* __restrict__ inv_std, const real* __restrict__ gamma,
-                                        const real* __restrict__ beta, real* __restrict__ xhat,
-                                        real* __restrict__ y, int c, long long total)
+                        const real* __restrict__ inv_std, const real* __restrict__ gamma,
+                        const real* __restrict__ beta, real* __restrict__ xhat,
+                        real* __restrict__ y, int c, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int ch = (int)(i % c);
@@ -40,10 +40,10 @@ XR_KERNEL(bn_fwd_train)(const real* __restrict__ x, const double* __restrict__ m
 // also xhat (for a backward pass in evaluation mode, as Grad-CAM needs) and
 // scale = gamma * inv_std per channel.
 XR_KERNEL(bn_fwd_eval)(const real* __restrict__ x, const real* __restrict__ gamma,
-                                       const real* __restrict__ beta, const real* __restrict__ running_mean,
-                                       const real* __restrict__ running_var, double eps, int keep,
-                                       real* __restrict__ y, real* __restrict__ xhat, real* __restrict__ scale,
-                                       int c, long long total)
+                       const real* __restrict__ beta, const real* __restrict__ running_mean,
+                       const real* __restrict__ running_var, double eps, int keep,
+                       real* __restrict__ y, real* __restrict__ xhat, real* __restrict__ scale,
+                       int c, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int ch = (int)(i % c);
@@ -60,9 +60,9 @@ XR_KERNEL(bn_fwd_eval)(const real* __restrict__ x, const real* __restrict__ gamm
 // dx = gamma * inv_std * (dy - dbeta/m - xhat * dgamma/m); in evaluation
 // mode (train == 0) dx = dy * scale, where `inv_std` holds scale.
 XR_KERNEL(bn_bwd)(const real* __restrict__ dy, const real* __restrict__ xhat,
-                                  const real* __restrict__ gamma, const real* __restrict__ inv_std,
-                                  const double* __restrict__ dbeta, const double* __restrict__ dgamma,
-                                  int train, long long m, int c, real* __restrict__ dx, long long total)
+                  const real* __restrict__ gamma, const real* __restrict__ inv_std,
+                  const double* __restrict__ dbeta, const double* __restrict__ dgamma,
+                  int train, long long m, int c, real* __restrict__ dx, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int ch = (int)(i % c);

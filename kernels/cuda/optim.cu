@@ -19,12 +19,12 @@ __device__ __forceinline__ int tensor_of(const long long* __restrict__ offsets, 
 }
 
 XR_KERNEL(adam_multi)(const unsigned long long* __restrict__ p_ptr,
-                                      const unsigned long long* __restrict__ g_ptr,
-                                      const unsigned long long* __restrict__ m_ptr,
-                                      const unsigned long long* __restrict__ v_ptr,
-                                      const long long* __restrict__ offsets, int ntensors, long long total,
-                                      double lr, double beta1, double beta2, double eps, double weight_decay,
-                                      double bias_c1, double bias_c2_sqrt)
+                      const unsigned long long* __restrict__ g_ptr,
+                      const unsigned long long* __restrict__ m_ptr,
+                      const unsigned long long* __restrict__ v_ptr,
+                      const long long* __restrict__ offsets, int ntensors, long long total,
+                      double lr, double beta1, double beta2, double eps, double weight_decay,
+                      double bias_c1, double bias_c2_sqrt)
 {
     double step_size = lr / bias_c1;
     XR_GRID_STRIDE(i, total) {
@@ -46,10 +46,10 @@ XR_KERNEL(adam_multi)(const unsigned long long* __restrict__ p_ptr,
 
 // SGD with momentum (dampening 0); `first` marks step 1, where buf starts as g.
 XR_KERNEL(sgd_multi)(const unsigned long long* __restrict__ p_ptr,
-                                     const unsigned long long* __restrict__ g_ptr,
-                                     const unsigned long long* __restrict__ buf_ptr,
-                                     const long long* __restrict__ offsets, int ntensors, long long total,
-                                     double lr, double momentum, double weight_decay, int nesterov, int first)
+                     const unsigned long long* __restrict__ g_ptr,
+                     const unsigned long long* __restrict__ buf_ptr,
+                     const long long* __restrict__ offsets, int ntensors, long long total,
+                     double lr, double momentum, double weight_decay, int nesterov, int first)
 {
     XR_GRID_STRIDE(i, total) {
         int t = tensor_of(offsets, ntensors, i);

@@ -66,8 +66,8 @@ __device__ __forceinline__ real pool_gather(const real* __restrict__ dy, const r
 }
 
 XR_KERNEL(maxpool_bwd)(const real* __restrict__ dy, const unsigned char* __restrict__ idx,
-                                       real* __restrict__ dx, int h, int w, int c, int kh, int kw,
-                                       int sh, int sw, int oh, int ow, long long total)
+                       real* __restrict__ dx, int h, int w, int c, int kh, int kw,
+                       int sh, int sw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         dx[i] = pool_gather(dy, dy, idx, 0, i, h, w, c, kh, kw, sh, sw, oh, ow);
@@ -91,9 +91,9 @@ XR_KERNEL(bias_maxpool_relu)(const real* __restrict__ pre, const real* __restric
 }
 
 XR_KERNEL(maxpool_relu_bwd)(const real* __restrict__ dy, const real* __restrict__ y,
-                                            const unsigned char* __restrict__ idx, real* __restrict__ dx,
-                                            int h, int w, int c, int kh, int kw, int sh, int sw,
-                                            int oh, int ow, long long total)
+                            const unsigned char* __restrict__ idx, real* __restrict__ dx,
+                            int h, int w, int c, int kh, int kw, int sh, int sw,
+                            int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         dx[i] = pool_gather(dy, y, idx, 1, i, h, w, c, kh, kw, sh, sw, oh, ow);

@@ -16,9 +16,9 @@
 #include "common.cuh"
 
 XR_KERNEL(channel_reduce_partial)(const real* __restrict__ x, const real* __restrict__ y,
-                                                  const double* __restrict__ mean, int mode, long long m,
-                                                  int c, long long rows_per_part, double* __restrict__ partial,
-                                                  int direct, real* __restrict__ out_real)
+                                  const double* __restrict__ mean, int mode, long long m,
+                                  int c, long long rows_per_part, double* __restrict__ partial,
+                                  int direct, real* __restrict__ out_real)
 {
     __shared__ double lanes[8][32];
     int tx = threadIdx.x, ty = threadIdx.y;
@@ -52,7 +52,7 @@ XR_KERNEL(channel_reduce_partial)(const real* __restrict__ x, const real* __rest
 }
 
 XR_KERNEL(channel_reduce_final)(const double* __restrict__ partial, int parts, int c,
-                                                double* __restrict__ out)
+                                double* __restrict__ out)
 {
     XR_GRID_STRIDE(ch, (long long)c) {
         double s = 0;
@@ -62,7 +62,7 @@ XR_KERNEL(channel_reduce_final)(const double* __restrict__ partial, int parts, i
 }
 
 XR_KERNEL(channel_reduce_final_real)(const double* __restrict__ partial, int parts, int c,
-                                                     real* __restrict__ out)
+                                     real* __restrict__ out)
 {
     XR_GRID_STRIDE(ch, (long long)c) {
         double s = 0;
