@@ -507,7 +507,7 @@ def test_preprocessing_dict_round_trip():
 
 @pytest.mark.parametrize("bad", [
     {"image_size": 0}, {"image_size": "224"}, {"image_size": True}, {"image_size": 224.0},
-    {"fit": "stretch"}, {"border_crop": 0.5}, {"border_crop": -0.1}, {"border_crop": "0.1"},
+    {"fit": "squash"}, {"border_crop": 0.5}, {"border_crop": -0.1}, {"border_crop": "0.1"},
     {"equalize": "yes"}, {"equalize": 1}, {"normalize": "minmax"}, {"working_size": 0},
     {"working_size": 256.5}, {"colour": "gray"},
 ])

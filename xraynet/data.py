@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,25 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def without_sources(self, sources) -> "Dataset":
+        """The same dataset without the images whose ``source`` is in ``sources``
+        (what a leave-one-source-out run trains on). Classes stay as they are,
+        so labels keep their meaning. Raises DataError when a name matches no
+        image, or when nothing is left."""
+        drop = set(sources)
+        known = {it.source for it in self.items}
+        unknown = sorted(drop - known)
+        if unknown:
+            raise DataError(f"{self.root}: no images of source(s) {unknown}. Expected values of the "
+                            f"metadata's source_repo column, got names that match none; the sources here are "
+                            f"{sorted(s for s in known if s)}.")
+        items = [it for it in self.items if it.source not in drop]
+        if not items:
+            raise DataError(f"{self.root}: leaving out {sorted(drop)} leaves no images. Keep at least one "
+                            "source to train on.")
+        return replace(self, items=items,
+                       n_images_without_metadata=sum(it.patient_id.startswith("file:") for it in items))
 
 
 @dataclass(frozen=True)

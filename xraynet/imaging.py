@@ -28,9 +28,14 @@ Pipeline
    that many pixels, which brings every source to one resolution before the
    steps below.
 4. **Equalise**: optional histogram equalisation of the image.
-5. **Fit** to ``image_size`` x ``image_size`` without distortion:
-   ``"pad"`` scales the long side to fit and pads the rest with black (0);
-   ``"crop"`` scales the short side to fit and keeps the centre square.
+5. **Fit** to ``image_size`` x ``image_size``: ``"pad"`` scales the long
+   side to fit and pads the rest with black (0); ``"crop"`` scales the short
+   side to fit and keeps the centre square; ``"stretch"`` resizes each side
+   on its own to the square, distorting the aspect ratio. Stretch is the one
+   treatment that gives every source the same geometry when part of the data
+   was already squashed to a square before it reached xraynet (the SIIM films
+   of ../shared/data/cxr): padding or cropping the others would leave film
+   shape as a cue to the source.
 6. **Normalise**: ``"per_image"`` gives the image zero mean and unit standard
    deviation (statistics over the image, not the padding, so the padding is
    the same "black" whatever the aspect ratio); ``"fixed"`` maps [0, 1] with
@@ -428,7 +433,7 @@ def decode(path) -> Decoded:
 
 
 # ------------------------------------------------------------- preprocessing
-_FITS = ("pad", "crop")
+_FITS = ("pad", "crop", "stretch")
 _NORMALIZATIONS = ("per_image", "fixed")
 
 
@@ -436,8 +441,8 @@ _NORMALIZATIONS = ("per_image", "fixed")
 class Preprocessing:
     """How a decoded image becomes network input; see the module docstring for the order.
 
-    ``image_size`` side of the square output (8..4096); ``fit`` "pad" or
-    "crop"; ``border_crop`` fraction cut from each side first (0 <= f <= 0.4);
+    ``image_size`` side of the square output (8..4096); ``fit`` "pad",
+    "crop" or "stretch"; ``border_crop`` fraction cut from each side first (0 <= f <= 0.4);
     ``equalize`` histogram equalisation; ``normalize`` "per_image" or "fixed";
     ``working_size`` None or the short side (8..8192) every image is first
     resized to.
@@ -461,7 +466,7 @@ class Preprocessing:
         if not is_int(self.image_size) or not 8 <= self.image_size <= 4096:
             raise bad("image_size", "an integer from 8 to 4096", self.image_size)
         if self.fit not in _FITS:
-            raise bad("fit", '"pad" or "crop"', self.fit)
+            raise bad("fit", '"pad", "crop" or "stretch"', self.fit)
         bc = self.border_crop
         if (not isinstance(bc, (int, float, np.integer, np.floating)) or isinstance(bc, (bool, np.bool_))
                 or not 0.0 <= float(bc) <= 0.4):
@@ -563,6 +568,9 @@ def preprocess(decoded_or_pixels, prep: Preprocessing) -> np.ndarray:
         x0, y0 = (w - side) / 2.0, (h - side) / 2.0
         # Cropping through resize's box keeps sub-pixel centring exact.
         content = _resize(p, (s, s), box=(x0, y0, x0 + side, y0 + side))
+        top = left = 0
+    elif prep.fit == "stretch":
+        content = p if (w, h) == (s, s) else _resize(p, (s, s))
         top = left = 0
     else:
         scale = s / max(h, w)

@@ -343,8 +343,39 @@ class BatchNorm2D(Layer):
         return {"type": self.type, "momentum": self.momentum, "eps": self.eps}
 
 
+class GradientReversal(Layer):
+    """Gradient reversal (Ganin & Lempitsky, "Unsupervised Domain Adaptation by
+    Backpropagation", ICML 2015): the identity going forward, ``-scale * dy``
+    going backward.
+
+    Put between shared features and an adversary (xraynet's source head,
+    :mod:`xraynet.adversarial`): the adversary learns to predict the source of
+    a film, and the layers below receive the opposite of its gradient, so they
+    learn features from which the source cannot be told. Any shape; no
+    parameters. ``scale`` (lambda, >= 0) may be changed between steps (a ramp).
+    """
+
+    type = "gradient_reversal"
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
+            raise SpecError(f"gradient_reversal scale: expected a finite number >= 0, got {scale!r}. "
+                            "Fix the layer spec.")
+        self.scale = float(scale)
+
+    def forward(self, x, training=False, keep=False):
+        return x
+
+    def backward(self, dy, need_dx=True):
+        return dy * (-self.scale)
+
+    def config(self):
+        return {"type": self.type, "scale": self.scale}
+
+
 LAYER_TYPES = {cls.type: cls for cls in (Conv2D, MaxPool2D, ReLU, Flatten, GlobalAvgPool2D, Dense, Dropout,
-                                         BatchNorm2D)}
+                                         BatchNorm2D, GradientReversal)}
 
 
 def layer_from_config(cfg: dict) -> Layer:

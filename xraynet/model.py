@@ -150,23 +150,56 @@ class Model:
             arr[...] = self.bk.asarray(src, arr.dtype)
 
     # ---------------------------------------------------------------- compute
-    def forward(self, x, training: bool = False, keep: bool = False):
+    def feature_layer(self) -> int:
+        """Index of the layer whose output is the pooled feature vector: the last
+        ``global_avg_pool2d`` (or ``flatten``). What an auxiliary head, such as
+        the source adversary of :mod:`xraynet.adversarial`, reads. Raises
+        SpecError when the network has neither."""
+        found = [i for i, l in enumerate(self.layers) if l.type in ("global_avg_pool2d", "flatten")]
+        if not found:
+            raise SpecError(f"architecture {self.spec.get('name', '')!r}: no pooled feature vector. Expected a "
+                            "global_avg_pool2d or flatten layer, got none. Add one before the dense head.")
+        return found[-1]
+
+    def _stage_ending_at(self, layer: int) -> int:
+        """Index of the stage whose last layer is ``layer`` (a tap must sit between stages)."""
+        ends = [first for first, _ in self._stages[1:]] + [len(self.layers)]
+        for k, end in enumerate(ends):
+            if end - 1 == layer:
+                return k
+        raise SpecError(f"tap at layer {layer}: inside a fused stage. Expected a layer that ends a stage, "
+                        "got one fused with the next. Tap the output of a pooling or flatten layer.")
+
+    def forward(self, x, training: bool = False, keep: bool = False, tap: int | None = None):
         """x (N, C, H, W) -> logits (N, outputs), a backend array. ``keep``: in
-        evaluation mode, keep what ``backward`` needs (Grad-CAM, saliency)."""
+        evaluation mode, keep what ``backward`` needs (Grad-CAM, saliency).
+        ``tap``: a layer index (e.g. :meth:`feature_layer`); then returns
+        ``(logits, output of that layer)``, the latter internal (N, F) or NHWC."""
         x = self.bk.asarray(x, self.dtype)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"input batch: wrong shape. Expected (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {tuple(x.shape)}. Resize images to the model's input size.")
+        at = None if tap is None else self._stage_ending_at(tap)
         h = self.bk.nchw_to_internal(x)
-        for _, stage in self._stages:
+        tapped = None
+        for k, (_, stage) in enumerate(self._stages):
             h = stage.forward(h, training, keep)
-        return h
+            if k == at:
+                tapped = h
+        return h if tap is None else (h, tapped)
 
-    def backward(self, dlogits, input_grad: bool = False):
+    def backward(self, dlogits, input_grad: bool = False, tap_grad: tuple | None = None):
         """Backpropagate the loss gradient; fills every layer's ``grads``.
-        Returns the input gradient (N, C, H, W) when ``input_grad``, else None."""
+        ``tap_grad``: ``(layer index, gradient)``, a second loss's gradient with
+        respect to that layer's output (the tap of :meth:`forward`), added to
+        what flows back through it. Returns the input gradient (N, C, H, W)
+        when ``input_grad``, else None."""
+        at = None if tap_grad is None else self._stage_ending_at(tap_grad[0])
         d = dlogits
-        for first, stage in reversed(self._stages):
+        for k in range(len(self._stages) - 1, -1, -1):
+            first, stage = self._stages[k]
+            if k == at:
+                d = d + tap_grad[1]
             need = input_grad or first > self._first_param
             d = stage.backward(d, need)
             if not need:

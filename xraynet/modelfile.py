@@ -43,6 +43,9 @@ Groups and datasets::
                                    Optimizer.state_dict() names them "<slot>/<param>":
                                    optimizer/m/layers.0.weight, optimizer/v/...
                                    (Adam), optimizer/momentum_buffer/... (SGD)
+    /aux/<name>                    optional arrays of training-only parts (the source
+                                   adversary's weights and Adam state in a checkpoint);
+                                   ignored when a model is used
     /history                       scalar variable-length UTF-8 string dataset:
                                    JSON list of per-epoch objects ("[]" if none)
 
@@ -106,6 +109,7 @@ class LoadedModel:
     metadata: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     path: Path | None = None
+    aux: dict = field(default_factory=dict)
 
 
 def _error(where, what: str, expected: str, got: str, todo: str) -> ModelFileError:
@@ -154,11 +158,14 @@ def _to_json(path, what: str, value, kind: type) -> str:
 
 
 def save_model(path, model, *, classes: list[str], preprocessing: dict, optimizer=None,
-               history: list[dict] | None = None, metadata: dict | None = None) -> None:
+               history: list[dict] | None = None, metadata: dict | None = None,
+               aux: dict | None = None) -> None:
     """Write ``model`` (architecture, parameters and buffers) to ``path``.
 
     ``optimizer`` (its state, for resuming training), ``history`` (one dict per
-    epoch) and ``metadata`` (any JSON-able dict) are optional. The file is
+    epoch), ``metadata`` (any JSON-able dict) and ``aux`` (NumPy arrays by
+    name, e.g. a training-only head's weights; ``/`` in a name makes
+    subgroups) are optional. The file is
     written to a temporary name in the same directory and moved onto ``path``
     only once complete, so ``path`` is never left half-written.
     """
@@ -224,6 +231,10 @@ def save_model(path, model, *, classes: list[str], preprocessing: dict, optimize
                         slot, _, pname = key.partition("/")
                         og.require_group(slot).create_dataset(pname, data=np.ascontiguousarray(arr))
             f.create_dataset("history", data=history_json, dtype=h5py.string_dtype("utf-8"))
+            if aux:
+                ag = f.create_group("aux")
+                for name, arr in aux.items():
+                    ag.create_dataset(name, data=np.asarray(arr, order="C"))  # 0-d stays 0-d
         # Durable before it becomes visible under the real name.
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -515,9 +526,20 @@ def load_model(path, device: str = "cpu") -> LoadedModel:
             raise ModelFileError(f"{path}: {e}") from None
         return LoadedModel(model=model, classes=header["classes"], preprocessing=header["preprocessing"],
                            optimizer_state=_read_optimizer(path, f, model), history=_read_history(path, f),
-                           metadata=header["metadata"], format_version=header["format_version"], path=path)
+                           metadata=header["metadata"], format_version=header["format_version"], path=path,
+                           aux=_read_aux(f))
 
     return _guarded(path, read)
+
+
+def _read_aux(f) -> dict:
+    """The ``/aux`` arrays by name (path inside the group); {} when absent."""
+    group = f.get("aux")
+    if not isinstance(group, h5py.Group):
+        return {}
+    out = {}
+    group.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
 
 
 def read_info(path) -> dict:

@@ -36,8 +36,14 @@ from .errors import ImageError, XraynetError
 from .layers import Dropout
 from .model import Model
 from .optim import Adam
+from .sampling import balanced_batches, cell_ids, cell_shares
+from .adversarial import dann_scale
 
 DEFAULT_IMAGE_SIZE = {"seed": 64, "wide": 224, "xraynet": 224}
+#: Epochs over which the source adversary's reversal scale ramps up to its peak
+#: (xraynet.adversarial.dann_scale). A fixed count rather than a share of
+#: --epochs, so that extending a run with --resume keeps the same schedule.
+ADVERSARY_RAMP_EPOCHS = 4
 
 
 @dataclass
@@ -61,6 +67,10 @@ class TrainOptions:
     screening_class: str | None = None  # default: 'covid' if present, else the last class
     target_sensitivity: float = 0.95
     cache: str | None = None            # decode cache file; default beside the output model
+    holdout_sources: list[str] = field(default_factory=list)  # source_repo values left out of train and val
+    balance: str = "none"               # "none" or "source-class": batches drawn by (source, class) cell
+    balance_power: float = 0.5          # cell share ~ images ** power (see xraynet.sampling)
+    adversarial_source: float = 0.0     # peak gradient-reversal scale of the source head; 0 = no head
 
 
 @dataclass
@@ -71,9 +81,12 @@ class EpochRecord:
     val_accuracy: float
     val_balanced_accuracy: float
     val_auc: float
+    val_within_source_auc: float | None = None
     per_class: dict = field(default_factory=dict)
     seconds: float = 0.0
     lr: float = 0.0
+    source_loss: float | None = None    # the source adversary's mean loss (None without one)
+    source_scale: float | None = None   # its gradient-reversal scale at the end of the epoch
 
 
 class Callbacks:
@@ -160,6 +173,56 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return w
 
 
+def class_weights_for_shares(cell_labels: np.ndarray, shares: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class weights for batches drawn by cell: inverse of each class's expected
+    share of a batch (the sum of its cells' shares), mean 1 over the drawn images.
+    ``cell_labels`` (K,) the class of each cell, ``shares`` (K,) summing to 1."""
+    class_share = np.bincount(cell_labels, weights=shares, minlength=n_classes)
+    return np.where(class_share > 0, 1.0 / (n_classes * np.maximum(class_share, 1e-12)), 0.0)
+
+
+def make_adversary(model: Model, sources: list, labels: np.ndarray, n_classes: int, opts: TrainOptions,
+                   shares=None, cells=None):
+    """The source adversary for ``--adversarial-source`` and the (N,) source label of each training image.
+
+    Sources are the training images' ``source_repo`` values (None is one
+    unknown source). The source loss weights each source by the inverse of its
+    expected share of a batch, so the head cannot do well by always naming the
+    largest collection."""
+    from .adversarial import SourceAdversary
+
+    names = sorted({"" if s is None else str(s) for s in sources})
+    index = {n: k for k, n in enumerate(names)}
+    s_labels = np.array([index["" if s is None else str(s)] for s in sources], np.int64)
+    if shares is None:
+        share = np.bincount(s_labels, minlength=len(names)) / len(s_labels)
+    else:
+        # A cell's share goes to its source.
+        cell_source = np.zeros(len(shares), np.int64)
+        cell_source[cells] = s_labels
+        share = np.bincount(cell_source, weights=shares, minlength=len(names))
+    weights = 1.0 / (len(names) * np.maximum(share, 1e-12))
+    feature = model.layers[model.feature_layer()].out_shape[0]
+    adversary = SourceAdversary(feature, n_classes, names, model.bk, scale=0.0, seed=opts.seed,
+                                dtype=model.dtype, source_weights=weights, lr=opts.lr)
+    return adversary, s_labels
+
+
+def adversarial_step(model: Model, adversary, x, labels, sources, optimizer, class_weights=None) -> tuple:
+    """One training step with the source adversary on the pooled features.
+
+    The label loss's gradient and the adversary's reversed gradient meet at the
+    pooled features and flow back together through the shared layers. Returns
+    (label loss, source loss), floats."""
+    tap = model.feature_layer()
+    logits, features = model.forward(x, training=True, tap=tap)
+    loss, dlogits = model.loss(logits, labels, class_weights)
+    source_loss, dfeatures = adversary.step(features, labels, sources)
+    model.backward(dlogits, tap_grad=(tap, dfeatures))
+    optimizer.step(model.named_grads())
+    return loss, float(source_loss)
+
+
 def _reseed_dropout(model: Model, seed: int, epoch: int) -> None:
     for i, layer in enumerate(model.layers):
         if isinstance(layer, Dropout):
@@ -171,7 +234,39 @@ def predict(model: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     return model.predict_proba(x[:, None, :, :], batch_size=batch_size)
 
 
-def epoch_metrics(model: Model, x, y, batch_size, classes) -> dict:
+def threshold_sources(sources: list | None, positives: np.ndarray) -> list[str]:
+    """The sources (sorted) among ``sources`` (one per image, or None) that hold both
+    positives and negatives of ``positives`` (N,) bool; [] when none do."""
+    if sources is None:
+        return []
+    keys = np.array(sources, dtype=object)
+    return sorted(str(name) for name in set(sources) if name is not None
+                  and positives[keys == name].any() and (~positives[keys == name]).any())
+
+
+def within_source_auc(y: np.ndarray, proba: np.ndarray, sources: list) -> float | None:
+    """The validation figure a source shortcut cannot inflate: inside each source,
+    the mean one-vs-rest ROC AUC over the classes that source has both positives
+    and negatives of; then the mean over those sources, weighted by their images.
+    ``y`` (N,) labels, ``proba`` (N, C), ``sources`` one name (or None) per image.
+    None when no source has two classes."""
+    from .metrics import roc_auc
+
+    keys = np.array(["" if s is None else str(s) for s in sources], dtype=object)
+    total, weight = 0.0, 0
+    for name in sorted(set(keys.tolist())):
+        mask = keys == name
+        aucs = [roc_auc(proba[mask, c], y[mask] == c) for c in range(proba.shape[1])
+                if (y[mask] == c).any() and (y[mask] != c).any()]
+        if aucs:
+            total += float(np.mean(aucs)) * int(mask.sum())
+            weight += int(mask.sum())
+    return total / weight if weight else None
+
+
+def epoch_metrics(model: Model, x, y, batch_size, classes, sources=None) -> dict:
+    """Validation figures of one epoch; ``val_within_source_auc`` (see
+    :func:`within_source_auc`) is None without sources."""
     from .metrics import evaluate_predictions
 
     proba = predict(model, x, batch_size)
@@ -182,7 +277,8 @@ def epoch_metrics(model: Model, x, y, batch_size, classes) -> dict:
                      "specificity": doc["per_class"][c]["specificity"]["value"]} for c in classes}
     return {"val_loss": val_loss, "val_accuracy": doc["accuracy"]["value"],
             "val_balanced_accuracy": doc["balanced_accuracy"], "val_auc": doc["macro_auc"],
-            "per_class": per_class, "proba": proba}
+            "per_class": per_class, "proba": proba,
+            "val_within_source_auc": None if sources is None else within_source_auc(y, proba, sources)}
 
 
 def _atomic_csv(path: Path, rows: list[dict]) -> None:
@@ -247,6 +343,8 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     opts = opts or TrainOptions()
 
     ds = scan_dataset(data_dir)
+    if opts.holdout_sources:
+        ds = ds.without_sources(opts.holdout_sources)
     split = split_dataset(ds, val_fraction=opts.val_fraction, seed=opts.seed)
     report = confound_report(ds, split)
     classes = list(ds.classes)
@@ -267,7 +365,19 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
                            f"train and validation, got {len(tr)} and {len(va)}. Add images or check the skipped "
                            "files listed above.")
     x_tr, y_tr, x_va, y_va = x_all[tr], labels[tr], x_all[va], labels[va]
-    cw = class_weights(y_tr, n_classes)
+    sources_tr = [ds.items[i].source for i in tr]
+    sources_va = [ds.items[i].source for i in va] if any(it.source for it in ds.items) else None
+    cells, shares = None, None
+    if opts.balance == "source-class":
+        cells, cell_keys = cell_ids(sources_tr, y_tr)
+        shares = cell_shares(cells, opts.balance_power)
+        # The loss weights classes by how often batches hold them, not how often the folder does.
+        cw = class_weights_for_shares(np.array([k[1] for k in cell_keys]), shares, n_classes)
+    elif opts.balance == "none":
+        cw = class_weights(y_tr, n_classes)
+    else:
+        raise XraynetError(f"balance {opts.balance!r}: unknown. Expected 'none' or 'source-class', got "
+                           f"{opts.balance!r}. Pick one of those.")
 
     if resume:
         model = loaded.model
@@ -283,6 +393,15 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     if model.num_classes != n_classes:
         raise XraynetError(f"architecture {opts.arch}: gives {model.num_classes} classes. Expected {n_classes} "
                            f"(the class folders {classes}), got {model.num_classes}. Fix the spec's last layer.")
+    adversary, s_tr = None, None
+    if opts.adversarial_source > 0:
+        adversary, s_tr = make_adversary(model, sources_tr, y_tr, n_classes, opts, shares, cells)
+        if resume:
+            if not loaded.aux:
+                raise XraynetError(f"{resume}: the checkpoint holds no source adversary, but this run has "
+                                   "--adversarial-source. Expected a checkpoint of a run with the adversary. "
+                                   "Resume with the options of the original run.")
+            adversary.load_state_arrays(loaded.aux)
     aug = Augmentation() if opts.augment else Augmentation.off()
     screening = opts.screening_class or ("covid" if "covid" in classes else classes[-1])
     if screening not in classes:
@@ -294,6 +413,8 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
                  "confounds": report},
         "split": {"seed": opts.seed, "val_fraction": opts.val_fraction},
         "command": "xraynet train", "arch": opts.arch, "device": resolve_device(opts.device),
+        # The recipe: what `xraynet crossval --recipe` retrains with (cache and device are not part of it).
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("cache", "device")},
     }
 
     for epoch in range(start, opts.epochs + 1):
@@ -302,23 +423,37 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         t0 = time.perf_counter()
         rng = np.random.default_rng([opts.seed, epoch])
         _reseed_dropout(model, opts.seed, epoch)
-        order = rng.permutation(len(tr))
-        losses = []
-        nb = (len(order) + opts.batch_size - 1) // opts.batch_size
-        for b in range(nb):
-            idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
+        if cells is None:
+            order = rng.permutation(len(tr))
+            batches = [order[b:b + opts.batch_size] for b in range(0, len(order), opts.batch_size)]
+        else:
+            batches = balanced_batches(cells, shares, len(tr), opts.batch_size, rng)
+        losses, source_losses = [], []
+        nb = len(batches)
+        for b, idx in enumerate(batches):
             xb = augment_batch(x_tr[idx], rng, aug) if opts.augment else x_tr[idx]
-            losses.append(model.train_step(xb[:, None], y_tr[idx], opt, class_weights=cw))
+            if adversary is None:
+                losses.append(model.train_step(xb[:, None], y_tr[idx], opt, class_weights=cw))
+            else:
+                adversary.set_scale(dann_scale((epoch - 1 + b / nb) / ADVERSARY_RAMP_EPOCHS, opts.adversarial_source))
+                loss, source_loss = adversarial_step(model, adversary, xb[:, None], y_tr[idx], s_tr[idx], opt, cw)
+                losses.append(loss)
+                source_losses.append(source_loss)
             cb.on_batch(epoch, b + 1, nb, losses[-1])
-        m = epoch_metrics(model, x_va, y_va, opts.batch_size, classes)
+        m = epoch_metrics(model, x_va, y_va, opts.batch_size, classes, sources_va)
         rec = asdict(EpochRecord(epoch=epoch, train_loss=float(np.mean(losses)), val_loss=m["val_loss"],
                                  val_accuracy=m["val_accuracy"], val_balanced_accuracy=m["val_balanced_accuracy"],
-                                 val_auc=m["val_auc"], per_class=m["per_class"],
-                                 seconds=time.perf_counter() - t0, lr=opts.lr))
+                                 val_auc=m["val_auc"], val_within_source_auc=m["val_within_source_auc"],
+                                 per_class=m["per_class"],
+                                 seconds=time.perf_counter() - t0, lr=opts.lr,
+                                 source_loss=float(np.mean(source_losses)) if source_losses else None,
+                                 source_scale=None if adversary is None else adversary.reverse.scale))
         history.append(rec)
-        auc = -np.inf if m["val_auc"] is None else m["val_auc"]
-        # Best by validation AUC; at equal AUC (it saturates at 1 on easy data)
-        # the lower validation loss, i.e. the better calibrated model.
+        # Best by the within-source AUC where sources with two classes exist (a pooled AUC
+        # rewards recognising the source), else by the macro AUC; at equal AUC (it
+        # saturates at 1 on easy data) the lower validation loss, the better calibrated model.
+        score = m["val_within_source_auc"] if m["val_within_source_auc"] is not None else m["val_auc"]
+        auc = -np.inf if score is None else score
         is_best = auc > best_auc or (auc == best_auc and m["val_loss"] < best_loss)
         if is_best:
             best_auc, best_loss, best_epoch, bad = auc, m["val_loss"], epoch, 0
@@ -329,7 +464,8 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         state = {"epoch": epoch, "best_auc": best_auc, "best_loss": best_loss, "best_epoch": best_epoch,
                  "bad_epochs": bad, "options": asdict(opts)}
         save_model(ckpt_path, model, classes=classes, preprocessing=prep.to_dict(), optimizer=opt,
-                   history=history, metadata={**metadata, "training_state": state})
+                   history=history, metadata={**metadata, "training_state": state},
+                   aux=None if adversary is None else adversary.state_arrays())
         cb.on_epoch(rec, is_best)
 
     # The operating threshold, chosen on validation data only, with the best model.
@@ -337,10 +473,15 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     proba = predict(best.model, x_va, opts.batch_size)
     k = classes.index(screening)
     positives = y_va == k
-    thr = float(choose_threshold(proba[:, k], positives, opts.target_sensitivity))
-    at = binary_metrics_at(proba[:, k], positives, thr)
+    # Chosen on the validation films of sources that hold both screening-class films and
+    # others, when there are such: where the source alone gives a film's class away, its
+    # films are easy positives that would set the threshold for a hospital where it does not.
+    mixed = threshold_sources(sources_va, positives)
+    use = np.ones(len(y_va), bool) if not mixed else np.isin(np.array(sources_va, dtype=object), mixed)
+    thr = float(choose_threshold(proba[use, k], positives[use], opts.target_sensitivity))
+    at = binary_metrics_at(proba[use, k], positives[use], thr)
     threshold = {"class": screening, "value": thr, "target_sensitivity": opts.target_sensitivity,
-                 "chosen_on": "validation", "validation": at}
+                 "chosen_on": "validation", "sources": mixed or None, "validation": at}
     save_model(out, best.model, classes=classes, preprocessing=prep.to_dict(), history=history,
                metadata={**metadata, "best_epoch": best_epoch, "threshold": threshold})
     history_csv = out.with_name(out.stem + ".history.csv")
@@ -348,6 +489,8 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     history_png = out.with_name(out.stem + ".history.png")
     write_history_png(history_png, history)
     return {"out": str(out), "checkpoint": str(ckpt_path), "best_epoch": best_epoch, "best_val_auc": best_auc,
+            "selected_by": "within-source AUC" if sources_va is not None and any(
+                r.get("val_within_source_auc") is not None for r in history) else "macro AUC",
             "threshold": threshold, "history_csv": str(history_csv), "history_png": str(history_png),
             "skipped": skipped, "epochs_run": len(history), "train_images": int(len(tr)),
             "val_images": int(len(va))}
