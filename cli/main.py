@@ -240,6 +240,8 @@ class _TrainUI:
         sens = " ".join(f"{c}:{v['sensitivity']:.2f}/{v['specificity']:.2f}" for c, v in rec["per_class"].items()
                         if v["sensitivity"] is not None and v["specificity"] is not None)
         auc = "-" if rec["val_auc"] is None else f"{rec['val_auc']:.3f}"
+        if rec.get("val_within_source_auc") is not None:
+            auc += f" (within source {rec['val_within_source_auc']:.3f})"
         self.out.print(f"epoch {rec['epoch']:>3}  train loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}"
                        f"  acc {rec['val_accuracy']:.3f}  bal.acc {rec['val_balanced_accuracy']:.3f}  AUC {auc}"
                        f"  sens/spec {sens}  {rec['seconds']:.0f}s{'  best' if is_best else ''}", highlight=False)
@@ -262,12 +264,22 @@ def train(
     device: str = _device_option(),
     workers: int = typer.Option(2, min=1, help="Threads decoding images."),
     augment: bool = typer.Option(True, help="Random rotation, shift, zoom, brightness and contrast."),
-    fit: str = typer.Option("pad", help="pad: keep the whole film; crop: centre crop to a square."),
+    fit: str = typer.Option("pad", help="pad: keep the whole film; crop: centre crop to a square; stretch: "
+                                        "resize to the square, aspect not kept (the same geometry for every "
+                                        "source when some films were already squashed)."),
     border_crop: float = typer.Option(0.0, help="Fraction cut from each edge before resizing (text, markers)."),
     equalize: bool = typer.Option(False, help="Histogram equalisation before resizing."),
     working_size: Optional[int] = typer.Option(None, min=16, help="First resize every film so its short side has "
                                                                   "this many pixels (one resolution for all "
                                                                   "sources)."),
+    balance: str = typer.Option("none", help="none: batches mirror the folder; source-class: batches drawn by "
+                                             "(source_repo, class) cell, so no collection dominates."),
+    balance_power: float = typer.Option(0.5, min=0.0, max=1.0,
+                                        help="With --balance source-class: a cell's share of a batch grows as "
+                                             "its images ** power (0 equal shares, 1 the plain mix)."),
+    adversarial_source: float = typer.Option(0.0, min=0.0, help="Peak scale lambda of a gradient-reversal head "
+                                                                "that predicts source_repo from the pooled "
+                                                                "features (0: no head)."),
     screening_class: Optional[str] = typer.Option(None, help="Class the threshold is chosen for (default covid)."),
     target_sensitivity: float = typer.Option(0.95, help="Validation sensitivity the threshold must reach."),
     quiet: bool = typer.Option(False, help="Print only warnings, errors and the final summary."),
@@ -280,7 +292,9 @@ def train(
     opts = TrainOptions(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
                         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
                         device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
-                        equalize=equalize, working_size=working_size, screening_class=screening_class,
+                        equalize=equalize, working_size=working_size, balance=balance,
+                        balance_power=balance_power, adversarial_source=adversarial_source,
+                        screening_class=screening_class,
                         target_sensitivity=target_sensitivity)
     ui = _TrainUI(quiet)
     try:
@@ -295,7 +309,8 @@ def train(
         typer.echo(f"interrupted: continue with --resume {checkpoint_path_for(out)}", err=True)
         raise typer.Exit(code=130)
     t = summary["threshold"]
-    typer.echo(f"best epoch {summary['best_epoch']} (validation macro AUC {summary['best_val_auc']:.3f}); "
+    typer.echo(f"best epoch {summary['best_epoch']} (validation {summary['selected_by']} "
+               f"{summary['best_val_auc']:.3f}); "
                f"model: {summary['out']}; threshold for {t['class']!r}: {t['value']:.4f} "
                f"(validation sensitivity >= {t['target_sensitivity']})")
 
@@ -314,8 +329,13 @@ def evaluate(
     seed: int = typer.Option(0, help="Bootstrap seed."),
     workers: int = typer.Option(2, min=1, help="Threads decoding images."),
     device: str = _device_option(),
+    shortcut_check: bool = typer.Option(False, "--shortcut-check",
+                                        help="Also score the films with the central chest region (70% of each "
+                                             "side) blanked and with only it kept, and say whether the model "
+                                             "still separates the classes without seeing the lungs."),
 ) -> None:
-    """Metrics with 95% intervals, per class and per source/view, at the model's threshold."""
+    """Metrics with 95% intervals, within each source first, then pooled and per source/view, at the model's
+    threshold."""
     from xraynet.errors import XraynetError
     from xraynet.evaluate import evaluate as run_eval
     from xraynet.modelfile import bundled_model_path
@@ -326,7 +346,7 @@ def evaluate(
     try:
         model, data_dir = (paths[0], paths[1]) if len(paths) == 2 else (str(bundled_model_path()), paths[0])
         doc = run_eval(model, data_dir, subset=subset, n_boot=n_boot, seed=seed, plots_dir=plots, workers=workers,
-                       device=device)
+                       device=device, shortcut_check=shortcut_check)
     except XraynetError as e:
         _fail(e)
     text = json.dumps(doc, allow_nan=False, indent=None if as_json else 2)
@@ -352,7 +372,9 @@ def _print_metrics(doc: dict) -> None:
         return f"{m['value']:.3f}" + (f" ({lo:.3f}-{hi:.3f})" if lo is not None else "")
 
     console = Console()
-    t = Table(title=f"{doc['n']} images: accuracy {fmt(doc['accuracy'])}")
+    _print_within_source(console, doc, fmt)
+    t = Table(title=f"{doc['n']} images: accuracy {fmt(doc['accuracy'])}, pooled over all sources (mixes sources: "
+                    "flatters a model that recognises the source)")
     for col in ("class", "sensitivity", "specificity", "PPV", "NPV", "AUC"):
         t.add_column(col)
     for c, m in doc["per_class"].items():
@@ -369,6 +391,180 @@ def _print_metrics(doc: dict) -> None:
             g.add_row(str(name), str(m["n"]), fmt(m["accuracy"]), "-" if bal is None else f"{bal:.3f}",
                       *("-" if a is None else f"{a:.3f}" for a in aucs))
         console.print(g)
+    if doc.get("shortcut_check"):
+        _print_shortcut_check(console, doc["shortcut_check"], doc["classes"], fmt)
+
+
+def _print_within_source(console, doc: dict, fmt) -> None:
+    """The within-source AUCs, printed first: the figures a source shortcut cannot inflate."""
+    from rich.table import Table
+
+    ws = doc.get("within_source") or {}
+    if not ws.get("available"):
+        console.print(f"within-source AUCs: unavailable: {ws.get('reason') or 'no source metadata'}",
+                      markup=False, highlight=False)
+        return
+
+    def cell(e):
+        return fmt(e["auc"]) + f" n={e['n_pos']}/{e['n_neg']}" if e["reason"] is None else f"- ({e['reason']})"
+
+    classes = doc["classes"]
+    t = Table(title="Within-source AUC: each class against the rest, films compared only with films of the same "
+                    "source (the figures a source shortcut cannot inflate); n=positives/negatives")
+    for col in ["source", "n"] + [f"AUC {c}" for c in classes]:
+        t.add_column(col)
+    for name, s in ws["sources"].items():
+        t.add_row(name, str(s["n"]), *(cell(s["per_class"][c]) for c in classes))
+    comb = ws["combined"]
+    t.add_row("all sources (same-source pairs)", str(sum(s["n"] for s in ws["sources"].values())),
+              *(fmt(comb[c]["auc"]) if comb[c]["reason"] is None else f"- ({comb[c]['reason']})" for c in classes))
+    console.print(t)
+    k = ws.get("screening_class")
+    if k is not None and len(classes) > 2:
+        others = [c for c in classes if c != k]
+        pw = Table(title=f"Within-source AUC of {k} against each other class alone; n={k}/other")
+        for col in ["source"] + [f"{k} vs {c}" for c in others]:
+            pw.add_column(col)
+        for name, s in ws["sources"].items():
+            pw.add_row(name, *(cell(s["pairwise"][c]) for c in others))
+        console.print(pw)
+
+
+def _print_shortcut_check(console, sc: dict, classes, fmt) -> None:
+    from rich.table import Table
+
+    r = sc["region"]
+    shown = sc["verdict"]["classes"]
+    t = Table(title=f"Shortcut check: central {r['centre_fraction']:.0%} of each side (rows {r['rows'][0]}:"
+                    f"{r['rows'][1]}, columns {r['columns'][0]}:{r['columns'][1]} of {r['image_size']}), "
+                    f"blanked = {'the film mean grey' if r['normalize'] == 'per_image' else 'mid grey'}")
+    t.add_column("variant")
+    for c in shown:
+        t.add_column(f"AUC {c} pooled")
+        t.add_column(f"AUC {c} within source")
+    for name, v in sc["variants"].items():
+        row = [name.replace("_", " ")]
+        for c in shown:
+            ws = (v.get("within_source") or {}).get(c)
+            row += [fmt(v["per_class"][c]["auc"]), fmt(ws["auc"]) if ws else "-"]
+        t.add_row(*row)
+    console.print(t)
+    console.print(f"verdict: {sc['verdict']['text']}", markup=False, highlight=False)
+
+
+class _CrossvalUI(_TrainUI):
+    """Progress of `xraynet crossval` on stderr: one line per fold and epoch, bars while training; stdout is
+    left to the final table or the JSON document."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        super().__init__(quiet=False)
+        self.out = Console(stderr=True)
+
+    def on_report(self, report, skipped):
+        # The confound tables of every fold would bury the result; warnings and skipped files still show.
+        from rich.markup import escape
+
+        self.stop()
+        self.task = None
+        for w in report.get("warnings", []):
+            self.err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        for rel, reason, msg in skipped:
+            self.err.print(f"[yellow]skipped[/] {escape(f'{rel}: {msg}')}", highlight=False)
+
+    def on_fold_start(self, index, total, source, reuse):
+        what = "evaluating the model already trained" if reuse else "training"
+        self.err.print(f"fold {index}/{total}: holding out {source} ({what})", markup=False, highlight=False)
+
+    def on_fold_end(self, fold):
+        self.stop()
+        self.task = None
+        if fold["status"] != "ok":
+            self.err.print(f"fold {fold['source']}: not possible: {fold['reason']}", markup=False, highlight=False)
+
+
+@app.command()
+def crossval(
+    data_dir: str = typer.Argument(..., help="Folder with one subfolder of images per class and a metadata.csv "
+                                             "with a source_repo column."),
+    by: str = typer.Option("source_repo", help="The metadata column whose values are held out one at a time "
+                                               "(only source_repo for now)."),
+    out_dir: str = typer.Option(..., "--out-dir", help="Folder for the fold models and crossval.json; a rerun "
+                                                       "reuses the folds already trained with the same recipe."),
+    recipe: Optional[str] = typer.Option(None, help="Model file whose training options are the recipe "
+                                                    "(default: the bundled model)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Most epochs per fold (default: the recipe's)."),
+    hold_out: Optional[list[str]] = typer.Option(None, "--hold-out", metavar="SOURCE",
+                                                 help="Source to hold out; repeat for more (default: every "
+                                                      "source in turn)."),
+    device: str = _device_option(),
+    workers: int = typer.Option(2, min=1, help="Threads decoding images."),
+    n_boot: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC intervals."),
+    seed: int = typer.Option(0, help="Bootstrap seed (training seeds come from the recipe)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the document (also in OUT_DIR/crossval.json)."),
+) -> None:
+    """Leave-one-source-out: train the recipe without each source, evaluate on that source alone."""
+    from xraynet.crossval import crossval as run_crossval, recipe_from_model
+    from xraynet.errors import XraynetError
+    from xraynet.modelfile import bundled_model_path
+
+    device = _use_device(device)
+    ui = _CrossvalUI()
+    try:
+        options = recipe_from_model(recipe or bundled_model_path())
+        doc = run_crossval(data_dir, out_dir, options, by=by, hold_out=hold_out or None, epochs=epochs,
+                           device=device, workers=workers, n_boot=n_boot, seed=seed, callbacks=ui)
+    except XraynetError as e:
+        ui.stop()
+        _fail(e)
+    except KeyboardInterrupt:
+        ui.stop()
+        typer.echo(f"interrupted: the same command reuses the folds already finished in {out_dir}", err=True)
+        raise typer.Exit(code=130)
+    if as_json:
+        sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n")
+        return
+    _print_crossval(doc)
+
+
+def _print_crossval(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(value, ci):
+        # Value over its interval: two short lines keep six columns inside 80 characters.
+        if value is None:
+            return "-"
+        lo, hi = ci or (None, None)
+        return f"{value:.3f}" + (f"\n({lo:.2f}-{hi:.2f})" if lo is not None else "")
+
+    classes = doc["data"]["classes"]
+    screen = next((f["screening"]["class"] for f in doc["folds"] if f.get("screening")), None)
+    console = Console()
+    t = Table(title=f"leave-one-{doc['by']}-out ({len(doc['folds'])} folds)", show_edge=False)
+    suffix = f"\n{screen}" if screen else ""
+    for col in ["held-out\nsource", "images", *(f"AUC\n{c}" for c in classes), f"sensitivity{suffix}",
+                f"specificity{suffix}"]:
+        t.add_column(col)
+    notes = []
+    for f in doc["folds"]:
+        images = "\n".join([str(f["images_total"])] + [f"{n} {c}" for c, n in f["images"].items()])
+        if f["status"] != "ok":
+            t.add_row(f["source"], images, *["-"] * (len(classes) + 2))
+            notes.append(f"{f['source']}: not possible: {f['reason']}")
+        else:
+            s = f["screening"] or {}
+            t.add_row(f["source"], images, *(fmt(f["per_class"][c]["auc"], f["per_class"][c]["ci"]) for c in classes),
+                      *(fmt(s[k]["value"], s[k]["ci"]) if s else "-" for k in ("sensitivity", "specificity")))
+            notes += [f"{f['source']}: AUC {c}: {m['reason']}" for c, m in f["per_class"].items() if m["reason"]]
+            if s.get("reason"):
+                notes.append(f"{f['source']}: screening: {s['reason']}")
+        notes += [f"{f['source']}: {n}" for n in f["notes"]]
+    console.print(t)
+    for n in notes:
+        console.print(n, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Reminder: {doc['note']}", markup=False, highlight=False, soft_wrap=True)
 
 
 class OnLock(str, Enum):

@@ -7,6 +7,20 @@ metadata names each image's source collection or view, the metrics are
 repeated per source and per view, so a reader can see whether the model tells
 diseases apart or only where the films came from. The screening threshold is
 the one stored in the model, chosen on validation data at training time.
+
+A pooled AUC over mixed sources flatters a model that recognises where a film
+comes from, so the document leads with ``within_source``: AUCs among films of
+one source only (:func:`xraynet.metrics.within_source_aucs`).
+
+``shortcut_check=True`` (``--shortcut-check``) scores the same films three
+ways -- as they are, with the central chest region blanked, and with only
+that region kept -- and says whether the model still separates the classes
+without seeing the lungs (:func:`xraynet.metrics.shortcut_verdict`). The
+masking is done on the preprocessed network input, where "blank" is
+:data:`BLANK_VALUE`; the region is :func:`centre_box`. The verdict rests on
+the blanked variant. ``centre_only`` is not free of outside cues: per-image
+normalisation used the whole film's mean and spread, so a bright border or
+stamp still shifts the central pixels it leaves.
 """
 from __future__ import annotations
 
@@ -19,20 +33,63 @@ from .errors import XraynetError
 
 SUBSETS = ("all", "val")
 
+# The shortcut check's central chest region: a centred box covering this share of each side of
+# the (square) network input, i.e. a 15% margin on every side. On a frontal film it holds the
+# lungs, heart and mediastinum; the margin holds what shortcuts live on: collimator borders,
+# burned-in text, side markers, padding.
+CENTRE_FRACTION = 0.70
+# Blanked pixels get this value of the preprocessed input. With per-image normalisation (mean 0,
+# std 1 over the film) 0 is the film's own mean grey, so a blanked area adds no brightness or
+# contrast cue of its own; with "fixed" normalisation it is mid grey (0.5 before normalising).
+BLANK_VALUE = 0.0
+
+
+def centre_box(image_size: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the central chest region in an
+    ``image_size`` square input: rows ``top:bottom``, columns ``left:right``,
+    a margin of round(image_size * (1 - CENTRE_FRACTION) / 2) pixels on each
+    side (5 of 32, 34 of 224)."""
+    margin = int(round(image_size * (1.0 - CENTRE_FRACTION) / 2.0))
+    return margin, image_size - margin, margin, image_size - margin
+
+
+def _masked_predictions(model, x, keep, batch_size: int, box) -> dict:
+    """Probabilities of the films ``x[keep]`` with the box blanked and with
+    only the box kept, in chunks so no full copy of ``x`` is made twice."""
+    from .train import predict
+
+    top, bottom, left, right = box
+    out = {"centre_blanked": [], "centre_only": []}
+    step = max(batch_size, 256)
+    for start in range(0, len(keep), step):
+        xb = x[keep[start:start + step]]          # fancy indexing: a copy, safe to overwrite
+        only = np.full_like(xb, BLANK_VALUE)
+        only[:, top:bottom, left:right] = xb[:, top:bottom, left:right]
+        xb[:, top:bottom, left:right] = BLANK_VALUE
+        out["centre_blanked"].append(predict(model, xb, batch_size))
+        out["centre_only"].append(predict(model, only, batch_size))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
 
 def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, seed: int = 0, plots_dir=None,
-             workers: int = 2, cache: str | None = None, batch_size: int = 32, device: str = "cpu") -> dict:
+             workers: int = 2, cache: str | None = None, batch_size: int = 32, device: str = "cpu",
+             sources: list[str] | None = None, shortcut_check: bool = False) -> dict:
     """Evaluate; returns the JSON-able metrics document of
-    :func:`xraynet.metrics.evaluate_predictions` plus ``model``, ``data`` and ``skipped``.
+    :func:`xraynet.metrics.evaluate_predictions` plus ``within_source``, ``model``, ``data`` and
+    ``skipped`` (and ``shortcut_check`` when asked).
 
     ``subset="val"`` evaluates only the validation patients of the model's own
     training split (re-derived from the seed and fraction stored in the model
     file), so the figures are on patients the weights never saw, when
     DATA_DIR is the folder the model was trained on. ``device``: where the
-    network runs ('auto', 'cpu' or 'gpu'; see :mod:`xraynet.devices`)."""
+    network runs ('auto', 'cpu' or 'gpu'; see :mod:`xraynet.devices`). ``sources``: keep only the
+    images of these ``source_repo`` values (the held-out source of a leave-one-source-out run).
+    ``shortcut_check``: add ``shortcut_check`` (see the module docstring and
+    :mod:`xraynet.metrics`), from the same decoded films; it costs two more
+    network passes."""
     from .data import scan_dataset, split_dataset
     from .imaging import Preprocessing
-    from .metrics import evaluate_predictions, roc_curve
+    from .metrics import evaluate_predictions, roc_curve, within_source_aucs
     from .modelfile import load_model
     from .train import decode_all, predict
 
@@ -54,6 +111,14 @@ def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, s
                                "`xraynet train`, got one without split metadata. Evaluate with --subset all "
                                "on data the model never saw.")
         chosen = split_dataset(ds, val_fraction=split_info["val_fraction"], seed=split_info["seed"]).val
+    if sources is not None:
+        known = {it.source for it in ds.items}
+        missing = sorted(set(sources) - known)
+        if missing:
+            raise XraynetError(f"{data_dir}: no images of source(s) {missing}. Expected values of the metadata's "
+                               f"source_repo column, got names that match none; the sources here are "
+                               f"{sorted(s for s in known if s)}.")
+        chosen = np.array([i for i in chosen if ds.items[i].source in set(sources)], np.int64)
     prep = Preprocessing.from_dict(loaded.preprocessing)
     items = [ds.items[i] for i in chosen]
     x, ok, skipped = decode_all(items, prep, cache, workers)
@@ -71,11 +136,28 @@ def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, s
     thr = loaded.metadata.get("threshold") or {}
     doc = evaluate_predictions(y, proba, classes, screening_class=thr.get("class"), threshold=thr.get("value"),
                                groups=groups or None, n_boot=n_boot, seed=seed)
+    doc["within_source"] = within_source_aucs(y, proba, classes, groups.get("source"), screening_class=thr.get("class"),
+                                              n_boot=n_boot, seed=seed)
     doc["model"] = {"path": str(model_path), "arch": loaded.model.spec.get("name"),
                     "threshold": thr or None}
     doc["data"] = {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "subset": subset,
+                   "sources": None if sources is None else sorted(sources),
                    "evaluated": int(len(keep))}
     doc["skipped"] = [{"file": rel, "reason": reason, "message": msg} for rel, reason, msg in skipped]
+    if shortcut_check:
+        from .metrics import SHORTCUT_VARIANTS, shortcut_verdict, variant_aucs
+
+        box = centre_box(prep.image_size)
+        probas = {"full": proba, **_masked_predictions(loaded.model, x, keep, batch_size, box)}
+        variants = {name: variant_aucs(y, probas[name], classes, groups.get("source"), n_boot=n_boot, seed=seed)
+                    for name in SHORTCUT_VARIANTS}
+        doc["shortcut_check"] = {
+            "region": {"centre_fraction": CENTRE_FRACTION, "margin_fraction": round((1.0 - CENTRE_FRACTION) / 2.0, 6),
+                       "image_size": int(prep.image_size), "rows": [box[0], box[1]], "columns": [box[2], box[3]],
+                       "fill": BLANK_VALUE, "normalize": prep.normalize},
+            "variants": variants,
+            "verdict": shortcut_verdict(variants, classes, thr.get("class")),
+        }
     if plots_dir:
         from .plots import write_reliability_png, write_roc_png
 
