@@ -1,0 +1,277 @@
+"""`xraynet crossval`: leave-one-source-out estimate of how a training recipe
+transfers to a hospital it never saw.
+
+A pooled validation AUC flatters a model that recognises where a film comes
+from: when one collection supplies most of a class, the source's look
+(scanner, burnt-in text, a corner stamp) predicts the label inside the pooled
+data and nowhere else. Here each fold trains the recipe with one source
+(``source_repo`` in metadata.csv) left out of training and validation
+entirely, then evaluates that model on the held-out source alone, at the
+screening threshold the fold chose on its own validation data. The figures
+describe the recipe on unseen hospitals, not any one model file.
+
+Per fold, in ``OUT_DIR``: ``holdout-<k>-<slug>.h5`` (the model, with its
+history and checkpoint files beside it; ``k`` is the source's position among
+the sorted sources of the data, so a fold keeps its file name whichever
+sources a run holds out). The document goes to ``OUT_DIR/crossval.json``,
+rewritten atomically after every fold, so a killed run leaves the folds done
+so far. A rerun evaluates, without retraining, every fold whose model file
+holds the same recipe (its ``metadata["options"]``, ignoring ``device``,
+``cache`` and ``workers``, which do not change the weights), the same number
+of training images and a chosen threshold.
+
+Within a held-out source a class's AUC (one against the rest) is defined
+only when the source has images of that class and of some other class; it is
+None otherwise, with the reason. A fold whose source holds the only images of
+a class still runs when training allows; its notes say that class was never
+seen in training. When training is impossible (nothing left to train on, no
+image of the screening class in validation, ...) the fold is recorded as not
+possible, with the reason, and the other folds go on.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from .errors import (BackendError, CacheError, DataError, MissingDependencyError, ModelFileError, SpecError,
+                     XraynetError)
+from .train import Callbacks
+
+SUPPORTED_BY = ("source_repo",)
+RESULT_FILE = "crossval.json"
+CACHE_FILE = "crossval.decode-cache.h5"
+# Options that say where and how fast a run computes, not what it learns.
+NOT_RECIPE = ("cache", "device", "workers")
+NOTE = ("Each fold trains the recipe without one source and evaluates on that source alone: an estimate of "
+        "how the recipe transfers to a hospital it never saw, not a validation of any one model.")
+# Errors about the machine, the files or the recipe itself: every fold would hit them, so the run stops.
+_GLOBAL_ERRORS = (BackendError, CacheError, MissingDependencyError, ModelFileError, SpecError)
+
+
+class CrossvalCallbacks(Callbacks):
+    """Training hooks (:class:`xraynet.train.Callbacks`) plus one before and one after each fold."""
+
+    def on_fold_start(self, index: int, total: int, source: str, reuse: bool) -> None: ...
+    def on_fold_end(self, fold: dict) -> None: ...
+
+
+def recipe_from_model(path) -> dict:
+    """The training recipe stored by `xraynet train` in a model file (``metadata["options"]``)."""
+    from .modelfile import read_info
+
+    options = read_info(path)["metadata"].get("options")
+    if not isinstance(options, dict):
+        raise XraynetError(f"{path}: holds no training recipe. Expected a model written by `xraynet train` of this "
+                           "xraynet version (metadata 'options'), got a model without one. Pass --recipe with a "
+                           "model trained by this xraynet version.")
+    return dict(options)
+
+
+def _slug(source: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:40] or "source"
+
+
+def _comparable(options: dict) -> dict:
+    """Options as stored in a model file, less the keys that do not change the weights; JSON round trip so
+    tuples and lists compare equal."""
+    return json.loads(json.dumps({k: v for k, v in options.items() if k not in NOT_RECIPE}))
+
+
+def _train_options(recipe: dict, source: str, device: str, workers: int, cache: str):
+    from .train import TrainOptions
+
+    try:
+        return TrainOptions(**{**recipe, "holdout_sources": [source], "device": device, "workers": workers,
+                               "cache": cache})
+    except TypeError:
+        known = {f.name for f in fields(TrainOptions)}
+        unknown = sorted(set(recipe) - known)
+        raise XraynetError(f"recipe: fields {unknown} are not training options of this xraynet version. Expected "
+                           f"fields among {sorted(known)}, got {sorted(recipe)}. Pass a model trained by this "
+                           "xraynet version, or drop those fields from the recipe.") from None
+
+
+def _reusable(model_path: Path, opts, n_train_images: int) -> bool:
+    """True when ``model_path`` is a finished fold of the same recipe on the same number of images."""
+    from .modelfile import read_info
+    from .train import TrainOptions
+
+    if not model_path.is_file():
+        return False
+    try:
+        meta = read_info(model_path)["metadata"]
+    except ModelFileError:
+        return False        # damaged or foreign: trained again, written atomically over it
+    stored = meta.get("options")
+    if not isinstance(stored, dict):
+        return False
+    try:
+        # Through TrainOptions, so a field added since the model was written counts as its default (the
+        # behaviour the model was trained with); a field this version lacks means another recipe.
+        stored = asdict(TrainOptions(**{k: v for k, v in stored.items() if k not in NOT_RECIPE}))
+    except TypeError:
+        return False
+    return (_comparable(stored) == _comparable(asdict(opts)) and bool(meta.get("threshold"))
+            and (meta.get("data") or {}).get("images") == n_train_images)
+
+
+def _count(items, classes) -> dict:
+    counts = {c: 0 for c in classes}
+    for it in items:
+        counts[classes[it.label]] += 1
+    return counts
+
+
+def _fold_figures(doc: dict, source: str, classes: list) -> dict:
+    """Per-class AUC and screening figures of an evaluate() document, with the reason for each None."""
+    per_class = {}
+    for c in classes:
+        m = doc["per_class"][c]
+        n_pos = m["support"]
+        reason = None
+        if n_pos == 0:
+            reason = f"no {c} images in {source}"
+        elif n_pos == doc["n"]:
+            reason = f"only {c} images in {source}, nothing to rank them against"
+        per_class[c] = {"n": n_pos, "auc": m["auc"]["value"], "ci": m["auc"]["ci"], "reason": reason}
+    s = doc.get("screening")
+    screening = None
+    if s is not None:
+        reason = None
+        if s["sensitivity"]["value"] is None:
+            reason = f"no {s['class']} images in {source}: sensitivity undefined"
+        elif s["specificity"]["value"] is None:
+            reason = f"only {s['class']} images in {source}: specificity undefined"
+        screening = {"class": s["class"], "threshold": s["threshold"], "sensitivity": s["sensitivity"],
+                     "specificity": s["specificity"], "tp": s["tp"], "fp": s["fp"], "tn": s["tn"], "fn": s["fn"],
+                     "reason": reason}
+    return {"evaluated": doc["n"], "per_class": per_class, "macro_auc": doc["macro_auc"],
+            "accuracy": doc["accuracy"], "screening": screening}
+
+
+def _summary(folds: list, classes: list) -> dict:
+    ok = [f for f in folds if f["status"] == "ok"]
+    per_class = {}
+    for c in classes:
+        aucs = [f["per_class"][c]["auc"] for f in ok if f["per_class"][c]["auc"] is not None]
+        per_class[c] = {"mean_auc": sum(aucs) / len(aucs) if aucs else None, "folds": len(aucs)}
+    return {"folds": len(folds), "ok": len(ok), "not_possible": len(folds) - len(ok), "per_class_auc": per_class}
+
+
+def _write(out_dir: Path, doc: dict) -> None:
+    from .atomic import atomic_open
+
+    text = json.dumps(doc, allow_nan=False, indent=2)
+    with atomic_open(out_dir / RESULT_FILE, "w") as fh:
+        fh.write(text + "\n")
+
+
+def crossval(data_dir, out_dir, recipe: dict, *, by: str = "source_repo", hold_out: list[str] | None = None,
+             epochs: int | None = None, device: str = "cpu", workers: int = 2, n_boot: int = 1000, seed: int = 0,
+             callbacks: CrossvalCallbacks | None = None) -> dict:
+    """Run one leave-one-source-out fold per source of ``hold_out`` (default: every source of DATA_DIR);
+    returns the document also written to ``OUT_DIR/crossval.json``.
+
+    ``recipe``: TrainOptions fields as a dict (e.g. :func:`recipe_from_model`); ``holdout_sources``,
+    ``device``, ``cache`` and ``workers`` in it are replaced per fold. ``epochs`` overrides the recipe's.
+    ``n_boot`` and ``seed``: the bootstrap of the AUC intervals (training seeds come from the recipe).
+    ``device``: 'auto', 'cpu' or 'gpu', for training and evaluation."""
+    from .archs import resolve_arch
+    from .backend import get_backend
+    from .data import scan_dataset
+    from .devices import resolve_device
+    from .evaluate import evaluate
+    from .modelfile import read_info
+    from .train import DEFAULT_IMAGE_SIZE, train
+
+    cb = callbacks or CrossvalCallbacks()
+    if by not in SUPPORTED_BY:
+        raise XraynetError(f"--by {by!r}: not a supported grouping. Expected one of {list(SUPPORTED_BY)}, got "
+                           f"{by!r}. Pass --by source_repo (the metadata.csv column naming each image's "
+                           "collection or hospital).")
+    if not isinstance(recipe, dict):
+        raise XraynetError(f"recipe: not a dict of training options. Expected a dict such as a model's "
+                           f"metadata['options'], got {type(recipe).__name__}. Pass a dict.")
+    recipe = {k: v for k, v in recipe.items() if k not in NOT_RECIPE + ("holdout_sources",)}
+    if epochs is not None:
+        recipe["epochs"] = int(epochs)
+    out_dir = Path(out_dir)
+
+    ds = scan_dataset(data_dir)
+    classes = list(ds.classes)
+    sources = sorted({it.source for it in ds.items if it.source})
+    if len(sources) < 2:
+        raise DataError(f"{data_dir}: too few sources to hold one out. Expected at least 2 distinct values in "
+                        f"metadata.csv's source_repo column, got {sources}. Add a source_repo column naming each "
+                        "image's collection or hospital.")
+    hold_out = sources if hold_out is None else list(dict.fromkeys(hold_out))
+    unknown = [s for s in hold_out if s not in sources]
+    if unknown or not hold_out:
+        raise DataError(f"--hold-out {unknown or hold_out}: not sources of {data_dir}. Expected values of "
+                        f"metadata.csv's source_repo column, got names that match none; the sources here are "
+                        f"{sources}. Pass one of those, or leave --hold-out out to hold out each in turn.")
+
+    device = resolve_device(device)
+    get_backend(device)  # a GPU that cannot be used fails before the first fold
+    cache = str(out_dir / CACHE_FILE)
+    # A recipe this version cannot build is the same error in every fold: said once, before any training.
+    probe = _train_options(recipe, hold_out[0], device, workers, cache)
+    resolve_arch(probe.arch, num_classes=len(classes),
+                 image_size=probe.image_size or DEFAULT_IMAGE_SIZE.get(probe.arch, 224))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    by_source = {s: _count([it for it in ds.items if it.source == s], classes) for s in sources}
+    doc = {"command": "xraynet crossval", "by": by, "complete": False, "note": NOTE,
+           "data": {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "classes": classes,
+                    "sources": by_source,
+                    "images_without_source": sum(1 for it in ds.items if not it.source)},
+           # Every training option the folds share, defaults included, so the document stands on its own.
+           "recipe": {k: v for k, v in asdict(probe).items() if k not in NOT_RECIPE + ("holdout_sources",)},
+           "hold_out": hold_out,
+           "evaluation": {"n_boot": int(n_boot), "seed": int(seed), "device": device}, "folds": []}
+    if doc["data"]["images_without_source"]:
+        doc["data"]["note"] = (f"{doc['data']['images_without_source']} images have no source_repo: they are "
+                               "never held out and take part in the training of every fold.")
+
+    for n, source in enumerate(hold_out, 1):
+        t0 = time.perf_counter()
+        k = sources.index(source) + 1
+        model_path = out_dir / f"holdout-{k}-{_slug(source)}.h5"
+        held = by_source[source]
+        rest = _count([it for it in ds.items if it.source != source], classes)
+        fold = {"index": k, "source": source, "model": str(model_path), "status": "ok", "reason": None,
+                "trained": False, "images": held, "images_total": sum(held.values()), "notes": []}
+        for c in classes:
+            if held[c] and not rest[c]:
+                fold["notes"].append(f"class {c!r} was never seen in training: all {held[c]} of its images are "
+                                     f"from {source}, so its figures here measure a class the model never learnt.")
+        opts = _train_options(recipe, source, device, workers, cache)
+        reuse = _reusable(model_path, opts, sum(rest.values()))
+        cb.on_fold_start(n, len(hold_out), source, reuse)
+        try:
+            if not reuse:
+                train(data_dir, model_path, opts, callbacks=cb)
+                fold["trained"] = True
+            meta = read_info(model_path)["metadata"]
+            fold.update({"train_images": meta["data"]["train_images"], "val_images": meta["data"]["val_images"],
+                         "best_epoch": meta.get("best_epoch")})
+            ev = evaluate(model_path, data_dir, sources=[source], n_boot=n_boot, seed=seed, workers=workers,
+                          cache=cache, device=device)
+            fold.update(_fold_figures(ev, source, classes))
+            fold["skipped"] = ev["skipped"]
+        except _GLOBAL_ERRORS:
+            raise
+        except XraynetError as e:
+            fold.update({"status": "not_possible", "reason": str(e)})
+        fold["seconds"] = time.perf_counter() - t0
+        doc["folds"].append(fold)
+        doc["summary"] = _summary(doc["folds"], classes)
+        _write(out_dir, doc)
+        cb.on_fold_end(fold)
+
+    doc["complete"] = True
+    _write(out_dir, doc)
+    return doc
