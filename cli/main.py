@@ -256,6 +256,8 @@ def train(
     batch_size: int = typer.Option(32, min=1, help="Images per training step."),
     image_size: Optional[int] = typer.Option(None, min=16, help="Input size (default: the architecture's)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    lr_schedule: str = typer.Option("constant", help="constant, or cosine: from --lr down to --lr/100 at the "
+                                                     "last epoch."),
     weight_decay: float = typer.Option(1e-4, help="Adam weight decay (L2 added to the gradient)."),
     val_fraction: float = typer.Option(0.2, help="Share of patients held out for validation."),
     seed: int = typer.Option(0, help="Seed of the split, initialisation, shuffling and augmentation."),
@@ -294,6 +296,7 @@ def train(
                         device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
                         equalize=equalize, working_size=working_size, balance=balance,
                         balance_power=balance_power, adversarial_source=adversarial_source,
+                        lr_schedule=lr_schedule,
                         screening_class=screening_class,
                         target_sensitivity=target_sensitivity)
     ui = _TrainUI(quiet)

@@ -265,3 +265,13 @@ def test_holdout_source_leaves_its_images_out(sites, tmp_path):
     assert load_model(out).metadata["options"]["holdout_sources"] == ["c"]
     with pytest.raises(DataError, match="no images of source"):
         train(root, tmp_path / "n.h5", _opts(spec, epochs=1, holdout_sources=["nowhere"]))
+
+
+def test_cosine_schedule_runs_from_lr_to_a_hundredth():
+    from xraynet.train import epoch_lr
+
+    opts = TrainOptions(lr=2e-3, epochs=5, lr_schedule="cosine")
+    lrs = [epoch_lr(opts, e) for e in range(1, 6)]
+    assert lrs[0] == 2e-3 and abs(lrs[-1] - 2e-5) < 1e-12 and lrs == sorted(lrs, reverse=True)
+    assert abs(lrs[2] - (2e-5 + 0.5 * (2e-3 - 2e-5))) < 1e-12
+    assert epoch_lr(TrainOptions(lr=2e-3, epochs=5), 4) == 2e-3

@@ -22,6 +22,7 @@ interruption finishes with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import csv
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,7 @@ class TrainOptions:
     balance: str = "none"               # "none" or "source-class": batches drawn by (source, class) cell
     balance_power: float = 0.5          # cell share ~ images ** power (see xraynet.sampling)
     adversarial_source: float = 0.0     # peak gradient-reversal scale of the source head; 0 = no head
+    lr_schedule: str = "constant"       # "constant" or "cosine" (see epoch_lr)
 
 
 @dataclass
@@ -171,6 +173,20 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     w = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
     return w
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_lr(opts: TrainOptions, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (1-based). ``cosine``: half a cosine from
+    ``lr`` at epoch 1 down to ``lr / 100`` at epoch ``epochs`` (Loshchilov & Hutter
+    2017, "SGDR", without restarts), so it depends on --epochs: extending a run
+    with --resume bends the rest of the curve."""
+    if opts.lr_schedule == "constant" or opts.epochs <= 1:
+        return opts.lr
+    floor = opts.lr / 100
+    return floor + 0.5 * (opts.lr - floor) * (1 + math.cos(math.pi * (epoch - 1) / (opts.epochs - 1)))
 
 
 def class_weights_for_shares(cell_labels: np.ndarray, shares: np.ndarray, n_classes: int) -> np.ndarray:
@@ -390,6 +406,9 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         model = Model(spec, device=opts.device, seed=opts.seed)
         opt = Adam(model.named_parameters(), model.bk, lr=opts.lr, weight_decay=opts.weight_decay)
         history, start, best_auc, best_loss, best_epoch, bad = [], 1, -np.inf, np.inf, 0, 0
+    if opts.lr_schedule not in LR_SCHEDULES:
+        raise XraynetError(f"lr schedule {opts.lr_schedule!r}: unknown. Expected one of {LR_SCHEDULES}, got "
+                           f"{opts.lr_schedule!r}. Pick one of those.")
     if model.num_classes != n_classes:
         raise XraynetError(f"architecture {opts.arch}: gives {model.num_classes} classes. Expected {n_classes} "
                            f"(the class folders {classes}), got {model.num_classes}. Fix the spec's last layer.")
@@ -421,6 +440,9 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         if bad >= opts.patience:
             break
         t0 = time.perf_counter()
+        opt.lr = epoch_lr(opts, epoch)
+        if adversary is not None:
+            adversary.optimizer.lr = opt.lr
         rng = np.random.default_rng([opts.seed, epoch])
         _reseed_dropout(model, opts.seed, epoch)
         if cells is None:
@@ -445,7 +467,7 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
                                  val_accuracy=m["val_accuracy"], val_balanced_accuracy=m["val_balanced_accuracy"],
                                  val_auc=m["val_auc"], val_within_source_auc=m["val_within_source_auc"],
                                  per_class=m["per_class"],
-                                 seconds=time.perf_counter() - t0, lr=opts.lr,
+                                 seconds=time.perf_counter() - t0, lr=opt.lr,
                                  source_loss=float(np.mean(source_losses)) if source_losses else None,
                                  source_scale=None if adversary is None else adversary.reverse.scale))
         history.append(rec)
