@@ -291,14 +291,16 @@ def train(
     from xraynet.train import TrainOptions, train as run_train
 
     _use_device(device)
-    opts = TrainOptions(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-                        weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
-                        device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
-                        equalize=equalize, working_size=working_size, balance=balance,
-                        balance_power=balance_power, adversarial_source=adversarial_source,
-                        lr_schedule=lr_schedule,
-                        screening_class=screening_class,
-                        target_sensitivity=target_sensitivity)
+    try:
+        opts = TrainOptions(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+                            weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
+                            device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
+                            equalize=equalize, working_size=working_size, balance=balance,
+                            balance_power=balance_power, adversarial_source=adversarial_source,
+                            lr_schedule=lr_schedule, screening_class=screening_class,
+                            target_sensitivity=target_sensitivity)
+    except XraynetError as e:
+        _fail(e)
     ui = _TrainUI(quiet)
     try:
         summary = run_train(data_dir, out, opts, resume=resume, callbacks=ui)

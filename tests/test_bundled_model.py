@@ -10,14 +10,20 @@ from xraynet.cli.main import app
 from xraynet.modelfile import bundled_model_path, load_model
 
 
-def test_bundled_model_loads_with_its_threshold_and_preprocessing():
+def test_bundled_model_loads_with_its_threshold_preprocessing_and_recipe():
     loaded = load_model(bundled_model_path())
     assert loaded.classes == ["covid", "normal", "pneumonia"]
     assert loaded.model.spec["name"] == "xraynet"
-    assert loaded.preprocessing["image_size"] == loaded.model.input_shape[1] == 128
+    assert loaded.preprocessing["image_size"] == loaded.model.input_shape[1]
+    assert loaded.preprocessing["fit"] == "stretch"   # one geometry for every source (README)
     thr = loaded.metadata["threshold"]
     assert thr["class"] == "covid" and 0 < thr["value"] < 1 and thr["chosen_on"] == "validation"
-    assert loaded.optimizer_state is None  # shipped lean: no Adam moments
+    # Chosen on the validation films of sources holding covid and other films, not on a
+    # covid-only collection.
+    assert thr["sources"] and "vikasb512/Capstone-Project" in thr["sources"]
+    recipe = loaded.metadata["options"]    # what `xraynet crossval` retrains by default
+    assert recipe["balance"] == "source-class" and recipe["adversarial_source"] > 0
+    assert loaded.optimizer_state is None and not loaded.aux  # shipped lean: no Adam moments, no adversary
     assert bundled_model_path().stat().st_size < 4_000_000
 
 

@@ -275,3 +275,22 @@ def test_cosine_schedule_runs_from_lr_to_a_hundredth():
     assert lrs[0] == 2e-3 and abs(lrs[-1] - 2e-5) < 1e-12 and lrs == sorted(lrs, reverse=True)
     assert abs(lrs[2] - (2e-5 + 0.5 * (2e-3 - 2e-5))) < 1e-12
     assert epoch_lr(TrainOptions(lr=2e-3, epochs=5), 4) == 2e-3
+
+
+def test_options_are_checked_before_any_decoding():
+    from xraynet.errors import XraynetError
+
+    for bad, match in ((dict(balance="foo"), "balance 'foo': unknown"),
+                       (dict(lr_schedule="step"), "lr schedule 'step': unknown"),
+                       (dict(adversarial_source=float("inf")), "adversarial-source: not usable"),
+                       (dict(adversarial_source=-0.1), "adversarial-source: not usable")):
+        with pytest.raises(XraynetError, match=match):
+            TrainOptions(**bad)
+
+
+def test_a_diverging_run_stops_with_a_message(sites, tmp_path):
+    from xraynet.errors import XraynetError
+
+    root, spec = sites
+    with pytest.raises(XraynetError, match=r"training diverged in epoch 1.*lower --lr"):
+        train(root, tmp_path / "m.h5", _opts(spec, epochs=1, lr=1e30, adversarial_source=0.0))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from .errors import (BackendError, CacheError, DataError, MissingDependencyError, ModelFileError, SpecError,
@@ -43,6 +43,7 @@ from .train import Callbacks
 SUPPORTED_BY = ("source_repo",)
 RESULT_FILE = "crossval.json"
 CACHE_FILE = "crossval.decode-cache.h5"
+SPEC_FILE = "recipe-arch.json"       # a recipe's own architecture, when it is not a built-in one
 # Options that say where and how fast a run computes, not what it learns.
 NOT_RECIPE = ("cache", "device", "workers")
 NOTE = ("Each fold trains the recipe without one source and evaluates on that source alone: an estimate of "
@@ -59,15 +60,25 @@ class CrossvalCallbacks(Callbacks):
 
 
 def recipe_from_model(path) -> dict:
-    """The training recipe stored by `xraynet train` in a model file (``metadata["options"]``)."""
+    """The training recipe stored by `xraynet train` in a model file (``metadata["options"]``).
+
+    A recipe whose ``arch`` was a spec file names a path that may have moved or
+    changed since: its ``arch`` becomes the architecture stored in the model (a
+    dict), which :func:`crossval` writes beside the folds as ``recipe-arch.json``,
+    so the folds train the network the model has."""
+    from .archs import BUILTIN
     from .modelfile import read_info
 
-    options = read_info(path)["metadata"].get("options")
+    info = read_info(path)
+    options = info["metadata"].get("options")
     if not isinstance(options, dict):
         raise XraynetError(f"{path}: holds no training recipe. Expected a model written by `xraynet train` of this "
                            "xraynet version (metadata 'options'), got a model without one. Pass --recipe with a "
                            "model trained by this xraynet version.")
-    return dict(options)
+    options = dict(options)
+    if options.get("arch") not in BUILTIN:
+        options["arch"] = info["architecture"]
+    return options
 
 
 def _slug(source: str) -> str:
@@ -94,17 +105,22 @@ def _train_options(recipe: dict, source: str, device: str, workers: int, cache: 
                            "xraynet version, or drop those fields from the recipe.") from None
 
 
-def _reusable(model_path: Path, opts, n_train_images: int) -> bool:
-    """True when ``model_path`` is a finished fold of the same recipe on the same number of images."""
+def _reusable(model_path: Path, opts, n_train_images: int, spec: dict) -> bool:
+    """True when ``model_path`` is a finished fold of the same recipe on the same number of
+    images. Architectures compare by the spec (``spec``, what the recipe builds), not by the
+    name or path in ``arch``: a spec file may move, or be edited after the folds were trained."""
     from .modelfile import read_info
     from .train import TrainOptions
 
     if not model_path.is_file():
         return False
     try:
-        meta = read_info(model_path)["metadata"]
+        info = read_info(model_path)
     except ModelFileError:
         return False        # damaged or foreign: trained again, written atomically over it
+    meta = info["metadata"]
+    if info["architecture"] != spec:
+        return False
     stored = meta.get("options")
     if not isinstance(stored, dict):
         return False
@@ -112,9 +128,11 @@ def _reusable(model_path: Path, opts, n_train_images: int) -> bool:
         # Through TrainOptions, so a field added since the model was written counts as its default (the
         # behaviour the model was trained with); a field this version lacks means another recipe.
         stored = asdict(TrainOptions(**{k: v for k, v in stored.items() if k not in NOT_RECIPE}))
-    except TypeError:
+    except (TypeError, XraynetError):
         return False
-    return (_comparable(stored) == _comparable(asdict(opts)) and bool(meta.get("threshold"))
+    same = {k: v for k, v in _comparable(stored).items() if k != "arch"} == \
+        {k: v for k, v in _comparable(asdict(opts)).items() if k != "arch"}
+    return (same and bool(meta.get("threshold"))
             and (meta.get("data") or {}).get("images") == n_train_images)
 
 
@@ -179,7 +197,8 @@ def crossval(data_dir, out_dir, recipe: dict, *, by: str = "source_repo", hold_o
     ``device``, ``cache`` and ``workers`` in it are replaced per fold. ``epochs`` overrides the recipe's.
     ``n_boot`` and ``seed``: the bootstrap of the AUC intervals (training seeds come from the recipe).
     ``device``: 'auto', 'cpu' or 'gpu', for training and evaluation."""
-    from .archs import resolve_arch
+    from .archs import resolve_arch, validate_spec
+    from .atomic import atomic_open
     from .backend import get_backend
     from .data import scan_dataset
     from .devices import resolve_device
@@ -218,10 +237,17 @@ def crossval(data_dir, out_dir, recipe: dict, *, by: str = "source_repo", hold_o
     get_backend(device)  # a GPU that cannot be used fails before the first fold
     cache = str(out_dir / CACHE_FILE)
     # A recipe this version cannot build is the same error in every fold: said once, before any training.
+    stored_spec = recipe.get("arch") if isinstance(recipe.get("arch"), dict) else None
+    if stored_spec is not None:
+        validate_spec(stored_spec, "the recipe's architecture")
+        recipe["arch"] = str((out_dir / SPEC_FILE).resolve())
     probe = _train_options(recipe, hold_out[0], device, workers, cache)
-    resolve_arch(probe.arch, num_classes=len(classes),
-                 image_size=probe.image_size or DEFAULT_IMAGE_SIZE.get(probe.arch, 224))
+    spec = stored_spec or resolve_arch(probe.arch, num_classes=len(classes),
+                                       image_size=probe.image_size or DEFAULT_IMAGE_SIZE.get(probe.arch, 224))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if stored_spec is not None:
+        with atomic_open(out_dir / SPEC_FILE, "w") as fh:
+            fh.write(json.dumps(stored_spec, indent=1) + "\n")
 
     by_source = {s: _count([it for it in ds.items if it.source == s], classes) for s in sources}
     doc = {"command": "xraynet crossval", "by": by, "complete": False, "note": NOTE,
@@ -249,7 +275,12 @@ def crossval(data_dir, out_dir, recipe: dict, *, by: str = "source_repo", hold_o
                 fold["notes"].append(f"class {c!r} was never seen in training: all {held[c]} of its images are "
                                      f"from {source}, so its figures here measure a class the model never learnt.")
         opts = _train_options(recipe, source, device, workers, cache)
-        reuse = _reusable(model_path, opts, sum(rest.values()))
+        rest_sources = {it.source for it in ds.items if it.source != source}
+        if opts.adversarial_source > 0 and len(rest_sources) < 2:
+            opts = replace(opts, adversarial_source=0.0)
+            fold["notes"].append(f"the recipe's source adversary needs two training sources; without {source} "
+                                 "there is one, so this fold trained without it.")
+        reuse = _reusable(model_path, opts, sum(rest.values()), spec)
         cb.on_fold_start(n, len(hold_out), source, reuse)
         try:
             if not reuse:

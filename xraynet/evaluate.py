@@ -18,9 +18,10 @@ that region kept -- and says whether the model still separates the classes
 without seeing the lungs (:func:`xraynet.metrics.shortcut_verdict`). The
 masking is done on the preprocessed network input, where "blank" is
 :data:`BLANK_VALUE`; the region is :func:`centre_box`. The verdict rests on
-the blanked variant. ``centre_only`` is not free of outside cues: per-image
-normalisation used the whole film's mean and spread, so a bright border or
-stamp still shifts the central pixels it leaves.
+the blanked variant. With per-image normalisation the pixels each variant
+keeps are standardised again on their own before blanking, so the lungs'
+brightness cannot reach the border (or the border's the lungs) through the
+film's mean and spread.
 """
 from __future__ import annotations
 
@@ -53,19 +54,37 @@ def centre_box(image_size: int) -> tuple[int, int, int, int]:
     return margin, image_size - margin, margin, image_size - margin
 
 
-def _masked_predictions(model, x, keep, batch_size: int, box) -> dict:
+def _restandardise(xb: np.ndarray, kept: np.ndarray) -> None:
+    """Give the ``kept`` pixels (a (S, S) bool mask) of each image in ``xb`` (N, S, S)
+    zero mean and unit standard deviation again, in place. Per-image normalisation
+    used the whole film: without this, a bright lesion in the centre would lower
+    every border pixel, and the blanked film would still carry the class."""
+    values = xb[:, kept]
+    mean = values.mean(axis=1, dtype=np.float64)[:, None]
+    std = np.maximum(values.std(axis=1, dtype=np.float64), 1e-6)[:, None]
+    xb[:, kept] = ((values - mean) / std).astype(xb.dtype)
+
+
+def _masked_predictions(model, x, keep, batch_size: int, box, per_image: bool) -> dict:
     """Probabilities of the films ``x[keep]`` with the box blanked and with
-    only the box kept, in chunks so no full copy of ``x`` is made twice."""
+    only the box kept, in chunks so no full copy of ``x`` is made twice.
+    ``per_image``: the model normalises each image, so the kept pixels are
+    standardised again on their own (:func:`_restandardise`)."""
     from .train import predict
 
     top, bottom, left, right = box
+    inside = np.zeros(x.shape[1:], bool)
+    inside[top:bottom, left:right] = True
     out = {"centre_blanked": [], "centre_only": []}
     step = max(batch_size, 256)
     for start in range(0, len(keep), step):
         xb = x[keep[start:start + step]]          # fancy indexing: a copy, safe to overwrite
-        only = np.full_like(xb, BLANK_VALUE)
-        only[:, top:bottom, left:right] = xb[:, top:bottom, left:right]
-        xb[:, top:bottom, left:right] = BLANK_VALUE
+        only = xb.copy()
+        if per_image:
+            _restandardise(xb, ~inside)
+            _restandardise(only, inside)
+        only[:, ~inside] = BLANK_VALUE
+        xb[:, inside] = BLANK_VALUE
         out["centre_blanked"].append(predict(model, xb, batch_size))
         out["centre_only"].append(predict(model, only, batch_size))
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -148,7 +167,8 @@ def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, s
         from .metrics import SHORTCUT_VARIANTS, shortcut_verdict, variant_aucs
 
         box = centre_box(prep.image_size)
-        probas = {"full": proba, **_masked_predictions(loaded.model, x, keep, batch_size, box)}
+        probas = {"full": proba, **_masked_predictions(loaded.model, x, keep, batch_size, box,
+                                                       prep.normalize == "per_image")}
         variants = {name: variant_aucs(y, probas[name], classes, groups.get("source"), n_boot=n_boot, seed=seed)
                     for name in SHORTCUT_VARIANTS}
         doc["shortcut_check"] = {

@@ -587,8 +587,10 @@ def shortcut_verdict(variants: dict, classes, screening_class: str | None = None
     None).
 
     A class uses shortcuts when, with the central chest region blanked, its
-    pooled AUC's 95% lower bound is above 0.5: the model still separates it
-    without seeing the lungs. ``margin_kept`` = (AUC_blanked - 0.5) /
+    pooled AUC's 95% interval excludes 0.5: the model still separates it
+    without seeing the lungs (below chance too: the outside still moves the
+    score with the class). Undecided when the full-film interval holds 0.5
+    (a model at chance shows nothing by blanking). ``margin_kept`` = (AUC_blanked - 0.5) /
     (AUC_full - 0.5), the share of the above-chance margin that survives the
     blanking (None when AUC_full <= 0.5). ``uses_shortcuts`` is None when it
     cannot be decided (no interval: n_boot = 0, or the class absent), and the
@@ -605,14 +607,21 @@ def shortcut_verdict(variants: dict, classes, screening_class: str | None = None
         if full["value"] is not None and blank["value"] is not None and full["value"] > 0.5:
             margin = (blank["value"] - 0.5) / (full["value"] - 0.5)
         lo, hi = blank["ci"]
-        if blank["value"] is None:
+        f_lo = full["ci"][0] if full["value"] is not None else None
+        f_hi = full["ci"][1] if full["value"] is not None else None
+        if full["value"] is not None and f_lo is not None and f_lo <= 0.5 <= f_hi:
+            uses = None
+            text = (f"{cls}: undecided: on full films the model does not separate {cls} from the rest "
+                    f"({_fmt_auc(full)}), so blanking the lungs cannot show what it relies on.")
+        elif blank["value"] is None:
             uses = None
             text = f"{cls}: undecided: the AUC is not defined (these films need {cls} films and others)."
         elif lo is None:
             uses = None
             text = (f"{cls}: undecided: with the central chest region blanked the pooled {_fmt_auc(blank)} has no "
                     "confidence interval (n_boot = 0); rerun with bootstrap resamples.")
-        elif lo > 0.5:
+        elif lo > 0.5 or (hi is not None and hi < 0.5):
+            # Below chance with the lungs hidden is still a signal from outside them, inverted.
             uses = True
             kept = "" if margin is None else f" and keeps {margin:.0%} of its above-chance margin"
             text = (f"{cls}: the model is using shortcuts. With the central chest region blanked (the lungs "
@@ -624,9 +633,6 @@ def shortcut_verdict(variants: dict, classes, screening_class: str | None = None
             text = (f"{cls}: with the lungs blanked the model falls to chance: pooled {_fmt_auc(blank)} with the "
                     f"central chest region blanked (full films: {_fmt_auc(full)}); no sign of shortcuts outside "
                     "the central region.")
-            if hi is not None and hi < 0.5:
-                text += (" (The blanked AUC is below chance: the outside still moves the score with the class, "
-                         "the wrong way round; look at the films.)")
         if only["value"] is not None:
             text += f" With only the central region kept: {_fmt_auc(only)}."
         per_class[cls] = {"uses_shortcuts": uses, "auc_full": full, "auc_centre_blanked": blank,

@@ -41,6 +41,8 @@ from .sampling import balanced_batches, cell_ids, cell_shares
 from .adversarial import dann_scale
 
 DEFAULT_IMAGE_SIZE = {"seed": 64, "wide": 224, "xraynet": 224}
+LR_SCHEDULES = ("constant", "cosine")
+BALANCE_MODES = ("none", "source-class")
 #: Epochs over which the source adversary's reversal scale ramps up to its peak
 #: (xraynet.adversarial.dann_scale). A fixed count rather than a share of
 #: --epochs, so that extending a run with --resume keeps the same schedule.
@@ -73,6 +75,21 @@ class TrainOptions:
     balance_power: float = 0.5          # cell share ~ images ** power (see xraynet.sampling)
     adversarial_source: float = 0.0     # peak gradient-reversal scale of the source head; 0 = no head
     lr_schedule: str = "constant"       # "constant" or "cosine" (see epoch_lr)
+
+    def __post_init__(self):
+        """The choices that are cheap to check, checked before any image is decoded."""
+        if self.balance not in BALANCE_MODES:
+            raise XraynetError(f"balance {self.balance!r}: unknown. Expected one of {', '.join(BALANCE_MODES)}, "
+                               f"got {self.balance!r}. Pick one of those.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise XraynetError(f"lr schedule {self.lr_schedule!r}: unknown. Expected one of "
+                               f"{', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}. Pick one of those.")
+        for name in ("lr", "adversarial_source", "balance_power"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value < 0:
+                raise XraynetError(f"{name.replace('_', '-')}: not usable. Expected a finite number >= 0, got "
+                                   f"{value!r}. Pass e.g. --adversarial-source 0.3, --lr 1e-3.")
 
 
 @dataclass
@@ -175,7 +192,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return w
 
 
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def epoch_lr(opts: TrainOptions, epoch: int) -> float:
@@ -389,11 +405,8 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         shares = cell_shares(cells, opts.balance_power)
         # The loss weights classes by how often batches hold them, not how often the folder does.
         cw = class_weights_for_shares(np.array([k[1] for k in cell_keys]), shares, n_classes)
-    elif opts.balance == "none":
-        cw = class_weights(y_tr, n_classes)
     else:
-        raise XraynetError(f"balance {opts.balance!r}: unknown. Expected 'none' or 'source-class', got "
-                           f"{opts.balance!r}. Pick one of those.")
+        cw = class_weights(y_tr, n_classes)
 
     if resume:
         model = loaded.model
@@ -406,9 +419,6 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
         model = Model(spec, device=opts.device, seed=opts.seed)
         opt = Adam(model.named_parameters(), model.bk, lr=opts.lr, weight_decay=opts.weight_decay)
         history, start, best_auc, best_loss, best_epoch, bad = [], 1, -np.inf, np.inf, 0, 0
-    if opts.lr_schedule not in LR_SCHEDULES:
-        raise XraynetError(f"lr schedule {opts.lr_schedule!r}: unknown. Expected one of {LR_SCHEDULES}, got "
-                           f"{opts.lr_schedule!r}. Pick one of those.")
     if model.num_classes != n_classes:
         raise XraynetError(f"architecture {opts.arch}: gives {model.num_classes} classes. Expected {n_classes} "
                            f"(the class folders {classes}), got {model.num_classes}. Fix the spec's last layer.")
@@ -462,6 +472,13 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
                 losses.append(loss)
                 source_losses.append(source_loss)
             cb.on_batch(epoch, b + 1, nb, losses[-1])
+        broken = [n for n, p in model.named_parameters() if not np.isfinite(model.bk.to_numpy(p)).all()]
+        if not np.isfinite(np.mean(losses)) or broken:
+            what = f"the loss is {np.mean(losses)}" if not broken else f"{len(broken)} weight arrays hold inf or NaN"
+            raise XraynetError(f"training diverged in epoch {epoch}: {what}. Expected finite losses and weights, "
+                               f"got non-finite ones at learning rate {opt.lr:g}. Train again with a "
+                               "lower --lr (or a lower --adversarial-source); the best model so far, if any, is "
+                               f"in {out}.")
         m = epoch_metrics(model, x_va, y_va, opts.batch_size, classes, sources_va)
         rec = asdict(EpochRecord(epoch=epoch, train_loss=float(np.mean(losses)), val_loss=m["val_loss"],
                                  val_accuracy=m["val_accuracy"], val_balanced_accuracy=m["val_balanced_accuracy"],
