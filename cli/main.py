@@ -385,16 +385,28 @@ def _print_metrics(doc: dict) -> None:
     for c, m in doc["per_class"].items():
         t.add_row(c, fmt(m["sensitivity"]), fmt(m["specificity"]), fmt(m["ppv"]), fmt(m["npv"]), fmt(m["auc"]))
     console.print(t)
+    scr = doc.get("screening")
+    if scr:
+        origin = "chosen on these films" if scr["threshold_chosen_here"] else "the model's"
+        console.print(f"screening {scr['class']} at threshold {scr['threshold']:.4g} ({origin}), pooled: "
+                      f"{scr['flagged']} flagged, sensitivity {fmt(scr['sensitivity'])}, specificity "
+                      f"{fmt(scr['specificity'])}", highlight=False)
     for group, values in (doc.get("by_group") or {}).items():
         # Per-class AUC inside one source is the figure that a source shortcut cannot inflate.
-        g = Table(title=f"by {group} (AUC of each class against the rest, within the {group})")
-        for col in ["value", "n", "accuracy", "balanced accuracy"] + [f"AUC {c}" for c in doc["classes"]]:
+        g = Table(title=f"by {group} (AUC of each class against the rest, within the {group}"
+                        + (f"; sensitivity/specificity for {scr['class']} at the threshold)" if scr else ")"))
+        cols = ["value", "n", "accuracy", "balanced accuracy"] + [f"AUC {c}" for c in doc["classes"]]
+        for col in cols + (["sens/spec"] if scr else []):
             g.add_column(col)
         for name, m in values.items():
             bal = m["balanced_accuracy"]
             aucs = [m["per_class"][c]["auc"]["value"] for c in doc["classes"]]
+            at = []
+            if scr:
+                sens, spec = m["screening"]["sensitivity"]["value"], m["screening"]["specificity"]["value"]
+                at = [f"{'-' if sens is None else f'{sens:.2f}'}/{'-' if spec is None else f'{spec:.2f}'}"]
             g.add_row(str(name), str(m["n"]), fmt(m["accuracy"]), "-" if bal is None else f"{bal:.3f}",
-                      *("-" if a is None else f"{a:.3f}" for a in aucs))
+                      *("-" if a is None else f"{a:.3f}" for a in aucs), *at)
         console.print(g)
     if doc.get("shortcut_check"):
         _print_shortcut_check(console, doc["shortcut_check"], doc["classes"], fmt)
