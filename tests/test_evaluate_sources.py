@@ -193,7 +193,7 @@ def test_shortcut_check_catches_the_stamp(stamp_model):
     blanked = verdict["per_class"]["covid"]["auc_centre_blanked"]
     assert blanked["ci"][0] > 0.5, blanked
     assert verdict["uses_shortcuts"] is True
-    assert "using shortcuts" in verdict["text"] and "outside the chest" in verdict["text"]
+    assert "using shortcuts" in verdict["text"] and "outside the central region" in verdict["text"]
     assert sc["variants"]["full"]["within_source"]["covid"]["sources"] == ["site-a", "site-b"]
     json.dumps(doc, allow_nan=False)
 

@@ -273,14 +273,19 @@ def test_bundled_model_screens_the_shared_bad_files(tmp_path):
     info = read_info(bundled_model_path())
     rows = {r["path"]: r for r in csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"), newline=""))}
     assert set(rows) == set(os.listdir(BAD)) - {"README.md"}
+    # The folder's first six files; the "field cases" added later (README there) are the
+    # subject of their own work and only need a row here, ok or error, never a crash.
+    first = {"gray16bit_xray.png": "ok", "rgba_xray.png": "ok", "cmyk_xray.jpg": "ok",
+             "empty_zero_bytes.png": "empty: ", "truncated_half_jpeg.jpg": "truncated: ",
+             "text_file_not_image.jpg": "not_an_image: "}
     for name, r in rows.items():
-        real = any(k in name for k in ("16bit", "rgba", "cmyk"))
-        assert r["status"] == ("ok" if real else "error"), (name, r["error"])
-        assert r["model_sha256"] == info["weights_sha256"]
-    assert rows["empty_zero_bytes.png"]["error"].startswith("empty: ")
-    assert rows["truncated_half_jpeg.jpg"]["error"].startswith("truncated: ")
-    assert rows["text_file_not_image.jpg"]["error"].startswith("not_an_image: ")
-    assert (s.errors, s.exit_code) == (3, 1)
+        assert r["status"] in ("ok", "error") and r["model_sha256"] == info["weights_sha256"]
+        if name in first:
+            want = first[name]
+            assert r["status"] == ("ok" if want == "ok" else "error"), (name, r["error"])
+            assert want == "ok" or r["error"].startswith(want), (name, r["error"])
+    errors = sum(r["status"] == "error" for r in rows.values())
+    assert (s.errors, s.exit_code) == (errors, 1)
 
 
 # -------------------------------------------------------------- processes

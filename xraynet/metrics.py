@@ -624,10 +624,11 @@ def shortcut_verdict(variants: dict, classes, screening_class: str | None = None
             # Below chance with the lungs hidden is still a signal from outside them, inverted.
             uses = True
             kept = "" if margin is None else f" and keeps {margin:.0%} of its above-chance margin"
-            text = (f"{cls}: the model is using shortcuts. With the central chest region blanked (the lungs "
-                    f"hidden) it still separates {cls} from the rest: pooled {_fmt_auc(blank)}, above chance,"
-                    f"{kept} (full films: {_fmt_auc(full)}). It relies on cues outside the chest: borders, "
-                    "burned-in text, markers, the source of the film.")
+            text = (f"{cls}: the model is using shortcuts. With the central chest region blanked (most of "
+                    f"the lungs hidden) it still separates {cls} from the rest: pooled {_fmt_auc(blank)}, above chance,"
+                    f"{kept} (full films: {_fmt_auc(full)}). It relies on cues outside the central region: "
+                    "borders, burned-in text, markers, devices, the source of the film, or the outer lung fields, "
+                    "which the box leaves out on most films; look at the films and the within-source figures.")
         else:
             uses = False
             text = (f"{cls}: with the lungs blanked the model falls to chance: pooled {_fmt_auc(blank)} with the "
