@@ -172,11 +172,25 @@ def test_unknown_by_and_unknown_source_exit_2(three_sources, tmp_path):
 
 
 def test_recipe_without_options_exits_2(three_sources, tmp_path):
-    # The bundled model predates stored recipes: the default --recipe says what to pass instead.
-    root = three_sources[0]
-    res = runner.invoke(app, ["crossval", str(root), "--out-dir", str(tmp_path / "o"), "--device", "cpu"])
+    # A model written before recipes were stored: --recipe says what to pass instead.
+    from xraynet.modelfile import load_model, save_model
+
+    root, _, out, _ = three_sources
+    old = load_model(out / "holdout-2-site-b.h5")
+    meta = {k: v for k, v in old.metadata.items() if k != "options"}
+    save_model(tmp_path / "old.h5", old.model, classes=old.classes, preprocessing=old.preprocessing, metadata=meta)
+    res = runner.invoke(app, ["crossval", str(root), "--out-dir", str(tmp_path / "o"), "--device", "cpu",
+                              "--recipe", str(tmp_path / "old.h5")])
     assert res.exit_code == 2
     assert "holds no training recipe" in res.output and "trained by this xraynet version" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_bundled_model_is_the_default_recipe():
+    from xraynet.modelfile import bundled_model_path
+
+    recipe = recipe_from_model(bundled_model_path())
+    assert recipe["arch"] == "xraynet" and recipe["balance"] == "source-class" and recipe["holdout_sources"] == []
 
 
 def test_unknown_recipe_fields_are_an_error(three_sources, tmp_path):
