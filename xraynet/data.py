@@ -80,18 +80,24 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    def check_sources(self, sources) -> set:
+        """``sources`` as a set, after checking that each names the ``source_repo`` of
+        some image here; DataError naming the sources there are otherwise."""
+        wanted = set(sources)
+        known = {it.source for it in self.items}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise DataError(f"{self.root}: no images of source(s) {unknown}. Expected values of the "
+                            f"metadata's source_repo column, got names that match none; the sources here are "
+                            f"{sorted(s for s in known if s)}.")
+        return wanted
+
     def without_sources(self, sources) -> "Dataset":
         """The same dataset without the images whose ``source`` is in ``sources``
         (what a leave-one-source-out run trains on). Classes stay as they are,
         so labels keep their meaning. Raises DataError when a name matches no
         image, or when nothing is left."""
-        drop = set(sources)
-        known = {it.source for it in self.items}
-        unknown = sorted(drop - known)
-        if unknown:
-            raise DataError(f"{self.root}: no images of source(s) {unknown}. Expected values of the "
-                            f"metadata's source_repo column, got names that match none; the sources here are "
-                            f"{sorted(s for s in known if s)}.")
+        drop = self.check_sources(sources)
         items = [it for it in self.items if it.source not in drop]
         if not items:
             raise DataError(f"{self.root}: leaving out {sorted(drop)} leaves no images. Keep at least one "

@@ -131,13 +131,8 @@ def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, s
                                "on data the model never saw.")
         chosen = split_dataset(ds, val_fraction=split_info["val_fraction"], seed=split_info["seed"]).val
     if sources is not None:
-        known = {it.source for it in ds.items}
-        missing = sorted(set(sources) - known)
-        if missing:
-            raise XraynetError(f"{data_dir}: no images of source(s) {missing}. Expected values of the metadata's "
-                               f"source_repo column, got names that match none; the sources here are "
-                               f"{sorted(s for s in known if s)}.")
-        chosen = np.array([i for i in chosen if ds.items[i].source in set(sources)], np.int64)
+        wanted = ds.check_sources(sources)
+        chosen = np.array([i for i in chosen if ds.items[i].source in wanted], np.int64)
     prep = Preprocessing.from_dict(loaded.preprocessing)
     items = [ds.items[i] for i in chosen]
     x, ok, skipped = decode_all(items, prep, cache, workers)
