@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xraynet import imaging
+from xraynet import decoders, imaging
 from xraynet.errors import ImageError, ShapeError, SpecError
 from xraynet.imaging import Decoded, Preprocessing, decode, equalize_histogram, load, preprocess
 
@@ -334,7 +334,7 @@ def test_missing_file_and_directory(tmp_path):
 
 def test_too_large_own_limit(tmp_path, monkeypatch):
     path = save(Image.fromarray(ramp(50, 40)), tmp_path / "big.png")
-    monkeypatch.setattr(imaging, "MAX_PIXELS", 1999)
+    monkeypatch.setattr(decoders, "MAX_PIXELS", 1999)
     e = assert_reason(path, "too_large")
     assert "2,000" in str(e) and "1,999" in str(e)
     dcm = write_dicom(tmp_path / "big.dcm", dicom_ramp(50, 40))
@@ -383,7 +383,9 @@ def test_warnings(tmp_path):
     assert "extreme_aspect" in wide and "extreme_aspect" in tall and "tiny" not in wide
     flat = decode(save(Image.new("L", (200, 200), 128), tmp_path / "flat.png")).warnings
     assert flat == ["nearly_uniform"]
-    assert set(imaging.WARNING_CODES) == {"tiny", "extreme_aspect", "nearly_uniform", "likely_inverted"}
+    assert set(imaging.WARNING_CODES) == {"tiny", "extreme_aspect", "nearly_uniform", "likely_inverted",
+                                          "not_frontal", "not_radiograph", "not_chest", "for_processing",
+                                          "decoder_warning"}
 
 
 # ----------------------------------------------------------- preprocessing

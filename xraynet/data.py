@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import DataError
 from .imaging import IMAGE_SUFFIXES as IMAGE_EXTENSIONS  # one list of image endings for training and screening
-from .imaging import has_dicom_magic
+from .imaging import is_dicom_file
 
 METADATA_FILE = "metadata.csv"
 UNKNOWN = "(unknown)"   # report key for an image whose source or view is not given
@@ -123,7 +123,7 @@ class Split:
 
 # ------------------------------------------------------------------ scanning
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS or has_dicom_magic(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
 
 
 def _walk_images(folder: Path) -> tuple[list[Path], int]:

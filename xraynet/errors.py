@@ -61,12 +61,14 @@ class ImageError(XraynetError):
     ``"unreadable"``          the operating system cannot read the file (missing, permissions, I/O)
     ``"dicom_unsupported"``   a DICOM file without pixel data, or one pydicom cannot decode
     ``"dicom_needs_pydicom"`` a DICOM file, but pydicom is not installed
+    ``"unsupported_codec"``   a valid file whose compression or sample format no installed
+                              decoder reads; the message names what to install
 
     ``path`` is the file (a str), or None.
     """
 
     REASONS = ("empty", "truncated", "not_an_image", "unsupported_mode", "too_large", "unreadable",
-               "dicom_unsupported", "dicom_needs_pydicom")
+               "dicom_unsupported", "dicom_needs_pydicom", "unsupported_codec")
 
     def __init__(self, message: str, reason: str, path=None):
         if reason not in self.REASONS:

@@ -52,22 +52,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-import warnings as _warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from .decoders import HEAD_BYTES, MAX_PIXELS, image_error, library_warnings, os_error, warning_entry
+from .decoders.dicom import decode_dicom, looks_like_dicom
+from .decoders.raster import decode_raster
 from .errors import ImageError, ShapeError, SpecError
 
 __all__ = ["ImageError", "Decoded", "Preprocessing", "decode", "preprocess", "load", "equalize_histogram",
            "MAX_PIXELS", "WARNING_CODES"]
 
-#: Images with more pixels than this are refused ("too_large"): a 100 M pixel
-#: image already needs 400 MB as float32, and real radiographs are < 20 M.
-MAX_PIXELS = 100_000_000
 
 #: Bump when the pipeline changes what it computes, so caches keyed by
 #: Preprocessing.key() stop matching old results.
@@ -80,6 +78,14 @@ WARNING_CODES = {
     "nearly_uniform": "pixel standard deviation under 0.02: blank, or almost no contrast",
     "likely_inverted": "the lung fields are brighter than the mediastinum: probably a negative "
                        "(white = air) image that is not marked as such",
+    # DICOM header gates: the film was screened, but its header says it is not
+    # what the model was trained on (frontal chest radiographs for display).
+    "not_frontal": "the DICOM header's View Position says lateral (or another non-frontal view)",
+    "not_radiograph": "the DICOM header's Modality is not a projection radiograph (CT, MR, US...)",
+    "not_chest": "the DICOM header's Body Part Examined names a part other than the chest",
+    "for_processing": "the DICOM header says FOR PROCESSING: raw detector data, not the image meant for display",
+    "decoder_warning": "the decoding library warned about the file (the text follows in brackets); "
+                       "the image decoded",
 }
 TINY_SIDE = 128
 MAX_ASPECT = 2.5
@@ -92,15 +98,7 @@ NEARLY_UNIFORM_STD = 0.02
 INVERTED_MARGIN = 0.1
 EQUALIZE_BINS = 4096
 
-_DICOM_SUFFIXES = (".dcm", ".dicom")
 _RESAMPLE = Image.Resampling.BILINEAR
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_SIGNATURES = (  # formats whose header we can recognise even when Pillow cannot open the file
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
-)
-_OPEN_LOCK = threading.Lock()
-_COPY_AGAIN = "Copy the file again from its source, or remove it from the folder"
 
 
 @dataclass
@@ -121,242 +119,6 @@ class Decoded:
     source_mode: str
     bit_depth: int
     warnings: list[str] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------ decoding
-def _image_error(path, what: str, expected: str, got: str, todo: str, reason: str) -> ImageError:
-    return ImageError(f"{path}: {what}. Expected {expected}, got {got}. {todo}.", reason, path)
-
-
-def _short(e: BaseException) -> str:
-    """An embedded library message on one line (reports are CSV rows), cut to 200 characters."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _describe(head: bytes, size: int) -> str:
-    """What a file that is no image looks like, for the error message."""
-    if head.startswith(b"\x89HDF"):
-        return "an HDF5 file"
-    if head.startswith(b"%PDF"):
-        return "a PDF document"
-    if head.startswith(b"PK\x03\x04"):
-        return "a ZIP archive"
-    try:
-        text = head[:200].decode("utf-8")
-    except UnicodeDecodeError:
-        return f"{size} bytes starting {head[:8]!r}"
-    first = " ".join(text.split())[:40]
-    return f"text ({first!r}...)" if first else "whitespace"
-
-
-def _too_large(path, n_pixels: int, shape: str) -> ImageError:
-    return _image_error(path, f"too many pixels ({shape}, {n_pixels:,} pixels)",
-                        f"at most {MAX_PIXELS:,} pixels", f"{n_pixels:,}",
-                        "Downscale the image before screening it (a possible decompression bomb is refused)",
-                        "too_large")
-
-
-def _os_error(path, e: OSError) -> ImageError:
-    if isinstance(e, FileNotFoundError):
-        what, got = "does not exist", "no such file"
-    elif isinstance(e, IsADirectoryError):
-        what, got = "is a directory", "a directory"
-    elif isinstance(e, PermissionError):
-        what, got = "cannot be read (permission denied)", "no read permission"
-    else:
-        what, got = f"cannot be read ({e.strerror or e})", type(e).__name__
-    return _image_error(path, what, "a readable image file", got,
-                        "Check the path, the permissions and the disk", "unreadable")
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., :3].astype(np.float32) @ _LUMA
-
-
-def _minmax(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        # NaN/inf samples (possible in float TIFF) become black, not a crash.
-        a = np.where(finite, a, np.nan)
-        lo, hi = (np.nanmin(a), np.nanmax(a)) if finite.any() else (0.0, 0.0)
-        a = np.nan_to_num(a, nan=lo)
-    else:
-        lo, hi = a.min(), a.max()
-    if hi <= lo:
-        return np.zeros(a.shape, np.float32)
-    return ((a - lo) / (hi - lo)).astype(np.float32)
-
-
-def _pillow_gray(img: Image.Image, path) -> tuple[np.ndarray, int]:
-    """Grayscale float32 in [0, 1] and the source bit depth of a loaded Pillow image."""
-    mode = img.mode
-    if mode == "1":
-        return np.asarray(img, dtype=np.float32), 1
-    if mode == "L":
-        return np.asarray(img, dtype=np.float32) / 255.0, 8
-    if mode in ("LA", "La"):
-        return np.asarray(img.getchannel(0), dtype=np.float32) / 255.0, 8
-    if mode in ("RGB", "RGBA", "RGBX", "RGBa"):
-        return _luma(np.asarray(img)) / 255.0, 8
-    if mode in ("P", "PA", "CMYK", "YCbCr"):
-        # Pillow's own conversion to RGB resolves the palette / inks; the luma
-        # is then taken in float rather than Pillow's rounded "L".
-        return _luma(np.asarray(img.convert("RGB"))) / 255.0, 8
-    if mode.startswith("I;16"):
-        # Straight from the 16-bit samples: converting to "L" first would keep
-        # only the top 8 bits of a 16-bit radiograph.
-        return np.asarray(img).astype(np.float32) / 65535.0, 16
-    if mode == "I":
-        a = np.asarray(img)
-        if a.size and a.min() >= 0 and a.max() <= 65535:
-            # 16-bit sources opened as 32-bit integers by some plugins.
-            return a.astype(np.float32) / 65535.0, 16
-        return _minmax(a), 32
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float32)
-        if np.isfinite(a).all() and a.size and a.min() >= 0.0 and a.max() <= 1.0:
-            return a.copy(), 32
-        return _minmax(a), 32
-    raise _image_error(path, f"unsupported pixel mode {mode!r}",
-                       "a grayscale, RGB, RGBA, palette, CMYK, 16-bit or float image", repr(mode),
-                       "Convert the image to an 8- or 16-bit grayscale PNG", "unsupported_mode")
-
-
-def _decode_pillow(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, str, int]:
-    # Pillow warns above 89 M pixels and raises above twice that; xraynet
-    # applies its own limit (MAX_PIXELS) right after opening instead. The
-    # warning filters are process-global and training decodes in threads, so
-    # one lock keeps two opens from saving and restoring them interleaved
-    # (opening reads only the header; decoding, the slow part, runs unlocked).
-    with _OPEN_LOCK, _warnings.catch_warnings():
-        _warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(fh)
-        except Image.DecompressionBombError as e:
-            raise _image_error(path, f"too many pixels ({_short(e)})", f"at most {MAX_PIXELS:,} pixels",
-                               "more than Pillow's limit", "Downscale the image before screening it",
-                               "too_large") from None
-        except UnidentifiedImageError:
-            known = next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
-            if known is not None:
-                raise _image_error(path, f"starts like a {known} image but its header is incomplete",
-                                   f"a complete {known} file", f"{size} bytes", _COPY_AGAIN, "truncated") from None
-            raise _image_error(path, "not an image", "a PNG, JPEG, BMP, TIFF or DICOM file",
-                               _describe(head, size), "Remove the file from the folder or convert it",
-                               "not_an_image") from None
-        except OSError as e:
-            if e.errno is not None:
-                raise _os_error(path, e) from None
-            # Pillow's own "Truncated File Read" while parsing the header.
-            known = next((name for sig, name in _SIGNATURES if head.startswith(sig)), "image")
-            raise _image_error(path, f"the {known} header ends early ({_short(e)})", f"a complete {known} file",
-                               f"{size} bytes", _COPY_AGAIN, "truncated") from None
-    fmt = (img.format or "unknown").lower()
-    w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise _too_large(path, w * h, f"{w}x{h}")
-    try:
-        # Pillow decodes lazily: load() now so broken pixel data fails here,
-        # with the file named, and not later inside preprocessing.
-        img.load()
-    except MemoryError:
-        raise
-    except OSError as e:
-        if e.errno is not None:  # the disk failed, not the data
-            raise _os_error(path, e) from None
-        raise _image_error(path, f"the {fmt.upper()} header reads but decoding fails ({_short(e)})",
-                           f"a complete {fmt.upper()} file", f"{size} bytes that end early or are damaged",
-                           _COPY_AGAIN, "truncated") from None
-    except Exception as e:  # noqa: BLE001 -- format plugins raise many types on damaged data
-        raise _image_error(path, f"the {fmt.upper()} header reads but decoding fails "
-                           f"({type(e).__name__}: {_short(e)})", f"a complete {fmt.upper()} file",
-                           f"{size} bytes that end early or are damaged", _COPY_AGAIN, "truncated") from None
-    mode = img.mode
-    if img.getexif().get(0x0112, 1) != 1:
-        # Phone photos of films and some exports store the rotation in EXIF only.
-        img = ImageOps.exif_transpose(img)
-    pixels, depth = _pillow_gray(img, path)
-    return pixels, fmt, mode, depth
-
-
-def _decode_dicom(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, int]:
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
-    except ImportError:
-        raise _image_error(path, "is a DICOM file, but pydicom is not installed", "pydicom installed",
-                           "no pydicom", 'Install it with: pip install "xraynet[dicom]"',
-                           "dicom_needs_pydicom") from None
-    has_magic = head[128:132] == b"DICM"
-    fh.seek(0)
-    try:
-        # force=True only for a .dcm name without the DICM preamble (raw
-        # datasets written by some older modalities).
-        ds = pydicom.dcmread(fh, force=not has_magic)
-    except InvalidDicomError as e:
-        raise _image_error(path, f"not a readable DICOM file ({_short(e)})", "a DICOM file", "something else",
-                           "Remove the file from the folder or convert it", "not_an_image") from None
-    except OSError as e:
-        if e.errno is not None:
-            raise _os_error(path, e) from None
-        raise _image_error(path, f"the DICOM file cannot be parsed ({_short(e)})", "a complete DICOM file",
-                           f"{size} bytes", _COPY_AGAIN, "truncated") from None
-    except Exception as e:  # noqa: BLE001 -- pydicom raises many types on damaged files
-        raise _image_error(path, f"the DICOM file cannot be parsed ({type(e).__name__}: {_short(e)})",
-                           "a complete DICOM file", f"{size} bytes", _COPY_AGAIN, "truncated") from None
-    if "PixelData" not in ds:
-        if not has_magic:
-            # Read with force=True: without the preamble and without pixel
-            # data nothing says this is DICOM at all.
-            raise _image_error(path, "not an image", "a PNG, JPEG, BMP, TIFF or DICOM file",
-                               f"a {path.suffix} name without DICOM content ({_describe(head, size)})",
-                               "Remove the file from the folder or convert it", "not_an_image")
-        kind = str(getattr(ds, "Modality", "") or getattr(ds, "SOPClassUID", "") or "unknown")
-        raise _image_error(path, "is a DICOM file without pixel data (Pixel Data (7FE0,0010) missing)",
-                           "a DICOM image", f"a DICOM object of kind {kind!r} (a report or presentation state?)",
-                           "Export the image series, not this object", "dicom_unsupported")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols > MAX_PIXELS:
-        raise _too_large(path, rows * cols, f"{cols}x{rows}")
-    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
-    try:
-        arr = pixel_array(ds, index=0)
-    except (NotImplementedError, RuntimeError) as e:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        ts_text = f"{ts.name} ({ts})" if ts is not None else "an unknown transfer syntax"
-        raise _image_error(path, f"pydicom cannot decode its pixel data ({_short(e)})",
-                           "an uncompressed DICOM file or one whose codec is installed", ts_text,
-                           "Install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) "
-                           "or convert the file to uncompressed DICOM or PNG", "dicom_unsupported") from None
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- short or inconsistent pixel data
-        raise _image_error(path, f"its pixel data cannot be decoded ({type(e).__name__}: {_short(e)})",
-                           f"{rows}x{cols} pixels of {bits}-bit data", f"a file of {size} bytes",
-                           _COPY_AGAIN, "truncated") from None
-    if pi in ("MONOCHROME1", "MONOCHROME2"):
-        if arr.ndim != 2:
-            raise _image_error(path, f"unexpected pixel array shape {arr.shape}", "one 2-D frame",
-                               f"shape {arr.shape}", "Convert the file to a single-frame grayscale DICOM",
-                               "dicom_unsupported")
-        arr = apply_modality_lut(arr, ds)
-        arr = apply_voi_lut(arr, ds, index=0)
-        gray = _minmax(arr)
-        if pi == "MONOCHROME1":
-            gray = 1.0 - gray
-    elif pi == "PALETTE COLOR":
-        gray = _minmax(_luma(apply_color_lut(arr, ds)))
-    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        gray = _minmax(_luma(arr))  # RGB, and YBR already converted to RGB by pydicom
-    else:
-        raise _image_error(path, f"unsupported photometric interpretation {pi!r}",
-                           "MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR", repr(pi),
-                           "Convert the file to a grayscale DICOM or PNG", "unsupported_mode")
-    return gray, pi, bits
 
 
 def _inverted_score(pixels: np.ndarray) -> float:
@@ -387,15 +149,16 @@ def _image_warnings(pixels: np.ndarray) -> list[str]:
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 
 
-def has_dicom_magic(path) -> bool:
-    """True when the file has the DICOM marker ``DICM`` at byte 128 (a DICOM
-    file whatever its name); False for shorter or unreadable files."""
+def is_dicom_file(path) -> bool:
+    """True when the file's content (or, failing that, its name) says DICOM
+    (:func:`xraynet.decoders.dicom.looks_like_dicom`); False for unreadable files."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(HEAD_BYTES)
     except OSError:
         return False
-    return head[128:132] == b"DICM"
+    return looks_like_dicom(head, os.path.splitext(os.fspath(path))[1])
+
 
 def decode(path) -> Decoded:
     """Read one image file into a :class:`Decoded` (grayscale float32 in [0, 1]).
@@ -408,28 +171,30 @@ def decode(path) -> Decoded:
     try:
         fh = open(path, "rb")
     except OSError as e:
-        raise _os_error(path, e) from None
+        raise os_error(path, e) from None
     with fh:
         try:
             size = os.fstat(fh.fileno()).st_size
-            head = fh.read(132)
+            head = fh.read(HEAD_BYTES)
         except OSError as e:
-            raise _os_error(path, e) from None
+            raise os_error(path, e) from None
         if size == 0 or not head:
-            raise _image_error(path, "the file is empty", "an image file", "0 bytes",
+            raise image_error(path, "the file is empty", "an image file", "0 bytes",
                                "Copy the file again from its source, or remove it from the folder", "empty")
-        has_magic = head[128:132] == b"DICM"
         fh.seek(0)
-        named_dicom = path.suffix.lower() in _DICOM_SUFFIXES
-        if has_magic or (named_dicom and not any(head.startswith(sig) for sig, _ in _SIGNATURES)):
-            pixels, mode, depth = _decode_dicom(path, fh, head, size)
-            fmt = "dicom"
-        else:
-            pixels, fmt, mode, depth = _decode_pillow(path, fh, head, size)
+        decoder = decode_dicom if looks_like_dicom(head, path.suffix) else decode_raster
+        with library_warnings() as caught:
+            pixels, fmt, mode, depth, notes = decoder(path, fh, head, size)
+    for category, message in caught:
+        # Pillow's bomb warning concerns sizes that MAX_PIXELS already judged.
+        if not issubclass(category, Image.DecompressionBombWarning):
+            entry = warning_entry(fmt, message)
+            if entry not in notes:
+                notes.append(entry)
     pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
     h, w = pixels.shape
     return Decoded(pixels=pixels, width=w, height=h, source_format=fmt, source_mode=mode, bit_depth=depth,
-                   warnings=_image_warnings(pixels))
+                   warnings=[*notes, *_image_warnings(pixels)])
 
 
 # ------------------------------------------------------------- preprocessing

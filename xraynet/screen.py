@@ -135,13 +135,13 @@ import numpy as np
 
 from . import __version__
 from .errors import ImageError, ReportLockedError, ScreenError
-from .imaging import IMAGE_SUFFIXES, has_dicom_magic
+from .imaging import IMAGE_SUFFIXES, is_dicom_file
 
 __all__ = ["screen", "Summary", "find_images", "report_columns", "IMAGE_SUFFIXES", "RETRY_REASONS", "EXIT_OK",
            "EXIT_ERRORS", "EXIT_USAGE", "EXIT_LOCKED"]
 
 #: Error reasons that depend on this machine rather than on the file's bytes: retried on every run.
-RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "dicom_unsupported"})
+RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "dicom_unsupported", "unsupported_codec"})
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 
 _HEAD = ("path", "sha256", "status", "error", "label")
@@ -266,7 +266,7 @@ def find_images(folder, *, recursive: bool = True, exclude=()) -> tuple[list[tup
             if not (is_file or broken_link) or os.path.realpath(entry.path) in skip:
                 continue
             suffix = os.path.splitext(entry.name)[1].lower()
-            if suffix in IMAGE_SUFFIXES or (is_file and has_dicom_magic(entry.path)):
+            if suffix in IMAGE_SUFFIXES or (is_file and is_dicom_file(entry.path)):
                 found.append((_text(rel_name), entry.path))
         stack.extend(reversed(subdirs))
     found.sort(key=lambda f: f[0])
