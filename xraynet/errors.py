@@ -54,7 +54,8 @@ class ImageError(XraynetError):
     ``reason`` is one stable code that reports and scripts can match on:
 
     ``"empty"``               the file has zero bytes
-    ``"truncated"``           the header reads but the pixel data ends early or is damaged
+    ``"truncated"``           the data really ends early: the file is shorter than its own headers say
+    ``"damaged"``             the file is complete but its data is corrupt or its headers disagree
     ``"not_an_image"``        no supported image format recognises the file
     ``"unsupported_mode"``    an image whose pixel layout xraynet cannot turn into grayscale
     ``"too_large"``           more pixels than the decompression-bomb limit allows
@@ -67,7 +68,7 @@ class ImageError(XraynetError):
     ``path`` is the file (a str), or None.
     """
 
-    REASONS = ("empty", "truncated", "not_an_image", "unsupported_mode", "too_large", "unreadable",
+    REASONS = ("empty", "truncated", "damaged", "not_an_image", "unsupported_mode", "too_large", "unreadable",
                "dicom_unsupported", "dicom_needs_pydicom", "unsupported_codec")
 
     def __init__(self, message: str, reason: str, path=None):
