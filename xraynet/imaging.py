@@ -122,11 +122,30 @@ class Decoded:
 
 
 def _inverted_score(pixels: np.ndarray) -> float:
-    """Lung boxes minus mediastinum box on a 64x64 thumbnail (see INVERTED_MARGIN)."""
+    """Lung boxes minus mediastinum box on a 64x64 thumbnail (see INVERTED_MARGIN),
+    with the thumbnail stretched to its own [min, max]: the film's polarity does not
+    depend on how much of the stored range its values happen to use."""
     a = np.asarray(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32)).resize((64, 64), _RESAMPLE))
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return 0.0
+    a = (a - lo) / (hi - lo)
     mediastinum = a[19:45, 26:38].mean()
     lungs = (a[19:45, 10:22].mean() + a[19:45, 42:54].mean()) / 2.0
     return float(lungs - mediastinum)
+
+
+def _pixel_std(pixels: np.ndarray, rows_per_chunk: int = 256) -> float:
+    """Standard deviation of a float32 image, accumulated in float64 a block of
+    rows at a time, so that no full-size float64 temporary is ever made."""
+    n = pixels.size
+    mean = sum(float(pixels[i:i + rows_per_chunk].sum(dtype=np.float64))
+               for i in range(0, pixels.shape[0], rows_per_chunk)) / n
+    ss = 0.0
+    for i in range(0, pixels.shape[0], rows_per_chunk):
+        d = pixels[i:i + rows_per_chunk] - np.float32(mean)
+        ss += float(np.dot(d.ravel(), d.ravel()))
+    return (ss / n) ** 0.5
 
 
 def _image_warnings(pixels: np.ndarray) -> list[str]:
@@ -136,10 +155,11 @@ def _image_warnings(pixels: np.ndarray) -> list[str]:
         out.append("tiny")
     if w / h > MAX_ASPECT or w / h < 1.0 / MAX_ASPECT:
         out.append("extreme_aspect")
-    if float(pixels.std(dtype=np.float64)) < NEARLY_UNIFORM_STD:
+    std = _pixel_std(pixels)
+    if std < NEARLY_UNIFORM_STD:
         out.append("nearly_uniform")
-    elif _inverted_score(pixels) > INVERTED_MARGIN:
-        # A uniform image has no anatomy to judge, so it is never "inverted".
+    # Low contrast does not hide polarity: only a constant image has no anatomy to judge.
+    if std > 0.0 and float(pixels.max()) > float(pixels.min()) and _inverted_score(pixels) > INVERTED_MARGIN:
         out.append("likely_inverted")
     return out
 
@@ -191,7 +211,10 @@ def decode(path) -> Decoded:
             entry = warning_entry(fmt, message)
             if entry not in notes:
                 notes.append(entry)
-    pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if not pixels.flags.writeable:
+        pixels = pixels.copy()
+    np.clip(pixels, 0.0, 1.0, out=pixels)  # in place: no second full-size copy
     h, w = pixels.shape
     return Decoded(pixels=pixels, width=w, height=h, source_format=fmt, source_mode=mode, bit_depth=depth,
                    warnings=[*notes, *_image_warnings(pixels)])
