@@ -48,14 +48,25 @@ def _root(
     """Train a hand-built CNN on chest X-rays and screen folders of X-rays into a CSV report."""
 
 
-def _fail(err: Exception) -> None:
+def _console(stderr: bool = False):
+    """Every rich Console of the CLI. When the stream is not a terminal (cron, a pipe, a file),
+    text is printed as plain unwrapped lines: one message stays one line for mail and grep,
+    never cut at 80 columns mid-word (tables keep their width; rich drops colour by itself)."""
     from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.soft_wrap = True
+    return console
+
+
+def _fail(err: Exception, code: int = 2) -> None:
     from rich.markup import escape
 
     # escape: messages hold install commands ("xraynet[gpu]") and file names that rich would take
     # for markup and drop. soft_wrap: the message stays one line (cron mail, grep).
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code)
 
 
 _DEVICE_HELP = ("Compute device: auto (the GPU when CuPy and a CUDA device are present, else the CPU), "
@@ -92,9 +103,7 @@ def _use_device(device: str, notice: bool = True) -> str:
         _fail(e)
     text = auto_notice(device) if notice else None
     if text:
-        from rich.console import Console
-
-        Console(stderr=True).print(text, markup=False, highlight=False, soft_wrap=True)
+        _console(stderr=True).print(text, markup=False, highlight=False, soft_wrap=True)
     return resolve_device(device)
 
 
@@ -143,10 +152,9 @@ def bench(
             row = {**row, "kernels": kern}
         sys.stdout.write(json.dumps(row) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     t = Table(title=f"xraynet bench ({row['device_name']})")
     for col in ("arch", "mode", "batch", "device", "threads", "images/s", "ms/batch", "p10-p90 ms", "GFLOP/s",
                 "iters"):
@@ -176,11 +184,9 @@ class _TrainUI:
     """Rich progress and tables for `xraynet train` (stderr for progress, stdout for tables)."""
 
     def __init__(self, quiet: bool):
-        from rich.console import Console
-
         self.quiet = quiet
-        self.out = Console()
-        self.err = Console(stderr=True)
+        self.out = _console()
+        self.err = _console(stderr=True)
         self.progress = None
         self.task = None
 
@@ -367,7 +373,6 @@ def evaluate(
 
 
 def _print_metrics(doc: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     def fmt(m):
@@ -376,7 +381,7 @@ def _print_metrics(doc: dict) -> None:
         lo, hi = m.get("ci") or (None, None)
         return f"{m['value']:.3f}" + (f" ({lo:.3f}-{hi:.3f})" if lo is not None else "")
 
-    console = Console()
+    console = _console()
     _print_within_source(console, doc, fmt)
     t = Table(title=f"{doc['n']} images: accuracy {fmt(doc['accuracy'])}, pooled over all sources (mixes sources: "
                     "flatters a model that recognises the source)")
@@ -474,10 +479,8 @@ class _CrossvalUI(_TrainUI):
     left to the final table or the JSON document."""
 
     def __init__(self):
-        from rich.console import Console
-
         super().__init__(quiet=False)
-        self.out = Console(stderr=True)
+        self.out = _console(stderr=True)
 
     def on_report(self, report, skipped):
         # The confound tables of every fold would bury the result; warnings and skipped files still show.
@@ -546,7 +549,6 @@ def crossval(
 
 
 def _print_crossval(doc: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     def fmt(value, ci):
@@ -558,7 +560,7 @@ def _print_crossval(doc: dict) -> None:
 
     classes = doc["data"]["classes"]
     screen = next((f["screening"]["class"] for f in doc["folds"] if f.get("screening")), None)
-    console = Console()
+    console = _console()
     t = Table(title=f"leave-one-{doc['by']}-out ({len(doc['folds'])} folds)", show_edge=False)
     suffix = f"\n{screen}" if screen else ""
     for col in ["held-out\nsource", "images", *(f"AUC\n{c}" for c in classes), f"sensitivity{suffix}",
@@ -595,9 +597,23 @@ Re-runs with the same --out screen only new or changed files; a kill at any
 moment leaves a valid report. Columns and the crash-safety design are in the
 docstring of xraynet/screen.py.
 
-Exit codes: 0 every file screened ok; 1 some files are error rows in the
-report; 2 usage error (bad option, missing folder, unusable model or report);
-3 another run holds the report's lock (--on-lock fail).
+Exit codes (the table in xraynet/screen.py):
+
+0  every file of FOLDER has an ok row
+
+1  some files are error rows in the report (the run completed)
+
+2  usage error: bad option, missing folder, unusable model or report
+
+3  another run holds the report's lock (--on-lock fail)
+
+4  the report, its lock or a heatmap could not be written (read-only folder,
+disk full): rows written before are kept; fix it and run again
+
+5  a folder under FOLDER could not be listed: its old rows are kept unchanged
+(takes precedence over 1)
+
+130  interrupted
 """
 
 
@@ -625,13 +641,12 @@ def screen(
                                                      'Needs pip install "xraynet[cluster]".'),
     cluster_timeout: float = typer.Option(30.0, min=0.001, help="Seconds to wait for the Dask scheduler."),
 ) -> None:
-    from rich.console import Console
     from rich.markup import escape
 
-    from xraynet.errors import ReportLockedError, XraynetError
-    from xraynet.screen import EXIT_LOCKED, screen as run_screen
+    from xraynet.errors import XraynetError
+    from xraynet.screen import exit_code_for, screen as run_screen
 
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     if cluster is None:
         # With --cluster each worker makes its own backend from the device name: this machine may
         # have no GPU while the workers do. The auto notice shows where the progress bar would:
@@ -659,11 +674,8 @@ def screen(
                              workers=workers, recursive=recursive, on_lock=on_lock.value, dry_run=dry_run,
                              progress=on_progress, heatmaps=heatmaps, device=device, cluster=cluster,
                              cluster_timeout=cluster_timeout)
-    except ReportLockedError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=EXIT_LOCKED)
     except XraynetError as e:
-        _fail(e)
+        _fail(e, exit_code_for(e))  # 3 locked, 4 an output could not be written, 2 the rest
     except KeyboardInterrupt:
         # Rows already written are whole and synced; the next run continues from them.
         err.print("interrupted: the report holds every row written so far; run the same command again to "
@@ -692,7 +704,6 @@ def screen(
 
 
 def _print_screen_summary(s) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"xraynet screen -> {s.out}")
@@ -702,6 +713,7 @@ def _print_screen_summary(s) -> None:
     for name, value in (
         ("files in folder", s.files), ("screened now", s.screened), ("unchanged, kept", s.skipped_unchanged),
         ("old rows dropped", s.dropped_rows), ("error rows", s.errors),
+        ("not listable: folders (their rows kept)", f"{len(s.unlisted)} ({s.kept_unlisted})"),
         (f"flagged {s.screening_class} (p >= {s.threshold:.4g})", s.flagged),
         ("flagged among screened now", s.flagged_new),
         ("images/s", f"{s.images_per_s:.1f}"), ("seconds", f"{s.seconds:.2f}"),
@@ -710,7 +722,7 @@ def _print_screen_summary(s) -> None:
         ("model", f"{s.model} {s.model_sha256[:12]}"),
     ):
         t.add_row(name, str(value))
-    Console().print(t)
+    _console().print(t)
 
 
 @app.command()

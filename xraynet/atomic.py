@@ -1,35 +1,117 @@
 """Write a file so that a reader sees either the old one or the whole new one.
 
-The content goes to a temporary file in the target's folder, is flushed to
-disk, and is renamed over the target; on any error the temporary file is
-removed and the target is untouched. (Model files and screening reports have
-their own variants: h5py needs a path, and reports also sync their folder.)
+One helper does it (:func:`durable_replace`): the content goes to a temporary
+file in the target's folder, is ``fsync``-ed, renamed over the target with
+``os.replace``, and the folder is ``fsync``-ed so that the rename itself
+survives a power cut. On any error (read-only folder, full disk, I/O error)
+the temporary file is removed and the target is untouched; the ``OSError``
+propagates for the caller to turn into its own message. :func:`atomic_open`
+(a file object) and :func:`write_atomic` (bytes) are the two ways in; the
+screening report uses the second. Model files (:mod:`xraynet.modelfile`,
+h5py needs a path) and decode caches (:mod:`xraynet.decodecache`) still have
+their own variants.
 """
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
+__all__ = ["durable_replace", "atomic_open", "write_atomic", "write_all", "fsync_dir"]
+
+# fsync of a folder is refused by some file systems (and a folder we may not read cannot be opened):
+# the rename is still atomic there, only its durability is the file system's business.
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES,
+                                    errno.EPERM, errno.EISDIR})
+
+
+def fsync_dir(directory) -> None:
+    """``fsync`` a folder so that a rename or a new file in it is on disk. Real I/O errors
+    (``EIO``, ``ENOSPC``) raise; a file system that does not support it is skipped."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:
+        if e.errno in _DIR_FSYNC_UNSUPPORTED:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _DIR_FSYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be short), or raise."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _create_tmp(path: Path, tmp) -> tuple[int, Path]:
+    # Mode 0644 less the umask, as open() would create it (mkstemp's 0600 would hide reports and
+    # charts from other users; a umask of 027 is the site's choice to hide them).
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    if tmp is not None:
+        tmp = Path(tmp)
+        return os.open(tmp, flags | os.O_TRUNC, 0o644), tmp
+    while True:
+        # A hidden name: folder listings (xraynet.discovery) skip it should a kill leave it behind.
+        cand = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(cand, flags | os.O_EXCL, 0o644), cand
+        except FileExistsError:
+            continue
+
 
 @contextmanager
-def atomic_open(path, mode: str = "wb", **kwargs):
+def durable_replace(path, *, tmp=None, make_parents: bool = False):
+    """``with durable_replace(path) as fd: write_all(fd, data)`` -- the one durable write.
+
+    Yields the descriptor of a new temporary file in ``path``'s folder (named
+    ``tmp`` when given -- the caller then owns that name and cleans up what a
+    kill leaves; else a fresh hidden ``.<name>.<random>.tmp``). When the block
+    ends normally: ``fsync``, close, ``os.replace`` over ``path``, ``fsync`` of
+    the folder. When anything fails, the block included: the temporary file is
+    closed and removed, ``path`` is left as it was, and the error propagates.
+    ``make_parents``: create missing parent folders first."""
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_p = _create_tmp(path, tmp)
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_p, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_p)
+        except OSError:
+            pass  # already gone, or the folder refuses: a named tmp is cleaned by its owner, a random one is hidden
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_open(path, mode: str = "wb", *, tmp=None, **kwargs):
     """``with atomic_open(path, "w", newline="") as fh: ...`` -- ``open`` arguments
     apply to the temporary file; the parent folder is created if missing. The
-    file gets mode 0644 (mkstemp's 0600 would hide reports and charts from
-    other users)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, mode, **kwargs) as fh:
+    file gets mode 0644 less the umask, like a file ``open`` creates. See
+    :func:`durable_replace`."""
+    with durable_replace(path, tmp=tmp, make_parents=True) as fd:
+        # closefd=False: the helper syncs and closes the descriptor after the buffer is flushed here.
+        with os.fdopen(fd, mode, closefd=False, **kwargs) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def write_atomic(path, data: bytes, *, tmp=None) -> None:
+    """Replace ``path`` durably with ``data`` (see :func:`durable_replace`)."""
+    with durable_replace(path, tmp=tmp) as fd:
+        write_all(fd, data)

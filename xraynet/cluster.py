@@ -27,8 +27,11 @@ scheduler; since a batch's rows are written only when its future completes,
 and only by the client, each file still gets exactly one row. A batch that
 fails for good (an exception on the worker, ``KilledWorker`` after repeated
 worker deaths, a lost scheduler) stops the run with a
-:class:`~xraynet.errors.ScreenError` (exit 2); the rows of completed batches
-are already in the report and the next run screens the rest.
+:class:`~xraynet.errors.ScreenError` (exit 2); a worker that cannot write a
+heatmap PNG (read-only folder, full disk) raises
+:class:`~xraynet.errors.ReportWriteError` (exit 4), which reaches the client
+as it is. Either way the rows of completed batches are already in the report
+and the next run screens the rest.
 
 ``import xraynet.cluster`` does not import Dask either; it is imported on first use.
 """

@@ -8,15 +8,23 @@ A dataset is a folder with one subfolder per class::
         metadata.csv   (optional)
 
 :func:`scan_dataset` lists the images (class subfolders are searched
-recursively; hidden files and folders are skipped), :func:`split_dataset`
+recursively by :func:`xraynet.discovery.find_images`, the rules screening
+uses too), :func:`split_dataset`
 splits them into train and validation sets with no patient on both sides, and
 :func:`confound_report` counts what a model could learn besides the disease:
 which source and which view each class comes from.
 
-Images are recognised by extension (``.png .jpg .jpeg .bmp .tif .tiff .dcm
-.dicom``, any case). Any other file is an image only when it carries the DICOM
-magic ``DICM`` at byte 128: DICOM files are often named without an extension
-or after their UID (``1.2.840.113619.2.55``), whose last dot looks like one.
+Which files are images (:mod:`xraynet.discovery`): regular files only --
+FIFOs, sockets and devices are never opened; hidden names (starting with
+``.``) are skipped; directory symlinks are followed once (a loop or a second
+link to one folder is not entered again). A file is an image by its ending
+(``.png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom``, any case), or,
+for any other name, when :func:`xraynet.imaging.is_dicom_file` says its
+content is DICOM: DICOM files are often named without an extension or after
+their UID (``1.2.840.113619.2.55``), whose last dot looks like one. A folder
+(or file) under DATA_DIR that cannot be listed is a
+:class:`~xraynet.errors.DataError` naming it: a silently smaller training or
+evaluation set would be wrong.
 
 ``metadata.csv``, when present, must have the columns ``file`` (the image's
 path relative to DATA_DIR, with ``/``, e.g. ``covid/x.png``) and
@@ -35,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .discovery import display_path, find_images
 from .errors import DataError
 from .imaging import IMAGE_SUFFIXES as IMAGE_EXTENSIONS  # one list of image endings for training and screening
-from .imaging import is_dicom_file
 
 METADATA_FILE = "metadata.csv"
 UNKNOWN = "(unknown)"   # report key for an image whose source or view is not given
@@ -122,26 +130,20 @@ class Split:
 
 
 # ------------------------------------------------------------------ scanning
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom_file(path)
+def _unlisted_error(path, e: OSError) -> DataError:
+    return DataError(f"{display_path(path)}: cannot be listed ({e.strerror or e}). Expected a folder (and files) "
+                     f"this user can read, got {type(e).__name__}. Fix its permissions or mount; training or "
+                     "evaluating without its images would silently use a smaller dataset.")
 
 
 def _walk_images(folder: Path) -> tuple[list[Path], int]:
-    """Images under ``folder`` (recursive, hidden entries skipped), and the
-    number of other files seen."""
-    images, others = [], 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        # Pruning in place stops os.walk descending into hidden folders.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            if _is_image(p):
-                images.append(p)
-            else:
-                others += 1
-    return images, others
+    """Images under ``folder`` (:func:`xraynet.discovery.find_images`), and the
+    number of other entries seen. DataError when something cannot be listed."""
+    listing = find_images(folder)
+    if listing.unlisted:
+        u = listing.unlisted[0]
+        raise _unlisted_error(u.path, u.error)
+    return [Path(path) for _, path in listing.files], listing.others
 
 
 def _norm_key(s: str) -> str:
@@ -204,8 +206,13 @@ def scan_dataset(data_dir) -> Dataset:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder. Expected a folder with one subfolder per class, "
                         "got a file. Pass the folder that holds the class subfolders.")
-    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                        key=lambda p: p.name)
+    try:
+        with os.scandir(root) as it:
+            # is_dir follows symlinks; it raises only for an entry that exists but cannot be examined.
+            class_dirs = sorted((Path(e.path) for e in it if not e.name.startswith(".") and e.is_dir()),
+                                key=lambda p: p.name)
+    except OSError as e:
+        raise _unlisted_error(getattr(e, "filename", None) or root, e) from None
     if len(class_dirs) < 2:
         raise DataError(f"{root}: too few class folders. Expected at least 2 subfolders, one per class "
                         f"(e.g. covid/ and normal/), got {len(class_dirs)} "

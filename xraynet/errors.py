@@ -94,3 +94,9 @@ class ScreenError(XraynetError, ValueError):
 
 class ReportLockedError(ScreenError):
     """Another ``xraynet screen`` run holds the lock of the same report (``<report>.lock``)."""
+
+
+class ReportWriteError(ScreenError):
+    """A screening output cannot be written: the report, its ``.lock`` or ``.tmp`` file, or a
+    heatmap PNG (read-only folder, disk full, I/O error). Rows that were durable before stay in
+    the report; running the same command again once the cause is fixed screens the rest."""

@@ -8,19 +8,36 @@ folder appears in it exactly once, with the SHA-256 of its current bytes.
 
 Which files
 -----------
-Every file under the folder (recursively unless ``recursive=False``) whose
-name ends in ``.png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom`` (any
-case), or that holds the DICOM magic ``DICM`` at byte 128. Names starting
-with ``.`` (hidden files and folders) are skipped, and so are the report and
-its ``.lock`` and ``.tmp`` companions when they sit inside the folder.
-Directory symlinks are followed once: a folder reached a second time (a
-symlink loop, two links to one folder) is not entered again. Rows are sorted
-by the path relative to the folder in POSIX form.
+The rules of :mod:`xraynet.discovery` -- the same ones training and
+evaluation use. In short: every regular file under the folder (recursively
+unless ``recursive=False``) whose name ends in ``.png .jpg .jpeg .bmp .tif
+.tiff .gif .webp .dcm .dicom`` (any case, :data:`IMAGE_SUFFIXES`), or, for any
+other name (none, ``IM0001``, a DICOM UID such as ``1.2.840.113619.2.55.3.9``),
+whose content :func:`~xraynet.imaging.is_dicom_file` says is DICOM. FIFOs,
+sockets and devices are never opened. Names starting with ``.`` (hidden files
+and folders) are skipped, and so are the report and its ``.lock`` and ``.tmp``
+companions when they sit inside the folder. Directory symlinks are followed
+once: a folder reached a second time (a symlink loop, two links to one folder)
+is not entered again; a broken symlink with an image ending gets an
+``unreadable`` error row. Rows are sorted by their ``path`` text.
+
+What could not be seen is not changed: a folder (the folder itself included)
+that cannot be listed, or an entry that cannot be ``stat``-ed (permissions,
+I/O error), keeps its earlier rows exactly as they were -- they are neither
+re-screened nor dropped -- gets a message on stderr, and the run exits ``5``.
+The listing taken at the start is the run's snapshot: every file in it gets
+exactly one row this run. A file deleted after the listing gets an
+``unreadable`` error row (its old row, if any, is replaced), and the next run,
+which no longer lists it, drops that row like any deleted file's. A folder
+that vanishes between being seen in its parent and being listed counts as
+not listable for this run (rows kept, exit ``5``); the next run, which no
+longer sees it, drops its rows.
 
 Report columns (in this order)
 ------------------------------
 ==================  ==========================================================
-``path``            file path relative to the folder, POSIX separators
+``path``            file path relative to the folder, ``/`` separators,
+                    encoded by :func:`~xraynet.discovery.encode_path`
 ``sha256``          SHA-256 of the file's bytes (empty when it cannot be read)
 ``status``          ``ok`` or ``error``
 ``error``           error rows: ``<reason>: <message>``, where reason is
@@ -48,7 +65,18 @@ The file is UTF-8, written by the :mod:`csv` module with ``\\r\\n`` line ends
 (RFC 4180), so commas, quotes, newlines and non-ASCII in names survive. Text
 cells (path, error, label, warnings, model) that start with ``=``, ``+``,
 ``-``, ``@``, a tab or a carriage return get a leading ``'`` so that a
-spreadsheet shows them as text instead of running them as formulas.
+spreadsheet shows them as text instead of running them as formulas; so do
+cells that start with ``'`` itself, which keeps the ``path`` cell unique and
+reversible (:func:`path_of_cell`: drop one leading ``'``, then
+:func:`~xraynet.discovery.decode_path`).
+
+Path encoding: names are bytes on Linux and need not be UTF-8. ``path`` is
+the name read as UTF-8, with each undecodable byte written ``\\xNN`` and each
+literal backslash written ``\\\\``; two different names never share a
+``path``. Reports written by earlier versions wrote a backslash as itself
+and a name starting with ``'`` without the extra ``'``: such a file no longer
+matches its old row and is screened again, once, on the first run after the
+upgrade (its old row is dropped then).
 
 Crash safety
 ------------
@@ -83,12 +111,31 @@ Crash safety
 A file that changes between being hashed and being decoded is the one race
 left: its row holds the older hash, so the next run screens it again.
 
+When something cannot be written -- a read-only report folder, a full disk
+(``ENOSPC``), an I/O error -- at any write point (the lock file, creating the
+report, the repair cut, compaction, an append + ``fsync``, the final sorted
+rewrite, a heatmap PNG), the run stops with :class:`ReportWriteError` (exit
+``4``) and one line saying what failed and what to do. Nothing durable is
+lost: a rewrite that fails removes its ``.tmp`` and leaves the report as it
+was; an append that fails is cut back to the end of the last synced batch
+(or, if even that fails, the next run's repair cuts it). The report always
+parses, and running the same command again continues.
+
 Exit codes (``xraynet screen``)
 -------------------------------
-``0`` every file has an ``ok`` row; ``1`` the report has ``error`` rows for
-some files of the folder (the run itself completed); ``2`` usage errors: bad
-options, missing folder, unusable model or report; ``3`` another run holds
-the report's lock (``--on-lock fail``).
+=======  =====================================================================
+``0``    every file of the folder has an ``ok`` row
+``1``    the report has ``error`` rows for some files of the folder (the run
+         itself completed)
+``2``    usage error: bad options, missing folder, unusable model or report,
+         a cluster batch that failed for good
+``3``    another run holds the report's lock (``--on-lock fail``)
+``4``    the report, its lock or temp file, or a heatmap could not be written
+         (read-only folder, disk full, I/O error); rows durable before are kept
+``5``    some folder or entry could not be listed: its earlier rows are kept
+         unchanged and it was not screened (takes precedence over ``1``)
+``130``  interrupted (Ctrl-C); rows written so far are kept
+=======  =====================================================================
 
 Threads
 -------
@@ -114,7 +161,9 @@ in flight. Batches complete out of order, so rows are appended out of order
 and the final sorted rewrite restores path order. A worker that dies has its
 task re-run elsewhere; a batch's rows are written once, when its result
 arrives, so every file still gets exactly one row. A batch that fails for
-good raises :class:`ScreenError` (exit 2) with the finished batches' rows kept.
+good raises :class:`ScreenError` (exit 2) with the finished batches' rows kept;
+a heatmap a worker cannot write raises :class:`ReportWriteError` (exit 4) the
+same way.
 Needs ``pip install "xraynet[cluster]"``; ``import xraynet.screen`` never
 imports Dask.
 """
@@ -122,6 +171,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import io
 import math
 import os
@@ -134,15 +184,28 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .errors import ImageError, ReportLockedError, ScreenError
-from .imaging import IMAGE_SUFFIXES, is_dicom_file
+from .atomic import write_all, write_atomic
+from .discovery import decode_path, display_path, find_images as _list_images
+from .errors import ImageError, ReportLockedError, ReportWriteError, ScreenError
+from .imaging import IMAGE_SUFFIXES
 
-__all__ = ["screen", "Summary", "find_images", "report_columns", "IMAGE_SUFFIXES", "RETRY_REASONS", "EXIT_OK",
-           "EXIT_ERRORS", "EXIT_USAGE", "EXIT_LOCKED"]
+__all__ = ["screen", "Summary", "find_images", "report_columns", "path_of_cell", "exit_code_for", "IMAGE_SUFFIXES",
+           "RETRY_REASONS", "EXIT_OK", "EXIT_ERRORS", "EXIT_USAGE", "EXIT_LOCKED", "EXIT_WRITE", "EXIT_UNLISTED"]
 
 #: Error reasons that depend on this machine rather than on the file's bytes: retried on every run.
 RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "dicom_unsupported", "unsupported_codec"})
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+#: Exit codes of ``xraynet screen`` (the table is in the module docstring).
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_LOCKED, EXIT_WRITE, EXIT_UNLISTED = 0, 1, 2, 3, 4, 5
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The exit code for an error :func:`screen` raised: 3 locked, 4 an output could not be
+    written, 2 any other (usage) error."""
+    if isinstance(error, ReportWriteError):
+        return EXIT_WRITE
+    if isinstance(error, ReportLockedError):
+        return EXIT_LOCKED
+    return EXIT_USAGE
 
 _HEAD = ("path", "sha256", "status", "error", "label")
 _TAIL = ("flagged", "threshold", "warnings", "width", "height", "model", "model_sha256", "xraynet_version",
@@ -164,6 +227,8 @@ class Summary:
     folder's files in the report after the run (``*_new``: among this run's
     rows); ``labels_new``: predicted label counts of this run's ok rows;
     ``dropped_rows``: old rows removed (changed, deleted or duplicate files);
+    ``unlisted``: folders or entries that could not be listed (their ``path`` text,
+    ``""`` for the folder itself), whose ``kept_unlisted`` old rows were kept unchanged;
     times in seconds (``decode_seconds`` sums the worker threads' time,
     ``network_seconds`` is the model on the calling thread)."""
 
@@ -182,6 +247,8 @@ class Summary:
     flagged_new: int = 0
     labels_new: dict = field(default_factory=dict)
     dropped_rows: int = 0
+    unlisted: list = field(default_factory=list)
+    kept_unlisted: int = 0
     repaired_bytes: int = 0
     seconds: float = 0.0
     hash_seconds: float = 0.0
@@ -194,7 +261,9 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """0 when every file of the folder has an ok row, 1 when some have error rows."""
+        """5 when something could not be listed, else 1 when some files have error rows, else 0."""
+        if self.unlisted:
+            return EXIT_UNLISTED
         return EXIT_ERRORS if self.errors else EXIT_OK
 
     def to_dict(self) -> dict:
@@ -203,80 +272,42 @@ class Summary:
 
 @dataclass(frozen=True)
 class _File:
-    key: str     # path relative to the folder, POSIX, as text (the report's key before neutralising)
+    key: str     # path relative to the folder, discovery.encode_path text (the report's path before _cell)
     path: str    # where to open it
 
 
 # ------------------------------------------------------------------ discovery
-def _text(name: str) -> str:
-    """A file-system name as printable text: undecodable bytes become \\xNN escapes."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def find_images(folder, *, recursive: bool = True, exclude=()) -> tuple[list[tuple[str, str]], list[str]]:
-    """([(relative posix path, path to open)] sorted by relative path, [warnings]).
+    """([(report path text, path to open)] sorted by path text, [messages]).
 
-    See the module docstring for which files count. ``exclude``: paths never
-    listed (compared after resolving symlinks). Folders that cannot be listed
-    are reported in the warnings instead of failing the run.
-    """
-    root = os.fspath(folder)
-    skip = {os.path.realpath(p) for p in exclude}
-    found: list[tuple[str, str]] = []
-    notes: list[str] = []
-    st = os.stat(root)
-    visited = {(st.st_dev, st.st_ino)}
-    stack = [(root, "")]
-    while stack:
-        directory, rel = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            notes.append(f"{rel or '.'}: folder cannot be listed ({e.strerror or e}); its files are not screened")
-            continue
-        subdirs = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            rel_name = f"{rel}{entry.name}"
-            try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if not recursive:
-                    continue
-                try:
-                    sub = os.stat(entry.path)
-                except OSError as e:
-                    notes.append(f"{_text(rel_name)}: folder cannot be read ({e.strerror or e})")
-                    continue
-                ident = (sub.st_dev, sub.st_ino)
-                if ident in visited:  # a symlink loop, or a second link to one folder
-                    continue
-                visited.add(ident)
-                subdirs.append((entry.path, rel_name + "/"))
-                continue
-            try:
-                is_file = entry.is_file(follow_symlinks=True)
-                broken_link = not is_file and entry.is_symlink() and not os.path.exists(entry.path)
-            except OSError:
-                is_file, broken_link = False, False
-            if not (is_file or broken_link) or os.path.realpath(entry.path) in skip:
-                continue
-            suffix = os.path.splitext(entry.name)[1].lower()
-            if suffix in IMAGE_SUFFIXES or (is_file and is_dicom_file(entry.path)):
-                found.append((_text(rel_name), entry.path))
-        stack.extend(reversed(subdirs))
-    found.sort(key=lambda f: f[0])
-    return found, notes
+    :func:`xraynet.discovery.find_images` (see its rules) with a message for each
+    folder or entry that cannot be listed. ``exclude``: files never listed."""
+    listing = _list_images(folder, recursive=recursive, exclude=exclude)
+    return listing.files, [_unlisted_note(u, None) for u in listing.unlisted]
+
+
+def _unlisted_note(u, kept) -> str:
+    rows = "" if kept is None else f" Its {kept} earlier report row(s) are kept unchanged."
+    return (f"{display_path(u.path)}: cannot be listed ({u.reason}), so nothing under it was screened. "
+            f"Expected a folder or file this user can read, got {u.error_name}.{rows} Fix its permissions or "
+            f"mount and run again (until then the run exits {EXIT_UNLISTED}).")
 
 
 # ------------------------------------------------------------------ CSV cells
 def _cell(text: str) -> str:
-    """Neutralise spreadsheet formulas: text starting with = + - @ tab or CR gets a leading '."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    """Neutralise spreadsheet formulas: text starting with = + - @ tab or CR gets a leading '.
+    So does text starting with ' itself, so that a cell maps back to one text (:func:`_uncell`)."""
+    return "'" + text if text.startswith(_FORMULA_START) or text.startswith("'") else text
+
+
+def _uncell(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def path_of_cell(cell: str) -> bytes:
+    """The file's path relative to the folder, as bytes, from a report's ``path`` cell: the
+    inverse of how rows are written (ValueError for a cell no file name gives)."""
+    return decode_path(_uncell(cell))
 
 
 def _num(x: float) -> str:
@@ -352,35 +383,28 @@ def _read_report(path: Path, columns: list[str]) -> _Existing:
 
 
 # ------------------------------------------------------------- durable files
-def _fsync_dir(directory: Path) -> None:
+def _write_error(path, e: OSError, failed: str, state: str, option: str = "--out") -> ReportWriteError:
+    """The one-line error for a write that failed: what, why, what is kept, what to do."""
+    name = errno.errorcode.get(e.errno, type(e).__name__)
+    folder = display_path(Path(path).parent)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = f"Free disk space (or quota) where {folder} lives"
+    elif e.errno == errno.ENOLCK:
+        todo = "Put the report on a file system that supports flock (a local disk)"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        todo = f"Make {folder} writable for this user, or pass another {option}"
+    else:
+        todo = "Check the disk and the system log"
+    return ReportWriteError(f"{display_path(path)}: {failed} failed ({e.strerror or e}). Expected a writable "
+                            f"folder with free space, got {name}. {state} {todo}, then run the same command again.")
+
+
+def _replace_report(out_p: Path, tmp_p: Path, rows, failed: str, state: str) -> None:
+    """Write the header and ``rows`` to ``<report>.tmp``, sync, and replace the report with it."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a directory; the replace itself is still atomic
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _atomic_write(path: Path, tmp: Path, text: str) -> None:
-    """Write ``text`` to ``tmp``, sync, and replace ``path`` with it."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, text.encode("utf-8", "surrogateescape"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        write_atomic(out_p, _rows_text(rows).encode("utf-8", "surrogateescape"), tmp=tmp_p)
+    except OSError as e:
+        raise _write_error(out_p, e, failed, state) from None
 
 
 class _Lock:
@@ -389,7 +413,10 @@ class _Lock:
     def __init__(self, path: Path, wait: bool, report: Path):
         import fcntl
 
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _write_error(path, e, "creating the report's lock file", "Nothing was written.") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -398,6 +425,9 @@ class _Lock:
                 f"{report}: another xraynet screen run is writing this report (lock {path.name} is held). "
                 f"Expected no other run, got a held lock. Wait for it to finish, or pass --on-lock wait "
                 f"to queue behind it.") from None
+        except OSError as e:  # ENOLCK: a file system without locks
+            os.close(self.fd)
+            raise _write_error(path, e, "locking the report", "Nothing was written.") from None
         except BaseException:
             os.close(self.fd)
             raise
@@ -537,25 +567,53 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
             lock.close()
 
 
+def _under(key: str, prefixes) -> bool:
+    """``key`` is one of ``prefixes`` or below one (``""``: the whole folder)."""
+    return any(not p or key == p or key.startswith(p + "/") for p in prefixes)
+
+
 def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
          batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start, heatmaps=None,
          device="cpu", cluster=None) -> Summary:
     existing = _read_report(out_p, columns)
     if not dry_run:
-        tmp_p.unlink(missing_ok=True)  # left by a run killed during a compaction
+        try:
+            tmp_p.unlink(missing_ok=True)  # left by a run killed during a compaction
+        except OSError as e:
+            raise _write_error(tmp_p, e, "removing the temp file a stopped run left", "The report is unchanged.") \
+                from None
         if existing.empty:
-            _atomic_write(out_p, tmp_p, _rows_text([columns]))
+            _replace_report(out_p, tmp_p, [columns], "creating the report", "Nothing was written.")
         elif existing.good_bytes < existing.size:
             # A kill mid-append: cut back to the last complete record (under the lock).
-            with open(out_p, "r+b") as fh:
-                fh.truncate(existing.good_bytes)
-                os.fsync(fh.fileno())
+            try:
+                fd = os.open(out_p, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, existing.good_bytes)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise _write_error(out_p, e, "cutting the incomplete last record off the report",
+                                   "Every complete row is kept.") from None
             summary.repaired_bytes = existing.size - existing.good_bytes
 
-    listed, notes = find_images(folder_p, recursive=recursive, exclude=(out_p, lock_p, tmp_p))
-    summary.warnings.extend(notes)
-    files = [_File(key, path) for key, path in listed]
+    listing = _list_images(folder_p, recursive=recursive, exclude=(out_p, lock_p, tmp_p))
+    files = [_File(key, path) for key, path in listing.files]
     summary.files = len(files)
+    first: dict[str, list] = {}  # path cell -> its first row
+    for row in existing.rows:
+        first.setdefault(row[0], row)
+    # What could not be listed keeps its rows as they are: unseen is not deleted.
+    frozen: dict[str, list] = {}
+    if listing.unlisted:
+        listed = {f.key for f in files}
+        blind = [u.key for u in listing.unlisted]
+        frozen = {c: r for c, r in first.items() if _uncell(c) not in listed and _under(_uncell(c), blind)}
+        summary.unlisted = blind
+        summary.kept_unlisted = len(frozen)
+        for u in listing.unlisted:
+            summary.warnings.append(_unlisted_note(u, sum(_under(_uncell(c), [u.key]) for c in frozen)))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         t0 = time.perf_counter()
@@ -564,37 +622,35 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
 
         # Plan: keep the first row of each file whose bytes, model and threshold match.
         i_sha, i_status, i_error = columns.index("sha256"), columns.index("status"), columns.index("error")
-        i_model, i_thr = columns.index("model_sha256"), columns.index("threshold")
-        first: dict[str, list] = {}
-        for row in existing.rows:
-            first.setdefault(row[0], row)
+        i_model, i_thr, i_flag = columns.index("model_sha256"), columns.index("threshold"), columns.index("flagged")
         thr_text = _num(thr)
-        kept: dict[str, list] = {}
+        kept: dict[str, list] = dict(frozen)  # path cell -> row
         todo: list[tuple[_File, str]] = []
         for f, digest in zip(files, hashes):
-            row = first.get(_cell(f.key))
+            cell = _cell(f.key)
+            row = first.get(cell)
             reusable = (row is not None and digest and row[i_sha] == digest and row[i_model] == model_sha
                         and row[i_thr] == thr_text
                         and not (row[i_status] == "error" and row[i_error].split(":", 1)[0] in RETRY_REASONS))
             if reusable:
-                kept[f.key] = row
+                kept[cell] = row
             else:
                 todo.append((f, digest))
-        summary.skipped_unchanged = len(kept)
+        summary.skipped_unchanged = len(kept) - len(frozen)
         summary.dropped_rows = len(existing.rows) - len(kept)
         if dry_run:
             summary.would_screen = [f.key for f, _ in todo]
             summary.errors = sum(1 for r in kept.values() if r[i_status] == "error")
-            summary.flagged = sum(1 for r in kept.values() if r[columns.index("flagged")] == "1")
+            summary.flagged = sum(1 for r in kept.values() if r[i_flag] == "1")
             summary.seconds = time.perf_counter() - t_start
             return summary
 
-        kept_keys = [f.key for f in files if f.key in kept]  # sorted, like files
         if summary.dropped_rows:
             # Compaction: no row of a file about to be screened (or gone) may survive, so that
             # appending its new row can never make a duplicate, at any kill point.
-            _atomic_write(out_p, tmp_p, _rows_text([columns, *(kept[k] for k in kept_keys)]))
-            on_disk = list(kept_keys)
+            on_disk = sorted(kept, key=_uncell)
+            _replace_report(out_p, tmp_p, [columns, *(kept[c] for c in on_disk)], "rewriting the report without "
+                            "its outdated rows", "The report is unchanged, every old row still in it.")
         else:
             on_disk = [r[0] for r in existing.rows]  # the same rows, in the file's own order
 
@@ -603,13 +659,13 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
             _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha,
                           batch_size, progress, summary, new_rows, heatmaps, device, cluster)
     on_disk_cells = on_disk + [_cell(k) for k in new_rows]  # in append order (--cluster: completion order)
-    final_cells = [_cell(f.key) for f in files]
-    final = {**kept, **new_rows}
+    final = {**kept, **{_cell(k): r for k, r in new_rows.items()}}
+    final_cells = sorted(final, key=_uncell)
     if on_disk_cells != final_cells:
         # New rows were appended after kept rows that sort later: restore the sorted order atomically.
-        _atomic_write(out_p, tmp_p, _rows_text([columns, *(final[f.key] for f in files)]))
+        _replace_report(out_p, tmp_p, [columns, *(final[c] for c in final_cells)], "rewriting the report in "
+                        "sorted order", "Every row is in the report, only not sorted (the next run sorts it).")
 
-    i_flag = columns.index("flagged")
     summary.errors = sum(1 for r in final.values() if r[i_status] == "error")
     summary.flagged = sum(1 for r in final.values() if r[i_flag] == "1")
     summary.seconds = time.perf_counter() - t_start
@@ -634,7 +690,12 @@ def _write_heatmaps(folder, model, ci, thr, keys, x, ok, p_of) -> set:
     out = set()
     for j, cam in zip(flagged, cams):
         i = ok[j]
-        write_overlay_png(_heatmap_path(folder, keys[i]), x[j, 0], cam)
+        path = _heatmap_path(folder, keys[i])
+        try:
+            write_overlay_png(path, x[j, 0], cam)
+        except OSError as e:
+            raise _write_error(path, e, "writing the heatmap PNG", "The rows of the batches finished before are "
+                               "in the report; this batch's rows were not written.", "--heatmaps folder") from None
         out.add(i)
     return out
 
@@ -720,8 +781,22 @@ class _Writer:
     def append(self, batch, res: _BatchResult) -> None:
         rows = self.rows(batch, res)
         # One write of whole records, then fsync: a kill leaves at most one cut record at the end.
-        _write_all(self.fd, _rows_text(rows).encode("utf-8", "surrogateescape"))
-        os.fsync(self.fd)
+        start = os.lseek(self.fd, 0, os.SEEK_END)  # O_APPEND: this batch starts at the end
+        try:
+            write_all(self.fd, _rows_text(rows).encode("utf-8", "surrogateescape"))
+            os.fsync(self.fd)
+        except OSError as e:
+            # Disk full mid-write, or fsync failed: this batch is not durable. Cut it back so the
+            # report ends with the last synced batch (ftruncate frees space, it needs none).
+            try:
+                os.ftruncate(self.fd, start)
+                os.fsync(self.fd)
+                state = "this batch was cut back"
+            except OSError:
+                state = "the next run cuts this batch's incomplete record"
+            raise _write_error(self.summary.out, e, "appending rows to the report",
+                               f"The {self.done} row(s) appended earlier in this run and all older rows are "
+                               f"kept; {state}.") from None
         for (f, _), row in zip(batch, rows):
             self.new_rows[f.key] = row
         self.summary.screened += len(rows)
@@ -738,7 +813,10 @@ def _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, mo
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     if progress:
         progress(0, len(todo))
-    fd = os.open(out_p, os.O_WRONLY | os.O_APPEND)
+    try:
+        fd = os.open(out_p, os.O_WRONLY | os.O_APPEND)
+    except OSError as e:
+        raise _write_error(out_p, e, "opening the report to append rows", "No row was lost.") from None
     try:
         writer = _Writer(fd, classes, ci, thr, thr_text, model_text, model_sha, heatmaps, summary, new_rows,
                          len(todo), progress)
