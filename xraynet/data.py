@@ -189,6 +189,10 @@ def _read_metadata(csv_path: Path) -> dict[str, dict]:
     except csv.Error as e:
         raise DataError(f"{csv_path}: malformed CSV ({e}). Expected comma-separated rows with a header, "
                         "got text the csv module cannot parse. Fix or remove the file.") from None
+    except OSError as e:
+        raise DataError(f"{csv_path}: cannot be read ({e.strerror or e}). Expected a readable metadata.csv, "
+                        f"got {type(e).__name__}. Check its permissions, or move it out of the data folder "
+                        "to treat every image as its own patient.") from None
 
 
 def scan_dataset(data_dir) -> Dataset:

@@ -38,10 +38,12 @@ writer, reported as :class:`~xraynet.errors.CacheError`.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
 import secrets
+import stat
 import warnings
 from pathlib import Path
 
@@ -67,7 +69,17 @@ class CacheRecoveredWarning(UserWarning):
 def file_sha256(path, chunk_size: int = _CHUNK) -> str:
     """SHA-256 hex digest of a file's bytes, read in ``chunk_size`` pieces (never whole)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: a FIFO swapped in under an image's name must not block the open.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
         for block in iter(lambda: fh.read(chunk_size), b""):
             h.update(block)
     return h.hexdigest()

@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import io
 import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -169,13 +171,37 @@ def _image_warnings(pixels: np.ndarray) -> list[str]:
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 
 
+def _open_regular(path: Path):
+    """Open ``path`` for reading only if it is a regular file. O_NONBLOCK keeps a
+    FIFO that took an image's name (even one swapped in after a folder was listed)
+    from blocking the open; fstat of the opened descriptor then decides."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise os_error(path, e) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO, socket or device"
+            raise image_error(path, f"is not a regular file ({kind})", "a regular image file", kind,
+                              "Remove it from the folder", "unreadable")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        raw = io.FileIO(fd, "rb", closefd=True)
+        raw.name = os.fspath(path)  # decoders (tifffile, pydicom) read the name off the file object
+        return io.BufferedReader(raw)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def is_dicom_file(path) -> bool:
     """True when the file's content (or, failing that, its name) says DICOM
     (:func:`xraynet.decoders.dicom.looks_like_dicom`); False for unreadable files."""
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(Path(path)) as fh:
             head = fh.read(HEAD_BYTES)
-    except OSError:
+    except (OSError, ImageError):
         return False
     return looks_like_dicom(head, os.path.splitext(os.fspath(path))[1])
 
@@ -188,10 +214,7 @@ def decode(path) -> Decoded:
     docstring for what each format goes through.
     """
     path = Path(path)
-    try:
-        fh = open(path, "rb")
-    except OSError as e:
-        raise os_error(path, e) from None
+    fh = _open_regular(path)
     with fh:
         try:
             size = os.fstat(fh.fileno()).st_size
