@@ -493,6 +493,20 @@ def test_deflated_explicit_little_endian(tmp_path, plain):
     assert np.array_equal(decode(save(ds, tmp_path / "deflated.dcm")).pixels, plain)
 
 
+def test_deflate_bomb_refused_before_pydicom_inflates_it(tmp_path, monkeypatch):
+    # A small Rows x Columns header over a dataset that inflates far past the bound:
+    # pydicom would inflate all of it while reading, so the stream is measured first.
+    ds = dx(np.zeros((64, 56), np.uint16))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.add_new(0x00091010, "OB", bytes(4_000_000))  # a private element of zeros: compresses to ~4 KB
+    path = save(ds, tmp_path / "bomb.dcm")
+    assert path.stat().st_size < 20_000
+    monkeypatch.setattr(dicom, "_MAX_INFLATED", 1_000_000)
+    assert "inflates to more than 1,000,000 bytes" in str(assert_reason(path, "too_large"))
+    monkeypatch.setattr(dicom, "_MAX_INFLATED", 8_000_000)
+    assert decode(path).width == 56
+
+
 def test_encapsulated_multiframe_gives_first_frame(tmp_path, plain):
     ds = dx(np.stack([film12(), np.full((64, 56), 7, np.uint16)]))
     ds.compress(RLELossless)

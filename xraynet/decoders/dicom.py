@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import struct
 import warnings
+import zlib
 
 import numpy as np
 
 from ..errors import ImageError
-from . import COPY_AGAIN, SIGNATURES, check_pixels, describe, image_error, library_warnings, luma, os_error, short
+from . import COPY_AGAIN, MAX_PIXELS, SIGNATURES, check_pixels, describe, image_error, library_warnings, luma, os_error, short
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -569,6 +570,47 @@ def _why_no_pixels(ds, size: int) -> tuple[str, str] | None:
     return None
 
 
+_DEFLATED_TS = b"1.2.840.10008.1.2.1.99"
+#: Most bytes a deflated dataset may inflate to: two frames of MAX_PIXELS 16-bit
+#: samples. pydicom inflates the whole dataset while reading it, before any size
+#: can be checked, so the bound is applied to the stream first.
+_MAX_INFLATED = 4 * MAX_PIXELS
+
+
+def _check_deflated(path, fh, head: bytes) -> None:
+    """Refuse ("too_large") a Deflated Explicit VR Little Endian file (PS3.5 A.5)
+    whose dataset inflates past :data:`_MAX_INFLATED` bytes, counting the inflated
+    bytes a block at a time and keeping none of them. Files of other transfer
+    syntaxes, or whose file meta group does not start with its length, pass."""
+    if head[128:132] != b"DICM" or _DEFLATED_TS not in head or head[132:138] != b"\x02\x00\x00\x00UL":
+        return
+    start = 144 + struct.unpack_from("<I", head, 140)[0]
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    fh.seek(start)
+    try:
+        while True:
+            block = fh.read(1 << 20)
+            if not block:
+                break
+            data = block
+            while data:
+                # max_length bounds each piece: a tiny block may hold gigabytes.
+                total += len(inflater.decompress(data, 1 << 24))
+                if total > _MAX_INFLATED:
+                    raise image_error(path, f"its deflated dataset inflates to more than {_MAX_INFLATED:,} bytes",
+                                      f"at most {_MAX_INFLATED:,} bytes (two frames of {MAX_PIXELS:,} "
+                                      "16-bit pixels)", "more", "Downscale the image before screening it "
+                                      "(a possible decompression bomb is refused)", "too_large")
+                data = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error:
+        return  # pydicom reports the damaged stream in its own words
+    finally:
+        fh.seek(0)
+
+
 def decode_dicom(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, str, int, list[str]]:
     """Decode the first frame of the DICOM file open as ``fh`` (``head``: its first
     bytes, ``size``: its length in bytes).
@@ -610,6 +652,7 @@ def decode_dicom(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, str
                            "dicom_needs_pydicom") from None
     has_magic = head[128:132] == b"DICM"
     bare = None if has_magic else raw_encoding(head)
+    _check_deflated(path, fh, head)
     fh.seek(0)
     caught: list = []
     try:
