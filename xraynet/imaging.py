@@ -5,19 +5,28 @@ the same pixels in both.
 
 Pipeline
 --------
-1. **Decode** (:func:`decode`) any file Pillow opens (PNG, JPEG, BMP, TIFF,
-   GIF, WebP...) or a DICOM file (``DICM`` at byte 128, or a ``.dcm`` /
-   ``.dicom`` name; needs pydicom) into one grayscale float32 image in
-   [0, 1], 0 = black:
+1. **Decode** (:func:`decode`) a raster file (PNG, JPEG, BMP, TIFF, GIF,
+   WebP...) or a DICOM file (``DICM`` at byte 128, a bare dataset recognised
+   by its first elements whatever its name, or a ``.dcm`` / ``.dicom`` name)
+   into one grayscale float32 image in [0, 1], 0 = black:
 
    * Pillow: the EXIF orientation is applied; 16-bit modes (``I;16``...) are
      divided by 65535, never squeezed through 8 bits; RGB, RGBA, palette and
      CMYK images become ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B); alpha is
      ignored (X-ray files with alpha are opaque); multi-frame files give
      their first frame.
-   * DICOM: the first frame; the modality LUT (or Rescale Slope/Intercept),
-     then the VOI LUT (or Window Center/Width); min-max to [0, 1]; MONOCHROME1
-     (white = no signal) is inverted so 0 is black like everything else.
+   * DICOM (:mod:`xraynet.decoders.dicom`): the first frame, decoded by
+     pydicom and its pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000, RLE); the
+     modality LUT (or Rescale Slope/Intercept), then the VOI LUT (or the first
+     Window Center/Width with its VOI LUT Function); min-max to [0, 1];
+     inverted as Presentation LUT Shape says (INVERSE), else when MONOCHROME1
+     (white = no signal), so 0 is black like everything else. Header gates
+     add ``not_frontal``, ``not_radiograph``, ``not_chest`` and
+     ``for_processing``. Every size the file declares -- Rows x Columns and
+     the first frame's own codestream header -- is checked before decoding.
+   * Warnings that pydicom, Pillow or a codec library issue while decoding a
+     file are never printed: they become ``decoder_warning (...)`` entries of
+     that file's ``Decoded.warnings``.
 
    Files that cannot be decoded raise :class:`~xraynet.errors.ImageError`
    with a stable ``reason`` code. Odd but usable images decode with short
