@@ -7,6 +7,7 @@ raster formats); each returns grayscale float32 pixels in [0, 1], 0 = black.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import warnings as _warnings
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ HEAD_BYTES = 1024
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 SIGNATURES = (  # formats whose header we can recognise even when no decoder can open the file
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),  # classic, BigTIFF
+    (b"BM", "BMP"),
 )
 COPY_AGAIN = "Copy the file again from its source, or remove it from the folder"
 
@@ -85,25 +87,82 @@ def os_error(path, e: OSError) -> ImageError:
                         "Check the path, the permissions and the disk", "unreadable")
 
 
+#: Elements per block when a whole-image conversion works through an image a
+#: block of rows at a time: the temporaries (float32 or float64 copies of one
+#: block) stay at a few MB instead of several bytes per pixel of the image.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def row_blocks(shape: tuple[int, ...]):
+    """Slices of axis 0 that cut an array of ``shape`` into blocks of about
+    :data:`BLOCK_ELEMENTS` elements (at least one row each)."""
+    per_row = 1
+    for n in shape[1:]:
+        per_row *= int(n)
+    step = max(1, BLOCK_ELEMENTS // max(1, per_row))
+    for start in range(0, int(shape[0]) if shape else 0, step):
+        yield slice(start, start + step)
+
+
 def luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., :3].astype(np.float32) @ _LUMA
+    """ITU-R BT.601 luma, 0.299 R + 0.587 G + 0.114 B, of ``rgb`` (..., C >= 3),
+    any real dtype; channels past the third (alpha) are ignored.
+
+    Returns float32 of shape ``rgb.shape[:-1]`` in the input's units (0-255
+    for uint8 samples). Computed a block of rows at a time, so no float copy
+    of all the channels exists at once (peak: the output plus a few MB)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim < 3:
+        return rgb[..., :3].astype(np.float32) @ _LUMA
+    out = np.empty(rgb.shape[:-1], np.float32)
+    for rows in row_blocks(out.shape):
+        np.matmul(rgb[rows, ..., :3].astype(np.float32), _LUMA, out=out[rows])
+    return out
 
 
 def minmax(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        # NaN/inf samples (possible in float TIFF) become black, not a crash.
-        a = np.where(finite, a, np.nan)
-        lo, hi = (np.nanmin(a), np.nanmax(a)) if finite.any() else (0.0, 0.0)
-        a = np.nan_to_num(a, nan=lo)
+    """Stretch ``a`` (any shape, any real dtype) to float32 in [0, 1]:
+    ``(a - min) / (max - min)``, with min and max over the finite samples.
+
+    NaN and infinite samples (possible in float TIFF) become 0 (black), not a
+    crash; a constant (or all non-finite) array gives zeros. The arithmetic is
+    float64 a block of rows at a time (exact for 32-bit integers and large
+    offsets), so besides the float32 result only a few MB are allocated; the
+    input is not modified."""
+    a = np.asarray(a)
+    if a.ndim == 0:
+        return minmax(a.reshape(1)).reshape(())
+    out = np.empty(a.shape, np.float32)
+    integer = a.dtype.kind in "biu"
+    lo, hi, any_finite, all_finite = np.inf, -np.inf, False, True
+    if integer:
+        if a.size:
+            lo, hi, any_finite = float(a.min()), float(a.max()), True
     else:
-        lo, hi = a.min(), a.max()
-    if hi <= lo:
-        return np.zeros(a.shape, np.float32)
-    return ((a - lo) / (hi - lo)).astype(np.float32)
-
-
+        for rows in row_blocks(a.shape):
+            block = a[rows]
+            finite = np.isfinite(block)
+            if finite.all():
+                if block.size:
+                    lo, hi, any_finite = min(lo, float(block.min())), max(hi, float(block.max())), True
+            else:
+                all_finite = False
+                if finite.any():
+                    kept = block[finite]
+                    lo, hi, any_finite = min(lo, float(kept.min())), max(hi, float(kept.max())), True
+    if not any_finite or hi <= lo:
+        out[...] = 0.0
+        return out
+    span = hi - lo
+    for rows in row_blocks(a.shape):
+        block = a[rows].astype(np.float64)
+        block -= lo
+        block /= span
+        if not all_finite:
+            # Non-finite samples go to 0 (the old nan_to_num(nan=lo) of the whole image).
+            block[~np.isfinite(block)] = 0.0
+        out[rows] = block
+    return out
 
 
 # ------------------------------------------------- warnings of decoding libraries
@@ -116,6 +175,10 @@ def minmax(a: np.ndarray) -> np.ndarray:
 # to the list of the thread that issued it, or to the previous hook when that
 # thread collects nothing.
 _LIBRARY_MODULES = r"(pydicom|PIL|tifffile|imagecodecs|pylibjpeg|libjpeg|openjpeg|rle|xraynet\.decoders)(\.|$)"
+# tifffile reports odd files through the ``logging`` module instead (logger
+# "tifffile"); with no handler configured those records would reach stderr
+# through logging's last-resort handler.
+_LIBRARY_LOGGERS = ("tifffile",)
 _local = threading.local()
 _install_lock = threading.Lock()
 _previous_showwarning = None
@@ -123,21 +186,51 @@ _previous_showwarning = None
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     sink = getattr(_local, "sink", None)
-    if sink is None:
-        return _previous_showwarning(message, category, filename, lineno, file, line)
-    sink.append((category, " ".join(str(message).split())))
+    if sink is not None:
+        sink.append((category, " ".join(str(message).split())))
+    elif _previous_showwarning is getattr(_warnings, "_showwarning_orig", None):
+        # What warnings.warn itself does when no hook is set (it may be recording, under
+        # catch_warnings(record=True), rather than printing).
+        _warnings._showwarnmsg_impl(_warnings.WarningMessage(message, category, filename, lineno, file, line))
+    else:
+        _previous_showwarning(message, category, filename, lineno, file, line)
+
+
+class _LogToSink(logging.Filter):
+    """A logger filter that hands a record to the collecting thread's list
+    (as a UserWarning) and stops it there; records of other threads pass on
+    unchanged. A filter, not a handler, because a logger's filters run before
+    any handler and before propagation to the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink = getattr(_local, "sink", None)
+        if sink is None:
+            return True
+        sink.append((UserWarning, " ".join(record.getMessage().split())))
+        return False
+
+
+def _install_log_filters() -> None:
+    with _install_lock:
+        for name in _LIBRARY_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _LogToSink) for f in logger.filters):
+                logger.addFilter(_LogToSink())
 
 
 def _install() -> None:
+    """Put the hook and the "always" filter in place, again if a ``catch_warnings``
+    block (pytest runs every test in one) has since restored the old ones."""
     global _previous_showwarning
     with _install_lock:
-        if _previous_showwarning is not None:
-            return
-        _previous_showwarning = _warnings.showwarning
-        _warnings.showwarning = _showwarning
+        if _warnings.showwarning is not _showwarning:
+            _previous_showwarning = _warnings.showwarning
+            _warnings.showwarning = _showwarning
         # "always": a library's warning must reach every file it concerns, not
         # only the first one (the default action shows one per code location).
-        _warnings.filterwarnings("always", module=_LIBRARY_MODULES)
+        if not any(f[0] == "always" and f[3] is not None and f[3].pattern == _LIBRARY_MODULES
+                   for f in _warnings.filters):
+            _warnings.filterwarnings("always", module=_LIBRARY_MODULES)
 
 
 @contextmanager
@@ -145,9 +238,12 @@ def library_warnings():
     """Collect the warnings that decoding libraries issue in this thread.
 
     ``with library_warnings() as caught: ...`` -- ``caught`` fills with
-    ``(category, message on one line)`` pairs instead of their being printed.
-    Nested use is allowed (the inner block collects its own)."""
+    ``(category, message on one line)`` pairs instead of their being printed:
+    ``warnings.warn`` calls, and the records tifffile logs at WARNING level or
+    above (category UserWarning). Nested use is allowed (the inner block
+    collects its own)."""
     _install()
+    _install_log_filters()
     outer = getattr(_local, "sink", None)
     caught: list = []
     _local.sink = caught
