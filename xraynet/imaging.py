@@ -10,11 +10,20 @@ Pipeline
    by its first elements whatever its name, or a ``.dcm`` / ``.dicom`` name)
    into one grayscale float32 image in [0, 1], 0 = black:
 
-   * Pillow: the EXIF orientation is applied; 16-bit modes (``I;16``...) are
-     divided by 65535, never squeezed through 8 bits; RGB, RGBA, palette and
-     CMYK images become ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B); alpha is
-     ignored (X-ray files with alpha are opaque); multi-frame files give
-     their first frame.
+   * Raster files (:mod:`xraynet.decoders.raster`): the file's structure
+     (PNG chunks, JPEG markers, TIFF strips and tiles) is read first, so that
+     every declared size is checked before decoding and ``truncated`` means
+     the file really ends early. Pillow decodes 8-bit PNG, baseline JPEG and
+     the other formats; imagecodecs 16-bit PNG (gray, gray + alpha, RGB at
+     full precision) and 12-bit, lossless and JPEG-LS files; tifffile TIFF
+     (any sample format, any compression imagecodecs has). 16-bit gray
+     samples are divided by 2**bits - 1, where bits is the PNG sBIT chunk's
+     or else the smallest of 10, 12, 14, 16 that holds the largest sample
+     (detectors store 12-bit films in 16-bit files); TIFF WhiteIsZero is
+     inverted at every bit depth; the EXIF / TIFF orientation is applied; RGB,
+     RGBA, palette and CMYK images become ITU-R 601 luma (0.299 R + 0.587 G +
+     0.114 B); alpha is ignored (X-ray files with alpha are opaque);
+     multi-frame files give their first frame.
    * DICOM (:mod:`xraynet.decoders.dicom`): the first frame, decoded by
      pydicom and its pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000, RLE); the
      modality LUT (or Rescale Slope/Intercept), then the VOI LUT (or the first
@@ -80,7 +89,7 @@ __all__ = ["ImageError", "Decoded", "Preprocessing", "decode", "preprocess", "lo
 
 #: Bump when the pipeline changes what it computes, so caches keyed by
 #: Preprocessing.key() stop matching old results.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: the field-input decoders (bit depths, polarity, orientation)
 
 #: Warning codes found in ``Decoded.warnings``.
 WARNING_CODES = {
@@ -101,11 +110,13 @@ WARNING_CODES = {
 TINY_SIDE = 128
 MAX_ASPECT = 2.5
 NEARLY_UNIFORM_STD = 0.02
-# "likely_inverted" compares, on a 64x64 thumbnail, the mean of two lateral
-# lung boxes with a central (spine/mediastinum) box. On the 609 real frontal
-# radiographs of ../shared/data/cxr, lungs minus mediastinum was at most 0.071
-# (median -0.18); on the same images inverted it exceeded 0.1 for 77% of them.
-# 0.1 flags no real image there: the check is meant to be conservative.
+# "likely_inverted" compares, on a 64x64 thumbnail stretched to its own
+# [min, max], the mean of two lateral lung boxes with a central
+# (spine/mediastinum) box. On the 4,398 films of ../shared/data/cxr, lungs
+# minus mediastinum had median -0.16 and exceeded 0.1 for 23 films (0.5%);
+# on the same films inverted it exceeded 0.1 for 75% of them (without the
+# stretch: 18 films and 65%; benchmarks/inverted_check.py). The
+# check is meant to be conservative: a warning, never a refusal.
 INVERTED_MARGIN = 0.1
 EQUALIZE_BINS = 4096
 
@@ -132,11 +143,29 @@ class Decoded:
     warnings: list[str] = field(default_factory=list)
 
 
+def _block_mean(pixels: np.ndarray, target: int = 256, block_elements: int = 1 << 20) -> np.ndarray:
+    """Shrink a large image by whole k x k block means (k = short side // ``target``)
+    a band of rows at a time, so that thumbnails of a big film need no full-size copy
+    (Pillow's fromarray would make one). Images under 2 * target come back as they are."""
+    h, w = pixels.shape
+    k = min(h, w) // target
+    if k < 2:
+        return pixels
+    hh, ww = h // k * k, w // k * k
+    small = np.empty((hh // k, ww // k), np.float32)
+    step = max(k, block_elements // ww // k * k)
+    for r in range(0, hh, step):
+        band = pixels[r:min(r + step, hh), :ww]
+        small[r // k:(r + band.shape[0]) // k] = band.reshape(band.shape[0] // k, k, ww // k, k).mean(axis=(1, 3))
+    return small
+
+
 def _inverted_score(pixels: np.ndarray) -> float:
     """Lung boxes minus mediastinum box on a 64x64 thumbnail (see INVERTED_MARGIN),
     with the thumbnail stretched to its own [min, max]: the film's polarity does not
     depend on how much of the stored range its values happen to use."""
-    a = np.asarray(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32)).resize((64, 64), _RESAMPLE))
+    a = np.asarray(Image.fromarray(np.ascontiguousarray(_block_mean(pixels), dtype=np.float32))
+                   .resize((64, 64), _RESAMPLE))
     lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
         return 0.0
