@@ -11,7 +11,8 @@ The run, in order:
    validation macro ROC AUC (ties: lower validation loss); stop early after ``patience`` epochs without
    improvement; write a checkpoint atomically;
 4. choose the screening threshold on validation data only and store it in
-   the model file with the history.
+   the model file with the history and the model card
+   (:mod:`xraynet.modelcard`, from the chosen epoch's validation predictions).
 
 Determinism and resume: everything random in epoch ``e`` (shuffle,
 augmentation, dropout masks) is drawn from generators seeded with
@@ -352,6 +353,7 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     from .modelfile import load_model, restore_optimizer, save_model
     from .plots import write_history_png
 
+    t_start = time.perf_counter()
     cb = callbacks or Callbacks()
     out = Path(out)
     if not out.parent.is_dir():
@@ -521,8 +523,15 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     at = binary_metrics_at(proba[use, k], positives[use], thr)
     threshold = {"class": screening, "value": thr, "target_sensitivity": opts.target_sensitivity,
                  "chosen_on": "validation", "sources": mixed or None, "validation": at}
+    # The model card, from the chosen epoch's validation probabilities already at hand (no network pass).
+    from .modelcard import CARD_KEY, training_card
+
+    card = training_card(ds=ds, split=split, report=report, opts=opts, prep=prep.to_dict(), classes=classes,
+                         y_val=y_va, proba_val=proba, sources_val=sources_va, threshold=threshold, history=history,
+                         best_epoch=best_epoch, device=metadata["device"], model=best.model, skipped=len(skipped),
+                         wall_seconds=time.perf_counter() - t_start, resumed=bool(resume))
     save_model(out, best.model, classes=classes, preprocessing=prep.to_dict(), history=history,
-               metadata={**metadata, "best_epoch": best_epoch, "threshold": threshold})
+               metadata={**metadata, "best_epoch": best_epoch, "threshold": threshold, CARD_KEY: card})
     history_csv = out.with_name(out.stem + ".history.csv")
     _atomic_csv(history_csv, history)
     history_png = out.with_name(out.stem + ".history.png")
