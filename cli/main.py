@@ -608,7 +608,8 @@ Exit codes (the table in xraynet/screen.py):
 3  another run holds the report's lock (--on-lock fail)
 
 4  the report, its lock or a heatmap could not be written (read-only folder,
-disk full): rows written before are kept; fix it and run again
+disk full): rows written before are kept; fix it and run again; also when
+the --html page or a thumbnail could not be written (the report is complete)
 
 5  a folder under FOLDER could not be listed: its old rows are kept unchanged
 (takes precedence over 1)
@@ -640,6 +641,9 @@ def screen(
                                                      "Workers must see FOLDER and the model at the same paths. "
                                                      'Needs pip install "xraynet[cluster]".'),
     cluster_timeout: float = typer.Option(30.0, min=0.001, help="Seconds to wait for the Dask scheduler."),
+    html: Optional[str] = typer.Option(None, "--html", help="Also write a self-contained HTML review page of the "
+                                                            "report here (thumbnails in <name>_files/ beside it), "
+                                                            "refreshed after every run."),
 ) -> None:
     from rich.markup import escape
 
@@ -647,6 +651,13 @@ def screen(
     from xraynet.screen import exit_code_for, screen as run_screen
 
     err = _console(stderr=True)
+    if html is not None and not dry_run:
+        from xraynet.review import check_page_path
+
+        try:
+            check_page_path(html, out, folder)  # a page that cannot work is a usage error before any screening
+        except XraynetError as e:
+            _fail(e)
     if cluster is None:
         # With --cluster each worker makes its own backend from the device name: this machine may
         # have no GPU while the workers do. The auto notice shows where the progress bar would:
@@ -700,7 +711,80 @@ def screen(
     if summary.errors and not as_json:
         err.print(f"{summary.errors} file(s) are error rows in {summary.out} (status 'error', reason in column "
                   "'error')", markup=False, highlight=False)
+    if html is not None and not dry_run:
+        # Also when nothing new was screened; silent from cron, one line and exit 4 if it cannot be written.
+        _write_page(out, html, model, folder, workers, summary.screening_class,
+                    progress=not quiet and not as_json and err.is_terminal)
     raise typer.Exit(code=summary.exit_code)
+
+
+def _write_page(report, html, model, folder, workers, screening_class, progress: bool):
+    """Write the HTML review page (:func:`xraynet.review.write_review`) and return its ReviewResult.
+    A page or thumbnail that cannot be written ends the command with one line and exit 4 (the
+    report is complete and unchanged); an unusable report or model with exit 2."""
+    from xraynet.errors import XraynetError
+    from xraynet.review import write_review
+    from xraynet.screen import exit_code_for
+
+    bar, task = None, None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("thumbnails"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=_console(stderr=True), transient=True)
+
+    def on_progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("thumbnails", total=total)
+        bar.update(task, completed=done)
+
+    try:
+        return write_review(report, html, model_path=model, folder=folder, screening_class=screening_class,
+                            workers=workers, progress=on_progress if bar is not None else None)
+    except XraynetError as e:
+        _fail(e, exit_code_for(e))
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {html} was not updated (the report is complete); run the command again", err=True)
+        raise typer.Exit(code=130)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+@app.command()
+def review(
+    report: str = typer.Argument(..., help="CSV report written by xraynet screen --out."),
+    html: str = typer.Option(..., "--html", help="Where to write the page (thumbnails in <name>_files/ beside it)."),
+    model: Optional[str] = typer.Option(None, help="Model file that screened the report (default: the bundled "
+                                                   "model); another one is named as such on the page."),
+    folder: Optional[str] = typer.Option(None, help="The screened folder, to make missing thumbnails (default: "
+                                                    "reuse those already made, a placeholder for the rest)."),
+    workers: int = typer.Option(2, min=1, help="Threads decoding films for thumbnails."),
+    quiet: bool = typer.Option(False, help="No progress bar and no closing line."),
+) -> None:
+    """Write the self-contained HTML review page of an existing report (screens nothing).
+
+    Exit codes: 0 written; 2 unusable report, model or option; 4 the page or a thumbnail could not be
+    written (the report is never changed).
+    """
+    from rich.markup import escape
+
+    from xraynet.errors import XraynetError
+    from xraynet.review import check_page_path
+
+    err = _console(stderr=True)
+    try:
+        check_page_path(html, report, folder)
+    except XraynetError as e:
+        _fail(e)
+    res = _write_page(report, html, model, folder, workers, None, progress=not quiet and err.is_terminal)
+    for note in res.warnings:
+        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if not quiet and sys.stdout.isatty():
+        typer.echo(f"{res.html}: {res.rows} rows, {res.bytes / 1e6:.2f} MB; thumbnails {res.thumbnails_made} made, "
+                   f"{res.thumbnails_reused} reused, {res.thumbnails_removed} removed")
 
 
 def _print_screen_summary(s) -> None:
@@ -727,10 +811,24 @@ def _print_screen_summary(s) -> None:
 
 @app.command()
 def info(
+    model: Optional[str] = typer.Argument(None, metavar="[MODEL]",
+                                          help="A model file (HDF5): print its model card instead."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the lines."),
 ) -> None:
     """Versions, the backend --device auto picks here, and the GPU: name, compute capability, memory,
-    CUDA runtime and driver (or why there is none, and what to install)."""
+    CUDA runtime and driver (or why there is none, and what to install). With MODEL: its model card
+    (intended use, training data, validation figures within each source first, threshold, limits)."""
+    if model is not None:
+        from xraynet.errors import XraynetError
+        from xraynet.modelcard import format_card, info_document
+
+        try:
+            doc = info_document(model)
+            text = json.dumps(doc, allow_nan=False) + "\n" if as_json else format_card(doc)
+        except XraynetError as e:
+            _fail(e)
+        sys.stdout.write(text)
+        return
     from xraynet.devices import device_info
 
     d = device_info()
