@@ -64,15 +64,27 @@ It covers parameters and buffers, not the optimiser state or the attributes.
 Loading (:func:`load_model`) checks, in order: the file exists and starts
 with the HDF5 signature; HDF5 can open it (a truncated copy fails here);
 ``format`` and ``format_version``; every root attribute is present and
-well-formed; the architecture builds; the class count fits the output; the
-weights have exactly the names, kinds and shapes the architecture needs; the
-checksum; the optimiser state (if any) fits the parameters.
+well-formed; the file's global heaps are sound; the architecture is not far
+larger than the weights stored under /weights, and builds; the class count
+fits the output; the weights have exactly the names, kinds and shapes the
+architecture needs; the checksum; the optimiser state (if any) fits the
+parameters; /history is a scalar string no longer than the file.
+
+Every dataset is checked before it is read: it must keep its data in this file
+(no external storage, no virtual dataset) and declare no more bytes than its
+storage can hold (:data:`MAX_COMPRESSION` times the bytes stored, plus 1 MiB),
+and /aux arrays must have a fixed-size dtype. A damaged or hand-made file can
+declare a shape of 2**31 with nothing stored behind it; reading that would
+allocate and fill gigabytes. The same goes for an architecture whose sizes were
+damaged: it is sized on placeholder arrays before anything is allocated.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
 import json
+import math
+import mmap
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -93,6 +105,12 @@ ROOT_ATTRS = ("format", "format_version", "xraynet_version", "created_utc", "arc
               "preprocessing", "metadata", "weights_sha256")
 
 _RESAVE = "The file is damaged or was not written by xraynet; copy it again or save the model again"
+
+#: How many times its stored bytes a dataset may declare. zlib, the usual HDF5
+#: filter, compresses by 1032:1 at best, so a genuine compressed dataset stays
+#: under it.
+MAX_COMPRESSION = 1032
+_SLACK_BYTES = 2 ** 20
 
 
 @dataclass
@@ -394,6 +412,95 @@ def _weight_datasets(path, f) -> tuple[dict, list]:
     return found, stray
 
 
+def _check_backed(path, ds, name: str) -> None:
+    """Refuse a dataset whose declared size its storage in this file cannot back
+    (see the module docstring), before anything reads it."""
+    if ds.external or ds.is_virtual:
+        raise _error(path, f"dataset {name!r} keeps its data outside this file",
+                     "arrays stored in the model file itself",
+                     "external storage" if ds.external else "a virtual dataset", _RESAVE)
+    declared = ds.size * ds.dtype.itemsize if ds.shape is not None else 0
+    stored = ds.id.get_storage_size()
+    if declared > MAX_COMPRESSION * stored + _SLACK_BYTES:
+        raise _error(path, f"dataset {name!r} declares more data than the file holds",
+                     f"at most {MAX_COMPRESSION} x its {stored:,} stored bytes",
+                     f"shape {ds.shape} of {ds.dtype} ({declared:,} bytes)", _RESAVE)
+
+
+def _weights_stored(path, f) -> int:
+    """How many values /weights declares (0 when it is missing or malformed;
+    the weight check reports that)."""
+    g = f.get("weights")
+    found, _ = _weight_datasets(path, f) if isinstance(g, h5py.Group) else ({}, [])
+    for name, ds in found.items():
+        _check_backed(path, ds, f"weights/{name}")
+    return sum(int(ds.size) for ds in found.values() if ds.shape is not None)
+
+
+class _SizingBackend:
+    """Stands in for the compute backend while an architecture is sized: every
+    array it hands out is a zero-stride placeholder (no memory), and it stops
+    as soon as the arrays asked for outgrow ``budget`` values."""
+
+    name = "sizing"
+
+    class Exceeded(Exception):
+        pass
+
+    def __init__(self, budget: int):
+        self.left = budget
+
+    def _array(self, shape, dtype):
+        self.left -= math.prod(int(d) for d in shape)
+        if self.left < 0:
+            raise self.Exceeded
+        return np.broadcast_to(np.zeros((), dtype), tuple(shape))
+
+    def random_normal(self, rng, shape, std, dtype):
+        return self._array(shape, dtype)
+
+    def zeros(self, shape, dtype):
+        return self._array(shape, dtype)
+
+    def asarray(self, a, dtype):
+        return self._array(np.shape(a), dtype)
+
+    def rng(self, seed):
+        return None
+
+
+def _check_architecture_size(path, spec: dict, stored: int) -> None:
+    """Size the architecture on placeholders before it is built, so that a
+    damaged size in the spec cannot make building the model allocate gigabytes.
+
+    A valid file's architecture needs exactly the values /weights stores; the
+    budget is twice that plus 2**20, so a file that lacks a few arrays still
+    gets the weight check's detailed list of what is missing."""
+    from .model import Model
+
+    budget = 2 * stored + 2 ** 20
+    # Batch norm makes its ones with NumPy, from the channel count, before the
+    # backend sees them; every layer with parameters has at least as many
+    # values as input channels, so more channels than the budget cannot fit.
+    channels = spec["input_shape"][0]
+    try:
+        if channels > budget:
+            raise _SizingBackend.Exceeded
+        Model(spec, device=_SizingBackend(budget))
+    except _SizingBackend.Exceeded:
+        raise _error(path, "the stored architecture is far larger than the stored weights",
+                     f"an architecture needing about the {stored:,} values /weights holds",
+                     f"architecture {spec.get('name', '')!r} (input_shape {spec['input_shape']}) needing over "
+                     f"{budget:,}", _RESAVE) from None
+    except SpecError as e:
+        raise ModelFileError(f"{path}: the stored architecture cannot be built: {e}") from None
+    except (ArithmeticError, ValueError) as e:
+        # Sizes near 2**63 overflow the layers' shape arithmetic (NumPy integers wrap).
+        raise _error(path, f"the stored architecture's sizes cannot be computed ({type(e).__name__}: {e})",
+                     "an architecture with sizes of a real network", f"input_shape {spec['input_shape']}",
+                     _RESAVE) from None
+
+
 def _read_weights(path, f, model) -> dict:
     """The stored arrays, checked name by name against the model's own."""
     expected = {n: ("parameter", tuple(a.shape)) for n, a in model.named_parameters()}
@@ -418,6 +525,8 @@ def _read_weights(path, f, model) -> dict:
                      f"{len(expected)} arrays ({listing})",
                      f"{len(found)} arrays with these problems: {'; '.join(problems)}",
                      "Use a file saved for this architecture, or save the model again")
+    for n, ds in found.items():
+        _check_backed(path, ds, f"weights/{n}")
     return {n: ds[...] for n, ds in found.items()}
 
 
@@ -453,20 +562,49 @@ def _read_optimizer(path, f, model) -> dict | None:
             found[slot] = sg
     problems = [f"{k}: missing" for k in sorted(set(expected) - set(found))]
     problems += [f"{k}: not expected" for k in sorted(set(found) - set(expected))]
-    problems += [f"{k}: shape {tuple(found[k].shape)} instead of {expected[k]}"
-                 for k in sorted(set(expected) & set(found))
-                 if not isinstance(found[k], h5py.Dataset) or tuple(found[k].shape) != expected[k]]
+    problems += [f"{k}: not a dataset" for k in sorted(set(expected) & set(found))
+                 if not isinstance(found[k], h5py.Dataset)]
+    problems += [f"{k}: shape {found[k].shape} instead of {expected[k]}" for k in sorted(set(expected) & set(found))
+                 if isinstance(found[k], h5py.Dataset) and found[k].shape != expected[k]]
     if problems:
         raise _error(path, f"the {name} optimiser state does not match the model's parameters",
                      f"{len(expected)} arrays, one per slot and parameter", "; ".join(problems),
                      "Train again without resuming, or save the model again")
+    for k, ds in found.items():
+        _check_backed(path, ds, f"optimizer/{k}")
     state = {"step": int(step), **{k: ds[...] for k, ds in found.items()}}
     return {"name": name, "hyperparams": hyper, "state": state}
 
 
+def _vlen_claim(path, ds) -> int | None:
+    """The byte length a scalar variable-length string dataset says its value
+    has, read from the file without HDF5; None where it has no contiguous data.
+
+    HDF5 keeps such a value as a 4-byte little-endian length and a global heap
+    ID in the dataset's raw data (HDF5 file format specification, "Variable-length
+    data"). HDF5 2.0 allocates and clears that many bytes before it checks them
+    against the heap, so one damaged length would cost up to 4 GiB.
+    """
+    offset = ds.id.get_offset()
+    if offset is None:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        raw = fh.read(4)
+    return int.from_bytes(raw, "little") if len(raw) == 4 else None
+
+
 def _read_history(path, f) -> list:
     ds = f.get("history")
-    raw = ds[()] if isinstance(ds, h5py.Dataset) and ds.shape == () else None
+    raw = None
+    if isinstance(ds, h5py.Dataset) and ds.shape == () and h5py.check_string_dtype(ds.dtype) is not None:
+        _check_backed(path, ds, "history")
+        claim = _vlen_claim(path, ds) if h5py.check_string_dtype(ds.dtype).length is None else None
+        size = path.stat().st_size
+        if claim is not None and claim > size:
+            raise _error(path, "the 'history' dataset is damaged", f"a string of at most the file's {size:,} bytes",
+                         f"a string claiming {claim:,} bytes", _RESAVE)
+        raw = ds[()]
     if isinstance(raw, (bytes, np.bytes_)):
         raw = raw.decode("utf-8", "replace")
     try:
@@ -479,12 +617,48 @@ def _read_history(path, f) -> list:
     return history
 
 
+def _check_global_heaps(path: Path, f) -> None:
+    """Refuse a file whose global heap would make HDF5 loop forever.
+
+    Variable-length strings (the JSON attributes, ``kind``, /history) live in
+    global heap collections: "GCOL", version 1, 3 reserved bytes, the
+    collection size, then objects of a 2-byte index, 2-byte reference count,
+    4 reserved bytes, a size and the data padded to 8 bytes (HDF5 file format
+    specification, "Global Heap"). HDF5 2.0 walks a collection object by object
+    when it first reads a string from it, and never moves past a free-space
+    object (index 0) of size 0. One such object, found by the fuzzer in a
+    damaged file, hangs load_model inside the C library, where nothing can
+    interrupt it, so the walk is done here first.
+    """
+    _, size_len = f.id.get_create_plist().get_sizes()
+    head = obj_head = 8 + size_len
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos = data.find(b"GCOL")
+        while pos >= 0:
+            if data[pos + 4] == 1 and pos + head <= len(data):
+                end = min(pos + int.from_bytes(data[pos + 8:pos + head], "little"), len(data))
+                p = pos + head
+                while p + obj_head <= end:
+                    index = int.from_bytes(data[p:p + 2], "little")
+                    size = int.from_bytes(data[p + 8:p + obj_head], "little")
+                    step = size if index == 0 else obj_head + (size + 7) // 8 * 8
+                    # 0 never advances; a step of 2**63 or more wraps HDF5's pointer back.
+                    if step == 0 or step >= 2 ** 63:
+                        raise _error(path, "the HDF5 file is damaged (a global heap object of impossible size)",
+                                     "a readable xraynet model file",
+                                     f"object {index} of size {size} in the heap at byte {pos}",
+                                     "Copy the file again or save the model again")
+                    p += step
+            pos = data.find(b"GCOL", pos + 4)
+
+
 def _guarded(path: Path, read):
     """Run ``read(h5file)``; low-level failures inside a file that opened are damage."""
     _check_signature(path)
     f = _open(path)
     try:
         with f:
+            _check_global_heaps(path, f)
             return read(f)
     except XraynetError:
         raise
@@ -506,6 +680,7 @@ def load_model(path, device: str = "cpu") -> LoadedModel:
 
     def read(f):
         header = _read_header(path, f)
+        _check_architecture_size(path, header["architecture"], _weights_stored(path, f))
         try:
             model = Model(header["architecture"], device=device)
         except SpecError as e:
@@ -527,19 +702,26 @@ def load_model(path, device: str = "cpu") -> LoadedModel:
         return LoadedModel(model=model, classes=header["classes"], preprocessing=header["preprocessing"],
                            optimizer_state=_read_optimizer(path, f, model), history=_read_history(path, f),
                            metadata=header["metadata"], format_version=header["format_version"], path=path,
-                           aux=_read_aux(f))
+                           aux=_read_aux(path, f))
 
     return _guarded(path, read)
 
 
-def _read_aux(f) -> dict:
+def _read_aux(path, f) -> dict:
     """The ``/aux`` arrays by name (path inside the group); {} when absent."""
     group = f.get("aux")
     if not isinstance(group, h5py.Group):
         return {}
-    out = {}
-    group.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
+    found = {}
+    group.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    for name, ds in found.items():
+        if ds.dtype.hasobject:
+            # Variable-length items (strings, sequences, references) carry
+            # their own lengths, which a damaged file can set to gigabytes.
+            raise _error(path, f"dataset 'aux/{name}' is not a plain array", "a fixed-size dtype (numbers)",
+                         f"dtype {h5py.check_dtype(vlen=ds.dtype) or ds.dtype}", _RESAVE)
+        _check_backed(path, ds, f"aux/{name}")
+    return {name: ds[()] for name, ds in found.items()}
 
 
 def read_info(path) -> dict:
