@@ -585,3 +585,22 @@ def test_shared_12bit_files_agree_at_full_precision():
     ga = imagecodecs.png_decode(_shared("gray_alpha_16bit_12bit_data.png").read_bytes())[..., 0]
     np.testing.assert_allclose(gray_alpha.pixels, ga / 65535, atol=1e-7)
     assert len(np.unique(gray_alpha.pixels)) == len(np.unique(ga))
+
+
+def test_jpeg_height_zero_is_refused_before_any_decoder_runs(tmp_path):
+    # ITU-T T.81 allows height 0 in the SOF when a DNL marker gives it later; a damaged
+    # file with height 0 made libjpeg grow its buffers to gigabytes (found by fuzzing).
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(40 * 48) % 251).astype(np.uint8).reshape(40, 48)).save(buf, "JPEG", quality=80)
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 7] = b"\x00\x00"
+    (tmp_path / "h0.jpg").write_bytes(bytes(data))
+    with pytest.raises(ImageError) as e:
+        decode(tmp_path / "h0.jpg")
+    assert e.value.reason == "damaged" and "height 0" in str(e.value)
+    eoi = data.rindex(b"\xff\xd9")
+    (tmp_path / "dnl.jpg").write_bytes(bytes(data[:eoi]) + b"\xff\xdc\x00\x04\x00\x28" + bytes(data[eoi:]))
+    with pytest.raises(ImageError) as e:
+        decode(tmp_path / "dnl.jpg")
+    assert e.value.reason == "unsupported_codec" and "DNL" in str(e.value)

@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import ImageError
 from . import (COPY_AGAIN, MAX_PIXELS, SIGNATURES, check_pixels, describe, image_error, luma, minmax, os_error,
                row_blocks, short, warning_entry)
 
@@ -471,6 +472,18 @@ def _decode_jpeg(path, fh, head: bytes, size: int):
                           "a JPEG file with a frame header and a scan", f"{size:,} bytes that do not follow it",
                           COPY_AGAIN, "damaged")
     check_pixels(path, layout.width, layout.height, "the JPEG frame header (SOF)")
+    if layout.height == 0:
+        # ITU-T T.81 B.2.5: height 0 means a DNL marker after the first scan gives it. No
+        # decoder installed here bounds its memory before that marker (libjpeg grows its
+        # buffers line by line to gigabytes on a damaged file), and no X-ray writer uses it.
+        fh.seek(0)
+        has_dnl = b"\xff\xdc" in fh.read()
+        if has_dnl:
+            raise image_error(path, "a JPEG whose height is given by a DNL marker after the image data",
+                              "a JPEG whose frame header (SOF) states its height", "height 0 in the SOF",
+                              "Convert the file to a PNG or a JPEG with the height in its header", "unsupported_codec")
+        raise image_error(path, "the JPEG frame header (SOF) gives height 0 and no DNL marker follows",
+                          "a JPEG whose frame header states its height", "height 0", COPY_AGAIN, "damaged")
     if not _jpeg_has_end(fh, size, layout.scan):
         raise image_error(path, "the JPEG data ends early (no end-of-image marker after the image data)",
                           "a complete JPEG file ending with its EOI marker (FF D9)", f"{size:,} bytes",
@@ -704,51 +717,58 @@ def _decode_tiff(path, fh, head: bytes, size: int):
         raise _tiff_damaged(path, e, size) from None
     with tif:
         try:
-            page = tif.pages.first
-            width, height = int(page.imagewidth), int(page.imagelength)
-            depth_planes = max(1, int(page.imagedepth))
-        except Exception as e:  # noqa: BLE001
+            return _decode_tiff_page(path, fh, head, size, tif)
+        except (ImageError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- damaged tags (wrong type or count) fail anywhere in tifffile
             raise _tiff_damaged(path, e, size) from None
-        check_pixels(path, width, height * depth_planes, "the TIFF header (first image file directory)")
-        if page.is_tiled:
-            check_pixels(path, page.tilewidth, page.tilelength * max(1, int(page.tiledepth)),
-                         "the TIFF tile size (TileWidth x TileLength)")
-        _check_tiff_segments(path, fh, page, size)
-        photometric = int(page.photometric)
-        if photometric not in (0, 1, 2, 3, 5, 6) or (photometric == 5 and page.samplesperpixel < 4):
-            name = _PHOTOMETRIC_NAMES.get(photometric, f"photometric {photometric}")
-            raise image_error(path, f"unsupported pixel mode {name!r}",
-                              "a grayscale, RGB, RGBA, palette, CMYK, 16-bit or float image", repr(name),
-                              "Convert the image to an 8- or 16-bit grayscale PNG", "unsupported_mode")
-        compression = int(page.compression)
-        missing = None
-        if page.dtype is None:
-            missing = f"tifffile cannot read {page.bitspersample}-bit samples of SampleFormat {page.sampleformat}"
-        elif compression not in _TIFF_WITHOUT_IMAGECODECS and _codec("imagecodecs") is None:
-            missing = f"TIFF compression {_compression_name(page)} needs imagecodecs, which is not installed"
-        if missing is None:
-            try:
-                shaped = page.asarray(squeeze=False, maxworkers=1)
-            except MemoryError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- codec libraries raise their own types
-                if isinstance(e, OSError) and e.errno is not None:
-                    raise os_error(path, e) from None
-                text = str(e)
-                if (isinstance(e, NotImplementedError) or compression == 6
-                        or any(word in text for word in _TIFF_SUPPORT_WORDS)):
-                    missing = f"tifffile cannot decode it ({type(e).__name__}: {short(e)})"
-                else:
-                    raise image_error(path, f"the TIFF pixel data does not decode ({type(e).__name__}: {short(e)})",
-                                      f"TIFF data ({_compression_name(page)}) that decodes",
-                                      f"a complete file of {size:,} bytes whose image data is corrupt",
-                                      COPY_AGAIN, "damaged") from None
-        if missing is not None:
-            return _tiff_with_pillow(path, fh, head, size, missing, "pip install imagecodecs")
-        pixels, mode, depth = _tiff_gray(path, page, shaped)
-        del shaped
-        orientation = page.tags.get(274)
-        orientation = int(orientation.value) if orientation is not None else 1
+
+
+def _decode_tiff_page(path, fh, head: bytes, size: int, tif):
+    """The first page of an open tifffile.TiffFile (see :func:`_decode_tiff`)."""
+    page = tif.pages.first
+    width, height = int(page.imagewidth), int(page.imagelength)
+    depth_planes = max(1, int(page.imagedepth))
+    check_pixels(path, width, height * depth_planes, "the TIFF header (first image file directory)")
+    if page.is_tiled:
+        check_pixels(path, page.tilewidth, page.tilelength * max(1, int(page.tiledepth)),
+                     "the TIFF tile size (TileWidth x TileLength)")
+    _check_tiff_segments(path, fh, page, size)
+    photometric = int(page.photometric)
+    if photometric not in (0, 1, 2, 3, 5, 6) or (photometric == 5 and page.samplesperpixel < 4):
+        name = _PHOTOMETRIC_NAMES.get(photometric, f"photometric {photometric}")
+        raise image_error(path, f"unsupported pixel mode {name!r}",
+                          "a grayscale, RGB, RGBA, palette, CMYK, 16-bit or float image", repr(name),
+                          "Convert the image to an 8- or 16-bit grayscale PNG", "unsupported_mode")
+    compression = int(page.compression)
+    missing = None
+    if page.dtype is None:
+        missing = f"tifffile cannot read {page.bitspersample}-bit samples of SampleFormat {page.sampleformat}"
+    elif compression not in _TIFF_WITHOUT_IMAGECODECS and _codec("imagecodecs") is None:
+        missing = f"TIFF compression {_compression_name(page)} needs imagecodecs, which is not installed"
+    if missing is None:
+        try:
+            shaped = page.asarray(squeeze=False, maxworkers=1)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- codec libraries raise their own types
+            if isinstance(e, OSError) and e.errno is not None:
+                raise os_error(path, e) from None
+            text = str(e)
+            if (isinstance(e, NotImplementedError) or compression == 6
+                    or any(word in text for word in _TIFF_SUPPORT_WORDS)):
+                missing = f"tifffile cannot decode it ({type(e).__name__}: {short(e)})"
+            else:
+                raise image_error(path, f"the TIFF pixel data does not decode ({type(e).__name__}: {short(e)})",
+                                  f"TIFF data ({_compression_name(page)}) that decodes",
+                                  f"a complete file of {size:,} bytes whose image data is corrupt",
+                                  COPY_AGAIN, "damaged") from None
+    if missing is not None:
+        return _tiff_with_pillow(path, fh, head, size, missing, "pip install imagecodecs")
+    pixels, mode, depth = _tiff_gray(path, page, shaped)
+    del shaped
+    orientation = page.tags.get(274)
+    orientation = int(orientation.value) if orientation is not None else 1
     return orient(pixels, orientation), "tiff", mode, depth, []
 
 
