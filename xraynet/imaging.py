@@ -377,9 +377,17 @@ def equalize_histogram(pixels: np.ndarray, bins: int = EQUALIZE_BINS) -> np.ndar
         return np.zeros_like(p)
     hist, edges = np.histogram(p, bins=bins, range=(lo, hi))
     cdf = np.concatenate([[0.0], np.cumsum(hist, dtype=np.float64)])
-    out = np.interp(p.ravel(), edges, cdf / cdf[-1]).reshape(p.shape)
-    o_lo, o_hi = out.min(), out.max()
-    return ((out - o_lo) / (o_hi - o_lo)).astype(np.float32)
+    cdf /= cdf[-1]
+    # The mapping never decreases, so the result's extremes are those of the input's
+    # extremes; rows then go through it a block at a time (float64 only per block).
+    o_lo, o_hi = np.interp([lo, hi], edges, cdf)
+    out = np.empty(p.shape, np.float32)
+    flat_in, flat_out = p.reshape(p.shape[0], -1), out.reshape(out.shape[0], -1)
+    step = max(1, (1 << 20) // max(1, flat_in.shape[1]))
+    for r in range(0, flat_in.shape[0], step):
+        block = np.interp(flat_in[r:r + step], edges, cdf)
+        flat_out[r:r + step] = (block - o_lo) / (o_hi - o_lo)
+    return out
 
 
 def preprocess(decoded_or_pixels, prep: Preprocessing) -> np.ndarray:
