@@ -492,7 +492,7 @@ _CODEC_PACKAGES = {
     "1.2.840.10008.1.2.4.70": _LIBJPEG, "1.2.840.10008.1.2.4.80": _LIBJPEG, "1.2.840.10008.1.2.4.81": _LIBJPEG,
     "1.2.840.10008.1.2.4.90": _OPENJPEG, "1.2.840.10008.1.2.4.91": _OPENJPEG,
     "1.2.840.10008.1.2.4.201": _OPENJPEG, "1.2.840.10008.1.2.4.202": _OPENJPEG,
-    "1.2.840.10008.1.2.4.203": _OPENJPEG, "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",
+    "1.2.840.10008.1.2.4.203": _OPENJPEG, "1.2.840.10008.1.2.5": "pydicom (its own RLE decoder)",
 }
 _EXPORT_AGAIN = "Export the file again from the archive, or remove it"  # complete but damaged: a new copy won't help
 _CONVERT = ("convert it to uncompressed DICOM (gdcmconv --raw, or dcmtk's dcmdjpeg / dcmdrle) "
