@@ -644,6 +644,9 @@ def screen(
     html: Optional[str] = typer.Option(None, "--html", help="Also write a self-contained HTML review page of the "
                                                             "report here (thumbnails in <name>_files/ beside it), "
                                                             "refreshed after every run."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Let a FOLDER with no images at all clear the "
+                                                                  "report's rows. Without it such a run keeps them "
+                                                                  "and exits 5 (an unmounted share looks empty)."),
 ) -> None:
     from rich.markup import escape
 
@@ -684,7 +687,7 @@ def screen(
         summary = run_screen(folder, out, model_path=model, threshold=threshold, batch_size=batch_size,
                              workers=workers, recursive=recursive, on_lock=on_lock.value, dry_run=dry_run,
                              progress=on_progress, heatmaps=heatmaps, device=device, cluster=cluster,
-                             cluster_timeout=cluster_timeout)
+                             cluster_timeout=cluster_timeout, allow_empty=allow_empty)
     except XraynetError as e:
         _fail(e, exit_code_for(e))  # 3 locked, 4 an output could not be written, 2 the rest
     except KeyboardInterrupt:
@@ -708,9 +711,11 @@ def screen(
     elif not quiet and sys.stdout.isatty():
         # From cron (stdout not a terminal) only errors are printed; --json gives the summary.
         _print_screen_summary(summary)
-    if summary.errors and not as_json:
-        err.print(f"{summary.errors} file(s) are error rows in {summary.out} (status 'error', reason in column "
-                  "'error')", markup=False, highlight=False)
+    if summary.errors_new and not as_json:
+        # Only new error rows are news: rows kept from earlier nights still give exit 1, but a
+        # nightly job must not mail the same line every night.
+        err.print(f"{summary.errors_new} new file(s) are error rows in {summary.out} ({summary.errors} in all; "
+                  "status 'error', reason in column 'error')", markup=False, highlight=False)
     if html is not None and not dry_run:
         # Also when nothing new was screened; silent from cron, one line and exit 4 if it cannot be written.
         _write_page(out, html, model, folder, workers, summary.screening_class,

@@ -585,3 +585,25 @@ def test_ten_thousand_rows_in_reasonable_time_and_size(tmp_path, model_file):
     text = page.read_text(encoding="utf-8")
     body = text.split('<table id="rows">')[1]
     assert body.count("<tr") == 10_001 and body.count("no thumbnail") == 10_000 and "data:" not in text
+
+
+def test_names_cannot_hide_or_pass_for_others_on_the_page():
+    # A right-to-left override reorders what follows it; a newline looks like a space.
+    from xraynet.review import _text
+
+    assert _text("\u202egnp.exe.png") == "⟨U+202E⟩gnp.exe.png"
+    assert _text("new\nline.png") != _text("new line.png")
+    assert _text("zero\u200bwidth.png") == "zero⟨U+200B⟩width.png"
+    assert _text("é <b>.png") == "é &lt;b&gt;.png"
+
+
+def test_a_special_file_as_the_page_is_refused(tmp_path):
+    import os
+
+    from xraynet.errors import ScreenError
+    from xraynet.review import check_page_path
+
+    page = tmp_path / "review.html"
+    os.mkfifo(page)
+    with pytest.raises(ScreenError, match="Expected a regular file or no file"):
+        check_page_path(page, tmp_path / "r.csv")

@@ -247,9 +247,11 @@ def test_cli_exit_codes_json_dry_run_and_lock(tmp_path, model_file):
     res = runner.invoke(app, base + ["--dry-run", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["would_screen"] == ["zero.png"]
     res = runner.invoke(app, base)  # not a terminal: no summary table, only the error note on stderr
-    assert res.exit_code == 1 and res.stdout == "" and "1 file(s) are error rows" in _flat(res.stderr)
+    assert res.exit_code == 1 and res.stdout == "" and "1 new file(s) are error rows" in _flat(res.stderr)
     res = runner.invoke(app, base + ["--json"])  # still an error row in the report: still 1
     assert res.exit_code == 1 and json.loads(res.stdout)["screened"] == 0
+    res = runner.invoke(app, base + ["--quiet"])  # nothing new: exit 1 says it, no line repeated every night
+    assert res.exit_code == 1 and (res.stdout, res.stderr) == ("", "")
 
     with open(tmp_path / "r.csv.lock", "w") as held:  # another "run" holds the lock
         fcntl.flock(held, fcntl.LOCK_EX)

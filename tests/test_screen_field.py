@@ -29,7 +29,7 @@ from xraynet.cli.main import app
 from xraynet.data import scan_dataset
 from xraynet.decodecache import file_sha256
 from xraynet.discovery import decode_path, encode_path, find_images
-from xraynet.errors import DataError
+from xraynet.errors import DataError, ScreenError
 from xraynet.imaging import IMAGE_SUFFIXES
 from xraynet.screen import path_of_cell, screen
 
@@ -603,3 +603,60 @@ def test_screen_help_lists_every_exit_code():
         assert code in text, code
     for code in range(6):
         assert f"``{code}``" in screen_mod.__doc__
+
+
+# ------------------------------------------------- found by a fresh tester
+def test_an_empty_folder_keeps_the_report_rows_until_allow_empty(tmp_path, model_file):
+    # An unmounted share is an empty folder: it must not empty the report and exit 0.
+    folder, report = tmp_path / "share", tmp_path / "r.csv"
+    for i in range(3):
+        _png(folder / f"f{i}.png", i)
+    assert screen(folder, report, model_path=model_file).exit_code == 0
+    before = report.read_bytes()
+    for p in folder.iterdir():
+        p.unlink()
+    s = screen(folder, report, model_path=model_file)
+    assert (s.exit_code, s.kept_unlisted, report.read_bytes()) == (5, 3, before)
+    assert "--allow-empty" in s.warnings[0] and "unmounted" in s.warnings[0]
+    s = screen(folder, report, model_path=model_file, allow_empty=True)
+    assert s.exit_code == 0 and report.read_text().count("\n") == 1  # header only
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_a_special_file_as_the_report_is_refused_untouched(tmp_path, model_file, kind):
+    folder = tmp_path / "in"
+    _png(folder / "a.png", 0)
+    out = tmp_path / "out.csv"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        try:
+            os.mknod(out, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+        except PermissionError:
+            pytest.skip("creating a device node needs root")
+    with pytest.raises(ScreenError, match="Expected a regular file or no file"):
+        screen(folder, out, model_path=model_file)
+    assert not out.is_file() and not (tmp_path / "out.csv.lock").exists()
+
+
+def test_machine_independent_dicom_errors_are_not_screened_again(tmp_path, model_file):
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    folder.mkdir()
+    import pydicom
+
+    ds = pydicom.dcmread(_dicom(tmp_path / "full.dcm"))
+    del ds.PixelData  # a structured report or presentation state has no image: that is its bytes, not the machine
+    ds.save_as(folder / "report.dcm", enforce_file_format=True)
+    first = screen(folder, report, model_path=model_file)
+    assert first.screened == 1 and first.errors == 1
+    again = screen(folder, report, model_path=model_file)
+    assert (again.screened, again.dropped_rows, again.errors) == (0, 0, 1)
+
+
+def test_heatmap_paths_are_absolute(tmp_path, model_file, monkeypatch):
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    _png(folder / "a.png", 0)
+    monkeypatch.chdir(tmp_path)
+    screen(folder, report, model_path=model_file, heatmaps="hm", threshold=0.0)
+    rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"), newline="")))
+    assert rows[0]["heatmap"] == str(tmp_path / "hm" / "a.png.png") and Path(rows[0]["heatmap"]).is_file()

@@ -110,6 +110,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -376,9 +377,17 @@ def _update_thumbnails(rows, folder, files_dir: Path, workers: int, progress) ->
 
 
 # -------------------------------------------------------------- page pieces
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 def _text(s) -> str:
-    """Text for the page: undecodable bytes (surrogates) as \\xNN, then HTML-escaped."""
+    """Text for the page: undecodable bytes (surrogates) as \\xNN; control and format characters
+    (newline, tab, right-to-left override, zero-width joiner...: Unicode categories Cc, Cf, Zl, Zp)
+    as a visible ⟨U+XXXX⟩, so that no name can hide, reorder or pass for another; then
+    HTML-escaped."""
     s = str(s).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if not s.isprintable():
+        s = "".join(f"⟨U+{ord(c):04X}⟩" if unicodedata.category(c) in _HIDDEN_CATEGORIES else c for c in s)
     return html.escape(s, quote=True)
 
 
@@ -912,6 +921,9 @@ def check_page_path(html_path, report, folder=None) -> None:
     missing parent folder, the report itself, or a page whose thumbnails folder lies inside the
     screened ``folder`` (the next run would screen the thumbnails as films). :class:`ScreenError`."""
     html_p = Path(html_path)
+    if html_p.exists() and not html_p.is_dir() and not html_p.is_file():
+        raise ScreenError(f"{html_path}: cannot write the review page there. Expected a regular file or no file, "
+                          f"got a device, FIFO or socket (replacing it would destroy it). Give another --html.")
     if html_p.is_dir():
         raise ScreenError(f"{html_path}: cannot write the review page there. Expected a file path such as "
                           f"review.html, got a directory. Give a file name.")

@@ -58,7 +58,8 @@ Report columns (in this order)
 ``xraynet_version`` the xraynet that wrote the row
 ``screened_at``     UTC time of screening, ISO 8601 with ``Z``
 ``heatmap``         with ``heatmaps=DIR``: the Grad-CAM overlay PNG written
-                    for a flagged image (``DIR/<path>.png``); else empty
+                    for a flagged image (``DIR/<path>.png``, DIR made
+                    absolute); else empty
 ==================  ==========================================================
 
 The file is UTF-8, written by the :mod:`csv` module with ``\\r\\n`` line ends
@@ -94,7 +95,7 @@ Crash safety
 * A file is skipped when the report has a row for its path with the same
   ``sha256``, ``model_sha256`` and ``threshold`` (error rows whose reason
   depends on the machine, not the bytes -- ``unreadable``,
-  ``dicom_needs_pydicom``, ``dicom_unsupported`` -- are always retried).
+  ``dicom_needs_pydicom``, ``unsupported_codec`` -- are always retried).
   When any existing row must go (its file changed, was deleted, or is a
   duplicate), the kept rows are first written to ``<report>.tmp``, synced and
   ``os.replace``-d over the report (*compaction*); only then are new rows
@@ -133,7 +134,9 @@ Exit codes (``xraynet screen``)
 ``4``    the report, its lock or temp file, or a heatmap could not be written
          (read-only folder, disk full, I/O error); rows durable before are kept
 ``5``    some folder or entry could not be listed: its earlier rows are kept
-         unchanged and it was not screened (takes precedence over ``1``)
+         unchanged and it was not screened (takes precedence over ``1``);
+         also a folder with no images at all while the report has rows (an
+         unmounted share looks like that), unless ``allow_empty``
 ``130``  interrupted (Ctrl-C); rows written so far are kept
 =======  =====================================================================
 
@@ -193,7 +196,7 @@ __all__ = ["screen", "Summary", "find_images", "report_columns", "path_of_cell",
            "RETRY_REASONS", "EXIT_OK", "EXIT_ERRORS", "EXIT_USAGE", "EXIT_LOCKED", "EXIT_WRITE", "EXIT_UNLISTED"]
 
 #: Error reasons that depend on this machine rather than on the file's bytes: retried on every run.
-RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "dicom_unsupported", "unsupported_codec"})
+RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "unsupported_codec"})
 #: Exit codes of ``xraynet screen`` (the table is in the module docstring).
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_LOCKED, EXIT_WRITE, EXIT_UNLISTED = 0, 1, 2, 3, 4, 5
 
@@ -490,7 +493,8 @@ def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tu
 def screen(folder, out, *, model_path=None, threshold: float | None = None, screening_class: str | None = None,
            batch_size: int = 32, workers: int = 2, recursive: bool = True, on_lock: str = "fail",
            dry_run: bool = False, progress: Callable[[int, int], None] | None = None, heatmaps=None,
-           device: str = "cpu", cluster: str | None = None, cluster_timeout: float = 30.0) -> Summary:
+           device: str = "cpu", cluster: str | None = None, cluster_timeout: float = 30.0,
+           allow_empty: bool = False) -> Summary:
     """Screen the images under ``folder`` into the CSV report ``out``; see the module docstring.
 
     ``model_path``: a model file (default: the bundled model). ``threshold`` /
@@ -522,9 +526,20 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     if out_p.is_dir():
         raise ScreenError(f"{out}: cannot write the report there. Expected a file path such as report.csv, "
                           f"got a directory. Give a file name.")
+    for p, what in ((out_p, "the report"), (out_p.with_name(out_p.name + ".lock"), "the report's lock file")):
+        if p.exists() and not p.is_file():
+            # A device, FIFO or socket: replacing it would destroy it (as root, /dev/null), reading it
+            # could block or never end (/dev/zero).
+            raise ScreenError(f"{p}: cannot use it as {what}. Expected a regular file or no file, got "
+                              f"{_special_kind(p)}. Give another --out.")
     if not out_p.parent.is_dir():
-        raise ScreenError(f"{out}: the report's folder does not exist. Expected an existing folder, got missing "
-                          f"{out_p.parent}. Create it first.")
+        got = f"the file {out_p.parent}" if out_p.parent.exists() else f"missing {out_p.parent}"
+        raise ScreenError(f"{out}: the report's folder does not exist. Expected an existing folder, got {got}. "
+                          f"Create it first.")
+    if heatmaps is not None:
+        # The heatmap column then names each overlay by an absolute path: a page or a person
+        # reading the report from another working folder still finds them.
+        heatmaps = os.path.abspath(heatmaps)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScreenError(f"batch_size: invalid. Expected an integer >= 1, got {batch_size!r}. Pass --batch-size 32.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -561,10 +576,22 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     lock = None if dry_run else _Lock(lock_p, on_lock == "wait", out_p)
     try:
         return _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
-                    batch_size, workers, recursive, dry_run, progress, summary, t_start, heatmaps, device, spec)
+                    batch_size, workers, recursive, dry_run, progress, summary, t_start, heatmaps, device, spec,
+                    allow_empty)
     finally:
         if lock is not None:
             lock.close()
+
+
+def _special_kind(path: Path) -> str:
+    import stat as _stat
+
+    mode = path.stat().st_mode
+    for test, name in ((_stat.S_ISCHR, "a character device"), (_stat.S_ISBLK, "a block device"),
+                       (_stat.S_ISFIFO, "a FIFO"), (_stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "something that is not a regular file"
 
 
 def _under(key: str, prefixes) -> bool:
@@ -574,7 +601,7 @@ def _under(key: str, prefixes) -> bool:
 
 def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr, model_text, model_sha,
          batch_size, workers, recursive, dry_run, progress, summary: Summary, t_start, heatmaps=None,
-         device="cpu", cluster=None) -> Summary:
+         device="cpu", cluster=None, allow_empty=False) -> Summary:
     existing = _read_report(out_p, columns)
     if not dry_run:
         try:
@@ -614,6 +641,17 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
         summary.kept_unlisted = len(frozen)
         for u in listing.unlisted:
             summary.warnings.append(_unlisted_note(u, sum(_under(_uncell(c), [u.key]) for c in frozen)))
+    elif not files and first and not allow_empty:
+        # An empty folder where the report has rows is what an unmounted share or a wrong path
+        # looks like: keep every row and say so, rather than empty the report.
+        frozen = dict(first)
+        summary.unlisted = [""]
+        summary.kept_unlisted = len(frozen)
+        summary.warnings.append(
+            f"{display_path(folder_p)}: holds no images now, but the report has {len(frozen)} row(s) from "
+            f"earlier runs. Expected the folder's films, got none (an unmounted share or a wrong path looks "
+            f"like this). The rows are kept unchanged and the run exits {EXIT_UNLISTED}; if the folder "
+            f"really is empty now, run again with --allow-empty to clear the report.")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         t0 = time.perf_counter()
