@@ -63,7 +63,7 @@ SOURCE_DESCRIPTIONS = {
     "muhammedtalo/COVID-19": "NIH ChestX-ray8: normal and pneumonia",
 }
 #: The development machine, as the README names it; the model file records only the device.
-MACHINE = {"description": "the 2-core development machine", "cpu": "AMD EPYC", "cpu_count": 2, "system": "Linux",
+MACHINE = {"description": "the development machine", "cpu": "AMD EPYC", "cpu_count": 2, "system": "Linux",
            "gpu": None}
 TRAINING_NOTE = ("About 9 minutes alone on this machine with the decode cache, 42-47 s per epoch (README); the "
                  "recorded epoch times add up to more because the first epochs shared the machine with other runs "
