@@ -65,7 +65,8 @@ def _fail(err: Exception, code: int = 2) -> None:
 
     # escape: messages hold install commands ("xraynet[gpu]") and file names that rich would take
     # for markup and drop. soft_wrap: the message stays one line (cron mail, grep).
-    _console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    text = " ".join(str(err).splitlines())  # one line whatever a message embeds
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=code)
 
 

@@ -660,3 +660,43 @@ def test_heatmap_paths_are_absolute(tmp_path, model_file, monkeypatch):
     screen(folder, report, model_path=model_file, heatmaps="hm", threshold=0.0)
     rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"), newline="")))
     assert rows[0]["heatmap"] == str(tmp_path / "hm" / "a.png.png") and Path(rows[0]["heatmap"]).is_file()
+
+
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_a_report_removed_or_moved_mid_run_is_written_again_whole(tmp_path, model_file, how):
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    for i in range(6):
+        _png(folder / f"f{i}.png", i)
+    done = []
+
+    def progress(n, total):
+        if n and not done:  # after the first batch is appended
+            done.append(n)
+            if how == "removed":
+                report.unlink()
+            else:
+                report.rename(tmp_path / "moved.csv")
+
+    s = screen(folder, report, model_path=model_file, batch_size=2, progress=progress)
+    assert s.exit_code == 0 and any("written again" in w for w in s.warnings)
+    rows = _rows(report)
+    assert sorted(rows) == [f"f{i}.png" for i in range(6)]
+    assert screen(folder, report, model_path=model_file).screened == 0
+
+
+def test_heatmaps_inside_the_screened_folder_are_refused(tmp_path, model_file):
+    folder = tmp_path / "in"
+    _png(folder / "a.png", 0)
+    with pytest.raises(ScreenError, match="heatmaps folder lies inside the screened folder"):
+        screen(folder, tmp_path / "r.csv", model_path=model_file, heatmaps=folder / "hm")
+    assert not (folder / "hm").exists()
+
+
+def test_messages_stay_one_line_whatever_the_names():
+    from xraynet.discovery import display_path
+
+    assert display_path("c/bad\nfolder") == "c/bad\\x0afolder"
+    assert display_path("\x1b[31mred") == "\\x1b[31mred"
+    assert display_path(os.fsdecode(b"caf\xe9")) == "caf\\xe9"
+    res = CliRunner().invoke(app, ["screen", "no\nsuch", "--out", "x.csv"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1

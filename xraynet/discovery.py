@@ -139,9 +139,17 @@ def decode_path(text: str) -> bytes:
     return result
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def display_path(path) -> str:
-    """``path`` as printable text for messages (:func:`encode_path`; no surrogates to choke a console)."""
-    return encode_path(os.fspath(path))
+    """``path`` as printable text for messages: :func:`encode_path` (no surrogates to choke a
+    console), and control characters written ``\\xNN`` / ``\\uNNNN``, so that a name holding a
+    newline or a terminal escape cannot split a one-line message or colour a cron mail. For
+    display only: a report's ``path`` column is :func:`encode_path`."""
+    text = encode_path(os.fspath(path))
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
 
 
 # ------------------------------------------------------------------ listing

@@ -416,9 +416,16 @@ class _Lock:
     def __init__(self, path: Path, wait: bool, report: Path):
         import fcntl
 
+        existed = path.exists()
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if existed and e.errno in (errno.EACCES, errno.EPERM):
+                raise ReportWriteError(
+                    f"{display_path(path)}: opening the report's lock file failed ({e.strerror}). Expected a lock "
+                    f"file this user can read and write, got one it cannot (another user's, or its mode). Nothing "
+                    f"was written. Give it to this user (chown / chmod u+rw) or remove it, then run the same "
+                    f"command again.") from None
             raise _write_error(path, e, "creating the report's lock file", "Nothing was written.") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -521,25 +528,31 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     folder_p, out_p = Path(folder), Path(out)
     if not folder_p.is_dir():
         got = "a file" if folder_p.exists() else "nothing at that path"
-        raise ScreenError(f"{folder}: cannot screen it. Expected a folder of images, got {got}. "
+        raise ScreenError(f"{display_path(folder)}: cannot screen it. Expected a folder of images, got {got}. "
                           f"Check the path.")
     if out_p.is_dir():
-        raise ScreenError(f"{out}: cannot write the report there. Expected a file path such as report.csv, "
-                          f"got a directory. Give a file name.")
+        raise ScreenError(f"{display_path(out)}: cannot write the report there. Expected a file path such as "
+                          f"report.csv, got a directory. Give a file name.")
     for p, what in ((out_p, "the report"), (out_p.with_name(out_p.name + ".lock"), "the report's lock file")):
         if p.exists() and not p.is_file():
             # A device, FIFO or socket: replacing it would destroy it (as root, /dev/null), reading it
             # could block or never end (/dev/zero).
-            raise ScreenError(f"{p}: cannot use it as {what}. Expected a regular file or no file, got "
+            raise ScreenError(f"{display_path(p)}: cannot use it as {what}. Expected a regular file or no file, got "
                               f"{_special_kind(p)}. Give another --out.")
     if not out_p.parent.is_dir():
-        got = f"the file {out_p.parent}" if out_p.parent.exists() else f"missing {out_p.parent}"
-        raise ScreenError(f"{out}: the report's folder does not exist. Expected an existing folder, got {got}. "
+        got = f"the file {display_path(out_p.parent)}" if out_p.parent.exists() else f"missing {display_path(out_p.parent)}"
+        raise ScreenError(f"{display_path(out)}: the report's folder does not exist. Expected an existing folder, got {got}. "
                           f"Create it first.")
     if heatmaps is not None:
         # The heatmap column then names each overlay by an absolute path: a page or a person
         # reading the report from another working folder still finds them.
         heatmaps = os.path.abspath(heatmaps)
+        inside, top = Path(os.path.realpath(heatmaps)), Path(os.path.realpath(folder_p))
+        if inside == top or top in inside.parents:
+            raise ScreenError(f"{display_path(heatmaps)}: the heatmaps folder lies inside the screened folder "
+                              f"{display_path(folder_p)}. Expected a folder outside it, got one inside (the "
+                              f"overlays would be screened as films the next night). Pass --heatmaps beside "
+                              f"the report.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScreenError(f"batch_size: invalid. Expected an integer >= 1, got {batch_size!r}. Pass --batch-size 32.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -568,7 +581,7 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     model_text = f"{info['architecture'].get('name', 'model')} ({model_file.name})"
     model_sha = info["weights_sha256"]
     columns = report_columns(classes)
-    summary = Summary(folder=str(folder), out=str(out), model=model_text, model_sha256=model_sha,
+    summary = Summary(folder=display_path(folder), out=display_path(out), model=model_text, model_sha256=model_sha,
                       screening_class=cls, threshold=thr, dry_run=dry_run)
 
     lock_p = out_p.with_name(out_p.name + ".lock")
@@ -581,6 +594,15 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
     finally:
         if lock is not None:
             lock.close()
+
+
+def _file_identity(path: Path):
+    """(device, inode) of ``path``, or None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _special_kind(path: Path) -> str:
@@ -692,6 +714,7 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
         else:
             on_disk = [r[0] for r in existing.rows]  # the same rows, in the file's own order
 
+        report_id = _file_identity(out_p)
         new_rows: dict[str, list] = {}
         if todo:
             _screen_files(todo, pool, out_p, model_file, classes, cls, thr, thr_text, model_text, model_sha,
@@ -699,7 +722,15 @@ def _run(folder_p, out_p, tmp_p, lock_p, model_file, classes, columns, cls, thr,
     on_disk_cells = on_disk + [_cell(k) for k in new_rows]  # in append order (--cluster: completion order)
     final = {**kept, **{_cell(k): r for k, r in new_rows.items()}}
     final_cells = sorted(final, key=_uncell)
-    if on_disk_cells != final_cells:
+    if _file_identity(out_p) != report_id:
+        # Removed, moved or replaced while this run appended to it: the rows went with that file.
+        # Every row is still in memory, so the report is written again whole at --out.
+        summary.warnings.append(f"{display_path(out_p)}: the report was removed, moved or replaced during the "
+                                "run; it has been written again with every row.")
+        _replace_report(out_p, tmp_p, [columns, *(final[c] for c in final_cells)], "writing the report again "
+                        "after it was removed or moved during the run", "Its rows are not at --out (the next "
+                        "run screens the files again).")
+    elif on_disk_cells != final_cells:
         # New rows were appended after kept rows that sort later: restore the sorted order atomically.
         _replace_report(out_p, tmp_p, [columns, *(final[c] for c in final_cells)], "rewriting the report in "
                         "sorted order", "Every row is in the report, only not sorted (the next run sorts it).")
