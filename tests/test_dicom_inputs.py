@@ -503,6 +503,15 @@ def test_deflate_bomb_refused_before_pydicom_inflates_it(tmp_path, monkeypatch):
     assert path.stat().st_size < 20_000
     monkeypatch.setattr(dicom, "_MAX_INFLATED", 1_000_000)
     assert "inflates to more than 1,000,000 bytes" in str(assert_reason(path, "too_large"))
+    # The same without the meta group's length element, and without the preamble: the
+    # dataset's start is found by walking the meta group.
+    raw = path.read_bytes()
+    assert raw[132:136] == b"\x02\x00\x00\x00"
+    length = 8 + struct.unpack_from("<H", raw, 138)[0]  # tag, VR, 2-byte length, value
+    (tmp_path / "nolength.dcm").write_bytes(raw[:132] + raw[132 + length:])
+    (tmp_path / "NOPREAMBLE").write_bytes(raw[132:])
+    for p in (tmp_path / "nolength.dcm", tmp_path / "NOPREAMBLE"):
+        assert "inflates to more than" in str(assert_reason(p, "too_large")), p
     monkeypatch.setattr(dicom, "_MAX_INFLATED", 8_000_000)
     assert decode(path).width == 56
 

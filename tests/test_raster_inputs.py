@@ -604,3 +604,56 @@ def test_jpeg_height_zero_is_refused_before_any_decoder_runs(tmp_path):
     with pytest.raises(ImageError) as e:
         decode(tmp_path / "dnl.jpg")
     assert e.value.reason == "unsupported_codec" and "DNL" in str(e.value)
+
+
+# ------------------------------------------------- found by a second tester
+def test_a_tiff_whose_first_page_is_a_thumbnail_gives_the_full_image(tmp_path):
+    film = (np.random.default_rng(0).random((256, 256)) * 4095).astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "page2.tif") as t:
+        t.write((film[::8, ::8] >> 4).astype(np.uint8), subfiletype=1)  # reduced-resolution copy first
+        t.write(film)
+    with tifffile.TiffWriter(tmp_path / "subifd.tif") as t:
+        t.write((film[::8, ::8] >> 4).astype(np.uint8), subfiletype=1, subifds=1)
+        t.write(film)  # the full image as the thumbnail's SubIFD
+    for name in ("page2.tif", "subifd.tif"):
+        d = decode(tmp_path / name)
+        assert d.pixels.shape == (256, 256) and d.bit_depth == 12, name
+        np.testing.assert_allclose(d.pixels, film / 4095.0, atol=1e-6)
+
+
+def test_12_bit_films_in_16_bit_rgb_and_white_is_zero_containers_span_the_range(tmp_path):
+    film = (np.random.default_rng(1).random((64, 64)) * 4095).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", np.stack([film] * 3, -1), photometric="rgb")
+    tifffile.imwrite(tmp_path / "wiz16.tif", (65535 - film).astype(np.uint16), photometric="miniswhite")
+    for name in ("rgb16.tif", "wiz16.tif"):
+        d = decode(tmp_path / name)
+        assert d.bit_depth == 12 and "nearly_uniform" not in d.warnings, name
+        np.testing.assert_allclose(d.pixels, film / 4095.0, atol=2e-3)
+
+
+def test_libpng_messages_go_into_the_row_not_to_stderr(tmp_path, capfd):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    img = (np.random.default_rng(2).random((32, 32)) * 4095).astype(">u2")
+    raw = b"".join(b"\0" + row.tobytes() for row in img)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 16, 0, 0, 0, 0))
+           + chunk(b"tIME", b"\x07\xe4\x0d\x20\x19\x3c\x3c") + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    (tmp_path / "t.png").write_bytes(png)
+    d = decode(tmp_path / "t.png")
+    assert any(w.startswith("decoder_warning") and "time" in w for w in d.warnings), d.warnings
+    assert capfd.readouterr().err == ""
+
+
+def test_a_jpeg_tile_without_a_frame_header_in_its_first_mib_is_refused(tmp_path):
+    img = (np.random.default_rng(3).random((64, 64)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    pad = b"".join(b"\xff\xe5" + struct.pack(">H", 65535) + bytes(65533) for _ in range(17))
+    tile = jpeg[:2] + pad + jpeg[2:]
+    tifffile.imwrite(tmp_path / "late.tif", iter([tile]), shape=(64, 64), dtype="uint8", compression="jpeg",
+                     tile=(64, 64), photometric="minisblack")
+    with pytest.raises(ImageError) as e:
+        decode(tmp_path / "late.tif")
+    assert e.value.reason == "damaged" and "frame header" in str(e.value)

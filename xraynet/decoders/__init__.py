@@ -175,10 +175,11 @@ def minmax(a: np.ndarray) -> np.ndarray:
 # to the list of the thread that issued it, or to the previous hook when that
 # thread collects nothing.
 _LIBRARY_MODULES = r"(pydicom|PIL|tifffile|imagecodecs|pylibjpeg|libjpeg|openjpeg|rle|xraynet\.decoders)(\.|$)"
-# tifffile reports odd files through the ``logging`` module instead (logger
-# "tifffile"); with no handler configured those records would reach stderr
-# through logging's last-resort handler.
-_LIBRARY_LOGGERS = ("tifffile",)
+# tifffile and imagecodecs (libpng's warnings, for one) report odd files through
+# the ``logging`` module instead (loggers "tifffile", "imagecodecs"); with no
+# handler configured those records would reach stderr through logging's
+# last-resort handler.
+_LIBRARY_LOGGERS = ("tifffile", "imagecodecs")
 _local = threading.local()
 _install_lock = threading.Lock()
 _previous_showwarning = None
@@ -261,3 +262,4 @@ def warning_entry(source: str, message: str) -> str:
     if len(text) > 160:
         text = text[:157] + "..."
     return f"decoder_warning ({source}: {text})"
+

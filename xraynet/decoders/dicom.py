@@ -580,11 +580,32 @@ _MAX_INFLATED = 4 * MAX_PIXELS
 def _check_deflated(path, fh, head: bytes) -> None:
     """Refuse ("too_large") a Deflated Explicit VR Little Endian file (PS3.5 A.5)
     whose dataset inflates past :data:`_MAX_INFLATED` bytes, counting the inflated
-    bytes a block at a time and keeping none of them. Files of other transfer
-    syntaxes, or whose file meta group does not start with its length, pass."""
-    if head[128:132] != b"DICM" or _DEFLATED_TS not in head or head[132:138] != b"\x02\x00\x00\x00UL":
+    bytes a block at a time and keeping none of them. The dataset starts where the
+    file meta group (group 0002, always explicit VR little endian, PS3.10 7.1) ends,
+    found by walking its elements, with or without the preamble and group length."""
+    if _DEFLATED_TS not in head:
         return
-    start = 144 + struct.unpack_from("<I", head, 140)[0]
+    pos = 132 if head[128:132] == b"DICM" else 0
+    fh.seek(pos)
+    while True:
+        element = fh.read(8)
+        if len(element) < 8:
+            return  # no dataset after the meta group: pydicom reports it
+        group, _, vr = struct.unpack_from("<HH2s", element)
+        if group != 0x0002:
+            break
+        if vr in _LONG_VRS:
+            extra = fh.read(4)
+            if len(extra) < 4:
+                return
+            length = struct.unpack("<I", extra)[0]
+        else:
+            length = struct.unpack_from("<H", element, 6)[0]
+        if length == _UNDEFINED:
+            return  # not a well-formed meta group: pydicom reports it
+        pos = fh.tell() + length
+        fh.seek(pos)
+    start = pos
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
     fh.seek(start)
@@ -771,6 +792,19 @@ def _decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_cont
     except (TypeError, ValueError) as e:
         raise image_error(path, f"its Bits Stored or Number of Frames is not a number ({short(e)})",
                            "whole numbers", "something else", _EXPORT_AGAIN, "damaged") from None
+    # Pixels alone do not bound memory: 3 samples of 32 bits at the pixel limit would be 1.2 GB
+    # for one decoded frame. The frame's bytes must stay within what MAX_PIXELS 32-bit samples take.
+    try:
+        samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+        allocated = max(1, int(ds.get("BitsAllocated", 16) or 16))
+    except (TypeError, ValueError):
+        samples, allocated = 1, 16
+    frame_bytes = rows * cols * samples * ((allocated + 7) // 8)
+    if frame_bytes > 4 * MAX_PIXELS:
+        raise image_error(path, f"one frame would take {frame_bytes:,} bytes ({cols}x{rows}, {samples} sample(s) of "
+                                f"{allocated} bits)", f"at most {4 * MAX_PIXELS:,} bytes a frame", f"{frame_bytes:,}",
+                          "Downscale the image before screening it (a possible decompression bomb is refused)",
+                          "too_large")
 
     try:
         decoder = get_decoder(ts)

@@ -39,8 +39,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError
-from . import (COPY_AGAIN, MAX_PIXELS, SIGNATURES, check_pixels, describe, image_error, luma, minmax, os_error,
-               row_blocks, short, warning_entry)
+from . import (COPY_AGAIN, MAX_PIXELS, SIGNATURES, check_pixels, describe, image_error, luma,
+               minmax, os_error, row_blocks, short, warning_entry)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk type and its (constant) CRC
@@ -163,6 +163,12 @@ def _int_gray(a: np.ndarray, *, bits: int | None = None, sbit: int | None = None
         return _scaled(a, 255, invert=invert), 8
     if lo >= 0 and hi <= 65535:
         depth, shift = stored_bits(hi, sbit)
+        if invert and sbit is None and depth == 16 and a.dtype.itemsize == 2:
+            flipped = stored_bits(65535 - lo)[0]
+            if flipped < 16:
+                # A 12-bit film made WhiteIsZero in the 16-bit container (stored 65535 - v):
+                # undo that, then scale by the bits the film really has.
+                return _scaled(np.subtract(np.uint16(65535), a, dtype=np.uint16), (1 << flipped) - 1), flipped
         return _scaled(a, (1 << depth) - 1, shift=shift, invert=invert), depth
     out = minmax(a)
     if invert:
@@ -311,7 +317,8 @@ def _decode_png16(path, fh, layout: _PngLayout, ic):
         mode = "I;16" if layout.color_type == 0 else "LA"
     else:  # RGB, RGBA: 16 bits unless sBIT declares fewer
         declared = max(sbit[:3]) if sbit and len(sbit) >= 3 else None
-        bits, shift = (16, 0) if declared is None else stored_bits(int(a[..., :3].max()), declared)
+        # As for gray: 12-bit data in a 16-bit RGB file spans the whole range, not its first 1/16.
+        bits, shift = stored_bits(int(a[..., :3].max()) if a.size else 0, declared)
         pixels = _luma_scaled(a, (1 << bits) - 1, shift=shift)
         mode = "RGBA" if a.shape[2] == 4 else "RGB"
     del a
@@ -626,6 +633,11 @@ def _check_tiff_segments(path, fh, page, size: int) -> None:
                 break
         if dims is not None:
             check_pixels(path, dims[0], dims[1], f"the {kind} stream embedded in TIFF strip or tile {index}")
+        elif compression != 6:  # old-style JPEG (6) strips need not carry a frame header
+            # No frame header in the first MiB: its size cannot be checked before decoding.
+            raise image_error(path, f"TIFF strip or tile {index} holds a {kind} stream whose frame header is not "
+                                    "within its first 1 MiB", f"a {kind} frame header the size can be read from",
+                              "none found", COPY_AGAIN, "damaged")
 
 
 def _tiff_mode(dtype: np.dtype, channels: int, photometric: int) -> str:
@@ -669,6 +681,8 @@ def _tiff_gray(path, page, shaped: np.ndarray) -> tuple[np.ndarray, str, int]:
             return _float_gray(luma(a), own=True), mode, a.dtype.itemsize * 8
         if a.dtype.kind not in "ub":
             return minmax(luma(a)), mode, a.dtype.itemsize * 8
+        if bits == 16 and a.size:
+            bits = stored_bits(int(a[..., :3].max()))[0]  # 12-bit data in a 16-bit container, as for gray
         return _luma_scaled(a, (1 << bits) - 1), mode, bits
     if photometric == 3:
         colormap = page.colormap
@@ -724,9 +738,30 @@ def _decode_tiff(path, fh, head: bytes, size: int):
             raise _tiff_damaged(path, e, size) from None
 
 
+def _full_resolution_page(tif):
+    """The image a TIFF holds: the first page, unless NewSubfileType marks it a
+    reduced-resolution copy (TIFF 6.0 section 8, bit 0: a thumbnail or preview), in which
+    case the first full-resolution image among its SubIFDs and then the next pages."""
+    first = tif.pages.first
+    if not first.is_reduced:
+        return first
+    try:
+        for k, offset in enumerate((first.subifds or ())[:8]):
+            tif.filehandle.seek(offset)
+            sub = type(first)(tif, index=(0, k))  # a tifffile.TiffPage read at the SubIFD's offset
+            if not sub.is_reduced:
+                return sub
+        for page in tif.pages[1:8]:
+            if page is not None and not page.is_reduced:
+                return page
+    except Exception:  # noqa: BLE001 -- a damaged SubIFD or later page: the first page is still an image
+        pass
+    return first
+
+
 def _decode_tiff_page(path, fh, head: bytes, size: int, tif):
-    """The first page of an open tifffile.TiffFile (see :func:`_decode_tiff`)."""
-    page = tif.pages.first
+    """The first full-resolution page of an open tifffile.TiffFile (see :func:`_decode_tiff`)."""
+    page = _full_resolution_page(tif)
     width, height = int(page.imagewidth), int(page.imagelength)
     depth_planes = max(1, int(page.imagedepth))
     check_pixels(path, width, height * depth_planes, "the TIFF header (first image file directory)")
