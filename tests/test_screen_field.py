@@ -700,3 +700,17 @@ def test_messages_stay_one_line_whatever_the_names():
     assert display_path(os.fsdecode(b"caf\xe9")) == "caf\\xe9"
     res = CliRunner().invoke(app, ["screen", "no\nsuch", "--out", "x.csv"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+
+
+def test_jpeg_2000_and_jpeg_ls_files_are_listed_and_screened(tmp_path, model_file):
+    ic = pytest.importorskip("imagecodecs")
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    folder.mkdir()
+    film = (np.random.default_rng(0).random((64, 64)) * 4095).astype(np.uint16)
+    (folder / "a.jp2").write_bytes(ic.jpeg2k_encode(film, level=0, codecformat="jp2"))
+    (folder / "b.J2K").write_bytes(ic.jpeg2k_encode(film, level=0, codecformat="j2k"))
+    (folder / "c.jls").write_bytes(ic.jpegls_encode(film))
+    s = screen(folder, report, model_path=model_file)
+    rows = _rows(report)
+    assert sorted(rows) == ["a.jp2", "b.J2K", "c.jls"] and s.errors == 0
+    assert {r["width"] for r in rows.values()} == {"64"}

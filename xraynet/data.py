@@ -18,7 +18,8 @@ Which files are images (:mod:`xraynet.discovery`): regular files only --
 FIFOs, sockets and devices are never opened; hidden names (starting with
 ``.``) are skipped; directory symlinks are followed once (a loop or a second
 link to one folder is not entered again). A file is an image by its ending
-(``.png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom``, any case), or,
+(``.png .jpg .jpeg .jpe .jfif .jls .jp2 .j2k .j2c .jpc .jpx .bmp .tif .tiff
+.gif .webp .dcm .dicom``, any case), or,
 for any other name, when :func:`xraynet.imaging.is_dicom_file` says its
 content is DICOM: DICOM files are often named without an extension or after
 their UID (``1.2.840.113619.2.55``), whose last dot looks like one. A folder

@@ -11,8 +11,8 @@
   opened (opening a FIFO blocks until someone writes to it) and count among
   the other files.
 * A regular file is an image when its name ends in one of
-  :data:`xraynet.imaging.IMAGE_SUFFIXES` (``.png .jpg .jpeg .bmp .tif .tiff
-  .gif .webp .dcm .dicom``, any case); any other name -- no extension
+  :data:`xraynet.imaging.IMAGE_SUFFIXES` (``.png .jpg .jpeg .jpe .jfif .jls
+  .jp2 .j2k .j2c .jpc .jpx .bmp .tif .tiff .gif .webp .dcm .dicom``, any case); any other name -- no extension
   (``IM0001``), a DICOM UID (``1.2.840.113619.2.55.3.604688119.9``), ``.txt``
   -- is an image when :func:`xraynet.imaging.is_dicom_file` says its content
   is DICOM.

@@ -205,8 +205,10 @@ def _image_warnings(pixels: np.ndarray) -> list[str]:
 
 
 
-#: File name endings read as images (any case); other files count only with the DICOM marker.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
+#: File name endings read as images (any case); other files count only when their content is DICOM.
+#: The format itself is always told from the content, never from the name.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jls", ".jp2", ".j2k", ".j2c", ".jpc", ".jpx",
+                            ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 
 
 def _open_regular(path: Path):

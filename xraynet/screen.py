@@ -10,8 +10,9 @@ Which files
 -----------
 The rules of :mod:`xraynet.discovery` -- the same ones training and
 evaluation use. In short: every regular file under the folder (recursively
-unless ``recursive=False``) whose name ends in ``.png .jpg .jpeg .bmp .tif
-.tiff .gif .webp .dcm .dicom`` (any case, :data:`IMAGE_SUFFIXES`), or, for any
+unless ``recursive=False``) whose name ends in ``.png .jpg .jpeg .jpe .jfif
+.jls .jp2 .j2k .j2c .jpc .jpx .bmp .tif .tiff .gif .webp .dcm .dicom`` (any
+case, :data:`IMAGE_SUFFIXES`), or, for any
 other name (none, ``IM0001``, a DICOM UID such as ``1.2.840.113619.2.55.3.9``),
 whose content :func:`~xraynet.imaging.is_dicom_file` says is DICOM. FIFOs,
 sockets and devices are never opened. Names starting with ``.`` (hidden files
