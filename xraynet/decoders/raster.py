@@ -799,7 +799,9 @@ def _decode_tiff_page(path, fh, head: bytes, size: int, tif):
                                   f"a complete file of {size:,} bytes whose image data is corrupt",
                                   COPY_AGAIN, "damaged") from None
     if missing is not None:
-        return _tiff_with_pillow(path, fh, head, size, missing, "pip install imagecodecs")
+        # With imagecodecs installed there is nothing more to install: say so instead.
+        return _tiff_with_pillow(path, fh, head, size, missing,
+                                 None if _codec("imagecodecs") is not None else "pip install imagecodecs")
     pixels, mode, depth = _tiff_gray(path, page, shaped)
     del shaped
     orientation = page.tags.get(274)
@@ -830,8 +832,10 @@ def _tiff_with_pillow(path, fh, head: bytes, size: int, why: str, install: str):
         detail = short(e).replace(f"{path}: ", "")
         raise image_error(path, f"a TIFF variant no installed decoder reads ({why}; Pillow: {detail})",
                           "a TIFF compression and sample format that tifffile, imagecodecs or Pillow decode",
-                          why, f"Install the decoder ({install}) or convert the file to an uncompressed TIFF "
-                               "or a 16-bit PNG", "unsupported_codec") from None
+                          why, (f"Install the decoder ({install}) or convert" if install else
+                                "No decoder for it can be installed here (tifffile, imagecodecs and Pillow are); "
+                                "convert") + " the file to an uncompressed TIFF or a 16-bit PNG",
+                          "unsupported_codec") from None
 
 
 # -------------------------------------------------------------------- Pillow
