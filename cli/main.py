@@ -640,7 +640,7 @@ def screen(
     cluster: Optional[str] = typer.Option(None, help="Run the batches on a Dask cluster: a scheduler address "
                                                      "(tcp://host:8786) or local:N (N worker processes here). "
                                                      "Workers must see FOLDER and the model at the same paths. "
-                                                     'Needs pip install "xraynet[cluster]".'),
+                                                     'Needs pip install "xraynet\\[cluster]".'),
     cluster_timeout: float = typer.Option(30.0, min=0.001, help="Seconds to wait for the Dask scheduler."),
     html: Optional[str] = typer.Option(None, "--html", help="Also write a self-contained HTML review page of the "
                                                             "report here (thumbnails in <name>_files/ beside it), "
