@@ -857,6 +857,12 @@ def info(
 
 
 def main() -> None:
+    if not sys.stderr.isatty():
+        # Under cron, click's plain "Error: No such option: --x" line instead of a box that
+        # rich draws at 80 columns, wrapping the message mid-word.
+        import typer.core
+
+        typer.core.HAS_RICH = False
     app()
 
 

@@ -714,3 +714,13 @@ def test_jpeg_2000_and_jpeg_ls_files_are_listed_and_screened(tmp_path, model_fil
     rows = _rows(report)
     assert sorted(rows) == ["a.jp2", "b.J2K", "c.jls"] and s.errors == 0
     assert {r["width"] for r in rows.values()} == {"64"}
+
+
+def test_a_usage_error_under_cron_is_plain_lines(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "xraynet.cli.main", "screen", str(tmp_path), "--no-such-option-x"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Error: No such option: --no-such-option-x" in res.stderr
+    assert "╭" not in res.stderr and "│" not in res.stderr
