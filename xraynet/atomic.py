@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,3 +116,20 @@ def write_atomic(path, data: bytes, *, tmp=None) -> None:
     """Replace ``path`` durably with ``data`` (see :func:`durable_replace`)."""
     with durable_replace(path, tmp=tmp) as fd:
         write_all(fd, data)
+
+
+def special_file_kind(path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder ("a FIFO",
+    "a character device", ...), else None. Such a path must never be written over: replacing
+    it destroys it (as root, ``/dev/null``), and reading it may block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "something that is not a regular file"

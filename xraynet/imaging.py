@@ -199,7 +199,7 @@ def _image_warnings(pixels: np.ndarray) -> list[str]:
     if std < NEARLY_UNIFORM_STD:
         out.append("nearly_uniform")
     # Low contrast does not hide polarity: only a constant image has no anatomy to judge.
-    if std > 0.0 and float(pixels.max()) > float(pixels.min()) and _inverted_score(pixels) > INVERTED_MARGIN:
+    if std > 0.0 and _inverted_score(pixels) > INVERTED_MARGIN:
         out.append("likely_inverted")
     return out
 

@@ -119,7 +119,9 @@ from typing import Callable
 from urllib.parse import quote
 
 from . import __version__
+from .atomic import special_file_kind
 from .errors import ReportWriteError, ScreenError
+from .screen import _HEAD, _TAIL, _uncell, report_columns  # the report's own columns and spreadsheet guard
 
 __all__ = ["write_review", "check_page_path", "read_report", "render_page", "files_folder", "ReviewResult", "Report",
            "Row", "THUMB_SIDE"]
@@ -131,9 +133,6 @@ _SHA = re.compile(r"[0-9a-f]{64}")
 _THUMB_NAME = re.compile(r"([0-9a-f]{64})\.jpg")
 # A thumbnail write killed midway leaves write_atomic's hidden temp file: cleaned like a stale thumbnail.
 _THUMB_TMP = re.compile(r"\.[0-9a-f]{64}\.jpg\.[0-9a-f]{12}\.tmp")
-_HEAD = ["path", "sha256", "status", "error", "label"]
-_TAIL = ["flagged", "threshold", "warnings", "width", "height", "model", "model_sha256", "xraynet_version",
-         "screened_at", "heatmap"]
 
 
 # ------------------------------------------------------------------ the report
@@ -171,11 +170,6 @@ class Report:
     left_out: int = 0
 
 
-def _uncell(cell: str) -> str:
-    # The inverse of screen's spreadsheet guard: every text cell starting with ' got one added.
-    return cell[1:] if cell.startswith("'") else cell
-
-
 def _float(cell: str):
     try:
         v = float(cell)
@@ -206,7 +200,7 @@ def read_report(path) -> Report:
     header = records[0] if records else []
     n_cls = len(header) - len(_HEAD) - len(_TAIL)
     classes = [c[2:] for c in header[len(_HEAD):len(_HEAD) + n_cls]] if n_cls > 0 else []
-    if n_cls < 1 or header != [*_HEAD, *(f"p_{c}" for c in classes), *_TAIL]:
+    if n_cls < 1 or header != report_columns(classes):
         got = ",".join(header)[:200] if header else ("an empty file" if not data else repr(text[:80]))
         raise ScreenError(f"{path}: not an xraynet screening report. Expected the header "
                           f"{','.join(_HEAD)},p_<class>...,{','.join(_TAIL)}, got {got}. Pass the CSV that "
@@ -921,9 +915,10 @@ def check_page_path(html_path, report, folder=None) -> None:
     missing parent folder, the report itself, or a page whose thumbnails folder lies inside the
     screened ``folder`` (the next run would screen the thumbnails as films). :class:`ScreenError`."""
     html_p = Path(html_path)
-    if html_p.exists() and not html_p.is_dir() and not html_p.is_file():
+    kind = special_file_kind(html_p)
+    if kind is not None:
         raise ScreenError(f"{html_path}: cannot write the review page there. Expected a regular file or no file, "
-                          f"got a device, FIFO or socket (replacing it would destroy it). Give another --html.")
+                          f"got {kind} (replacing it would destroy it). Give another --html.")
     if html_p.is_dir():
         raise ScreenError(f"{html_path}: cannot write the review page there. Expected a file path such as "
                           f"review.html, got a directory. Give a file name.")

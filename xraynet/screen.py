@@ -188,7 +188,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .atomic import write_all, write_atomic
+from .atomic import special_file_kind, write_all, write_atomic
 from .discovery import decode_path, display_path, find_images as _list_images
 from .errors import ImageError, ReportLockedError, ReportWriteError, ScreenError
 from .imaging import IMAGE_SUFFIXES
@@ -535,11 +535,11 @@ def screen(folder, out, *, model_path=None, threshold: float | None = None, scre
         raise ScreenError(f"{display_path(out)}: cannot write the report there. Expected a file path such as "
                           f"report.csv, got a directory. Give a file name.")
     for p, what in ((out_p, "the report"), (out_p.with_name(out_p.name + ".lock"), "the report's lock file")):
-        if p.exists() and not p.is_file():
+        if special_file_kind(p) is not None:
             # A device, FIFO or socket: replacing it would destroy it (as root, /dev/null), reading it
             # could block or never end (/dev/zero).
             raise ScreenError(f"{display_path(p)}: cannot use it as {what}. Expected a regular file or no file, got "
-                              f"{_special_kind(p)}. Give another --out.")
+                              f"{special_file_kind(p)}. Give another --out.")
     if not out_p.parent.is_dir():
         got = f"the file {display_path(out_p.parent)}" if out_p.parent.exists() else f"missing {display_path(out_p.parent)}"
         raise ScreenError(f"{display_path(out)}: the report's folder does not exist. Expected an existing folder, got {got}. "
@@ -604,17 +604,6 @@ def _file_identity(path: Path):
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _special_kind(path: Path) -> str:
-    import stat as _stat
-
-    mode = path.stat().st_mode
-    for test, name in ((_stat.S_ISCHR, "a character device"), (_stat.S_ISBLK, "a block device"),
-                       (_stat.S_ISFIFO, "a FIFO"), (_stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "something that is not a regular file"
 
 
 def _under(key: str, prefixes) -> bool:
