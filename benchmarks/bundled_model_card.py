@@ -40,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xraynet.data import confound_report, scan_dataset, split_dataset
+from xraynet.confounds import confound_report
+from xraynet.data import scan_dataset, split_dataset
 from xraynet.errors import XraynetError
-from xraynet.evaluate import evaluate
-from xraynet.modelcard import (CARD_KEY, N_BOOT, BOOT_SEED, build_card, crossval_section, data_section,
-                               preprocessing_section, split_section, threshold_section, training_section,
-                               validation_section)
+from xraynet.evaluate import EvaluationOptions, evaluate
+from xraynet.modelcard import (CARD_KEY, N_BOOT, BOOT_SEED, CardParts, build_card, crossval_section,
+                               data_section, preprocessing_section, split_section, threshold_section,
+                               training_section, validation_section)
 from xraynet.modelfile import load_model, read_info, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,9 +155,10 @@ def build(model: Path, data: Path, evaluation: Path | None, allow_drift: bool, d
                      "confound report stored at training time"
 
     if evaluation is None:
-        doc = evaluate(model, data, subset="val", n_boot=N_BOOT, seed=BOOT_SEED, device=device, shortcut_check=True)
-        how = (f"recomputed: xraynet.evaluate.evaluate(MODEL, {data}, subset='val', n_boot={N_BOOT}, "
-               f"seed={BOOT_SEED}, shortcut_check=True)")
+        doc = evaluate(model, data, EvaluationOptions(subset="val", n_boot=N_BOOT, seed=BOOT_SEED, device=device,
+                                                      shortcut_check=True))
+        how = (f"recomputed: xraynet.evaluate.evaluate(MODEL, {data}, EvaluationOptions(subset='val', "
+               f"n_boot={N_BOOT}, seed={BOOT_SEED}, shortcut_check=True))")
     else:
         doc = json.loads(Path(evaluation).read_text())
         how = f"read from {evaluation}"
@@ -192,7 +194,7 @@ def build(model: Path, data: Path, evaluation: Path | None, allow_drift: bool, d
                                 finished_utc=finished)
     training["note"] = TRAINING_NOTE
     thr = meta["threshold"]
-    card = build_card(
+    card = build_card(CardParts(
         classes=loaded.classes, screening_class=thr["class"], training_data=training_data,
         split=split_section(split, report), preprocessing=preprocessing_section(loaded.preprocessing),
         validation=validation, threshold=threshold_section(thr, doc), training=training,
@@ -211,7 +213,7 @@ def build(model: Path, data: Path, evaluation: Path | None, allow_drift: bool, d
             "limits": (f"labels, pneumonia and ieee8023: {README}; shortcut check: the validation figures above; "
                        "the rest worked out from this card's figures (xraynet.modelcard.limits_section)"),
             "script": "benchmarks/bundled_model_card.py",
-        })
+        }))
     return card, checks
 
 

@@ -10,7 +10,8 @@
 # 2. prints `xraynet info` and nvidia-smi;
 # 3. runs the GPU tests (pytest -m gpu): every CUDA kernel against its NumPy
 #    reference, float64 finite-difference gradients of every layer on the
-#    GPU, the whole network against PyTorch, determinism, CPU<->GPU model files;
+#    GPU, the whole network against PyTorch, determinism, CPU<->GPU model files,
+#    the backend contract on the real device;
 # 4. the race against torch_reference.py --device cuda on the ARCHS.md matrix
 #    plus wide train b128 and wide infer b256 (its ratio table is printed last);
 # 5. per-kernel device times (`xraynet bench --kernels`) of the main configurations;
@@ -67,7 +68,7 @@ if [ -z "$T" ]; then echo "skipped: out of time" | tee "$OUT/gpu-tests.txt"; TES
 timeout "$T" python -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --benchmark-disable \
     --junitxml="$OUT/gpu-tests.xml" \
     tests/test_kernels.py tests/test_gradcheck.py tests/test_torch_crosscheck.py tests/test_gpu_backend.py \
-    >"$OUT/gpu-tests.txt" 2>&1
+    tests/test_backend_contract.py >"$OUT/gpu-tests.txt" 2>&1
 TESTS_RC=$?
 fi
 tail -n 40 "$OUT/gpu-tests.txt"

@@ -66,7 +66,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("CUPY_TF32", "0")
-    from xraynet.bench import run_bench
+    from xraynet.bench import Timing, run_bench
 
     cuda = args.device == "cuda"
     if cuda:
@@ -102,8 +102,8 @@ def main(argv=None) -> int:
         for arch, mode, batch in configs:
             for impl in ("xraynet", "torch"):
                 if impl == "xraynet":
-                    row = run_bench(arch, mode, batch, device=xdev, warmup=10 if cuda else 2,
-                                    min_time=args.min_time, min_iters=20 if cuda else 3)
+                    row = run_bench(arch, mode, batch, device=xdev, timing=Timing(
+                        warmup=10 if cuda else 2, min_time=args.min_time, min_iters=20 if cuda else 3))
                 else:
                     row = tref.bench_one(arch, mode, batch, args.device, iters=None, warmup=20 if cuda else 2,
                                          min_time=args.min_time, min_iters=20 if cuda else 3, max_iters=5000,
@@ -127,14 +127,14 @@ AB_CONFIGS = [("wide", "train", 128), ("wide", "infer", 256), ("seed", "train", 
 
 def ab_direct_conv(args, cuda: bool) -> int:
     """Direct one-channel conv vs im2col + GEMM, same process, interleaved rounds."""
-    from xraynet.bench import run_bench
+    from xraynet.bench import Timing, run_bench
 
     if cuda:
-        from xraynet.gpu_backend import CUDABackend
+        from xraynet.backends.gpu import CUDABackend
 
         backends = {"direct": CUDABackend(direct_first_conv=True), "gemm": CUDABackend(direct_first_conv=False)}
     else:  # plumbing check: the emulator is far too slow to time, so the CPU backend stands in twice
-        from xraynet.backend import get_backend
+        from xraynet.backends import get_backend
 
         backends = {"direct": get_backend("cpu"), "gemm": get_backend("cpu")}
     configs = AB_CONFIGS
@@ -144,8 +144,8 @@ def ab_direct_conv(args, cuda: bool) -> int:
     for r in range(args.rounds):
         for arch, mode, batch in configs:
             for variant, bk in backends.items():
-                row = run_bench(arch, mode, batch, device=bk, warmup=10 if cuda else 2, min_time=args.min_time,
-                                min_iters=20 if cuda else 3)
+                row = run_bench(arch, mode, batch, device=bk, timing=Timing(
+                    warmup=10 if cuda else 2, min_time=args.min_time, min_iters=20 if cuda else 3))
                 rows.append({**row, "variant": variant, "round": r})
                 print(f"round {r + 1}/{args.rounds} {arch} {mode} b{batch} {variant}: "
                       f"{row['images_per_s']:.0f} images/s", flush=True)

@@ -7,7 +7,7 @@ times, in one process:
 1. decode only: every file decoded and preprocessed for the bundled model by
    the same number of worker threads screening uses (the ceiling: screening
    cannot be faster than reading its input);
-2. `xraynet.screen.screen()` on the folder (hashing, decoding, the network,
+2. `xraynet.screening.screen()` on the folder (hashing, decoding, the network,
    the CSV report), from an empty report.
 
 Prints images/s for both, their ratio, and screening's own split of time
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     from xraynet.imaging import Preprocessing, load
     from xraynet.modelfile import bundled_model_path, load_model
-    from xraynet.screen import screen
+    from xraynet.screening import screen
 
     prep = Preprocessing.from_dict(load_model(bundled_model_path()).preprocessing)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,8 @@ big shapes), then the kernel is timed.
 import numpy as np
 import pytest
 
-from xraynet.backend import get_backend
+from xraynet.backends import AdamHyper, get_backend
+from xraynet.backends.geometry import output_hw
 from xraynet.kernels import cpu, reference
 
 RNG = np.random.default_rng(0)
@@ -28,22 +29,22 @@ def _x(n, h, w, c):
 @pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS, ids=[c[0] for c in CONVS])
 def test_im2col(benchmark, name, n, h, w, c, o, pad):
     x = _x(n, h, w, c)
-    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    oh, ow = output_hw(h, w, (3, 3), (1, 1), (pad, pad))
     cols = np.empty((n * oh * ow, 9 * c), np.float32)
-    cpu.im2col(cols, x, 3, 3, 1, 1, pad, pad)
-    np.testing.assert_array_equal(cols[: oh * ow], reference.im2col(x[:1], 3, 3, 1, 1, pad, pad))
-    benchmark(cpu.im2col, cols, x, 3, 3, 1, 1, pad, pad)
+    cpu.im2col_yxc(cols, x, 3, 3, 1, 1, pad, pad)
+    np.testing.assert_array_equal(cols[: oh * ow], reference.im2col_yxc(x[:1], 3, 3, 1, 1, pad, pad))
+    benchmark(cpu.im2col_yxc, cols, x, 3, 3, 1, 1, pad, pad)
 
 
 @pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS, ids=[c[0] for c in CONVS])
 def test_col2im(benchmark, name, n, h, w, c, o, pad):
-    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    oh, ow = output_hw(h, w, (3, 3), (1, 1), (pad, pad))
     cols = RNG.standard_normal((n * oh * ow, 9 * c), dtype=np.float32)
     dx = np.empty((n, h, w, c), np.float32)
-    cpu.col2im(dx, cols, 3, 3, 1, 1, pad, pad)
-    ref = reference.col2im(cols[: oh * ow], (1, h, w, c), 3, 3, 1, 1, pad, pad)
+    cpu.col2im_yxc(dx, cols, 3, 3, 1, 1, pad, pad)
+    ref = reference.col2im_yxc(cols[: oh * ow], (1, h, w, c), 3, 3, 1, 1, pad, pad)
     np.testing.assert_allclose(dx[:1], ref, rtol=1e-5, atol=1e-5)
-    benchmark(cpu.col2im, dx, cols, 3, 3, 1, 1, pad, pad)
+    benchmark(cpu.col2im_yxc, dx, cols, 3, 3, 1, 1, pad, pad)
 
 
 @pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS, ids=[c[0] for c in CONVS])
@@ -52,7 +53,7 @@ def test_conv_relu_pool_forward(benchmark, name, n, h, w, c, o, pad):
     wt = RNG.standard_normal((o, c, 3, 3), dtype=np.float32) * 0.1
     b = RNG.standard_normal(o, dtype=np.float32)
     y, _ = BK.conv2d_relu_pool_forward(x[:1], wt, b, (1, 1), (pad, pad), (2, 2), (2, 2))
-    ref = reference.maxpool2d_forward(np.maximum(reference.conv2d(x[:1], wt, b, (1, 1), (pad, pad)), 0), 2, 2, 2, 2)[0]
+    ref = reference.bias_maxpool_relu(reference.conv2d_forward(x[:1], wt, None, (1, 1), (pad, pad)), b, 2, 2, 2, 2)[0]
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     benchmark(BK.conv2d_relu_pool_forward, x, wt, b, (1, 1), (pad, pad), (2, 2), (2, 2), save=False)
 
@@ -83,8 +84,9 @@ def test_adam_seed_params(benchmark):
     n = 1_615_713
     p, g = RNG.standard_normal(n, dtype=np.float32), RNG.standard_normal(n, dtype=np.float32)
     m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    rp, rm, rv = reference.adam_update(p[:100].copy(), g[:100], m[:100], v[:100], 1, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    hyper = AdamHyper(lr=1e-3)
+    rp, rm, rv = reference.adam_update(p[:100].copy(), m[:100], v[:100], g[:100], 1, hyper)
     q = p.copy()
-    BK.adam_update(q, g, m.copy(), v.copy(), 1, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    BK.adam_update(q, m.copy(), v.copy(), g, 1, hyper)
     np.testing.assert_allclose(q[:100], rp, rtol=1e-6, atol=1e-7)
-    benchmark(BK.adam_update, p, g, m, v, 1, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    benchmark(BK.adam_update, p, m, v, g, 1, hyper)

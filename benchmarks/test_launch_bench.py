@@ -1,4 +1,4 @@
-"""Host time of one GPU kernel launch through xraynet.cudakernels, without
+"""Host time of one GPU kernel launch through xraynet.backends.cudakernels, without
 the launch itself (a no-op launcher stands in for CuPy): the part of a
 launch-bound `seed` training step that xraynet's own Python adds on top of
 CuPy's. Runs anywhere; no GPU needed.
@@ -8,7 +8,7 @@ CuPy's. Runs anywhere; no GPU needed.
 import numpy as np
 import pytest
 
-from xraynet.cudakernels import KernelSet
+from xraynet.backends.cudakernels import KernelSet
 
 
 class _NoOpModule:
@@ -31,17 +31,17 @@ def test_launch_im2col_14_args(benchmark, kernels):
     ks, mod = kernels
     x, cols = np.zeros(10, np.float32), np.zeros(10, np.float32)
     before = mod.calls
-    benchmark(ks.im2col.launch, 1000, x, cols, 7, 6, 3, 3, 3, 1, 1, 1, 1, 5, 4, 1000)
+    benchmark(ks.im2col_cyx.launch, 1000, cols, x, 7, 6, 3, 3, 3, 1, 1, 1, 1, 5, 4, 1000)
     assert mod.calls > before
 
 
 def test_launch_relu_3_args(benchmark, kernels):
     ks, _ = kernels
     x, y = np.zeros(10, np.float32), np.zeros(10, np.float32)
-    benchmark(ks.relu_fwd.launch, 1000, x, y, 1000)
+    benchmark(ks.relu_forward.launch, 1000, y, x, 1000)
 
 
-def test_launch_mixed_argument_order(benchmark, kernels):
+def test_launch_2d_grid_10_args(benchmark, kernels):
     ks, _ = kernels
     x, part = np.zeros(10, np.float32), np.zeros(10, np.float64)
-    benchmark(ks.channel_reduce_partial, (2, 3), (32, 8), x, x, part, 0, 1000, 40, 334, part)
+    benchmark(ks.channel_reduce_partial, (2, 3), (32, 8), part, x, x, x, part, 0, 1000, 40, 334, 0)

@@ -1,10 +1,13 @@
 """Numba CPU kernels (NHWC activations); each mirrors a function of
-:mod:`xraynet.kernels.reference` with the same name and semantics.
+:mod:`xraynet.kernels.reference` with the same name, semantics and argument
+order (``im2col_t1`` is the transpose of ``im2col_yxc`` for one channel).
 
-House rules: outputs are preallocated by the caller and passed first; loops
-run in parallel over independent outputs (``prange`` over batch x rows), so no
-two iterations write one slot; ``cache=True`` keeps compile time off the CLI
-start; no ``fastmath``: the PyTorch cross-checks want IEEE results.
+House rules: outputs are preallocated by the caller and passed first (arrays
+updated in place too), then the inputs, then the scalars; loops run in
+parallel over independent outputs (``prange`` over batch x rows), so no two
+iterations write one slot; ``cache=True`` keeps compile time off the CLI
+start; no ``fastmath``: the PyTorch cross-checks want IEEE results. Output
+sizes come from :func:`xraynet.backends.geometry.output_size`, compiled here.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import os
 import numba
 import numpy as np
 from numba import njit, prange
+
+from xraynet.backends.geometry import output_size
 
 # Numba's default OpenMP pool spins between parallel regions while OpenBLAS's
 # own threads run the GEMMs in between; on a 2-core machine the two pools
@@ -25,18 +30,22 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 _JIT = dict(parallel=True, cache=True, nogil=True)
 
+#: the one output-size formula, inlined into the kernels that use it
+_output_size = njit(inline="always")(output_size)
+
 
 @njit(**_JIT)
-def im2col(cols, x, kh, kw, sh, sw, ph, pw):
-    """cols (N*OH*OW, KH*KW*C) <- patches of x (N, H, W, C); see reference.im2col.
+def im2col_yxc(cols, x, kh, kw, sh, sw, ph, pw):
+    """cols (N*OH*OW, KH*KW*C) <- patches of x (N, H, W, C), columns ordered
+    (ky, kx, c); see reference.im2col_yxc.
 
     The KW taps of one kernel row are adjacent in an NHWC image row, so an
     interior window row is one contiguous run of KW*C floats; only windows
     that overlap the padding are copied tap by tap.
     """
     n, h, w, c = x.shape
-    oh = (h + 2 * ph - kh) // sh + 1
-    ow = (w + 2 * pw - kw) // sw + 1
+    oh = _output_size(h, kh, sh, ph)
+    ow = _output_size(w, kw, sw, pw)
     run = kw * c
     xr = np.ascontiguousarray(x).reshape((n, h, w * c))  # no copy for the C-ordered arrays xraynet passes
     for r in prange(n * oh):
@@ -69,15 +78,15 @@ def im2col(cols, x, kh, kw, sh, sw, ph, pw):
 @njit(**_JIT)
 def im2col_t1(cols_t, x, kh, kw, sh, sw, ph, pw):
     """cols_t (KH*KW, N*OH*OW) <- transposed patch matrix of a one-channel
-    batch x (N, H, W): cols_t = reference.im2col(x[..., None], ...).T.
+    batch x (N, H, W): cols_t = reference.im2col_yxc(x[..., None], ...).T.
 
     For the grayscale first layer: the ordinary patch matrix has only KH*KW
     columns, so building it is a scatter of single floats; transposed, every
     row is a run of shifted image rows, copied with unit stride.
     """
     n, h, w = x.shape
-    oh = (h + 2 * ph - kh) // sh + 1
-    ow = (w + 2 * pw - kw) // sw + 1
+    oh = _output_size(h, kh, sh, ph)
+    ow = _output_size(w, kw, sw, pw)
     for r in prange(n * oh):
         b = r // oh
         oy = r % oh
@@ -107,16 +116,16 @@ def im2col_t1(cols_t, x, kh, kw, sh, sw, ph, pw):
 
 
 @njit(**_JIT)
-def col2im(dx, cols, kh, kw, sh, sw, ph, pw):
-    """dx (N, H, W, C) <- sum of patch entries of cols; see reference.col2im.
+def col2im_yxc(dx, cols, kh, kw, sh, sw, ph, pw):
+    """dx (N, H, W, C) <- sum of patch entries of cols; see reference.col2im_yxc.
 
     Written as a gather over input rows (each dx row collects the taps that
     read it), so every dx element is written by one iteration only. For each
     tap the input columns it reaches form one range, walked without tests.
     """
     n, h, w, c = dx.shape
-    oh = (h + 2 * ph - kh) // sh + 1
-    ow = (w + 2 * pw - kw) // sw + 1
+    oh = _output_size(h, kh, sh, ph)
+    ow = _output_size(w, kw, sw, pw)
     for r in prange(n * h):
         b = r // h
         iy = r % h
@@ -156,7 +165,7 @@ def col2im(dx, cols, kh, kw, sh, sw, ph, pw):
 
 @njit(**_JIT)
 def bias_relu(y, b):
-    """In place: y (M, C) <- max(y + b, 0)."""
+    """In place: y (M, C) <- max(y + b, 0); see reference.bias_relu."""
     m, c = y.shape
     for i in prange(m):
         for ci in range(c):
@@ -166,7 +175,7 @@ def bias_relu(y, b):
 
 @njit(**_JIT)
 def add_bias(y, b):
-    """In place: y (M, C) <- y + b."""
+    """In place: y (M, C) <- y + b; see reference.add_bias."""
     m, c = y.shape
     for i in prange(m):
         for ci in range(c):
@@ -174,8 +183,8 @@ def add_bias(y, b):
 
 
 @njit(**_JIT)
-def relu(y, x):
-    """y <- max(x, 0) over flat arrays (y may be x)."""
+def relu_forward(y, x):
+    """y <- max(x, 0) over flat arrays (y may be x); see reference.relu_forward."""
     for i in prange(x.size):
         v = x[i]
         y[i] = v if v > 0 else 0
@@ -183,7 +192,8 @@ def relu(y, x):
 
 @njit(**_JIT)
 def relu_backward(dx, dy, y):
-    """dx <- dy where y > 0 else 0, over flat arrays (y is the ReLU output)."""
+    """dx <- dy where y > 0 else 0, over flat arrays (y is the ReLU output);
+    see reference.relu_backward."""
     for i in prange(dy.size):
         dx[i] = dy[i] if y[i] > 0 else 0
 
@@ -216,7 +226,8 @@ def maxpool2d_forward(y, idx, x, kh, kw, sh, sw):
 
 @njit(**_JIT)
 def maxpool2d_backward(dx, dy, idx, kh, kw, sh, sw):
-    """dx (N, H, W, C) <- dy routed to each window's recorded maximum.
+    """dx (N, H, W, C) <- dy routed to each window's recorded maximum; see
+    reference.maxpool2d_backward.
 
     Parallel over images: windows may overlap (stride < kernel), and within
     one image the scatter-adds then run in one thread, so no slot races.
@@ -234,7 +245,7 @@ def maxpool2d_backward(dx, dy, idx, kh, kw, sh, sw):
 @njit(**_JIT)
 def bias_maxpool_relu(y, idx, x, bias, kh, kw, sh, sw):
     """Fused conv epilogue: y = relu(maxpool(x + bias)); idx as maxpool2d_forward
-    of x + bias.
+    of x + bias; see reference.bias_maxpool_relu.
 
     Equals maxpool(relu(x + bias)) exactly: ReLU is monotone, so the pooled
     maximum is the same, and where the window's maximum is <= 0 the ReLU
@@ -271,7 +282,8 @@ def bias_maxpool_relu(y, idx, x, bias, kh, kw, sh, sw):
 @njit(**_JIT)
 def maxpool_relu_backward(dx, dy, y, idx, kh, kw, sh, sw):
     """Gradient of bias_maxpool_relu with respect to its input x (N, H, W, C):
-    dy where the pooled output y > 0, routed to the recorded maximum.
+    dy where the pooled output y > 0, routed to the recorded maximum; see
+    reference.maxpool_relu_backward.
 
     Windows that tile the map (stride == kernel, the usual 2x2/2) are written
     row by row in one pass with no zeroing pass first; overlapping windows
@@ -313,7 +325,8 @@ def maxpool_relu_backward(dx, dy, y, idx, kh, kw, sh, sw):
 
 @njit(**_JIT)
 def channel_sum(out, x, mask=None):
-    """out (C,) <- sum of x (M, C) over rows, where ``mask`` (M, C) > 0 if given.
+    """out (C,) <- sum of x (M, C) over rows, where ``mask`` (M, C) > 0 if given;
+    see reference.channel_sum.
 
     Accumulates in float64, in per-chunk partial sums added at the end: a
     float32 running sum over the ~400 k rows of a `wide` layer would lose
@@ -340,9 +353,10 @@ def channel_sum(out, x, mask=None):
 
 
 @njit(**_JIT)
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt):
+def adam_update(p, m, v, g, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt):
     """In place, flat arrays: one Adam step with PyTorch's formula (see reference.adam_update);
-    one pass reads p, g, m, v and writes p, m, v."""
+    one pass reads p, m, v, g and writes p, m, v. ``bias_c1`` = 1 - beta1**step,
+    ``bias_c2_sqrt`` = sqrt(1 - beta2**step)."""
     step_size = lr / bias_c1
     for i in prange(p.size):
         gi = g[i] + weight_decay * p[i]
@@ -354,7 +368,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c
 
 
 @njit(**_JIT)
-def sgd_update(p, g, buf, lr, momentum, weight_decay, nesterov, first):
+def sgd_update(p, buf, g, lr, momentum, weight_decay, nesterov, first):
     """In place, flat arrays: one SGD step with PyTorch's momentum formula
     (see reference.sgd_update); ``first`` marks step 1, where buf starts as g."""
     for i in prange(p.size):

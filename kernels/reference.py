@@ -1,29 +1,36 @@
-"""Plain NumPy references for every CPU kernel: slow, obviously correct.
+"""Plain NumPy references for every kernel: slow, obviously correct, and the
+spec the fast kernels are tested against.
+
+Each function has the name of the Numba kernel (:mod:`xraynet.kernels.cpu`)
+and the CUDA entry point (``kernels/cuda/*.cu``) that implement it, and takes
+their arrays in the same order, minus the outputs, which it returns instead.
+Arrays a kernel updates in place (optimiser state) come first and come back
+updated.
 
 Layout: activations are NHWC float arrays ``(N, H, W, C)``; conv weights are
 ``(O, C, KH, KW)``. Padding is symmetric zero padding ``(ph, pw)`` and output
-sizes use floor division, as in PyTorch:
-``OH = (H + 2*ph - KH) // sh + 1``.
+sizes use floor division, as in PyTorch
+(:func:`xraynet.backends.geometry.output_size`). Where a result sums, the
+references sum in float64 and return float64.
 """
 from __future__ import annotations
 
 import numpy as np
 
-
-def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    """Output length of a convolution or pooling along one axis (floor mode)."""
-    return (size + 2 * pad - kernel) // stride + 1
+from xraynet.backends.contract import AdamHyper, SGDHyper
+from xraynet.backends.geometry import output_hw
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw):
-    """Patch matrix of an NHWC batch.
+# ----------------------------------------------------------- patch matrices
+def im2col_yxc(x, kh, kw, sh, sw, ph, pw):
+    """Patch matrix of an NHWC batch, columns ordered ``(ky, kx, c)`` (the CPU's).
 
     Returns ``cols`` of shape ``(N*OH*OW, KH*KW*C)`` where row
     ``(n*OH + oy)*OW + ox`` holds the window of output pixel ``(oy, ox)`` of
-    image ``n``, ordered ``(ky, kx, c)``; taps falling in the padding are 0.
+    image ``n``; taps falling in the padding are 0.
     """
     n, h, w, c = x.shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    oh, ow = output_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
     xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     cols = np.empty((n, oh, ow, kh, kw, c), x.dtype)
     for ky in range(kh):
@@ -32,13 +39,13 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     return cols.reshape(n * oh * ow, kh * kw * c)
 
 
-def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
-    """Adjoint of :func:`im2col`: sums every patch entry back onto its input pixel.
+def col2im_yxc(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of :func:`im2col_yxc`: sums every patch entry back onto its input pixel.
 
     ``cols`` is ``(N*OH*OW, KH*KW*C)``; returns an NHWC array of ``x_shape``.
     """
     n, h, w, c = x_shape
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    oh, ow = output_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
     cols = cols.reshape(n, oh, ow, kh, kw, c)
     xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), cols.dtype)
     for ky in range(kh):
@@ -47,23 +54,79 @@ def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
     return xp[:, ph:ph + h, pw:pw + w, :]
 
 
-def conv2d(x, w, b, stride, pad):
-    """Direct convolution (cross-correlation, as in PyTorch) of an NHWC batch.
+def _yxc_to_cyx(cols, kh, kw):
+    """Reorder patch columns (ky, kx, c) -> (c, ky, kx)."""
+    m, k = cols.shape
+    return np.ascontiguousarray(cols.reshape(m, kh, kw, k // (kh * kw)).transpose(0, 3, 1, 2)).reshape(m, k)
 
-    ``x`` (N, H, W, C), ``w`` (O, C, KH, KW), ``b`` (O,) or None,
-    ``stride``/``pad`` pairs; returns (N, OH, OW, O).
-    """
-    o, c, kh, kw = w.shape
-    cols = im2col(x, kh, kw, stride[0], stride[1], pad[0], pad[1])
-    n, h, wd, _ = x.shape
-    oh = conv_output_size(h, kh, stride[0], pad[0])
-    ow = conv_output_size(wd, kw, stride[1], pad[1])
-    y = cols @ w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
+
+def im2col_cyx(x, kh, kw, sh, sw, ph, pw):
+    """:func:`im2col_yxc` with the columns ordered ``(c, ky, kx)`` (the GPU's): the
+    order of the weights' own (O, C, KH, KW) layout, so ``cols @ w.reshape(O, -1).T``
+    is the convolution."""
+    return _yxc_to_cyx(im2col_yxc(x, kh, kw, sh, sw, ph, pw), kh, kw)
+
+
+def col2im_cyx(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of :func:`im2col_cyx` (``cols`` (N*OH*OW, C*KH*KW))."""
+    m, k = cols.shape
+    yxc = np.ascontiguousarray(cols.reshape(m, k // (kh * kw), kh, kw).transpose(0, 2, 3, 1)).reshape(m, k)
+    return col2im_yxc(yxc, x_shape, kh, kw, sh, sw, ph, pw)
+
+
+# -------------------------------------------------------------- convolution
+def conv2d_forward(x, w, b, stride, pad):
+    """Direct convolution (cross-correlation, as in PyTorch) of an NHWC batch, in float64.
+
+    ``x`` (N, H, W, C), ``w`` (O, C, KH, KW), ``b`` (O,) or None, ``stride`` and
+    ``pad`` pairs; returns (N, OH, OW, O). One einsum per kernel tap: no patch
+    matrix, so it checks the im2col kernels independently."""
+    n, h, wd, c = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, pad
+    oh, ow = output_hw(h, wd, (kh, kw), stride, pad)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    y = np.zeros((n, oh, ow, o))
+    for ky in range(kh):
+        for kx in range(kw):
+            patch = xp[:, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw, :]
+            y += np.einsum("nhwc,oc->nhwo", patch, w[:, :, ky, kx].astype(np.float64))
     if b is not None:
-        y = y + b
-    return y.reshape(n, oh, ow, o)
+        y += b.astype(np.float64)
+    return y
 
 
+def conv2d_backward(dy, x, w, stride, pad):
+    """Gradients of :func:`conv2d_forward` from ``dy`` (N, OH, OW, O), in float64:
+    ``(dx (N, H, W, C), dw (O, C, KH, KW), db (O,))``."""
+    n, h, wd, c = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, pad
+    oh, ow = dy.shape[1:3]
+    dy = dy.astype(np.float64)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros((o, c, kh, kw))
+    for ky in range(kh):
+        for kx in range(kw):
+            sl = (slice(None), slice(ky, ky + sh * (oh - 1) + 1, sh), slice(kx, kx + sw * (ow - 1) + 1, sw),
+                  slice(None))
+            dw[:, :, ky, kx] = np.einsum("nhwo,nhwc->oc", dy, xp[sl])
+            dxp[sl] += np.einsum("nhwo,oc->nhwc", dy, w[:, :, ky, kx].astype(np.float64))
+    return dxp[:, ph:ph + h, pw:pw + wd, :], dw, dy.sum(axis=(0, 1, 2))
+
+
+def add_bias(y, b):
+    """``y + b`` with ``b`` broadcast over the last (channel) axis."""
+    return y + b
+
+
+def bias_relu(y, b):
+    """``max(y + b, 0)`` with ``b`` broadcast over the last (channel) axis."""
+    return np.maximum(y + b, 0)
+
+
+# ------------------------------------------------------------------ pooling
 def maxpool2d_forward(x, kh, kw, sh, sw):
     """Max pooling of an NHWC batch, no padding, floor mode.
 
@@ -72,7 +135,7 @@ def maxpool2d_forward(x, kh, kw, sh, sw):
     go to the earliest element, as in PyTorch.
     """
     n, h, w, c = x.shape
-    oh, ow = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
+    oh, ow = output_hw(h, w, (kh, kw), (sh, sw))
     y = np.empty((n, oh, ow, c), x.dtype)
     idx = np.zeros((n, oh, ow, c), np.uint8)
     for oy in range(oh):
@@ -96,9 +159,38 @@ def maxpool2d_backward(dy, idx, x_shape, kh, kw, sh, sw):
     return dx
 
 
-def bias_relu(y, b):
-    """``max(y + b, 0)`` with ``b`` broadcast over the last (channel) axis."""
-    return np.maximum(y + b, 0)
+def bias_maxpool_relu(x, bias, kh, kw, sh, sw):
+    """The fused conv epilogue: ``(y, idx)`` with ``y = max(maxpool(x + bias), 0)``
+    and ``idx`` that of :func:`maxpool2d_forward` of ``x + bias``.
+
+    Equal to ``maxpool(relu(x + bias))`` (ReLU is monotone); the positions
+    differ from that chain's only in windows whose maximum is <= 0, where the
+    gradient is 0 whichever element they name."""
+    y, idx = maxpool2d_forward(x + bias, kh, kw, sh, sw)
+    return np.maximum(y, 0), idx
+
+
+def maxpool_relu_backward(dy, y, idx, x_shape, kh, kw, sh, sw):
+    """Gradient of :func:`bias_maxpool_relu` with respect to its input: ``dy``
+    where the pooled output ``y`` > 0, routed as :func:`maxpool2d_backward`."""
+    return maxpool2d_backward(np.where(y > 0, dy, 0).astype(dy.dtype), idx, x_shape, kh, kw, sh, sw)
+
+
+def global_avg_pool_forward(x):
+    """(N, H, W, C) -> (N, C): the mean over H and W, in float64."""
+    return x.astype(np.float64).mean(axis=(1, 2))
+
+
+def global_avg_pool_backward(dy, x_shape):
+    """dy (N, C) -> (N, H, W, C): ``dy / (H*W)`` at every position, in float64."""
+    n, h, w, c = x_shape
+    return np.broadcast_to(dy.astype(np.float64)[:, None, None, :] / (h * w), x_shape).copy()
+
+
+# -------------------------------------------------------------- elementwise
+def relu_forward(x):
+    """``max(x, 0)``."""
+    return np.maximum(x, 0)
 
 
 def relu_backward(dy, y):
@@ -107,29 +199,106 @@ def relu_backward(dy, y):
     return np.where(y > 0, dy, 0).astype(dy.dtype)
 
 
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    """One Adam step with PyTorch's formula; returns new ``(p, m, v)``.
+def channel_sum(x, mask=None):
+    """Column sums of ``x`` (M, C) in float64, only where ``mask`` (M, C) > 0 if given."""
+    x = x.astype(np.float64)
+    return (x if mask is None else np.where(mask > 0, x, 0)).sum(axis=0)
+
+
+# --------------------------------------------------------------- batch norm
+def batchnorm_forward_train(x, gamma, beta, eps):
+    """Training-mode batch norm over the last axis of ``x`` (..., C), in float64:
+    ``(y, mean, var)``, y shaped like x, with the batch's mean and biased variance."""
+    x = x.astype(np.float64)
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    var = ((x - mean) ** 2).mean(axis=axes)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta, mean, var
+
+
+def batchnorm_backward_train(dy, x, gamma, eps):
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm_forward_train` (the textbook formula)."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    axes = tuple(range(x.ndim - 1))
+    m = x.size // x.shape[-1]
+    mean = x.mean(axis=axes)
+    var = ((x - mean) ** 2).mean(axis=axes)
+    xhat = (x - mean) / np.sqrt(var + eps)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * xhat).sum(axis=axes)
+    dx = gamma / np.sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_running_stats(running_mean, running_var, mean, var, m, momentum):
+    """The running statistics after a training batch of ``m`` rows with batch
+    ``mean`` and biased ``var``: ``(1 - momentum) * old + momentum * new``, the
+    variance made unbiased (``var * m / (m - 1)``), as PyTorch."""
+    unbiased = var * m / max(m - 1, 1)
+    return (1 - momentum) * running_mean + momentum * mean, (1 - momentum) * running_var + momentum * unbiased
+
+
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
+    """Evaluation-mode batch norm, in float64: the affine map of the running statistics."""
+    x = x.astype(np.float64)
+    return (x - running_mean) / np.sqrt(running_var.astype(np.float64) + eps) * gamma + beta
+
+
+# ------------------------------------------------------------------- losses
+def _sample_weights(labels, class_weights):
+    return np.ones(len(labels)) if class_weights is None else np.asarray(class_weights, np.float64)[labels]
+
+
+def sigmoid_bce(z, labels, class_weights=None):
+    """Binary cross-entropy with logits ``z`` (N, 1) and labels (N,) in {0, 1}, in
+    float64: ``(loss, dz)``, the per-sample-weighted mean ``sum(w_i l_i) / sum(w_i)``
+    (w_i = class_weights[label_i], or 1) and its gradient (N, 1)."""
+    z, y = np.asarray(z, np.float64).reshape(-1), np.asarray(labels).reshape(-1)
+    w = _sample_weights(y, class_weights)
+    per = np.logaddexp(0, z) - z * y
+    sig = 0.5 * (1 + np.tanh(z / 2))  # the sigmoid, without overflow
+    return float((w * per).sum() / w.sum()), (w * (sig - y) / w.sum())[:, None]
+
+
+def softmax_cross_entropy(z, labels, class_weights=None):
+    """Softmax cross-entropy with logits ``z`` (N, K) and integer labels (N,), in
+    float64: ``(loss, dz)``, weighted as :func:`sigmoid_bce`."""
+    z, y = np.asarray(z, np.float64), np.asarray(labels).reshape(-1)
+    w = _sample_weights(y, class_weights)
+    lse = np.logaddexp.reduce(z, axis=1)
+    per = lse - z[np.arange(len(y)), y]
+    p = np.exp(z - lse[:, None])
+    p[np.arange(len(y)), y] -= 1
+    return float((w * per).sum() / w.sum()), p * (w / w.sum())[:, None]
+
+
+# --------------------------------------------------------------- optimisers
+def adam_update(p, m, v, g, step, hyper: AdamHyper):
+    """Step ``step`` (from 1) of Adam with PyTorch's formula; returns new ``(p, m, v)``.
 
     ``g += wd*p``; ``m = lerp(m, g, 1-b1)``; ``v = b2*v + (1-b2)*g*g``;
     ``p -= (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)``.
     """
-    g = g + weight_decay * p
-    m = m + (1 - beta1) * (g - m)
-    v = beta2 * v + (1 - beta2) * g * g
-    denom = np.sqrt(v) / np.sqrt(1 - beta2 ** step) + eps
-    p = p - (lr / (1 - beta1 ** step)) * m / denom
+    h = hyper
+    g = g + h.weight_decay * p
+    m = m + (1 - h.beta1) * (g - m)
+    v = h.beta2 * v + (1 - h.beta2) * g * g
+    denom = np.sqrt(v) / np.sqrt(1 - h.beta2 ** step) + h.eps
+    p = p - (h.lr / (1 - h.beta1 ** step)) * m / denom
     return p, m, v
 
 
-def sgd_update(p, g, buf, step, lr, momentum, weight_decay, nesterov):
-    """One SGD step with PyTorch's momentum formula (dampening 0); returns ``(p, buf)``.
+def sgd_update(p, buf, g, step, hyper: SGDHyper):
+    """Step ``step`` (from 1) of SGD with PyTorch's momentum formula (dampening 0);
+    returns ``(p, buf)``.
 
     ``g += wd*p``; ``buf = g`` at step 1, else ``momentum*buf + g``;
     the step is ``g + momentum*buf`` with Nesterov, else ``buf``.
     """
-    g = g + weight_decay * p
-    if momentum == 0:
-        return p - lr * g, buf
-    buf = g.copy() if step == 1 else momentum * buf + g
-    d = g + momentum * buf if nesterov else buf
-    return p - lr * d, buf
+    h = hyper
+    g = g + h.weight_decay * p
+    if h.momentum == 0:
+        return p - h.lr * g, buf
+    buf = g.copy() if step == 1 else h.momentum * buf + g
+    d = g + h.momentum * buf if h.nesterov else buf
+    return p - h.lr * d, buf

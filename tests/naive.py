@@ -1,7 +1,7 @@
-"""Test helpers: comparisons whose failures read well, finite differences, and
-slow, obviously-correct NumPy versions of the ops that ``kernels/reference.py``
-does not spell out independently (direct convolution and its gradients, batch
-norm, the losses).
+"""Test helpers: comparisons whose failures read well, and gradient checks by
+finite differences (every element, or along random directions where every
+element would cost seconds). The slow, obviously-correct references of the
+ops themselves live in :mod:`xraynet.kernels.reference`.
 
 Everything here is float64 NumPy and loops where a loop is clearer than a trick.
 """
@@ -111,79 +111,46 @@ def assert_grad(analytic, numeric, *, what: str, tol: float = 1e-6) -> None:
             f"|diff| {diff[i]:.3e}; ||numeric|| {np.linalg.norm(n):.3e}")
 
 
-# ------------------------------------------------------------- direct convolution
-def conv2d_direct(x, w, b, stride, pad):
-    """Direct convolution of NHWC ``x`` with ``w`` (O, C, KH, KW): one einsum per
-    kernel tap, no patch matrix (independent of im2col). Returns (N, OH, OW, O)."""
-    n, h, wd, c = x.shape
-    o, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, pad
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    y = np.zeros((n, oh, ow, o))
-    for ky in range(kh):
-        for kx in range(kw):
-            patch = xp[:, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw, :]
-            y += np.einsum("nhwc,oc->nhwo", patch, w[:, :, ky, kx].astype(np.float64))
-    if b is not None:
-        y += b.astype(np.float64)
-    return y
+def directional_grad_check(f, x, analytic, *, what: str, to_backend=np.asarray, directions: int = 2,
+                           eps: float = 1e-6, tol: float = 1e-6) -> None:
+    """Gradient check along random directions, as Chainer's ``check_backward``:
+    for random unit vectors ``v`` the directional derivative ``<analytic, v>``
+    must match the central difference ``(f(x + eps v) - f(x - eps v)) / 2 eps``.
 
-
-def conv2d_direct_backward(dy, x, w, stride, pad):
-    """Gradients of :func:`conv2d_direct`: (dx NHWC, dw (O, C, KH, KW), db (O,))."""
-    n, h, wd, c = x.shape
-    o, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, pad
-    oh, ow = dy.shape[1:3]
-    dy = dy.astype(np.float64)
-    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    dxp = np.zeros_like(xp)
-    dw = np.zeros((o, c, kh, kw))
-    for ky in range(kh):
-        for kx in range(kw):
-            sl = (slice(None), slice(ky, ky + sh * (oh - 1) + 1, sh), slice(kx, kx + sw * (ow - 1) + 1, sw),
-                  slice(None))
-            dw[:, :, ky, kx] = np.einsum("nhwo,nhwc->oc", dy, xp[sl])
-            dxp[sl] += np.einsum("nhwo,oc->nhwc", dy, w[:, :, ky, kx].astype(np.float64))
-    return dxp[:, ph:ph + h, pw:pw + wd, :], dw, dy.sum(axis=(0, 1, 2))
-
-
-# -------------------------------------------------------------------- batch norm
-def batchnorm_train(x, gamma, beta, eps):
-    """Training-mode batch norm over NHWC ``x`` (float64): (y, mean, biased var)."""
-    x = x.astype(np.float64)
-    mean = x.mean(axis=(0, 1, 2))
-    var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
-    return (x - mean) / np.sqrt(var + eps) * gamma + beta, mean, var
-
-
-def batchnorm_train_backward(dy, x, gamma, eps):
-    """(dx, dgamma, dbeta) of :func:`batchnorm_train`, the textbook formula."""
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    m = x.shape[0] * x.shape[1] * x.shape[2]
-    mean = x.mean(axis=(0, 1, 2))
-    var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
-    xhat = (x - mean) / np.sqrt(var + eps)
-    dbeta = dy.sum(axis=(0, 1, 2))
-    dgamma = (dy * xhat).sum(axis=(0, 1, 2))
-    dx = gamma / np.sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m)
-    return dx, dgamma, dbeta
-
-
-# ------------------------------------------------------------------------ losses
-def sigmoid_bce(z, y, class_weights=None):
-    """Per-sample-weighted mean BCE with logits, log1p form (float64 scalar)."""
-    z, y = np.asarray(z, np.float64).reshape(-1), np.asarray(y).reshape(-1)
-    w = np.ones(len(z)) if class_weights is None else np.asarray(class_weights, np.float64)[y]
-    per = np.logaddexp(0, z) - z * y
-    return float((w * per).sum() / w.sum())
-
-
-def softmax_cross_entropy(z, y, class_weights=None):
-    """Per-sample-weighted mean softmax cross-entropy (float64 scalar)."""
-    z, y = np.asarray(z, np.float64), np.asarray(y).reshape(-1)
-    w = np.ones(len(y)) if class_weights is None else np.asarray(class_weights, np.float64)[y]
-    lse = np.logaddexp.reduce(z, axis=1)
-    per = lse - z[np.arange(len(y)), y]
-    return float((w * per).sum() / w.sum())
+    Two evaluations of ``f`` per direction instead of two per element: for the
+    checks where every element would cost seconds. ``x`` (NumPy or backend
+    array, ``to_backend`` makes one from NumPy) is moved in place and restored.
+    The measure is :func:`assert_grad`'s norm-wise one seen through ``v``:
+    ``|<analytic, v> - numeric| <= tol * ||analytic||``. A wrong gradient is O(1)
+    off in norm, so O(1/sqrt(size)) off along a random direction: far above tol.
+    On failure the full element-wise check runs, so the message shows the
+    worst element with both values, after both directional values.
+    """
+    a = np.asarray(analytic, np.float64)
+    if a.shape != tuple(x.shape):
+        raise AssertionError(f"gradcheck {what}: analytic shape {a.shape}, input shape {tuple(x.shape)}")
+    rng = np.random.default_rng(0)
+    norm = float(np.linalg.norm(a))
+    orig = x.copy()
+    for k in range(directions):
+        v = rng.standard_normal(a.shape)
+        v /= np.linalg.norm(v)
+        step = to_backend((eps * v).astype(orig.dtype))
+        try:
+            x[...] = orig + step
+            fp = f()
+            x[...] = orig - step
+            fm = f()
+        finally:
+            x[...] = orig
+        numeric = (fp - fm) / (2 * eps)
+        along = float((a * v).sum())
+        if abs(along - numeric) <= tol * norm:
+            continue
+        head = (f"gradcheck {what} (shape {a.shape}) along random direction {k}: <analytic, v> {along:.10g}, "
+                f"numeric {numeric:.10g}, |diff| {abs(along - numeric):.3e} >= {tol:g} * ||analytic|| ({norm:.3e})")
+        try:
+            assert_grad(a, numeric_grad(f, x, eps), what=what, tol=tol)
+        except AssertionError as e:
+            raise AssertionError(f"{head}\n{e}") from None
+        raise AssertionError(f"{head}; the element-wise check passes, so the direction was unlucky")

@@ -39,3 +39,15 @@ def test_pure_shift_moves_content():
 def test_out_of_range_is_refused():
     with pytest.raises(SpecError, match="rotation_deg"):
         Augmentation(rotation_deg=400)
+
+
+def test_warp_conventions():
+    # Pin what the Pillow affine transform is asked for: rotation direction about the frame centre,
+    # whole-pixel shifts, and the fill of pixels brought in from outside.
+    from xraynet.augment import _warp
+
+    img = np.arange(25, dtype=np.float32).reshape(5, 5)
+    np.testing.assert_allclose(_warp(img, np.pi / 2, 1.0, 0.0, 0.0, fill=-1.0), np.rot90(img), atol=1e-4)
+    moved = _warp(img, 0.0, 1.0, 0.0, 2.0, fill=-1.0)
+    np.testing.assert_array_equal(moved[:, 2:], img[:, :-2])
+    np.testing.assert_array_equal(moved[:, :2], -1.0)

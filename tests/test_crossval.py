@@ -21,10 +21,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from xraynet.cli.main import app
-from xraynet.crossval import RESULT_FILE, crossval, recipe_from_model
+from xraynet.crossval import RESULT_FILE, CrossvalOptions, crossval, recipe_from_model
 from xraynet.errors import XraynetError
 
-from test_train import TINY_SPEC
+from helpers import TRAIN_SPEC
 
 SIZE = 32
 SOURCES = ("site-a", "site-b", "site-c")
@@ -80,9 +80,9 @@ def three_sources(tmp_path_factory):
         plan["site-c", label] = [(i % 2 == 0, "right" if label == "opacity" else "left") for i in range(n)]
     root = _dataset(base / "data", plan)
     spec = base / "tiny.json"
-    spec.write_text(json.dumps(TINY_SPEC))
+    spec.write_text(json.dumps(TRAIN_SPEC))
     out = base / "out"
-    doc = crossval(root, out, _recipe(spec), n_boot=50, workers=1)
+    doc = crossval(root, out, _recipe(spec), CrossvalOptions(n_boot=50, workers=1))
     return root, spec, out, doc
 
 
@@ -117,7 +117,8 @@ def test_a_second_run_reuses_the_fold_models(three_sources):
     assert len(models) == 3
     before = {p: p.stat().st_mtime_ns for p in models}
     # workers does not change the weights, so it is not part of the recipe compared.
-    again = crossval(root, out, _recipe(spec), n_boot=50, workers=2, hold_out=["site-c", "site-a"])
+    again = crossval(root, out, _recipe(spec),
+                     CrossvalOptions(n_boot=50, workers=2, hold_out=["site-c", "site-a"]))
     assert {p: p.stat().st_mtime_ns for p in models} == before
     assert [f["source"] for f in again["folds"]] == ["site-c", "site-a"]
     assert not any(f["trained"] for f in again["folds"])
@@ -132,7 +133,7 @@ def test_another_recipe_trains_again(three_sources, tmp_path):
     shutil.copytree(out, copy)
     model = copy / "holdout-1-site-a.h5"
     before = model.stat().st_mtime_ns
-    again = crossval(root, copy, _recipe(spec), epochs=1, n_boot=0, workers=1, hold_out=["site-a"])
+    again = crossval(root, copy, _recipe(spec), CrossvalOptions(epochs=1, n_boot=0, workers=1, hold_out=["site-a"]))
     assert again["folds"][0]["trained"] and again["recipe"]["epochs"] == 1
     assert model.stat().st_mtime_ns != before and again["folds"][0]["best_epoch"] == 1
 
@@ -196,7 +197,7 @@ def test_the_bundled_model_is_the_default_recipe():
 def test_unknown_recipe_fields_are_an_error(three_sources, tmp_path):
     root, spec, _, _ = three_sources
     with pytest.raises(XraynetError, match=r"fields \['balanced_sampling'\] are not training options"):
-        crossval(root, tmp_path / "o", _recipe(spec, balanced_sampling=True), n_boot=0)
+        crossval(root, tmp_path / "o", _recipe(spec, balanced_sampling=True), CrossvalOptions(n_boot=0))
 
 
 def test_recipe_from_model_reads_the_stored_options(three_sources):
@@ -216,9 +217,9 @@ def test_a_class_only_one_source_has(tmp_path):
             ("site-y", "opacity"): [(True, None)] * 8}
     root = _dataset(tmp_path / "data", plan)
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps(TINY_SPEC))
+    spec.write_text(json.dumps(TRAIN_SPEC))
     # The screening threshold is chosen on validation opacity films; there are none, so that fold cannot train.
-    doc = crossval(root, tmp_path / "a", _recipe(spec, epochs=1, batch_size=8), n_boot=0)
+    doc = crossval(root, tmp_path / "a", _recipe(spec, epochs=1, batch_size=8), CrossvalOptions(n_boot=0))
     x, y = _fold(doc, "site-x"), _fold(doc, "site-y")
     assert x["status"] == "ok" and x["images"] == {"normal": 8, "opacity": 0}
     assert x["per_class"]["opacity"] == {"n": 0, "auc": None, "ci": [None, None],
@@ -231,7 +232,7 @@ def test_a_class_only_one_source_has(tmp_path):
     json.dumps(json.loads((tmp_path / "a" / RESULT_FILE).read_text()), allow_nan=False)
     # Screening for normal instead, the fold trains; its note still says opacity was never learnt.
     doc = crossval(root, tmp_path / "b", _recipe(spec, epochs=1, batch_size=8, screening_class="normal"),
-                   hold_out=["site-y"], n_boot=0)
+                   CrossvalOptions(hold_out=["site-y"], n_boot=0))
     y = doc["folds"][0]
     assert y["status"] == "ok" and y["trained"] and y["per_class"]["opacity"]["auc"] is not None
     assert any("'opacity' was never seen in training" in n for n in y["notes"])
@@ -244,8 +245,9 @@ def test_a_recipe_with_the_source_adversary_on_two_sources(tmp_path):
             for site in ("site-x", "site-y") for label in ("normal", "opacity")}
     root = _dataset(tmp_path / "data", plan)
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps(TINY_SPEC))
-    doc = crossval(root, tmp_path / "a", _recipe(spec, epochs=1, batch_size=8, adversarial_source=0.5), n_boot=0)
+    spec.write_text(json.dumps(TRAIN_SPEC))
+    doc = crossval(root, tmp_path / "a", _recipe(spec, epochs=1, batch_size=8, adversarial_source=0.5),
+                   CrossvalOptions(n_boot=0))
     assert [f["status"] for f in doc["folds"]] == ["ok", "ok"]
     for fold in doc["folds"]:
         assert any("trained without it" in n for n in fold["notes"])

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xraynet.cudakernels import (COMMON, SOURCES, KernelError, KernelSet, compile_options, module_source,
-                                 parse_signatures, source_dir)
+from xraynet.backends.cudakernels import (COMMON, SOURCES, KernelSet, compile_options, module_source,
+                                          parse_signatures, source_dir)
+from xraynet.errors import KernelError
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = source_dir()
@@ -41,7 +42,8 @@ def nvcc_ptx(src: Path, arch: str, dtype, tmp_path: Path, include: Path | None =
 def test_the_kernel_folder_holds_exactly_the_listed_sources():
     assert CUDA_DIR.is_dir(), f"{CUDA_DIR}: missing; the .cu files ship as package data of xraynet.kernels"
     found = sorted(p.name for p in CUDA_DIR.glob("*.cu"))
-    assert found == sorted(SOURCES), f"kernels/cuda holds {found}; xraynet.cudakernels.SOURCES lists {sorted(SOURCES)}"
+    assert found == sorted(SOURCES), \
+        f"kernels/cuda holds {found}; xraynet.backends.cudakernels.SOURCES lists {sorted(SOURCES)}"
 
 
 @needs_nvcc
@@ -91,13 +93,28 @@ def test_sources_are_nvrtc_clean():
 def test_every_kernel_is_parsed_and_used_by_the_backend():
     sigs = parse_signatures(module_source())
     assert len(sigs) >= 20, f"only {len(sigs)} kernels found: {sorted(sigs)}"
-    backend_src = (ROOT / "xraynet" / "gpu_backend.py").read_text()
+    backend_src = (ROOT / "xraynet" / "backends" / "gpu.py").read_text()
     unused = [k for k in sigs if not re.search(rf"\.{k}(\.launch)?\(", backend_src)]
-    assert not unused, f"kernels never launched by xraynet/gpu_backend.py: {unused}"
+    assert not unused, f"kernels never launched by xraynet/backends/gpu.py: {unused}"
+
+
+def test_every_entry_point_names_its_reference():
+    """One op, one name: the comment block right above each entry point says
+    `// Reference: kernels/reference.py <function>`, and that function exists."""
+    from xraynet.kernels import reference
+
+    for name in SOURCES:
+        text = (CUDA_DIR / name).read_text()
+        for m in re.finditer(r"XR_KERNEL\((\w+)\)", text):
+            above = text[:m.start()].rstrip().rsplit("\n\n", 1)[-1]
+            ref = re.search(r"// Reference: kernels/reference\.py (\w+)", above)
+            assert ref, f"{name}: kernel {m.group(1)} has no '// Reference: kernels/reference.py ...' comment above it"
+            assert hasattr(reference, ref.group(1)), \
+                f"{name}: kernel {m.group(1)} names reference {ref.group(1)}, which kernels/reference.py lacks"
 
 
 def test_cupy_is_imported_in_two_modules_only_and_inside_functions():
-    """STYLE.md: cupy lives in xraynet/devices.py and xraynet/gpu_backend.py, imported lazily."""
+    """STYLE.md: cupy lives in xraynet/devices.py and xraynet/backends/cuda_runtime.py, imported lazily."""
     where = {}
     for path in [*ROOT.glob("xraynet/**/*.py"), *ROOT.glob("cli/**/*.py"), *ROOT.glob("kernels/**/*.py")]:
         tree = ast.parse(path.read_text())
@@ -109,13 +126,13 @@ def test_cupy_is_imported_in_two_modules_only_and_inside_functions():
                 rel = str(path.relative_to(ROOT))
                 assert id(node) not in top, f"{rel}:{node.lineno}: cupy imported at module level"
                 where.setdefault(rel, []).append(node.lineno)
-    assert sorted(where) == ["xraynet/devices.py", "xraynet/gpu_backend.py"], f"cupy imported in {where}"
+    assert sorted(where) == ["xraynet/backends/cuda_runtime.py", "xraynet/devices.py"], f"cupy imported in {where}"
 
 
 def test_import_and_cli_work_without_cupy():
     code = ("import sys; sys.modules['cupy'] = None\n"
-            "import xraynet, xraynet.gpu_backend, xraynet.cudakernels, xraynet.cli.main\n"
-            "from xraynet.backend import get_backend\n"
+            "import xraynet, xraynet.backends.gpu, xraynet.backends.cudakernels, xraynet.cli.main\n"
+            "from xraynet.backends import get_backend\n"
             "from xraynet.errors import BackendError\n"
             "assert get_backend('auto').name == 'cpu'\n"
             "try:\n    get_backend('gpu')\nexcept BackendError as e:\n    print(e)\n")
@@ -127,29 +144,44 @@ def test_import_and_cli_work_without_cupy():
 # --------------------------------------------------- launcher and emulator
 @pytest.fixture(scope="module")
 def emu():
-    from conftest import emulated_gpu_backend
+    from helpers import emulated_gpu_backend
 
     return emulated_gpu_backend()
 
 
-def test_checked_launches_reject_wrong_arguments(emu):
-    k = emu.k(np.float32).relu_fwd
+@pytest.fixture(scope="module")
+def emu_kernels(emu):
+    """The float32 kernels on the emulator, every launch checked."""
+    from cudaemu import compile_module
+
+    return KernelSet(np.float32, compile_module, checked=True)
+
+
+def test_checked_launches_reject_wrong_arguments(emu_kernels):
+    k = emu_kernels.relu_forward
     x = np.ones(8, np.float32)
     with pytest.raises(KernelError, match="2 arguments. Expected 3"):
         k.launch(8, x, x)
     with pytest.raises(KernelError, match="dtype float64. Expected float32"):
-        k.launch(8, x.astype(np.float64), np.empty(8, np.float32), 8)
+        k.launch(8, np.empty(8, np.float32), x.astype(np.float64), 8)
     with pytest.raises(KernelError, match="not C-contiguous"):
-        k.launch(4, np.ones(8, np.float32)[::2], np.empty(4, np.float32), 4)
+        k.launch(4, np.empty(4, np.float32), np.ones(8, np.float32)[::2], 4)
     with pytest.raises(KernelError, match="Expected an array"):
-        k.launch(8, [1.0] * 8, np.empty(8, np.float32), 8)
+        k.launch(8, np.empty(8, np.float32), [1.0] * 8, 8)
 
 
-def test_scalars_are_converted_to_the_declared_types(emu):
+def test_a_kernel_with_an_array_after_a_scalar_is_refused():
+    """Arrays first (outputs, then inputs), then scalars: the launcher joins them by slicing."""
+    src = "XR_KERNEL(late)(real* y, int n, const real* x) {}"
+    with pytest.raises(KernelError, match="array parameter x follows a scalar"):
+        parse_signatures(src)
+
+
+def test_scalars_are_converted_to_the_declared_types(emu_kernels):
     """A Python int for a `long long`, a float for a `double`, an int for `real`:
     each reaches the kernel as declared (the emulator's ctypes would reject
     a wrong width)."""
-    ks = emu.k(np.float32)
+    ks = emu_kernels
     y = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
     b = np.array([1.0, -1.0, 0.5], np.float32)
     ks.bias_act.launch(y.size, y, b, 3, True, y.size)

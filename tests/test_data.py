@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from xraynet.data import Dataset, Item, confound_report, confound_tables, scan_dataset, split_dataset
+from xraynet.confounds import confound_report, confound_tables
+from xraynet.data import Dataset, Item, scan_dataset, split_dataset
 from xraynet.errors import DataError, XraynetError
 
 CXR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"

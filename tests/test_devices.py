@@ -18,11 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from xraynet import devices
-from xraynet.backend import get_backend
+from xraynet.backends import get_backend
 from xraynet.cli.main import app
 from xraynet.errors import BackendError
 
-from test_screen import _png, model_file  # noqa: F401  (the tiny screening model fixture, reused)
+from helpers import random_png
 
 runner = CliRunner()
 NO_GPU = "CuPy is not installed"
@@ -153,7 +153,7 @@ def _commands(tmp_path, model):
     """Each command that takes --device, with inputs that would let it run, and what it would write."""
     data = tmp_path / "data"
     for label in ("covid", "normal"):
-        _png(data / label / "a.png", 1)
+        random_png(data / label / "a.png", 1)
     return {
         "bench": ["bench", "--arch", "seed", "--mode", "infer", "--batch", "2", "--iters", "1", "--warmup", "1"],
         "train": ["train", str(data), "--out", str(tmp_path / "m.h5"), "--arch", "seed", "--epochs", "1"],
@@ -214,7 +214,7 @@ def test_bench_cpu_prints_no_notice():
 
 def test_screen_auto_screens_on_the_cpu_and_stays_quiet_off_a_terminal(no_gpu, tmp_path, model_file):
     """From cron (stderr not a terminal) screen prints nothing but errors: no notice either."""
-    _png(tmp_path / "in" / "a.png", 1)
+    random_png(tmp_path / "in" / "a.png", 1)
     report = tmp_path / "r.csv"
     res = runner.invoke(app, ["screen", str(tmp_path / "in"), "--out", str(report), "--model", str(model_file),
                               "--device", "auto"])
@@ -224,9 +224,9 @@ def test_screen_auto_screens_on_the_cpu_and_stays_quiet_off_a_terminal(no_gpu, t
 
 
 def test_screen_library_refuses_a_gpu_before_writing(no_gpu, tmp_path, model_file):
-    from xraynet.screen import screen
+    from xraynet.screening import screen
 
-    _png(tmp_path / "in" / "a.png", 1)
+    random_png(tmp_path / "in" / "a.png", 1)
     with pytest.raises(BackendError, match="CuPy is not installed"):
         screen(tmp_path / "in", tmp_path / "r.csv", model_path=model_file, device="gpu")
     with pytest.raises(BackendError, match="device 'tpu': unknown"):

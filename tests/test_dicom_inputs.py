@@ -30,6 +30,7 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, DigitalXRayImageStorage
 
 from xraynet import decoders, imaging  # noqa: E402
 from xraynet.decoders import HEAD_BYTES, dicom  # noqa: E402
+from xraynet.decoders.dicom import display as dicom_display, read as dicom_read  # noqa: E402
 from xraynet.decoders.dicom import declared_sizes, header_warnings, looks_like_dicom, raw_encoding  # noqa: E402
 from xraynet.errors import ImageError  # noqa: E402
 from xraynet.imaging import decode  # noqa: E402
@@ -189,17 +190,18 @@ def test_voi_lut_sequence_and_modality_lut_sequence(tmp_path, plain):
 def test_window_formulas_of_the_standard():
     x = np.array([0.0, 99.0, 99.5, 99.6, 100.0, 200.0])
     # PS3.3 C.11.2.1.2.1, LINEAR: width 1 is a step at c - 0.5.
-    np.testing.assert_array_equal(dicom._window(100, 1, "LINEAR")(x), [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(dicom_display._window(100, 1, "LINEAR")(x), [0, 0, 0, 1, 1, 1])
     # LINEAR, c = 100, w = 101: ramp from 50 to 150 over w - 1 = 100.
-    np.testing.assert_allclose(dicom._window(100.5, 101, "LINEAR")(np.array([50.0, 100, 125, 150.5])),
+    np.testing.assert_allclose(dicom_display._window(100.5, 101, "LINEAR")(np.array([50.0, 100, 125, 150.5])),
                                [0, 0.5, 0.75, 1])
     # C.11.2.1.3.2, LINEAR_EXACT: (x - c) / w + 0.5 between c - w/2 and c + w/2.
-    np.testing.assert_allclose(dicom._window(100, 100, "LINEAR_EXACT")(np.array([50.0, 75, 100, 150, 151])),
+    np.testing.assert_allclose(dicom_display._window(100, 100, "LINEAR_EXACT")(np.array([50.0, 75, 100, 150, 151])),
                                [0, 0.25, 0.5, 1, 1])
     # C.11.2.1.3.1, SIGMOID: 1 / (1 + exp(-4 (x - c) / w)).
-    np.testing.assert_allclose(dicom._window(100, 40, "SIGMOID")(np.array([100.0, 110])), [0.5, 1 / (1 + np.e ** -1)])
+    np.testing.assert_allclose(dicom_display._window(100, 40, "SIGMOID")(np.array([100.0, 110])),
+                               [0.5, 1 / (1 + np.e ** -1)])
     with pytest.raises(ValueError):
-        dicom._window(100, 0.5, "LINEAR")
+        dicom_display._window(100, 0.5, "LINEAR")
 
 
 def test_unknown_voi_lut_function_is_linear_with_a_warning(tmp_path, plain):
@@ -501,7 +503,7 @@ def test_deflate_bomb_refused_before_pydicom_inflates_it(tmp_path, monkeypatch):
     ds.add_new(0x00091010, "OB", bytes(4_000_000))  # a private element of zeros: compresses to ~4 KB
     path = save(ds, tmp_path / "bomb.dcm")
     assert path.stat().st_size < 20_000
-    monkeypatch.setattr(dicom, "_MAX_INFLATED", 1_000_000)
+    monkeypatch.setattr(dicom_read, "_MAX_INFLATED", 1_000_000)
     assert "inflates to more than 1,000,000 bytes" in str(assert_reason(path, "too_large"))
     # The same without the meta group's length element, and without the preamble: the
     # dataset's start is found by walking the meta group.
@@ -512,7 +514,7 @@ def test_deflate_bomb_refused_before_pydicom_inflates_it(tmp_path, monkeypatch):
     (tmp_path / "NOPREAMBLE").write_bytes(raw[132:])
     for p in (tmp_path / "nolength.dcm", tmp_path / "NOPREAMBLE"):
         assert "inflates to more than" in str(assert_reason(p, "too_large")), p
-    monkeypatch.setattr(dicom, "_MAX_INFLATED", 8_000_000)
+    monkeypatch.setattr(dicom_read, "_MAX_INFLATED", 8_000_000)
     assert decode(path).width == 56
 
 
@@ -662,7 +664,7 @@ def test_32_bit_samples_go_through_in_chunks(tmp_path, monkeypatch):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
     ds.PixelData = arr.tobytes()
     path = save(ds, tmp_path / "u32.dcm")
-    monkeypatch.setattr(dicom, "_CHUNK_PIXELS", 500)  # several chunks
+    monkeypatch.setattr(dicom_display, "_CHUNK_PIXELS", 500)  # several chunks
     got = decode(path).pixels
     want = (arr * 2.0 - arr.min() * 2.0) / (arr.max() * 2.0 - arr.min() * 2.0)
     assert np.abs(got - want).max() < 3e-7

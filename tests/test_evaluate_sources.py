@@ -20,11 +20,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from xraynet.errors import EvaluationError
-from xraynet.evaluate import centre_box, evaluate
-from xraynet.metrics import evaluate_predictions, shortcut_verdict, within_source_aucs
-from xraynet.train import TrainOptions, train
+from xraynet.evaluate import EvaluationOptions, centre_box, evaluate
+from xraynet.metrics import evaluate_predictions
+from xraynet.source_metrics import shortcut_verdict, within_source_aucs
+from xraynet.training import TrainOptions, train
 
-from test_train import TINY_SPEC
+from helpers import TRAIN_SPEC
 
 CLASSES = ["covid", "normal", "pneumonia"]
 # p(covid) per film; the other two columns share the rest.
@@ -160,7 +161,7 @@ def _trained(tmp_path_factory, kind: str, seed: int):
     base = tmp_path_factory.mktemp(kind)
     root = _dataset(base / "data", kind, seed)
     spec = base / "tiny.json"
-    spec.write_text(json.dumps(TINY_SPEC))
+    spec.write_text(json.dumps(TRAIN_SPEC))
     out = base / "m.h5"
     train(root, out, TrainOptions(arch=str(spec), image_size=SIZE, epochs=4, batch_size=16, lr=3e-3, seed=3,
                                   patience=10, workers=1, augment=False))
@@ -184,7 +185,7 @@ def test_centre_box_is_the_documented_region():
 
 def test_shortcut_check_catches_the_stamp(stamp_model):
     model, root = stamp_model
-    doc = evaluate(model, root, n_boot=200, workers=1, shortcut_check=True)
+    doc = evaluate(model, root, EvaluationOptions(n_boot=200, workers=1, shortcut_check=True))
     sc = doc["shortcut_check"]
     assert sc["region"]["rows"] == [5, 27] and sc["region"]["fill"] == 0.0
     assert set(sc["variants"]) == {"full", "centre_blanked", "centre_only"}
@@ -200,7 +201,7 @@ def test_shortcut_check_catches_the_stamp(stamp_model):
 
 def test_shortcut_check_clears_a_centre_signal(centre_model):
     model, root = centre_model
-    doc = evaluate(model, root, n_boot=200, workers=1, shortcut_check=True)
+    doc = evaluate(model, root, EvaluationOptions(n_boot=200, workers=1, shortcut_check=True))
     verdict = doc["shortcut_check"]["verdict"]
     full = verdict["per_class"]["covid"]["auc_full"]
     assert full["value"] > 0.9, full                # the model did learn the stripes
@@ -241,5 +242,5 @@ def test_cli_says_why_within_source_is_unavailable(stamp_model, tmp_path):
                                    "--workers", "1"], terminal_width=200)
     assert res.exit_code == 0, res.output
     assert "within-source AUCs: unavailable: no source metadata" in res.output
-    doc = evaluate(model, bare, n_boot=0, workers=1)
+    doc = evaluate(model, bare, EvaluationOptions(n_boot=0, workers=1))
     assert doc["within_source"]["available"] is False and "shortcut_check" not in doc

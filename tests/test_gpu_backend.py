@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_backend
+from helpers import GPU_SPEC as SPEC
+from helpers import make_backend
 from xraynet.archs import builtin_spec
+from xraynet.backends import AdamHyper, SGDHyper
+from xraynet.backends.geometry import output_hw
 from xraynet.kernels import reference as ref
 from xraynet.model import Model
 from xraynet.modelfile import load_model, save_model
@@ -24,15 +27,6 @@ from xraynet.optim import SGD, Adam
 @pytest.fixture(params=["gpu-emu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def gpu(request):
     return make_backend(request.param)
-
-
-SPEC = {"name": "small", "input_shape": [1, 16, 16], "output": "softmax", "layers": [
-    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, {"type": "batchnorm2d"},
-    {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": "same"}, {"type": "relu"},
-    {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "global_avg_pool2d"}, {"type": "dropout", "p": 0.25}, {"type": "dense", "out_features": 3},
-]}
 
 
 def _batch(n=6, seed=1):
@@ -106,17 +100,18 @@ def test_one_launch_optimisers_update_every_tensor(gpu, dtype):
         m0 = [rng.standard_normal(s).astype(dtype) * 0.1 for s in shapes]
         v0 = [rng.random(s).astype(dtype) * 0.1 for s in shapes]
         dm, dv = [dev(m) for m in m0], [dev(v) for v in v0]
-        gpu.adam_update_many(dp, dg, dm, dv, step, 1e-2, 0.9, 0.999, 1e-8, 1e-3)
+        adam = AdamHyper(1e-2, 0.9, 0.999, 1e-8, 1e-3)
+        gpu.adam_update_many(dp, dm, dv, dg, step, adam)
         for i in range(len(shapes)):
-            p, m, v = ref.adam_update(ps[i].astype(np.float64), gs[i], m0[i], v0[i], step, 1e-2, 0.9, 0.999, 1e-8,
-                                      1e-3)
+            p, m, v = ref.adam_update(ps[i].astype(np.float64), m0[i], v0[i], gs[i], step, adam)
             for what, got, want in (("p", dp[i], p), ("m", dm[i], m), ("v", dv[i], v)):
                 err = np.abs(gpu.to_numpy(got) - want).max() / max(np.abs(want).max(), 1e-30)
                 assert err < tol, f"adam step {step} tensor {shapes[i]} {what}: max rel err {err:.3e}"
         dp, db = [dev(p) for p in ps], [dev(g * 0.5) for g in gs]
-        gpu.sgd_update_many(dp, [dev(g) for g in gs], db, step, 0.05, 0.9, 1e-3, True)
+        sgd = SGDHyper(0.05, 0.9, 1e-3, True)
+        gpu.sgd_update_many(dp, db, [dev(g) for g in gs], step, sgd)
         for i in range(len(shapes)):
-            p, b = ref.sgd_update(ps[i].astype(np.float64), gs[i], gs[i] * 0.5, step, 0.05, 0.9, 1e-3, True)
+            p, b = ref.sgd_update(ps[i].astype(np.float64), gs[i] * 0.5, gs[i], step, sgd)
             assert np.allclose(gpu.to_numpy(dp[i]), p, rtol=tol, atol=tol), f"sgd step {step} tensor {shapes[i]}"
             assert np.allclose(gpu.to_numpy(db[i]), b, rtol=tol, atol=tol), f"sgd buffer step {step} {shapes[i]}"
 
@@ -126,8 +121,7 @@ def test_optimiser_rejects_mismatched_state(gpu):
 
     p = gpu.asarray(np.ones(4, np.float32))
     with pytest.raises(ShapeError, match="does not match its parameter"):
-        gpu.adam_update_many([p], [gpu.asarray(np.ones(5, np.float32))], [p.copy()], [p.copy()], 1, 1e-3, 0.9,
-                             0.999, 1e-8, 0.0)
+        gpu.adam_update_many([p], [p.copy()], [p.copy()], [gpu.asarray(np.ones(5, np.float32))], 1, AdamHyper(1e-3))
 
 
 @pytest.mark.parametrize("n", [1, 257, 600])
@@ -158,10 +152,11 @@ def test_kernel_profiler_records_every_launch(gpu):
         totals = prof.totals()
     finally:
         gpu.profile_kernels(False)
-    for name in ("conv1_direct_pool_f32", "conv1_dw_partial_f32", "im2col_f32", "bias_maxpool_relu_f32",
-                 "maxpool_relu_bwd_f32", "col2im_f32", "sigmoid_bce_f32", "adam_multi_f32", "gemm (cuBLAS)"):
+    for name in ("conv1_direct_pool_f32", "conv1_dw_partial_f32", "im2col_cyx_f32", "bias_maxpool_relu_f32",
+                 "maxpool_relu_backward_f32", "col2im_cyx_f32", "sigmoid_bce_f32", "adam_update_many_f32",
+                 "gemm (cuBLAS)"):
         assert name in totals, f"profiler saw {sorted(totals)}; {name} missing"
-    assert totals["adam_multi_f32"][1] == 1, "Adam must be one launch over all parameters"
+    assert totals["adam_update_many_f32"][1] == 1, "Adam must be one launch over all parameters"
     assert all(ms >= 0 for ms, _ in totals.values())
 
 
@@ -182,15 +177,15 @@ def test_sgd_through_the_optimiser_class(gpu):
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
 def test_bench_and_kernel_profile_run_on_the_gpu_backend(gpu, mode):
-    from xraynet.bench import profile_kernels, run_bench
+    from xraynet.bench import Timing, profile_kernels, run_bench
 
-    row = run_bench("seed", mode, 2, device=gpu, iters=2, warmup=1)
+    row = run_bench("seed", mode, 2, device=gpu, timing=Timing(iters=2, warmup=1))
     assert row["device"] == "gpu" and row["images_per_s"] > 0 and row["iters"] == 2
     assert row["tf32"] is False, "TF32 must be off unless CUPY_TF32=1 is set"
     rows = profile_kernels("seed", mode, 2, device=gpu, steps=1)
     names = {r["kernel"] for r in rows}
     assert "gemm (cuBLAS)" in names and "bias_maxpool_relu_f32" in names, names
-    assert ("adam_multi_f32" in names) == (mode == "train")
+    assert ("adam_update_many_f32" in names) == (mode == "train")
     assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
     assert rows == sorted(rows, key=lambda r: -r["ms_per_step"])
 
@@ -210,7 +205,7 @@ def test_direct_one_channel_conv_equals_the_gemm_path(case, dtype):
     """conv1_direct / conv1_direct_pool / conv1_dw_partial against im2col + GEMM
     on the same emulated kernels: outputs, argmax, and every gradient."""
     from cudaemu import compile_module
-    from xraynet.gpu_backend import CUDABackend
+    from xraynet.backends.gpu import CUDABackend
 
     (n, h, w), o, k, s, p, pool = case
     direct = CUDABackend(xp=np, compile_fn=compile_module, checked=True, max_blocks=4, direct_first_conv=True)
@@ -239,3 +234,22 @@ def test_direct_one_channel_conv_equals_the_gemm_path(case, dtype):
     if i_d is not None:
         live = y_g > 0  # where the pooled value is 0 the argmax carries no gradient
         assert (i_d[live] == i_g[live]).all(), f"{case}: argmax differs on live windows"
+
+
+@pytest.mark.parametrize("geom", [(2, 7, 9, 3, 3, 3, 2, 2, 1, 1), (1, 5, 4, 2, 5, 3, 1, 2, 2, 0)], ids=str)
+def test_cuda_patch_matrix_is_the_cyx_reference(gpu, geom):
+    """im2col_cyx / col2im_cyx against their references: patch columns in (c, ky, kx) order, the
+    weights' own, where the CPU's im2col_yxc orders them (ky, kx, c)."""
+    n, h, w, c, kh, kw, sh, sw, ph, pw = geom
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, h, w, c))
+    oh, ow = output_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    ks = gpu._k(np.float64)
+    cols = gpu.empty((n * oh * ow, c * kh * kw), np.float64)
+    ks.im2col_cyx.launch(cols.size, cols, gpu.asarray(x), h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, cols.size)
+    assert np.array_equal(gpu.to_numpy(cols), ref.im2col_cyx(x, kh, kw, sh, sw, ph, pw)), f"im2col_cyx {geom}"
+    dcols = rng.standard_normal((n * oh * ow, c * kh * kw))
+    dx = gpu.empty(x.shape, np.float64)
+    ks.col2im_cyx.launch(dx.size, dx, gpu.asarray(dcols), h, w, c, kh, kw, sh, sw, ph, pw, oh, ow, dx.size)
+    expected = ref.col2im_cyx(dcols, x.shape, kh, kw, sh, sw, ph, pw)
+    assert np.allclose(gpu.to_numpy(dx), expected, rtol=1e-12, atol=1e-12), f"col2im_cyx {geom}"

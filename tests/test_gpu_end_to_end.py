@@ -15,21 +15,21 @@ import csv
 import numpy as np
 import pytest
 
-import xraynet.backend as backend_mod
-from conftest import emulated_gpu_backend
-from test_train import TINY_SPEC, _opts, dataset  # noqa: F401  (the generated film dataset fixture, reused)
+import xraynet.backends as backends
 from xraynet import devices
 from xraynet.modelfile import load_model
-from xraynet.train import train
+from xraynet.training import train
+
+from helpers import TRAIN_SPEC, emulated_gpu_backend, train_options as _opts
 
 
 @pytest.fixture
 def gpu_here(monkeypatch):
     """'gpu' resolves to the emulated GPU backend for the length of a test."""
     emu = emulated_gpu_backend()
-    original = backend_mod._make_backend
+    original = backends._make_backend
     monkeypatch.setattr(devices, "gpu_unavailable_reason", lambda: None)
-    monkeypatch.setattr(backend_mod, "_make_backend", lambda d: emu if d == "gpu" else original(d))
+    monkeypatch.setattr(backends, "_make_backend", lambda d: emu if d == "gpu" else original(d))
     return emu
 
 
@@ -49,9 +49,9 @@ def _history(path):
     return [(h["train_loss"], h["val_loss"]) for h in load_model(path).history]
 
 
-def test_train_evaluate_screen_on_the_gpu_match_the_cpu(dataset, gpu_here, tmp_path):  # noqa: F811
-    from xraynet.evaluate import evaluate
-    from xraynet.screen import screen
+def test_train_evaluate_screen_on_the_gpu_match_the_cpu(dataset, gpu_here, tmp_path):
+    from xraynet.evaluate import EvaluationOptions, evaluate
+    from xraynet.screening import screen
 
     root, spec = dataset
     runs = {}
@@ -64,10 +64,10 @@ def test_train_evaluate_screen_on_the_gpu_match_the_cpu(dataset, gpu_here, tmp_p
     h_cpu, h_gpu = _history(runs["cpu"]), _history(runs["gpu"])
     assert np.allclose(h_gpu, h_cpu, rtol=1e-3), f"epoch losses: GPU {h_gpu} vs CPU {h_cpu}"
     _compare_weights(load_model(runs["cpu"]).model.state_dict(), load_model(runs["gpu"]).model.state_dict(),
-                     TINY_SPEC, "after 3 epochs on CPU and GPU")
+                     TRAIN_SPEC, "after 3 epochs on CPU and GPU")
 
     # The GPU-trained model evaluated and screened on the GPU and on the CPU.
-    docs = {d: evaluate(runs["gpu"], root, n_boot=0, device=d) for d in ("cpu", "gpu")}
+    docs = {d: evaluate(runs["gpu"], root, EvaluationOptions(n_boot=0, device=d)) for d in ("cpu", "gpu")}
     assert docs["gpu"]["n"] == docs["cpu"]["n"] > 0
     assert abs(docs["gpu"]["accuracy"]["value"] - docs["cpu"]["accuracy"]["value"]) <= 1 / docs["cpu"]["n"]
     reports = {}
@@ -83,10 +83,10 @@ def test_train_evaluate_screen_on_the_gpu_match_the_cpu(dataset, gpu_here, tmp_p
         assert abs(float(row["p_opacity"]) - float(other["p_opacity"])) < 1e-5, path
 
 
-def test_resume_a_cpu_checkpoint_on_the_gpu(dataset, gpu_here, tmp_path):  # noqa: F811
+def test_resume_a_cpu_checkpoint_on_the_gpu(dataset, gpu_here, tmp_path):
     """Two epochs on the CPU, interrupted, then the third on the GPU: the same
     model (to float32 rounding) as three epochs on the CPU."""
-    from xraynet.train import checkpoint_path_for
+    from xraynet.training import checkpoint_path_for
 
     root, spec = dataset
     straight = tmp_path / "straight.h5"
@@ -98,4 +98,4 @@ def test_resume_a_cpu_checkpoint_on_the_gpu(dataset, gpu_here, tmp_path):  # noq
     train(root, split, _opts(spec, epochs=3, device="gpu"), resume=str(ckpt))
     # The checkpoints hold the last epoch's weights (the best model may be an earlier epoch).
     a = load_model(checkpoint_path_for(straight)).model.state_dict()
-    _compare_weights(a, load_model(ckpt).model.state_dict(), TINY_SPEC, "resumed on the GPU")
+    _compare_weights(a, load_model(ckpt).model.state_dict(), TRAIN_SPEC, "resumed on the GPU")

@@ -4,19 +4,11 @@ import pytest
 
 from xraynet.model import Model
 
-SPEC = {
-    "name": "cam", "input_shape": [1, 12, 10], "output": "softmax",
-    "layers": [
-        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "same"}, {"type": "batchnorm2d"},
-        {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
-        {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-        {"type": "global_avg_pool2d"}, {"type": "dropout", "p": 0.5}, {"type": "dense", "out_features": 3},
-    ],
-}
+from helpers import CAM_SPEC
 
 
 def _model(dtype=np.float64):
-    m = Model(SPEC, dtype=dtype, seed=1)
+    m = Model(CAM_SPEC, dtype=dtype, seed=1)
     rng = np.random.default_rng(2)
     bn = m.layers[1]
     bn.buffers["running_mean"][:] = rng.standard_normal(4)

@@ -5,6 +5,9 @@ Each check uses a random projection ``L = sum(R * layer(x))`` so that every
 output element carries a distinct weight, compares the analytic input gradient
 and every parameter gradient with central differences (eps = 1e-6) and asks
 for a norm-wise relative error below 1e-6 (see ``naive.assert_grad`` for why).
+Single layers are checked element by element (cheap); the whole model, where
+each difference is a forward pass of every stage (seconds on the emulated
+GPU), along random directions (``naive.directional_grad_check``).
 Piecewise-linear layers get inputs away from their kinks: max-pool inputs are
 a permutation of well-separated distinct values, ReLU inputs stay off 0.
 """
@@ -13,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, make_backend
-from naive import assert_grad, numeric_grad
+from helpers import BACKENDS, make_backend
+from naive import assert_grad, directional_grad_check, numeric_grad
 from xraynet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
                             ReLU)
 from xraynet.model import Model
@@ -218,9 +221,9 @@ def test_model_conv_relu_pool_stage(bk, fuse):
         return float(bk.to_numpy((model.forward(x, training=False) * r).sum()))
 
     what = "fused" if fuse else "unfused"
-    assert_grad(dx, numeric_grad(loss, x), what=f"model ({what}) input")
+    directional_grad_check(loss, x, dx, what=f"model ({what}) input", to_backend=bk.asarray)
     for name, p in model.named_parameters():
-        assert_grad(grads[name], numeric_grad(loss, p), what=f"model ({what}) {name}")
+        directional_grad_check(loss, p, grads[name], what=f"model ({what}) {name}", to_backend=bk.asarray)
 
 
 # -------------------------------------------------------------------- losses

@@ -17,17 +17,13 @@ from xraynet.cli.main import app
 from xraynet.model import Model
 from xraynet.modelcard import CARD_KEY, CARD_KEYS, CARD_VERSION, read_card
 from xraynet.modelfile import bundled_model_path, load_model, read_info, save_model
-from xraynet.train import TrainOptions, train
+from xraynet.training import TrainOptions, train
+
+from helpers import CARD_SPEC
 
 runner = CliRunner()
 README = Path(__file__).resolve().parents[1] / "README.md"
 INFO_KEYS = set(CARD_KEYS) | {"model_file", "weights_sha256"}
-TINY_SPEC = {
-    "name": "tiny", "input_shape": [1, 24, 24], "output": "softmax",
-    "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "same"}, {"type": "relu"},
-               {"type": "maxpool2d", "kernel_size": 2}, {"type": "global_avg_pool2d"},
-               {"type": "dense", "out_features": 2}],
-}
 # site-a and site-b hold both classes; site-c only normal films, so its opacity AUC is undefined.
 SITES = {"site-a": ("normal", "opacity"), "site-b": ("normal", "opacity"), "site-c": ("normal",)}
 
@@ -54,7 +50,7 @@ def trained(tmp_path_factory):
         w.writeheader()
         w.writerows(rows)
     spec = root.parent / "tiny-card.json"
-    spec.write_text(json.dumps(TINY_SPEC))
+    spec.write_text(json.dumps(CARD_SPEC))
     out = root.parent / "m.h5"
     opts = TrainOptions(arch=str(spec), epochs=2, batch_size=16, lr=3e-3, seed=1, patience=5, workers=1,
                         augment=False, val_fraction=0.3)
@@ -64,7 +60,7 @@ def trained(tmp_path_factory):
 
 def _plain_model(tmp_path, metadata: dict) -> Path:
     path = tmp_path / "plain.h5"
-    save_model(path, Model(TINY_SPEC, seed=0), classes=["normal", "opacity"],
+    save_model(path, Model(CARD_SPEC, seed=0), classes=["normal", "opacity"],
                preprocessing={"image_size": 24, "fit": "pad", "border_crop": 0.0, "equalize": False,
                               "normalize": "per_image", "working_size": None},
                metadata=metadata)
@@ -133,11 +129,11 @@ def test_train_writes_a_card_with_the_listed_keys_and_sane_values(trained):
 def test_card_figures_equal_evaluate_subset_val(trained):
     # The card is made from training's own validation pass; `xraynet evaluate --subset val`
     # must give the same figures, or one of them is wrong.
-    from xraynet.evaluate import evaluate
+    from xraynet.evaluate import EvaluationOptions, evaluate
 
     root, out, _, _ = trained
     card = read_card(out)
-    doc = evaluate(out, root, subset="val", n_boot=1000, seed=0)
+    doc = evaluate(out, root, EvaluationOptions(subset="val", n_boot=1000, seed=0))
     for site, s in doc["within_source"]["sources"].items():
         for cls, e in s["per_class"].items():
             got = card["validation"]["within_source"]["sources"][site]["auc"][cls]

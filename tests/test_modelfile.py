@@ -16,10 +16,8 @@ from xraynet.modelfile import (FORMAT_VERSION, LoadedModel, load_model, read_inf
                                weights_digest)
 from xraynet.optim import SGD, Adam
 
-BN_SPEC = {"name": "bn-tiny", "input_shape": [1, 16, 16], "output": "softmax", "layers": [
-    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "same"}, {"type": "batchnorm2d"},
-    {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "global_avg_pool2d"},
-    {"type": "dropout", "p": 0.5}, {"type": "dense", "out_features": 3}]}
+from helpers import BN_SPEC
+
 PREP = {"image_size": 16, "grayscale": True, "normalize": {"mean": 0.5, "std": 0.25}}
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from xraynet.data import scan_dataset, split_dataset
-from xraynet.evaluate import evaluate
-from xraynet.train import TrainOptions, train
+from xraynet.evaluate import EvaluationOptions, evaluate
+from xraynet.training import TrainOptions, train
 
 CXR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
 
@@ -58,7 +58,7 @@ def test_real_data_smoke_run(tmp_path):
                                            fit="stretch", balance="source-class", adversarial_source=0.3))
     assert summary["train_images"] + summary["val_images"] == len(_metadata()) and not summary["skipped"]
     assert summary["selected_by"] == "within-source AUC"
-    doc = evaluate(out, CXR, subset="val", n_boot=20)
+    doc = evaluate(out, CXR, EvaluationOptions(subset="val", n_boot=20))
     assert doc["n"] == summary["val_images"]
     sources = {r["source_repo"] for r in _metadata()}
     assert set(doc["by_group"]["source"]) == sources

@@ -23,116 +23,20 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from xraynet.cli.main import app
-from xraynet.decodecache import file_sha256
-from xraynet.discovery import encode_path
 from xraynet.errors import ReportWriteError, ScreenError
-from xraynet.imaging import Preprocessing
-from xraynet.model import Model
-from xraynet.modelfile import read_info, save_model
+from xraynet.modelfile import read_info
 from xraynet.review import files_folder, read_report, write_review
-from xraynet.screen import exit_code_for, report_columns
+from xraynet.screening import exit_code_for, report_columns
+
+from helpers import (CASES, CLASSES, FLAGGED, REVIEW_FILM_SHAPE, THRESHOLD, XSS, build_case, make_model, random_png,
+                     shown_name)
 
 runner = CliRunner()
-TINY = {"name": "tiny", "input_shape": [1, 32, 32], "output": "softmax",
-        "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "valid"}, {"type": "relu"},
-                   {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 2}]}
-CLASSES = ["covid", "normal"]
-XSS = "<img src=x onerror=alert(1)>.png"
-THRESHOLD = {"class": "covid", "value": 0.5, "target_sensitivity": 0.9, "chosen_on": "validation",
-             "sources": ["siim", "ieee8023"],
-             "validation": {"threshold": 0.5, "flagged": 30, "tp": 27, "fp": 3, "tn": 60, "fn": 3,
-                            "sensitivity": {"value": 0.9, "ci": [0.74, 0.97], "k": 27, "n": 30},
-                            "specificity": {"value": 0.952, "ci": [0.87, 0.98], "k": 60, "n": 63}}}
-
-# (name, status, p_covid or error cell, warnings, heatmap: None / "abs" / "rel"); p_normal = 1 - p_covid.
-CASES = [
-    (XSS, "ok", 0.91, "", "abs"),
-    ('q"uo\'te.png', "ok", 0.75, "tiny", "abs"),
-    ("a #b?c%d.png", "ok", 0.30, "likely_inverted;decoder_warning (pillow: <b>odd</b> & text)", None),
-    ("sp ace.png", "ok", 0.10, "", None),
-    ("ünï 画像.png", "ok", 0.55, "", "rel"),
-    ("=cmd.png", "ok", 0.20, "", None),
-    ("'quoted.png", "ok", 0.65, "", "abs"),
-    ("sub/deep.png", "ok", 0.05, "", None),
-    (b"bad\xff name.png", "ok", 0.80, "", "abs"),
-    ("back\\slash.png", "ok", 0.40, "nearly_uniform", None),
-    ("missing.png", "ok", 0.30, "", None),          # in the report, gone from the folder
-    ("empty.png", "error", "empty: empty.png: the file is empty. Expected an image file, got 0 bytes. Copy the "
-                           "file again from its source, or remove it from the folder.", "", None),
-    ("<script>alert(2)</script>.png", "error",
-     "not_an_image: <script>alert(2)</script>.png: no image format recognises it. Expected PNG, JPEG, ..., got "
-     "'\"<>&' bytes. Remove it from the folder.", "", None),
-]
-FLAGGED = {c[0] for c in CASES if c[1] == "ok" and c[2] >= 0.5}
-ERRORS = {c[0] for c in CASES if c[1] == "error"}
-WARNED = {c[0] for c in CASES if c[3]}
-NORMAL = {c[0] for c in CASES if c[1] == "ok" and c[2] < 0.5}
 
 
-def _cell(text: str) -> str:
-    """The report's spreadsheet guard, as xraynet.screen documents it."""
-    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r", "'")) else text
-
-
-def shown_name(name) -> str:
-    """How a case's name appears on the page: the report's path text."""
-    return encode_path(name if isinstance(name, bytes) else os.fsencode(name))
-
-
-def make_model(path: Path, seed: int = 1, metadata=None) -> Path:
-    save_model(path, Model(TINY, seed=seed), classes=CLASSES, preprocessing=Preprocessing(image_size=32).to_dict(),
-               metadata=metadata if metadata is not None else {"threshold": THRESHOLD})
-    return path
-
-
-def _png(path, seed: int, shape=(60, 80)) -> None:
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    img.save(path, format="PNG")
-
-
-def build_case(root: Path, model_file: Path) -> dict:
-    """A folder of films with odd names, heatmap PNGs, and the report screen would have written for
-    them (written here so that flagged / warnings / errors are known exactly)."""
-    folder, heat = root / "films", root / "heat"
-    info = read_info(model_file)
-    rows = []
-    for i, (name, status, p, warns, heatmap) in enumerate(CASES):
-        raw = name if isinstance(name, bytes) else os.fsencode(name)
-        key = encode_path(raw)
-        src = os.path.join(os.fsencode(folder), raw)
-        sha = ""
-        if status == "ok" and name != "missing.png":
-            _png(src, i)
-            sha = file_sha256(src)
-        elif name == "missing.png":
-            sha = hashlib.sha256(b"gone").hexdigest()
-        elif name == "empty.png":
-            os.makedirs(folder, exist_ok=True)
-            open(src, "wb").close()
-            sha = file_sha256(src)
-        heat_cell = ""
-        if heatmap:
-            target = heat / (key + ".png")  # screen names the overlay after the path text
-            _png(target, 100 + i, (32, 32))
-            heat_cell = str(target) if heatmap == "abs" else os.path.relpath(target, root)
-        if status == "ok":
-            flagged = p >= 0.5
-            label = "covid" if p >= 0.5 else "normal"
-            rows.append([_cell(key), sha, "ok", "", label, repr(p), repr(round(1 - p, 6)), str(int(flagged)), "0.5",
-                         _cell(warns), "80", "60", "tiny (model.h5)", info["weights_sha256"], "0.1.0",
-                         f"2026-11-29T0{i % 10}:00:00Z", _cell(heat_cell)])
-        else:
-            rows.append([_cell(key), sha, "error", _cell(p), "", "", "", "", "0.5", "", "", "", "tiny (model.h5)",
-                         info["weights_sha256"], "0.1.0", "2026-11-29T01:30:00Z", ""])
-    rows.sort(key=lambda r: r[0][1:] if r[0].startswith("'") else r[0])
-    report = root / "report.csv"
-    with open(report, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        w = csv.writer(fh, lineterminator="\r\n")
-        w.writerow(report_columns(CLASSES))
-        w.writerows(rows)
-    return {"folder": folder, "report": report, "page": root / "review.html", "heat": heat}
+def _png(path, seed: int) -> None:
+    """A film of the case's size (seeded noise) at ``path`` (str, bytes or Path)."""
+    random_png(path, seed, REVIEW_FILM_SHAPE)
 
 
 class StrictPage(HTMLParser):
@@ -589,7 +493,7 @@ def test_ten_thousand_rows_in_reasonable_time_and_size(tmp_path, model_file):
 
 def test_names_cannot_hide_or_pass_for_others_on_the_page():
     # A right-to-left override reorders what follows it; a newline looks like a space.
-    from xraynet.review import _text
+    from xraynet.review.markup import html_text as _text
 
     assert _text("\u202egnp.exe.png") == "⟨U+202E⟩gnp.exe.png"
     assert _text("new\nline.png") != _text("new line.png")

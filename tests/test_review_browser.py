@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from test_review import CASES, ERRORS, FLAGGED, NORMAL, WARNED, build_case, make_model, shown_name
 from xraynet.review import write_review
+
+from helpers import CASES, ERRORS, FLAGGED, NORMAL, WARNED, build_case, make_model, shown_name
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),

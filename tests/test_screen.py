@@ -22,59 +22,24 @@ from typer.testing import CliRunner
 from xraynet import __version__
 from xraynet.decodecache import file_sha256
 from xraynet.errors import ReportLockedError, ScreenError
-from xraynet.imaging import Preprocessing
-from xraynet.model import Model
-from xraynet.modelfile import bundled_model_path, read_info, save_model
-from xraynet.screen import find_images, report_columns, screen
+from xraynet.modelfile import bundled_model_path, read_info
+from xraynet.discovery import find_images
+from xraynet.screening import screen
 from xraynet.cli.main import app
+
+from helpers import REPORT_COLUMNS as COLUMNS
+from helpers import check_whole_report as _check_whole
+from helpers import random_png as _png
+from helpers import read_report_rows as _read
+from helpers import screen_command as _cmd
 
 runner = CliRunner()
 BAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bad"
-TINY = {"name": "tiny", "input_shape": [1, 32, 32], "output": "softmax",
-        "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "valid"}, {"type": "relu"},
-                   {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 2}]}
-COLUMNS = report_columns(["covid", "normal"])
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.h5"
-    save_model(path, Model(TINY, seed=1), classes=["covid", "normal"],
-               preprocessing=Preprocessing(image_size=32).to_dict(),
-               metadata={"threshold": {"class": "covid", "value": 0.5}})
-    return path
-
-
-def _png(path: Path, seed: int, size: int = 48) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(path, format="PNG")
-    return path
 
 
 def _flat(text: str) -> str:
     """CLI output with rich's line wrapping undone."""
     return " ".join(text.split())
-
-
-def _read(report: Path) -> list[dict]:
-    with open(report, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, strict=True)
-        header = next(reader)
-        assert header == COLUMNS
-        rows = [dict(zip(header, r)) for r in reader]
-    assert all(len(r) == len(COLUMNS) for r in rows)
-    return rows
-
-
-def _check_whole(report: Path) -> list[dict]:
-    """A report that a kill may have left: whole records only, no path twice."""
-    data = report.read_bytes()
-    assert data.endswith(b"\r\n"), f"partial last record: {data[-80:]!r}"
-    rows = _read(report)
-    paths = [r["path"] for r in rows]
-    assert len(paths) == len(set(paths)), "a path appears twice"
-    return rows
 
 
 ODD = ["a,b.png", 'q"uote.png', "new\nline.png", "ünï 画像.png", "=cmd.png", "-minus.png", "@at.png",
@@ -206,7 +171,7 @@ def test_hidden_report_inside_folder_and_symlink_loops(tmp_path, model_file):
     os.symlink(folder / "a", folder / "again")       # a second way into a
     os.symlink(folder / "nowhere.png", folder / "broken.png")
     report = folder / "report.csv"
-    found, _ = find_images(folder, exclude=[report])
+    found = find_images(folder, exclude=[report]).files
     assert [rel for rel, _ in found] == ["a/x.png", "b.png", "broken.png"]
     s = screen(folder, report, model_path=model_file)
     s2 = screen(folder, report, model_path=model_file)  # the report, .lock and .tmp are never rows
@@ -320,11 +285,6 @@ def test_bundled_model_screens_the_shared_bad_files_as_cron_would(tmp_path):
 
 
 # -------------------------------------------------------------- processes
-def _cmd(folder, report, model_file, *extra):
-    return [sys.executable, "-m", "xraynet.cli.main", "screen", str(folder), "--out", str(report), "--model",
-            str(model_file), "--quiet", *extra]
-
-
 def _data_rows(report: Path) -> int:
     try:
         return report.read_bytes().count(b".png,")

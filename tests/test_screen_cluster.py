@@ -16,12 +16,26 @@ pytest.importorskip("distributed", reason='dask[distributed] not installed (pip 
                                           "the dev extra installs it")
 
 from distributed import Client, LocalCluster  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
 from xraynet.errors import ScreenError  # noqa: E402
-from xraynet.screen import screen  # noqa: E402
+from xraynet.screening import screen  # noqa: E402
 from xraynet.cli.main import app  # noqa: E402
 
-from test_screen import _check_whole, _png, model_file, runner  # noqa: E402,F401  (fixture reused)
+from helpers import check_whole_report as _check_whole  # noqa: E402
+from helpers import random_png as _png  # noqa: E402
+from helpers import screen_command  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """One LocalCluster (two one-thread worker processes) for every test here that needs a running
+    cluster; ``--cluster local:N``, which starts its own, is tested once through the CLI."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"NUMBA_NUM_THREADS": "1"}) as cluster:
+        yield cluster
 
 
 def _folder(root: Path, n: int, size: int = 48) -> Path:
@@ -43,23 +57,23 @@ def _same(a: list[dict], b: list[dict]) -> None:
                 assert x[k] == y[k], (x["path"], k, x[k], y[k])
 
 
-def test_local_cluster_report_equals_local_run(tmp_path, model_file):
+def test_cluster_report_equals_local_run(tmp_path, model_file, dask_cluster):
     folder = _folder(tmp_path / "in", 12)
     s_loc = screen(folder, tmp_path / "local.csv", model_path=model_file, batch_size=3)
-    s_clu = screen(folder, tmp_path / "cluster.csv", model_path=model_file, batch_size=3, cluster="local:2")
+    s_clu = screen(folder, tmp_path / "cluster.csv", model_path=model_file, batch_size=3,
+                   cluster=dask_cluster.scheduler_address)
     _same(_check_whole(tmp_path / "local.csv"), _check_whole(tmp_path / "cluster.csv"))
     assert (s_clu.files, s_clu.screened, s_clu.errors, s_clu.flagged, s_clu.labels_new) == \
            (s_loc.files, s_loc.screened, s_loc.errors, s_loc.flagged, s_loc.labels_new)
     assert s_clu.decode_seconds > 0 and s_clu.network_seconds > 0 and s_clu.exit_code == 1
 
 
-def test_worker_killed_mid_run_every_file_once(tmp_path, model_file):
+def test_worker_killed_mid_run_every_file_once(tmp_path, model_file, dask_cluster):
     folder = tmp_path / "in"
     for i in range(40):
         _png(folder / f"f{i:03d}.png", i, size=400)
     report = tmp_path / "r.csv"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with Client(dask_cluster) as client:
         killed = []
 
         def progress(done, total):
@@ -71,11 +85,12 @@ def test_worker_killed_mid_run_every_file_once(tmp_path, model_file):
 
         out = {}
         t = threading.Thread(target=lambda: out.update(s=screen(folder, report, model_path=model_file, batch_size=2,
-                                                                cluster=cluster.scheduler_address,
+                                                                cluster=dask_cluster.scheduler_address,
                                                                 progress=progress)))
         t.start()
         t.join(timeout=120)
         assert not t.is_alive()
+        client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed one: the next test has two
     s = out["s"]
     assert killed and s.exit_code == 0 and s.screened == s.files == 40
     rows = _check_whole(report)
@@ -87,7 +102,7 @@ def test_cli_cluster_json_and_rerun_skips(tmp_path, model_file):
     folder, report = _folder(tmp_path / "in", 6), tmp_path / "r.csv"
     (folder / "zero.png").unlink()
     base = ["screen", str(folder), "--out", str(report), "--model", str(model_file), "--batch-size", "2",
-            "--cluster", "local:2", "--json"]
+            "--cluster", "local:1", "--json"]
     res = runner.invoke(app, base)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -108,7 +123,7 @@ def test_unreachable_scheduler_and_bad_address(tmp_path, model_file):
 
 
 def test_import_screen_does_not_import_dask():
-    code = "import sys, xraynet.screen, xraynet.cluster; assert 'distributed' not in sys.modules " \
+    code = "import sys, xraynet.screening, xraynet.screening.cluster; assert 'distributed' not in sys.modules " \
            "and 'dask' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -124,9 +139,9 @@ def test_missing_dask_names_the_install_command(tmp_path, model_file, monkeypatc
     screen(folder, tmp_path / "r.csv", model_path=model_file)  # without --cluster dask is not needed
 
 
-def test_heatmaps_written_by_workers(tmp_path, model_file):
+def test_heatmaps_written_by_workers(tmp_path, model_file, dask_cluster):
     folder = _folder(tmp_path / "in", 4)
-    s = screen(folder, tmp_path / "r.csv", model_path=model_file, batch_size=2, cluster="local:1",
+    s = screen(folder, tmp_path / "r.csv", model_path=model_file, batch_size=2, cluster=dask_cluster.scheduler_address,
                threshold=0.0, heatmaps=tmp_path / "heat")
     rows = [r for r in _check_whole(tmp_path / "r.csv") if r["status"] == "ok"]
     assert s.flagged == 4 and all(Path(r["heatmap"]) == tmp_path / "heat" / (r["path"] + ".png") for r in rows)
@@ -140,7 +155,6 @@ def test_client_killed_9_with_a_local_cluster_then_rerun_every_file_once(tmp_pat
     import random
     import time
 
-    from test_screen import _cmd
     from xraynet.decodecache import file_sha256
 
     folder, report = tmp_path / "in", tmp_path / "r.csv"
@@ -153,7 +167,7 @@ def test_client_killed_9_with_a_local_cluster_then_rerun_every_file_once(tmp_pat
         if attempt:
             for name in rng.sample(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")), 6):
                 _png(folder / name, 500 + attempt * 10 + len(name), size=96)
-        proc = subprocess.Popen(_cmd(folder, report, model_file, *cluster), start_new_session=True)
+        proc = subprocess.Popen(screen_command(folder, report, model_file, *cluster), start_new_session=True)
         # Start-up, cluster start, hashing or appending. On an idle 2-core machine a whole run of
         # these 40 small films takes about 2 s, so later moments would often find it finished.
         time.sleep(rng.uniform(0.5, 2.0))
@@ -168,7 +182,7 @@ def test_client_killed_9_with_a_local_cluster_then_rerun_every_file_once(tmp_pat
     assert kills >= 2
     rc = None
     for _ in range(3):
-        rc = subprocess.run(_cmd(folder, report, model_file, *cluster), timeout=120).returncode
+        rc = subprocess.run(screen_command(folder, report, model_file, *cluster), timeout=120).returncode
         if rc == 0:
             break
     assert rc == 0

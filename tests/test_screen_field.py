@@ -24,16 +24,19 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from xraynet import discovery, screen as screen_mod
+from xraynet import discovery, screening as screen_mod
 from xraynet.cli.main import app
 from xraynet.data import scan_dataset
 from xraynet.decodecache import file_sha256
 from xraynet.discovery import decode_path, encode_path, find_images
-from xraynet.errors import DataError, ScreenError
-from xraynet.imaging import IMAGE_SUFFIXES
-from xraynet.screen import path_of_cell, screen
+from xraynet.errors import DataError, ReportWriteError, ScreenError
+from xraynet.discovery import IMAGE_SUFFIXES
+from xraynet.screening import path_of_cell, screen
+from xraynet.screening import run as screen_run
+from xraynet.screening.report import cell as report_cell
 
-from test_screen import _check_whole, _png, model_file  # noqa: F401  (fixture reused)
+from helpers import check_whole_report as _check_whole
+from helpers import random_png as _png
 
 runner = CliRunner()
 
@@ -215,8 +218,7 @@ def test_screening_and_training_list_the_same_files(tmp_path):
     os.symlink("..", root / "normal" / "deep" / "loop")              # a loop
     os.mkfifo(root / "normal" / "fifo.png")
     listing = _within(30, lambda: find_images(root))
-    keys = [k for k, _ in screen_mod.find_images(root)[0]]
-    assert keys == [k for k, _ in listing.files]
+    keys = [k for k, _ in listing.files]
     ds = scan_dataset(root)
     assert keys == [it.rel for it in ds.items] == [
         "covid/1.2.840.113619.2.55.3.604688119.9", "covid/B.PNG", "covid/IM0001", "covid/a.png", "covid/c.WebP",
@@ -302,14 +304,14 @@ def test_file_deleted_after_listing_gets_one_error_row_then_goes(tmp_path, model
     folder, report = tmp_path / "in", tmp_path / "r.csv"
     _png(folder / "a.png", 0)
     _png(folder / "gone.png", 1)
-    real = screen_mod._list_images
+    real = screen_run.find_images
 
     def list_then_delete(*args, **kwargs):
         out = real(*args, **kwargs)
         (folder / "gone.png").unlink()
         return out
 
-    monkeypatch.setattr(screen_mod, "_list_images", list_then_delete)
+    monkeypatch.setattr(screen_run, "find_images", list_then_delete)
     s = screen(folder, report, model_path=model_file)
     rows = _rows(report)
     assert s.exit_code == 1 and rows["gone.png"]["status"] == "error"
@@ -374,7 +376,7 @@ def test_real_byte_names_on_disk_round_trip_through_the_report(tmp_path_factory,
     files = find_images(folder).files
     assert len({k for k, _ in files}) == len(files) == len(names)
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\r\n").writerows([[screen_mod._cell(k)] for k, _ in files])
+    csv.writer(buf, lineterminator="\r\n").writerows([[report_cell(k)] for k, _ in files])
     cells = [r[0] for r in csv.reader(io.StringIO(buf.getvalue(), newline=""))]
     back = [path_of_cell(c) for c in cells]
     assert sorted(back) == sorted(names)
@@ -483,7 +485,7 @@ def test_failed_fsync_of_an_append_is_not_counted_as_written(tmp_path, model_fil
         _png(folder / f"f{i}.png", i)
     _fail(monkeypatch, "fsync", _is_append, errno.EIO, skip=1)
     s = None
-    with pytest.raises(screen_mod.ReportWriteError, match="Input/output error.*Check the disk"):
+    with pytest.raises(ReportWriteError, match="Input/output error.*Check the disk"):
         s = screen(folder, report, model_path=model_file, batch_size=1)
     assert s is None and list(_rows(report)) == ["f0.png"]
 
@@ -564,7 +566,7 @@ def test_other_write_points_say_what_failed(tmp_path, model_file, monkeypatch, p
             raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
         monkeypatch.setattr(fcntl, "flock", flock)
         want = "r.csv.lock: locking the report failed (No locks available)"
-    with pytest.raises(screen_mod.ReportWriteError) as e:
+    with pytest.raises(ReportWriteError) as e:
         screen(folder, report, model_path=model_file)
     msg = str(e.value)
     assert want in msg and "Expected a writable folder" in msg and "run the same command again" in msg, msg
@@ -586,10 +588,10 @@ def test_non_terminal_output_is_not_wrapped(tmp_path, model_file, monkeypatch):
     (line,) = res.stderr.strip().splitlines()
     assert len(line) > 300 and f"{long}: cannot be listed" in line
 
-    from xraynet.cli.main import _console
+    from xraynet.cli.common import console as make_console
 
     buf = io.StringIO()
-    console = _console(stderr=True)
+    console = make_console(stderr=True)
     console.file = buf  # not a terminal, like cron's pipe
     console.print("warning: " + "word " * 60 + "/a/very/long/path/" * 10, highlight=False)
     assert buf.getvalue().count("\n") == 1

@@ -15,16 +15,15 @@ from xraynet.imaging import Preprocessing
 from xraynet.model import Model
 from xraynet.modelfile import save_model
 
-TINY = {"name": "tiny", "input_shape": [1, 32, 32], "output": "softmax",
-        "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "valid"}, {"type": "relu"},
-                   {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 2}]}
+from helpers import SCREEN_SPEC
+
 ALLOWANCE_MB = 40
 
 
 def _peak_rss_mb(folder, report, model) -> float:
     code = textwrap.dedent(f"""
         import resource
-        from xraynet.screen import screen
+        from xraynet.screening import screen
         s = screen({str(folder)!r}, {str(report)!r}, model_path={str(model)!r}, batch_size=32, workers=2)
         assert s.screened == s.files
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -36,7 +35,7 @@ def _peak_rss_mb(folder, report, model) -> float:
 
 def test_peak_memory_is_flat_in_the_number_of_files(tmp_path):
     model = tmp_path / "tiny.h5"
-    save_model(model, Model(TINY, seed=1), classes=["covid", "normal"],
+    save_model(model, Model(SCREEN_SPEC, seed=1), classes=["covid", "normal"],
                preprocessing=Preprocessing(image_size=32).to_dict(),
                metadata={"threshold": {"class": "covid", "value": 0.5}})
     rng = np.random.default_rng(0)

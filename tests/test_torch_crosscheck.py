@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import BACKENDS, make_backend
+from helpers import BACKENDS, make_backend
 from naive import rel_err
 from xraynet.archs import builtin_spec
 from xraynet.kernels import reference as ref

@@ -29,6 +29,7 @@ screening loads. Its weights and Adam state go into the training checkpoint
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,27 +49,38 @@ def dann_scale(progress: float, peak: float) -> float:
     return peak * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
 
 
+@dataclass(frozen=True)
+class HeadOptions:
+    """Settings of the source head. ``hidden``: width of its hidden layer;
+    ``scale``: the reversal scale lambda at the start (changed between steps with
+    :meth:`SourceAdversary.set_scale`); ``lr``, ``weight_decay``: its own Adam."""
+
+    hidden: int = 64
+    scale: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
 class SourceAdversary:
     """Gradient reversal -> dense(hidden) (+ dense of the class one-hot) -> ReLU -> dense(sources).
 
     ``n_features``: F of the pooled features; ``n_classes``: C of the task;
     ``sources``: the source names (index = source label); ``bk``: the
-    backbone's backend; ``scale``: the reversal scale lambda (changed between
-    steps with :meth:`set_scale`); ``source_weights`` (S,) weights of the
-    source cross-entropy (e.g. inverse frequency), None for plain mean;
-    ``lr``, ``weight_decay``: its own Adam.
+    backbone's backend; ``head``: its width, reversal scale and Adam settings
+    (:class:`HeadOptions`); ``source_weights`` (S,) weights of the source
+    cross-entropy (e.g. inverse frequency), None for plain mean.
     """
 
-    def __init__(self, n_features: int, n_classes: int, sources: list[str], bk, *, scale: float = 1.0,
-                 hidden: int = 64, seed: int = 0, dtype=np.float32, source_weights=None,
-                 lr: float = 1e-3, weight_decay: float = 0.0):
+    def __init__(self, n_features: int, n_classes: int, sources: list[str], bk, head: HeadOptions = HeadOptions(),
+                 *, seed: int = 0, dtype=np.float32, source_weights=None):
         if len(sources) < 2:
             raise SpecError(f"source adversary: needs at least two sources. Expected >= 2 distinct source_repo "
                             f"values among the training images, got {sources}. Train without "
                             "--adversarial-source, or add films of another source.")
         self.bk, self.sources, self.n_classes = bk, list(sources), int(n_classes)
         rng = np.random.default_rng([seed, 7919])
-        self.reverse = GradientReversal(scale)
+        hidden = head.hidden
+        self.reverse = GradientReversal(head.scale)
         self.feature = Dense(hidden)
         self.klass = Dense(hidden)
         self.relu = ReLU()
@@ -80,7 +92,7 @@ class SourceAdversary:
         self.out.build((hidden,), bk, rng, dtype)
         self._eye = np.eye(self.n_classes, dtype=dtype)
         self.source_weights = None if source_weights is None else np.asarray(source_weights, np.float64)
-        self.optimizer = Adam(self.named_parameters(), bk, lr=lr, weight_decay=weight_decay)
+        self.optimizer = Adam(self.named_parameters(), bk, lr=head.lr, weight_decay=head.weight_decay)
 
     def _parts(self):
         return (("feature", self.feature), ("klass", self.klass), ("out", self.out))
@@ -132,3 +144,51 @@ class SourceAdversary:
         state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         state["step"] = int(np.asarray(state["step"]))
         self.optimizer.load_state_dict(state)
+
+
+def source_index(sources: list) -> tuple[list[str], np.ndarray]:
+    """The source names, sorted (None, an unknown source, is ``""``), and the (N,) int64
+    source label of each image of ``sources`` (one ``source_repo`` value or None each)."""
+    names = sorted({"" if s is None else str(s) for s in sources})
+    index = {n: k for k, n in enumerate(names)}
+    return names, np.array([index["" if s is None else str(s)] for s in sources], np.int64)
+
+
+def make_adversary(model, names: list[str], source_labels: np.ndarray, n_classes: int, *, seed: int, lr: float,
+                   shares=None, cells=None) -> SourceAdversary:
+    """The source adversary on ``model``'s pooled features, for training images of
+    ``source_labels`` (N,) into ``names`` (:func:`source_index`).
+
+    ``seed`` and ``lr``: the run's (the head's weights and its Adam). The source loss
+    weights each source by the inverse of its expected share of a batch, so the head
+    cannot do well by always naming the largest collection: with ``shares`` (K,) and
+    ``cells`` (N,) (batches drawn by cell, :mod:`xraynet.sampling`) a cell's share goes
+    to its source, else a source's share is its share of the images. SpecError with
+    fewer than two sources."""
+    if shares is None:
+        share = np.bincount(source_labels, minlength=len(names)) / len(source_labels)
+    else:
+        cell_source = np.zeros(len(shares), np.int64)
+        cell_source[cells] = source_labels
+        share = np.bincount(cell_source, weights=shares, minlength=len(names))
+    weights = 1.0 / (len(names) * np.maximum(share, 1e-12))
+    feature = model.layers[model.feature_layer()].out_shape[0]
+    return SourceAdversary(feature, n_classes, names, model.bk, HeadOptions(scale=0.0, lr=lr), seed=seed,
+                           dtype=model.dtype, source_weights=weights)
+
+
+def adversarial_step(model, adversary: SourceAdversary, x, labels, sources, optimizer,
+                     class_weights=None) -> tuple[float, float]:
+    """One training step of ``model`` with ``adversary`` on its pooled features.
+
+    ``x`` (N, C, H, W) inputs, ``labels`` (N,) classes, ``sources`` (N,) source labels,
+    ``optimizer`` the model's, ``class_weights`` (C,) or None. The label loss's gradient
+    and the adversary's reversed gradient meet at the pooled features and flow back
+    together through the shared layers. Returns (label loss, source loss)."""
+    tap = model.feature_layer()
+    logits, features = model.forward(x, training=True, tap=tap)
+    loss, dlogits = model.loss(logits, labels, class_weights)
+    source_loss, dfeatures = adversary.step(features, labels, sources)
+    model.backward(dlogits, tap_grad=(tap, dfeatures))
+    optimizer.step(model.named_grads())
+    return loss, float(source_loss)

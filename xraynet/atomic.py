@@ -1,15 +1,17 @@
 """Write a file so that a reader sees either the old one or the whole new one.
 
-One helper does it (:func:`durable_replace`): the content goes to a temporary
-file in the target's folder, is ``fsync``-ed, renamed over the target with
-``os.replace``, and the folder is ``fsync``-ed so that the rename itself
-survives a power cut. On any error (read-only folder, full disk, I/O error)
-the temporary file is removed and the target is untouched; the ``OSError``
-propagates for the caller to turn into its own message. :func:`atomic_open`
-(a file object) and :func:`write_atomic` (bytes) are the two ways in; the
-screening report uses the second. Model files (:mod:`xraynet.modelfile`,
-h5py needs a path) and decode caches (:mod:`xraynet.decodecache`) still have
-their own variants.
+One implementation does it (:func:`_staged`): the content goes to a
+temporary file in the target's folder, is ``fsync``-ed, renamed over the
+target with ``os.replace``, and the folder is ``fsync``-ed so that the rename
+itself survives a power cut. On any error (read-only folder, full disk, I/O
+error) the temporary file is removed and the target is untouched; the
+``OSError`` propagates for the caller to turn into its own message.
+
+Every durable write in xraynet goes through one of its doors:
+:func:`durable_replace` (a descriptor), :func:`atomic_open` (a file object:
+charts, heatmaps, JSON and CSV outputs), :func:`write_atomic` (bytes: the
+screening report, the review page) and :func:`durable_path` (a path, for
+writers that open files by name: h5py model files).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["durable_replace", "atomic_open", "write_atomic", "write_all", "fsync_dir"]
+__all__ = ["durable_replace", "durable_path", "atomic_open", "write_atomic", "write_all", "fsync_dir",
+           "special_file_kind"]
 
 # fsync of a folder is refused by some file systems (and a folder we may not read cannot be opened):
 # the rename is still atomic there, only its durability is the file system's business.
@@ -70,23 +73,19 @@ def _create_tmp(path: Path, tmp) -> tuple[int, Path]:
 
 
 @contextmanager
-def durable_replace(path, *, tmp=None, make_parents: bool = False):
-    """``with durable_replace(path) as fd: write_all(fd, data)`` -- the one durable write.
-
-    Yields the descriptor of a new temporary file in ``path``'s folder (named
-    ``tmp`` when given -- the caller then owns that name and cleans up what a
-    kill leaves; else a fresh hidden ``.<name>.<random>.tmp``). When the block
-    ends normally: ``fsync``, close, ``os.replace`` over ``path``, ``fsync`` of
-    the folder. When anything fails, the block included: the temporary file is
-    closed and removed, ``path`` is left as it was, and the error propagates.
-    ``make_parents``: create missing parent folders first."""
+def _staged(path, tmp, make_parents: bool):
+    """Yield ``(descriptor, path)`` of a new temporary file beside ``path``; on a normal exit
+    ``fsync`` it, close it, ``os.replace`` it over ``path`` and ``fsync`` the folder; on any
+    error close and remove it and re-raise. The one temp + fsync + replace + folder-fsync."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_p = _create_tmp(path, tmp)
     try:
         try:
-            yield fd
+            yield fd, tmp_p
+            # fsync acts on the file, not on this descriptor: it also flushes what a writer
+            # wrote through a descriptor of its own (durable_path).
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -98,6 +97,33 @@ def durable_replace(path, *, tmp=None, make_parents: bool = False):
             pass  # already gone, or the folder refuses: a named tmp is cleaned by its owner, a random one is hidden
         raise
     fsync_dir(path.parent)
+
+
+@contextmanager
+def durable_replace(path, *, tmp=None, make_parents: bool = False):
+    """``with durable_replace(path) as fd: write_all(fd, data)`` -- the one durable write.
+
+    Yields the descriptor of a new temporary file in ``path``'s folder (named
+    ``tmp`` when given -- the caller then owns that name and cleans up what a
+    kill leaves; else a fresh hidden ``.<name>.<random>.tmp``). When the block
+    ends normally: ``fsync``, close, ``os.replace`` over ``path``, ``fsync`` of
+    the folder. When anything fails, the block included: the temporary file is
+    closed and removed, ``path`` is left as it was, and the error propagates.
+    ``make_parents``: create missing parent folders first."""
+    with _staged(path, tmp, make_parents) as (fd, _):
+        yield fd
+
+
+@contextmanager
+def durable_path(path, *, make_parents: bool = False):
+    """``with durable_path(path) as tmp: h5py.File(tmp, "w")...`` -- for writers that need a
+    file name. Yields the path of a new, empty hidden temporary file beside ``path``; the
+    writer must write into that file in place (open it for writing, as ``h5py.File(tmp, "w")``
+    does, never delete and recreate it) and close it before the block ends. Then, as in
+    :func:`durable_replace`: ``fsync``, ``os.replace`` over ``path``, ``fsync`` of the folder;
+    on any error the temporary file is removed and ``path`` is left as it was."""
+    with _staged(path, None, make_parents) as (_, tmp_p):
+        yield tmp_p
 
 
 @contextmanager

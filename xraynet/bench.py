@@ -10,14 +10,15 @@ sizes the measured run (enough steps for ``min_time`` seconds, at least
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import __version__
 from .archs import builtin_spec
+from .errors import BenchError
 from .model import Model
 from .optim import Adam
 
@@ -25,27 +26,6 @@ from .optim import Adam
 # (multiply-add = 2; ARCHS.md), for the GFLOP/s column.
 FLOPS = {"seed": {"infer": 20_927_232, "train": 60_567_552},
          "wide": {"infer": 476_873_728, "train": 1_416_170_496}}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _device_name(bk) -> str:
-    if bk.name != "gpu":
-        return _cpu_name()
-    if not getattr(bk, "on_gpu", False):
-        return "CUDA kernels emulated on the CPU"
-    from .devices import device_info
-
-    return device_info().get("device_name", "gpu")
 
 
 def _tf32() -> bool:
@@ -76,34 +56,39 @@ def make_step(arch: str, mode: str, batch: int, device: str = "cpu", seed: int =
         def step():
             model.forward(x, training=False)
     else:
-        raise ValueError(f"mode {mode!r}: expected 'train' or 'infer'")
+        raise BenchError(f"mode {mode!r}: expected 'train' or 'infer'")
     return model, step
 
 
-def _timed(step, n, sync):
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
+@dataclass(frozen=True)
+class Timing:
+    """How long to time one configuration, as torch_reference.py does.
+
+    ``warmup`` untimed steps first (JIT and NVRTC compilation happen there); then
+    ``iters`` timed steps, or when ``iters`` is None enough steps to fill
+    ``min_time`` seconds, kept between ``min_iters`` and ``max_iters``."""
+
+    iters: int | None = None
+    warmup: int = 3
+    min_time: float = 3.0
+    min_iters: int = 5
+    max_iters: int = 5000
 
 
 def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: str = "cpu",
-              threads: int | None = None, iters: int | None = None, warmup: int = 3, min_time: float = 3.0,
-              min_iters: int = 5, max_iters: int = 5000, seed: int = 0) -> dict:
+              threads: int | None = None, timing: Timing = Timing(), seed: int = 0) -> dict:
     """Time one configuration; returns the result row (keys as torch_reference.py)."""
     model, step = make_step(arch, mode, batch, device, seed)
     bk = model.bk
     if threads is not None:
         bk.set_threads(threads)
-    timer = getattr(bk, "time_steps", None) or (lambda fn, n: _timed(fn, n, bk.synchronize))
-    warm = timer(step, max(warmup, 1))
+    warmup = max(timing.warmup, 1)
+    warm = bk.time_steps(step, warmup)
+    iters = timing.iters
     if iters is None:
         est = min(warm[-max(1, len(warm) // 2):])
-        iters = int(min(max_iters, max(min_iters, math.ceil(min_time / max(est, 1e-7)))))
-    times = timer(step, iters)
+        iters = int(min(timing.max_iters, max(timing.min_iters, math.ceil(timing.min_time / max(est, 1e-7)))))
+    times = bk.time_steps(step, iters)
     med = statistics.median(times)
     srt = sorted(times)
     per_img = FLOPS.get(arch, {}).get(mode)
@@ -114,7 +99,7 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
         "impl": "xraynet",
         "arch": arch, "mode": mode, "batch": batch, "device": bk.name, "threads": threads,
         "tf32": _tf32() if bk.name == "gpu" else None,
-        "direct_first_conv": getattr(bk, "direct_first_conv", None),
+        "direct_first_conv": bk.direct_first_conv,
         "images_per_s": batch / med,
         "ms_per_batch": med * 1e3,
         "ms_min": srt[0] * 1e3,
@@ -122,9 +107,9 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
         "ms_p90": srt[int(math.ceil(0.9 * (len(srt) - 1)))] * 1e3,
         "ms_max": srt[-1] * 1e3,
         "gflop_per_s": per_img * batch / med / 1e9 if per_img else None,
-        "iters": iters, "warmup": max(warmup, 1), "seed": seed,
+        "iters": iters, "warmup": warmup, "seed": seed,
         "xraynet_version": __version__,
-        "device_name": _device_name(bk),
+        "device_name": bk.device_name(),
     }
 
 
@@ -187,14 +172,15 @@ def profile_kernels(arch: str = "seed", mode: str = "train", batch: int = 32, de
 
     model, step = make_step(arch, mode, batch, device, seed)
     bk = model.bk
-    if not hasattr(bk, "profile_kernels"):
+    prof = bk.profile_kernels(True)  # None where the backend launches no kernels of its own
+    if prof is None:
         raise BackendError(f"kernel profile: the {bk.name} backend runs no CUDA kernels. Expected --device gpu, "
                            f"got {bk.name}. Use --profile for per-layer times on the CPU.")
-    for _ in range(3):  # compile and warm up first
-        step()
-    bk.synchronize()
-    prof = bk.profile_kernels(True)
     try:
+        for _ in range(3):  # compile and warm up first; their launches are not counted
+            step()
+        bk.synchronize()
+        prof.clear()
         for _ in range(steps):
             step()
         totals = prof.totals()

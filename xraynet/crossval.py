@@ -33,12 +33,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from .errors import (BackendError, CacheError, DataError, MissingDependencyError, ModelFileError, SpecError,
-                     XraynetError)
-from .train import Callbacks
+from .errors import (BackendError, CacheError, CrossvalError, DataError, MissingDependencyError, ModelFileError,
+                     SpecError, XraynetError)
+from .training import Callbacks
 
 SUPPORTED_BY = ("source_repo",)
 RESULT_FILE = "crossval.json"
@@ -53,7 +53,7 @@ _GLOBAL_ERRORS = (BackendError, CacheError, MissingDependencyError, ModelFileErr
 
 
 class CrossvalCallbacks(Callbacks):
-    """Training hooks (:class:`xraynet.train.Callbacks`) plus one before and one after each fold."""
+    """Training hooks (:class:`xraynet.training.Callbacks`) plus one before and one after each fold."""
 
     def on_fold_start(self, index: int, total: int, source: str, reuse: bool) -> None: ...
     def on_fold_end(self, fold: dict) -> None: ...
@@ -72,9 +72,9 @@ def recipe_from_model(path) -> dict:
     info = read_info(path)
     options = info["metadata"].get("options")
     if not isinstance(options, dict):
-        raise XraynetError(f"{path}: holds no training recipe. Expected a model written by `xraynet train` of this "
-                           "xraynet version (metadata 'options'), got a model without one. Pass --recipe with a "
-                           "model trained by this xraynet version.")
+        raise CrossvalError(f"{path}: holds no training recipe. Expected a model written by `xraynet train` of this "
+                            "xraynet version (metadata 'options'), got a model without one. Pass --recipe with a "
+                            "model trained by this xraynet version.")
     options = dict(options)
     if options.get("arch") not in BUILTIN:
         options["arch"] = info["architecture"]
@@ -92,7 +92,7 @@ def _comparable(options: dict) -> dict:
 
 
 def _train_options(recipe: dict, source: str, device: str, workers: int, cache: str):
-    from .train import TrainOptions
+    from .training import TrainOptions
 
     try:
         return TrainOptions(**{**recipe, "holdout_sources": [source], "device": device, "workers": workers,
@@ -100,9 +100,9 @@ def _train_options(recipe: dict, source: str, device: str, workers: int, cache: 
     except TypeError:
         known = {f.name for f in fields(TrainOptions)}
         unknown = sorted(set(recipe) - known)
-        raise XraynetError(f"recipe: fields {unknown} are not training options of this xraynet version. Expected "
-                           f"fields among {sorted(known)}, got {sorted(recipe)}. Pass a model trained by this "
-                           "xraynet version, or drop those fields from the recipe.") from None
+        raise CrossvalError(f"recipe: fields {unknown} are not training options of this xraynet version. Expected "
+                            f"fields among {sorted(known)}, got {sorted(recipe)}. Pass a model trained by this "
+                            "xraynet version, or drop those fields from the recipe.") from None
 
 
 def _reusable(model_path: Path, opts, n_train_images: int, spec: dict) -> bool:
@@ -110,7 +110,7 @@ def _reusable(model_path: Path, opts, n_train_images: int, spec: dict) -> bool:
     images. Architectures compare by the spec (``spec``, what the recipe builds), not by the
     name or path in ``arch``: a spec file may move, or be edited after the folds were trained."""
     from .modelfile import read_info
-    from .train import TrainOptions
+    from .training import TrainOptions
 
     if not model_path.is_file():
         return False
@@ -187,122 +187,179 @@ def _write(out_dir: Path, doc: dict) -> None:
         fh.write(text + "\n")
 
 
-def crossval(data_dir, out_dir, recipe: dict, *, by: str = "source_repo", hold_out: list[str] | None = None,
-             epochs: int | None = None, device: str = "cpu", workers: int = 2, n_boot: int = 1000, seed: int = 0,
+@dataclass
+class CrossvalOptions:
+    """How :func:`crossval` runs. ``by``: the metadata column held out (only ``source_repo``);
+    ``hold_out``: the sources to hold out, in that order (None: every source of DATA_DIR);
+    ``epochs``: overrides the recipe's; ``device``: 'auto', 'cpu' or 'gpu', for training and
+    evaluation; ``workers``: decoding threads; ``n_boot`` and ``seed``: the bootstrap of the
+    AUC intervals (training seeds come from the recipe)."""
+
+    by: str = "source_repo"
+    hold_out: list[str] | None = None
+    epochs: int | None = None
+    device: str = "cpu"
+    workers: int = 2
+    n_boot: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class _Plan:
+    """What every fold shares: the scanned dataset, its sorted sources and those to hold out;
+    the recipe as TrainOptions fields (holdout, device, cache and workers still to set per
+    fold), every option the folds share (``shared``, defaults included), the architecture
+    the recipe builds; the decode cache; the options, with the device resolved."""
+
+    data_dir: object
+    out_dir: Path
+    ds: object
+    sources: list
+    hold_out: list
+    recipe: dict
+    shared: dict
+    spec: dict
+    cache: str
+    opts: CrossvalOptions
+
+
+def crossval(data_dir, out_dir, recipe: dict, options: CrossvalOptions | None = None,
              callbacks: CrossvalCallbacks | None = None) -> dict:
-    """Run one leave-one-source-out fold per source of ``hold_out`` (default: every source of DATA_DIR);
-    returns the document also written to ``OUT_DIR/crossval.json``.
+    """Run one leave-one-source-out fold per source of ``options.hold_out`` (default: every
+    source of DATA_DIR); returns the document also written to ``OUT_DIR/crossval.json``.
 
     ``recipe``: TrainOptions fields as a dict (e.g. :func:`recipe_from_model`); ``holdout_sources``,
-    ``device``, ``cache`` and ``workers`` in it are replaced per fold. ``epochs`` overrides the recipe's.
-    ``n_boot`` and ``seed``: the bootstrap of the AUC intervals (training seeds come from the recipe).
-    ``device``: 'auto', 'cpu' or 'gpu', for training and evaluation."""
+    ``device``, ``cache`` and ``workers`` in it are replaced per fold. Raises CrossvalError
+    (unsupported ``by``, unusable recipe), DataError (fewer than two sources, unknown
+    ``hold_out`` names), and the errors every fold would hit (BackendError, CacheError,
+    MissingDependencyError, ModelFileError, SpecError); a fold that cannot train is recorded
+    as not possible instead."""
+    opts = options or CrossvalOptions()
+    cb = callbacks or CrossvalCallbacks()
+    if opts.by not in SUPPORTED_BY:
+        raise CrossvalError(f"--by {opts.by!r}: not a supported grouping. Expected one of {list(SUPPORTED_BY)}, "
+                            f"got {opts.by!r}. Pass --by source_repo (the metadata.csv column naming each image's "
+                            "collection or hospital).")
+    if not isinstance(recipe, dict):
+        raise CrossvalError(f"recipe: not a dict of training options. Expected a dict such as a model's "
+                            f"metadata['options'], got {type(recipe).__name__}. Pass a dict.")
+    recipe = {k: v for k, v in recipe.items() if k not in NOT_RECIPE + ("holdout_sources",)}
+    if opts.epochs is not None:
+        recipe["epochs"] = int(opts.epochs)
+    plan = _plan(data_dir, Path(out_dir), recipe, opts)
+    doc = _document(plan)
+    for n, source in enumerate(plan.hold_out, 1):
+        fold = _fold(plan, source, n, cb)
+        doc["folds"].append(fold)
+        doc["summary"] = _summary(doc["folds"], plan.ds.classes)
+        _write(plan.out_dir, doc)
+        cb.on_fold_end(fold)
+    doc["complete"] = True
+    _write(plan.out_dir, doc)
+    return doc
+
+
+def _plan(data_dir, out_dir: Path, recipe: dict, opts: CrossvalOptions) -> _Plan:
+    """Check the data, the device and the recipe once, before any fold. Writes the recipe's
+    own architecture beside the folds (``recipe-arch.json``) when it has one."""
     from .archs import resolve_arch, validate_spec
     from .atomic import atomic_open
-    from .backend import get_backend
+    from .backends import get_backend
     from .data import scan_dataset
     from .devices import resolve_device
-    from .evaluate import evaluate
-    from .modelfile import read_info
-    from .train import DEFAULT_IMAGE_SIZE, train
-
-    cb = callbacks or CrossvalCallbacks()
-    if by not in SUPPORTED_BY:
-        raise XraynetError(f"--by {by!r}: not a supported grouping. Expected one of {list(SUPPORTED_BY)}, got "
-                           f"{by!r}. Pass --by source_repo (the metadata.csv column naming each image's "
-                           "collection or hospital).")
-    if not isinstance(recipe, dict):
-        raise XraynetError(f"recipe: not a dict of training options. Expected a dict such as a model's "
-                           f"metadata['options'], got {type(recipe).__name__}. Pass a dict.")
-    recipe = {k: v for k, v in recipe.items() if k not in NOT_RECIPE + ("holdout_sources",)}
-    if epochs is not None:
-        recipe["epochs"] = int(epochs)
-    out_dir = Path(out_dir)
 
     ds = scan_dataset(data_dir)
-    classes = list(ds.classes)
     sources = sorted({it.source for it in ds.items if it.source})
     if len(sources) < 2:
         raise DataError(f"{data_dir}: too few sources to hold one out. Expected at least 2 distinct values in "
                         f"metadata.csv's source_repo column, got {sources}. Add a source_repo column naming each "
                         "image's collection or hospital.")
-    hold_out = sources if hold_out is None else list(dict.fromkeys(hold_out))
+    hold_out = sources if opts.hold_out is None else list(dict.fromkeys(opts.hold_out))
     unknown = [s for s in hold_out if s not in sources]
     if unknown or not hold_out:
         raise DataError(f"--hold-out {unknown or hold_out}: not sources of {data_dir}. Expected values of "
                         f"metadata.csv's source_repo column, got names that match none; the sources here are "
                         f"{sources}. Pass one of those, or leave --hold-out out to hold out each in turn.")
-
-    device = resolve_device(device)
-    get_backend(device)  # a GPU that cannot be used fails before the first fold
+    opts = replace(opts, device=resolve_device(opts.device))
+    get_backend(opts.device)  # a GPU that cannot be used fails before the first fold
     cache = str(out_dir / CACHE_FILE)
     # A recipe this version cannot build is the same error in every fold: said once, before any training.
     stored_spec = recipe.get("arch") if isinstance(recipe.get("arch"), dict) else None
     if stored_spec is not None:
         validate_spec(stored_spec, "the recipe's architecture")
         recipe["arch"] = str((out_dir / SPEC_FILE).resolve())
-    probe = _train_options(recipe, hold_out[0], device, workers, cache)
-    spec = stored_spec or resolve_arch(probe.arch, num_classes=len(classes),
-                                       image_size=probe.image_size or DEFAULT_IMAGE_SIZE.get(probe.arch, 224))
+    probe = _train_options(recipe, hold_out[0], opts.device, opts.workers, cache)
+    spec = stored_spec or resolve_arch(probe.arch, num_classes=len(ds.classes), image_size=probe.input_size())
     out_dir.mkdir(parents=True, exist_ok=True)
     if stored_spec is not None:
         with atomic_open(out_dir / SPEC_FILE, "w") as fh:
             fh.write(json.dumps(stored_spec, indent=1) + "\n")
+    # Every training option the folds share, defaults included, so the document stands on its own.
+    shared = {k: v for k, v in asdict(probe).items() if k not in NOT_RECIPE + ("holdout_sources",)}
+    return _Plan(data_dir=data_dir, out_dir=out_dir, ds=ds, sources=sources, hold_out=hold_out, recipe=recipe,
+                 shared=shared, spec=spec, cache=cache, opts=opts)
 
-    by_source = {s: _count([it for it in ds.items if it.source == s], classes) for s in sources}
-    doc = {"command": "xraynet crossval", "by": by, "complete": False, "note": NOTE,
-           "data": {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "classes": classes,
+
+def _document(plan: _Plan) -> dict:
+    """The document before the first fold (``complete`` false, no folds)."""
+    ds, classes = plan.ds, list(plan.ds.classes)
+    by_source = {s: _count([it for it in ds.items if it.source == s], classes) for s in plan.sources}
+    doc = {"command": "xraynet crossval", "by": plan.opts.by, "complete": False, "note": NOTE,
+           "data": {"root": str(Path(plan.data_dir).resolve()), "images": len(ds.items), "classes": classes,
                     "sources": by_source,
                     "images_without_source": sum(1 for it in ds.items if not it.source)},
-           # Every training option the folds share, defaults included, so the document stands on its own.
-           "recipe": {k: v for k, v in asdict(probe).items() if k not in NOT_RECIPE + ("holdout_sources",)},
-           "hold_out": hold_out,
-           "evaluation": {"n_boot": int(n_boot), "seed": int(seed), "device": device}, "folds": []}
+           "recipe": plan.shared,
+           "hold_out": plan.hold_out,
+           "evaluation": {"n_boot": int(plan.opts.n_boot), "seed": int(plan.opts.seed), "device": plan.opts.device},
+           "folds": []}
     if doc["data"]["images_without_source"]:
         doc["data"]["note"] = (f"{doc['data']['images_without_source']} images have no source_repo: they are "
                                "never held out and take part in the training of every fold.")
-
-    for n, source in enumerate(hold_out, 1):
-        t0 = time.perf_counter()
-        k = sources.index(source) + 1
-        model_path = out_dir / f"holdout-{k}-{_slug(source)}.h5"
-        held = by_source[source]
-        rest = _count([it for it in ds.items if it.source != source], classes)
-        fold = {"index": k, "source": source, "model": str(model_path), "status": "ok", "reason": None,
-                "trained": False, "images": held, "images_total": sum(held.values()), "notes": []}
-        for c in classes:
-            if held[c] and not rest[c]:
-                fold["notes"].append(f"class {c!r} was never seen in training: all {held[c]} of its images are "
-                                     f"from {source}, so its figures here measure a class the model never learnt.")
-        opts = _train_options(recipe, source, device, workers, cache)
-        rest_sources = {it.source for it in ds.items if it.source != source}
-        if opts.adversarial_source > 0 and len(rest_sources) < 2:
-            opts = replace(opts, adversarial_source=0.0)
-            fold["notes"].append(f"the recipe's source adversary needs two training sources; without {source} "
-                                 "there is one, so this fold trained without it.")
-        reuse = _reusable(model_path, opts, sum(rest.values()), spec)
-        cb.on_fold_start(n, len(hold_out), source, reuse)
-        try:
-            if not reuse:
-                train(data_dir, model_path, opts, callbacks=cb)
-                fold["trained"] = True
-            meta = read_info(model_path)["metadata"]
-            fold.update({"train_images": meta["data"]["train_images"], "val_images": meta["data"]["val_images"],
-                         "best_epoch": meta.get("best_epoch")})
-            ev = evaluate(model_path, data_dir, sources=[source], n_boot=n_boot, seed=seed, workers=workers,
-                          cache=cache, device=device)
-            fold.update(_fold_figures(ev, source, classes))
-            fold["skipped"] = ev["skipped"]
-        except _GLOBAL_ERRORS:
-            raise
-        except XraynetError as e:
-            fold.update({"status": "not_possible", "reason": str(e)})
-        fold["seconds"] = time.perf_counter() - t0
-        doc["folds"].append(fold)
-        doc["summary"] = _summary(doc["folds"], classes)
-        _write(out_dir, doc)
-        cb.on_fold_end(fold)
-
-    doc["complete"] = True
-    _write(out_dir, doc)
     return doc
+
+
+def _fold(plan: _Plan, source: str, n: int, cb: CrossvalCallbacks) -> dict:
+    """Train (or reuse) and evaluate the fold that holds out ``source``, the ``n``-th of the
+    run; returns its entry of the document's ``folds``."""
+    from .evaluate import EvaluationOptions, evaluate
+    from .modelfile import read_info
+    from .training import train
+
+    t0 = time.perf_counter()
+    ds, classes, opts = plan.ds, list(plan.ds.classes), plan.opts
+    k = plan.sources.index(source) + 1
+    model_path = plan.out_dir / f"holdout-{k}-{_slug(source)}.h5"
+    held = _count([it for it in ds.items if it.source == source], classes)
+    rest = _count([it for it in ds.items if it.source != source], classes)
+    fold = {"index": k, "source": source, "model": str(model_path), "status": "ok", "reason": None,
+            "trained": False, "images": held, "images_total": sum(held.values()), "notes": []}
+    for c in classes:
+        if held[c] and not rest[c]:
+            fold["notes"].append(f"class {c!r} was never seen in training: all {held[c]} of its images are "
+                                 f"from {source}, so its figures here measure a class the model never learnt.")
+    train_opts = _train_options(plan.recipe, source, opts.device, opts.workers, plan.cache)
+    rest_sources = {it.source for it in ds.items if it.source != source}
+    if train_opts.adversarial_source > 0 and len(rest_sources) < 2:
+        train_opts = replace(train_opts, adversarial_source=0.0)
+        fold["notes"].append(f"the recipe's source adversary needs two training sources; without {source} "
+                             "there is one, so this fold trained without it.")
+    reuse = _reusable(model_path, train_opts, sum(rest.values()), plan.spec)
+    cb.on_fold_start(n, len(plan.hold_out), source, reuse)
+    try:
+        if not reuse:
+            train(plan.data_dir, model_path, train_opts, callbacks=cb)
+            fold["trained"] = True
+        meta = read_info(model_path)["metadata"]
+        fold.update({"train_images": meta["data"]["train_images"], "val_images": meta["data"]["val_images"],
+                     "best_epoch": meta.get("best_epoch")})
+        ev = evaluate(model_path, plan.data_dir, EvaluationOptions(
+            sources=[source], n_boot=opts.n_boot, seed=opts.seed, workers=opts.workers, cache=plan.cache,
+            device=opts.device))
+        fold.update(_fold_figures(ev, source, classes))
+        fold["skipped"] = ev["skipped"]
+    except _GLOBAL_ERRORS:
+        raise
+    except XraynetError as e:
+        fold.update({"status": "not_possible", "reason": str(e)})
+    fold["seconds"] = time.perf_counter() - t0
+    return fold

@@ -9,10 +9,10 @@ A dataset is a folder with one subfolder per class::
 
 :func:`scan_dataset` lists the images (class subfolders are searched
 recursively by :func:`xraynet.discovery.find_images`, the rules screening
-uses too), :func:`split_dataset`
-splits them into train and validation sets with no patient on both sides, and
-:func:`confound_report` counts what a model could learn besides the disease:
-which source and which view each class comes from.
+uses too) and :func:`split_dataset`
+splits them into train and validation sets with no patient on both sides;
+:func:`xraynet.confounds.confound_report` counts what a model could learn
+besides the disease: which source and which view each class comes from.
 
 Which files are images (:mod:`xraynet.discovery`): regular files only --
 FIFOs, sockets and devices are never opened; hidden names (starting with
@@ -44,12 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .discovery import display_path, find_images
+from .discovery import IMAGE_SUFFIXES, display_path, find_images
 from .errors import DataError
-from .imaging import IMAGE_SUFFIXES as IMAGE_EXTENSIONS  # one list of image endings for training and screening
 
 METADATA_FILE = "metadata.csv"
-UNKNOWN = "(unknown)"   # report key for an image whose source or view is not given
 
 
 @dataclass(frozen=True)
@@ -235,7 +233,7 @@ def scan_dataset(data_dir) -> Dataset:
         if not images:
             raise DataError(
                 f"{cdir}: class folder holds no images. Expected at least one image "
-                f"({' '.join(sorted(IMAGE_EXTENSIONS))} or DICOM), got none ({others} other files). "
+                f"({' '.join(sorted(IMAGE_SUFFIXES))} or DICOM), got none ({others} other files). "
                 "Add images, or move the folder out of the data folder.")
         for p in sorted(images, key=lambda q: q.relative_to(root).as_posix()):
             rel = p.relative_to(root).as_posix()
@@ -281,20 +279,35 @@ def split_dataset(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Spli
     Then, as far as patients allow: each class keeps at least one image in
     train, and at least one in validation when two or more patients have
     images of it. Same dataset and seed, same split; the result does not
-    depend on the order of ``ds.items``.
+    depend on the order of ``ds.items``. DataError when ``val_fraction`` is not
+    strictly between 0 and 1.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not 0.0 < float(val_fraction) < 1.0:
         raise DataError(f"val_fraction: out of range. Expected a number strictly between 0 and 1, "
                         f"got {val_fraction!r}. Pass e.g. 0.2 for a 20% validation set.")
     val_fraction = float(val_fraction)
-    pids, of_item, counts = _patient_table(ds)
+    _, of_item, counts = _patient_table(ds)
+    # One generator for every random choice, drawn from in a fixed order: the greedy
+    # pass, the rebalancing passes, then the tie-break keys of the coverage fixes.
+    rng = np.random.default_rng(seed)
+    in_val = _balanced_assignment(counts, val_fraction, rng)
+    _cover_classes(counts, in_val, rng.random(len(counts)))
+    val_mask = in_val[of_item]
+    return Split(train=np.flatnonzero(~val_mask).astype(np.int64), val=np.flatnonzero(val_mask).astype(np.int64),
+                 per_image=ds.n_images_without_metadata == len(ds.items),
+                 n_train_patients=int((~in_val).sum()), n_val_patients=int(in_val.sum()),
+                 val_fraction=val_fraction, seed=int(seed))
+
+
+def _balanced_assignment(counts: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """(P,) bool: which patients go to validation, by the greedy pass and the
+    single-patient moves of :func:`split_dataset`, for image counts ``counts`` (P, C)."""
     n_pat, n_cls = counts.shape
     n_c = counts.sum(axis=0)
     target = val_fraction * n_c
     scale = 1.0 / np.maximum(n_c, 1)
     primary = counts.argmax(axis=1)     # argmax takes the first maximum: ties -> lowest label
-    rng = np.random.default_rng(seed)
 
     def cost(v):
         return float((np.abs(v - target) * scale).sum())
@@ -318,9 +331,15 @@ def split_dataset(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Spli
                 v, in_val[p], moved = new, not in_val[p], True
         if not moved:
             break
+    return in_val
 
-    # Coverage fixes. A random key breaks ties among equally small patients.
-    tiebreak = rng.random(n_pat)
+
+def _cover_classes(counts: np.ndarray, in_val: np.ndarray, tiebreak: np.ndarray) -> None:
+    """Move patients (``in_val`` (P,) bool, in place) so that each class keeps an image in
+    train, and one in validation when two or more patients have it, as far as patients
+    allow. ``tiebreak`` (P,) random keys order equally small patients."""
+    n_cls = counts.shape[1]
+    primary = counts.argmax(axis=1)
     has = counts > 0
     n_holders = has.sum(axis=0)
 
@@ -353,164 +372,3 @@ def split_dataset(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Spli
     for need in sorted(unmet(), key=lambda x: (x[0] != "val", x[1])):
         if need in unmet():
             fix(need)
-
-    val_mask = in_val[of_item]
-    return Split(train=np.flatnonzero(~val_mask).astype(np.int64), val=np.flatnonzero(val_mask).astype(np.int64),
-                 per_image=ds.n_images_without_metadata == len(ds.items),
-                 n_train_patients=int((~in_val).sum()), n_val_patients=int(in_val.sum()),
-                 val_fraction=val_fraction, seed=int(seed))
-
-
-# ------------------------------------------------------------- confound report
-def _count_by(items, classes, attr):
-    table = {c: {} for c in classes}
-    for it in items:
-        key = getattr(it, attr) or UNKNOWN
-        row = table[classes[it.label]]
-        row[key] = row.get(key, 0) + 1
-    return {c: dict(sorted(row.items())) for c, row in table.items()}
-
-
-def _single_value_warnings(ds: Dataset, attr: str, what: str) -> list[str]:
-    """Warnings where a class has one value of ``attr`` while the dataset has
-    several: the value alone then tells that class apart (or a value holds one
-    class only)."""
-    if not any(getattr(it, attr) for it in ds.items):
-        return []
-    by_class = _count_by(ds.items, ds.classes, attr)
-    values = sorted({v for row in by_class.values() for v in row if v != UNKNOWN})
-    if len(values) < 2:
-        return []
-    out = []
-    for cls, row in by_class.items():
-        if len(row) == 1 and UNKNOWN not in row:
-            (val,) = row
-            out.append(f"class {cls!r} comes from a single {what} ({val}): "
-                       f"a model can tell it apart by {what} alone")
-    for val in values:
-        holding = [cls for cls, row in by_class.items() if row.get(val)]
-        if len(holding) == 1:
-            out.append(f"{what} {val!r} holds only class {holding[0]!r}: "
-                       f"a model can recognise the {what} instead of the disease")
-    return out
-
-
-def confound_report(ds: Dataset, split: Split) -> dict:
-    """Counts of images and patients per class and split, class x source and
-    class x view counts (when the metadata has them), and warnings. Plain
-    JSON-able data::
-
-        {"classes": [...], "has_metadata": bool, "per_image_split": bool,
-         "images":   {"train": {cls: n}, "val": {...}, "all": {...}},
-         "patients": {"train": {cls: n}, "val": {...}, "all": {...}},
-         "totals":   {"images": {"train", "val", "all"}, "patients": {...}},
-         "multi_class_patients": int,   patients with images in several classes
-         "patient_overlap": int,        patients on both sides; 0 for a valid split
-         "sources": null | {"train"|"val"|"all": {cls: {source: n}}},
-         "views":   null | the same by view,
-         "warnings": [str, ...]}
-
-    A patient counts once per class they have images of, so a class's patient
-    counts can add up to more than the total. Missing sources or views are
-    counted under ``"(unknown)"``.
-    """
-    n = len(ds.items)
-    idx = {"train": np.asarray(split.train, dtype=np.int64), "val": np.asarray(split.val, dtype=np.int64)}
-    for side, a in idx.items():
-        if a.size and (a.min() < 0 or a.max() >= n):
-            raise DataError(f"split.{side}: index out of range. Expected item indices in [0, {n}), "
-                            f"got {int(a.min())}..{int(a.max())}. Split this dataset, not another one.")
-    parts = {"train": [ds.items[i] for i in idx["train"]], "val": [ds.items[i] for i in idx["val"]],
-             "all": list(ds.items)}
-    classes = ds.classes
-
-    def per_class_images(items):
-        counts = {c: 0 for c in classes}
-        for it in items:
-            counts[classes[it.label]] += 1
-        return counts
-
-    def per_class_patients(items):
-        sets = {c: set() for c in classes}
-        for it in items:
-            sets[classes[it.label]].add(it.patient_id)
-        return {c: len(s) for c, s in sets.items()}
-
-    pat_sides = {side: {it.patient_id for it in parts[side]} for side in ("train", "val", "all")}
-    overlap = len(pat_sides["train"] & pat_sides["val"])
-    labels_of: dict[str, set] = {}
-    for it in ds.items:
-        labels_of.setdefault(it.patient_id, set()).add(it.label)
-    multi = sum(1 for s in labels_of.values() if len(s) > 1)
-
-    has_sources = any(it.source for it in ds.items)
-    has_views = any(it.view for it in ds.items)
-    report = {
-        "classes": list(classes),
-        "has_metadata": ds.has_metadata,
-        "per_image_split": bool(split.per_image),
-        "images": {s: per_class_images(parts[s]) for s in parts},
-        "patients": {s: per_class_patients(parts[s]) for s in parts},
-        "totals": {"images": {s: len(parts[s]) for s in parts},
-                   "patients": {s: len(pat_sides[s]) for s in parts}},
-        "multi_class_patients": multi,
-        "patient_overlap": overlap,
-        "sources": {s: _count_by(parts[s], classes, "source") for s in parts} if has_sources else None,
-        "views": {s: _count_by(parts[s], classes, "view") for s in parts} if has_views else None,
-    }
-
-    warnings: list[str] = []
-    if overlap:
-        warnings.append(f"{overlap} patients have images in both train and validation: "
-                        "validation scores will be optimistic")
-    if not ds.has_metadata:
-        warnings.append(f"no {METADATA_FILE} with patient_id: each image counts as its own patient, so "
-                        "images of one patient may sit on both sides of the split")
-    elif ds.n_images_without_metadata:
-        warnings.append(f"{ds.n_images_without_metadata} images have no row (or no patient_id) in "
-                        f"{METADATA_FILE}: each counts as its own patient")
-    if ds.has_metadata and ds.n_metadata_without_images:
-        warnings.append(f"{ds.n_metadata_without_images} rows of {METADATA_FILE} name no image found here")
-    warnings += _single_value_warnings(ds, "source", "source")
-    warnings += _single_value_warnings(ds, "view", "view")
-    if len(parts["val"]):
-        for c in classes:
-            if report["images"]["val"][c] == 0:
-                warnings.append(f"class {c!r} has no validation images: its sensitivity cannot be "
-                                "measured on this split")
-    report["warnings"] = warnings
-    return report
-
-
-def confound_tables(report: dict) -> list:
-    """rich Tables for a report from :func:`confound_report`: images (patients)
-    per class and split, then class x source and class x view when present.
-    Cells of the source/view tables read ``all (train/val)``."""
-    from rich.table import Table   # rich is only needed when printing
-
-    classes = report["classes"]
-    t = Table(title="Images (patients) per class",
-              caption=f"patients on both sides: {report['patient_overlap']}"
-                      + ("; one patient per image (no metadata)" if report["per_image_split"] else ""))
-    t.add_column("class")
-    for side in ("train", "val", "all"):
-        t.add_column(side, justify="right")
-    for c in classes:
-        t.add_row(c, *(f"{report['images'][s][c]} ({report['patients'][s][c]})" for s in ("train", "val", "all")))
-    t.add_row("total", *(f"{report['totals']['images'][s]} ({report['totals']['patients'][s]})"
-                         for s in ("train", "val", "all")), style="bold")
-    tables = [t]
-    for key, title in (("sources", "Source per class"), ("views", "View per class")):
-        data = report.get(key)
-        if not data:
-            continue
-        values = sorted({v for row in data["all"].values() for v in row})
-        tt = Table(title=f"{title}: all (train/val)")
-        tt.add_column("class")
-        for v in values:
-            tt.add_column(v, justify="right")
-        for c in classes:
-            tt.add_row(c, *(f"{data['all'][c].get(v, 0)} ({data['train'][c].get(v, 0)}/"
-                            f"{data['val'][c].get(v, 0)})" for v in values))
-        tables.append(tt)
-    return tables

@@ -50,7 +50,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import CacheError, ShapeError
+from .errors import CacheError, ShapeError, message
 from .imaging import Preprocessing
 
 __all__ = ["DecodeCache", "CacheRecoveredWarning", "file_sha256", "FORMAT", "FORMAT_VERSION"]
@@ -110,7 +110,7 @@ class DecodeCache:
 
     # ------------------------------------------------------------ opening
     def _error(self, what: str, expected: str, got: str, todo: str) -> CacheError:
-        return CacheError(f"{self.path}: {what}. Expected {expected}, got {got}. {todo}.")
+        return CacheError(message(self.path, what, expected, got, todo))
 
     def _open(self) -> None:
         path = self.path
@@ -208,17 +208,6 @@ class DecodeCache:
         """Store ``array`` (float32 (image_size, image_size)) for this image file's bytes
         (``digest`` as in :meth:`get`)."""
         self._put(digest or file_sha256(file_path), array)
-
-    def get_or_compute(self, file_path, fn) -> np.ndarray:
-        """The cached array, or ``fn(file_path)`` stored then returned. Errors from ``fn``
-        propagate and store nothing."""
-        digest = file_sha256(file_path)
-        hit = self._get(digest)
-        if hit is not None:
-            return hit
-        array = fn(file_path)
-        self._put(digest, array)
-        return np.asarray(array, dtype=np.float32)
 
     def _get(self, digest: str) -> np.ndarray | None:
         f = self._require_open()

@@ -1,6 +1,6 @@
 """Which compute device to run on: ``auto``, ``cpu`` or ``gpu``.
 
-``gpu`` is the CuPy backend (``xraynet.gpu_backend``): it needs CuPy and a
+``gpu`` is the CuPy backend (``xraynet.backends.gpu``): it needs CuPy and a
 CUDA device. Nothing here imports CuPy unless a GPU is asked about, so
 ``import xraynet`` and every CPU run work without it.
 """

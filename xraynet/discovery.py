@@ -11,8 +11,8 @@
   opened (opening a FIFO blocks until someone writes to it) and count among
   the other files.
 * A regular file is an image when its name ends in one of
-  :data:`xraynet.imaging.IMAGE_SUFFIXES` (``.png .jpg .jpeg .jpe .jfif .jls
-  .jp2 .j2k .j2c .jpc .jpx .bmp .tif .tiff .gif .webp .dcm .dicom``, any case); any other name -- no extension
+  :data:`IMAGE_SUFFIXES` (``.png .jpg .jpeg .jpe .jfif .jls .jp2 .j2k .j2c
+  .jpc .jpx .bmp .tif .tiff .gif .webp .dcm .dicom``, any case); any other name -- no extension
   (``IM0001``), a DICOM UID (``1.2.840.113619.2.55.3.604688119.9``), ``.txt``
   -- is an image when :func:`xraynet.imaging.is_dicom_file` says its content
   is DICOM.
@@ -46,9 +46,16 @@ import re
 import stat
 from dataclasses import dataclass, field
 
-from .imaging import IMAGE_SUFFIXES, is_dicom_file
+from .imaging import is_dicom_file
 
-__all__ = ["find_images", "Listing", "Unlisted", "encode_path", "decode_path", "display_path"]
+__all__ = ["find_images", "IMAGE_SUFFIXES", "Listing", "Unlisted", "encode_path", "decode_path",
+           "display_path"]
+
+#: File name endings read as images (any case): the one list for screening, training and evaluation.
+#: Other files count only when their content is DICOM. The format itself is always told from the
+#: content, never from the name (:func:`xraynet.imaging.decode`).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jls", ".jp2", ".j2k", ".j2c", ".jpc", ".jpx",
+                            ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 
 # A symlink whose target is missing or loops: it counts by its name.
 _BROKEN_LINK = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
@@ -191,37 +198,46 @@ def find_images(folder, *, recursive: bool = True, exclude=()) -> Listing:
             if entry.name.startswith("."):
                 continue
             key = prefix + encode_path(entry.name)
-            try:
-                st = os.stat(entry.path)  # follows symlinks; no open() before we know it is a regular file
-            except OSError as e:
-                try:
-                    is_link = entry.is_symlink()
-                except OSError:
-                    is_link = False
-                if e.errno in _BROKEN_LINK and is_link:
-                    if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                        out.files.append((key, entry.path))
-                    else:
-                        out.others += 1
-                elif e.errno != errno.ENOENT:
-                    out.unlisted.append(Unlisted(key, entry.path, e))
-                continue  # (ENOENT, not a link: deleted since its folder was listed)
-            if stat.S_ISDIR(st.st_mode):
-                if not recursive:
-                    continue
-                ident = (st.st_dev, st.st_ino)
-                if ident in visited:  # a symlink loop, or a second link to one folder
-                    continue
+            ident = _examine(entry, key, out, skip)
+            # A folder reached again (a symlink loop, a second link to one folder) is not entered.
+            if ident is not None and recursive and ident not in visited:
                 visited.add(ident)
                 subdirs.append((entry.path, key + "/"))
-            elif not stat.S_ISREG(st.st_mode):
-                out.others += 1  # FIFO, socket, device: never opened
-            elif (st.st_dev, st.st_ino) in skip:
-                continue
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES or is_dicom_file(entry.path):
-                out.files.append((key, entry.path))
-            else:
-                out.others += 1
         stack.extend(reversed(subdirs))
     out.files.sort(key=lambda f: f[0])
     return out
+
+
+def _has_image_suffix(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _examine(entry: os.DirEntry, key: str, out: Listing, skip: set):
+    """Count one folder entry into ``out`` (an image, another entry, or unlisted); for a folder,
+    return its (device, inode) instead."""
+    try:
+        st = os.stat(entry.path)  # follows symlinks; no open() before we know it is a regular file
+    except OSError as e:
+        try:
+            is_link = entry.is_symlink()
+        except OSError:
+            is_link = False
+        if e.errno in _BROKEN_LINK and is_link:
+            if _has_image_suffix(entry.name):
+                out.files.append((key, entry.path))
+            else:
+                out.others += 1
+        elif e.errno != errno.ENOENT:
+            out.unlisted.append(Unlisted(key, entry.path, e))
+        return None  # (ENOENT, not a link: deleted since its folder was listed)
+    if stat.S_ISDIR(st.st_mode):
+        return st.st_dev, st.st_ino
+    if not stat.S_ISREG(st.st_mode):
+        out.others += 1  # FIFO, socket, device: never opened
+    elif (st.st_dev, st.st_ino) in skip:
+        pass
+    elif _has_image_suffix(entry.name) or is_dicom_file(entry.path):
+        out.files.append((key, entry.path))
+    else:
+        out.others += 1
+    return None

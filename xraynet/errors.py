@@ -4,12 +4,31 @@ Every message follows one pattern so that a user reading it in a cron mail
 knows what to do:
 
     <file or thing>: <what happened>. Expected <X>, got <Y>. <What to do>.
+
+:func:`message` writes that sentence from its five parts. Each class carries
+the exit status the command line ends with when it catches one
+(``exit_code``): 2 for every error (a usage error in the sense of the
+commands: an option, a file or a folder that cannot be used), 3 when another
+``xraynet screen`` run holds the report's lock, 4 when a screening output
+cannot be written. ``xraynet.cli`` catches :class:`XraynetError` in one place
+and exits with the error's ``exit_code``.
 """
 from __future__ import annotations
 
 
+def message(where, what: str, expected: str, got: str, todo: str) -> str:
+    """``"<where>: <what>. Expected <expected>, got <got>. <todo>."``: the house pattern.
+
+    ``where`` is the file or thing concerned (any object; formatted with str),
+    ``todo`` what the user should do, without its closing full stop."""
+    return f"{where}: {what}. Expected {expected}, got {got}. {todo}."
+
+
 class XraynetError(Exception):
     """Base class of every error xraynet raises on purpose."""
+
+    #: The command line's exit status for this error (2: a usage error).
+    exit_code = 2
 
 
 class SpecError(XraynetError, ValueError):
@@ -26,6 +45,12 @@ class ModelFileError(XraynetError):
 
 class BackendError(XraynetError, RuntimeError):
     """A compute backend is unknown or cannot be used on this machine."""
+
+
+class KernelError(BackendError):
+    """A CUDA kernel cannot be loaded or launched as asked: its source declares a
+    parameter the loader cannot pass, or a launch's arguments do not match the
+    declared signature (count, dtype, contiguity). See xraynet.backends.cudakernels."""
 
 
 class MissingDependencyError(XraynetError, ImportError):
@@ -46,6 +71,23 @@ class DataError(XraynetError, ValueError):
 
 class EvaluationError(XraynetError, ValueError):
     """Labels, probabilities or options handed to the metrics do not fit together."""
+
+
+class TrainingError(XraynetError):
+    """A training run cannot start or go on: its options do not fit together or the data, the output
+    folder is missing, or the loss diverged (see xraynet.training)."""
+
+
+class CheckpointError(TrainingError):
+    """``--resume`` was given a file that is not a training checkpoint, or not one of a run like this."""
+
+
+class CrossvalError(XraynetError, ValueError):
+    """A leave-one-source-out run cannot start: an unsupported grouping or an unusable recipe."""
+
+
+class BenchError(XraynetError, ValueError):
+    """``xraynet bench`` was asked for something it cannot time."""
 
 
 class ImageError(XraynetError):
@@ -95,8 +137,12 @@ class ScreenError(XraynetError, ValueError):
 class ReportLockedError(ScreenError):
     """Another ``xraynet screen`` run holds the lock of the same report (``<report>.lock``)."""
 
+    exit_code = 3
+
 
 class ReportWriteError(ScreenError):
     """A screening output cannot be written: the report, its ``.lock`` or ``.tmp`` file, or a
     heatmap PNG (read-only folder, disk full, I/O error). Rows that were durable before stay in
     the report; running the same command again once the cause is fixed screens the rest."""
+
+    exit_code = 4

@@ -10,12 +10,12 @@ the one stored in the model, chosen on validation data at training time.
 
 A pooled AUC over mixed sources flatters a model that recognises where a film
 comes from, so the document leads with ``within_source``: AUCs among films of
-one source only (:func:`xraynet.metrics.within_source_aucs`).
+one source only (:func:`xraynet.source_metrics.within_source_aucs`).
 
 ``shortcut_check=True`` (``--shortcut-check``) scores the same films three
 ways -- as they are, with the central chest region blanked, and with only
 that region kept -- and says whether the model still separates the classes
-without seeing the lungs (:func:`xraynet.metrics.shortcut_verdict`). The
+without seeing the lungs (:func:`xraynet.source_metrics.shortcut_verdict`). The
 masking is done on the preprocessed network input, where "blank" is
 :data:`BLANK_VALUE`; the region is :func:`centre_box`. The verdict rests on
 the blanked variant. With per-image normalisation the pixels each variant
@@ -25,11 +25,12 @@ film's mean and spread.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import XraynetError
+from .errors import DataError, EvaluationError
 
 
 SUBSETS = ("all", "val")
@@ -70,7 +71,7 @@ def _masked_predictions(model, x, keep, batch_size: int, box, per_image: bool) -
     only the box kept, in chunks so no full copy of ``x`` is made twice.
     ``per_image``: the model normalises each image, so the kept pixels are
     standardised again on their own (:func:`_restandardise`)."""
-    from .train import predict
+    from .inference import predict
 
     top, bottom, left, right = box
     inside = np.zeros(x.shape[1:], bool)
@@ -90,58 +91,65 @@ def _masked_predictions(model, x, keep, batch_size: int, box, per_image: bool) -
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, seed: int = 0, plots_dir=None,
-             workers: int = 2, cache: str | None = None, batch_size: int = 32, device: str = "cpu",
-             sources: list[str] | None = None, shortcut_check: bool = False) -> dict:
-    """Evaluate; returns the JSON-able metrics document of
-    :func:`xraynet.metrics.evaluate_predictions` plus ``within_source``, ``model``, ``data`` and
-    ``skipped`` (and ``shortcut_check`` when asked).
+@dataclass
+class EvaluationOptions:
+    """How :func:`evaluate` works. ``subset``: ``"all"``, or ``"val"`` for only the validation
+    patients of the model's own training split (re-derived from the seed and fraction stored in
+    the model file). ``n_boot`` and ``seed``: the bootstrap of the AUC intervals.
+    ``plots_dir``: write ``roc.png`` and ``reliability.png`` there (None: no plots).
+    ``workers``: decoding threads; ``cache``: a decode cache file, or None; ``batch_size``:
+    images per network pass; ``device``: where the network runs ('auto', 'cpu' or 'gpu'; see
+    :mod:`xraynet.devices`). ``sources``: keep only the images of these ``source_repo``
+    values (the held-out source of a leave-one-source-out run). ``shortcut_check``: add the
+    shortcut check (see the module docstring), which costs two more network passes."""
 
-    ``subset="val"`` evaluates only the validation patients of the model's own
-    training split (re-derived from the seed and fraction stored in the model
-    file), so the figures are on patients the weights never saw, when
-    DATA_DIR is the folder the model was trained on. ``device``: where the
-    network runs ('auto', 'cpu' or 'gpu'; see :mod:`xraynet.devices`). ``sources``: keep only the
-    images of these ``source_repo`` values (the held-out source of a leave-one-source-out run).
-    ``shortcut_check``: add ``shortcut_check`` (see the module docstring and
-    :mod:`xraynet.metrics`), from the same decoded films; it costs two more
-    network passes."""
-    from .data import scan_dataset, split_dataset
+    subset: str = "all"
+    n_boot: int = 1000
+    seed: int = 0
+    plots_dir: str | Path | None = None
+    workers: int = 2
+    cache: str | None = None
+    batch_size: int = 32
+    device: str = "cpu"
+    sources: list[str] | None = None
+    shortcut_check: bool = False
+
+
+def evaluate(model_path, data_dir, options: EvaluationOptions | None = None) -> dict:
+    """Evaluate the model file ``model_path`` on the labelled folder ``data_dir``; returns the
+    JSON-able metrics document of :func:`xraynet.metrics.evaluate_predictions` plus
+    ``within_source``, ``model``, ``data`` and ``skipped`` (and ``shortcut_check`` and
+    ``plots`` when asked; see :class:`EvaluationOptions`).
+
+    ``subset="val"`` gives figures on patients the weights never saw, when DATA_DIR is the
+    folder the model was trained on. Raises EvaluationError (class folders the model does
+    not know, an unknown subset, no stored split for ``"val"``), DataError (an unusable
+    folder, no readable image), ModelFileError, BackendError."""
+    from .data import scan_dataset
+    from .inference import decode_all, predict
     from .imaging import Preprocessing
-    from .metrics import evaluate_predictions, roc_curve, within_source_aucs
+    from .metrics import evaluate_predictions
+    from .source_metrics import within_source_aucs
     from .modelfile import load_model
-    from .train import decode_all, predict
 
-    loaded = load_model(model_path, device=device)
+    opts = options or EvaluationOptions()
+    loaded = load_model(model_path, device=opts.device)
     ds = scan_dataset(data_dir)
     classes = list(loaded.classes)
     unknown = sorted(set(ds.classes) - set(classes))
     if unknown:
-        raise XraynetError(f"{data_dir}: class folders {unknown} are not classes of the model. Expected folders "
-                           f"among {classes}, got {ds.classes}. Rename or remove those folders.")
+        raise EvaluationError(f"{data_dir}: class folders {unknown} are not classes of the model. Expected "
+                              f"folders among {classes}, got {ds.classes}. Rename or remove those folders.")
     remap = np.array([classes.index(c) for c in ds.classes])
-    if subset not in SUBSETS:
-        raise XraynetError(f"subset {subset!r}: unknown. Expected one of {SUBSETS}, got {subset!r}.")
-    chosen = np.arange(len(ds.items))
-    if subset == "val":
-        split_info = loaded.metadata.get("split")
-        if not split_info:
-            raise XraynetError(f"{model_path}: has no stored training split. Expected a model written by "
-                               "`xraynet train`, got one without split metadata. Evaluate with --subset all "
-                               "on data the model never saw.")
-        chosen = split_dataset(ds, val_fraction=split_info["val_fraction"], seed=split_info["seed"]).val
-    if sources is not None:
-        wanted = ds.check_sources(sources)
-        chosen = np.array([i for i in chosen if ds.items[i].source in wanted], np.int64)
+    items = [ds.items[i] for i in _chosen(model_path, loaded.metadata, ds, opts)]
     prep = Preprocessing.from_dict(loaded.preprocessing)
-    items = [ds.items[i] for i in chosen]
-    x, ok, skipped = decode_all(items, prep, cache, workers)
+    x, ok, skipped = decode_all(items, prep, opts.cache, opts.workers)
     keep = np.flatnonzero(ok)
     if len(keep) == 0:
-        raise XraynetError(f"{data_dir}: no readable images. Expected at least one, got 0 of {len(ds.items)}. "
-                           "See the skipped files for reasons.")
+        raise DataError(f"{data_dir}: no readable images. Expected at least one, got 0 of {len(ds.items)}. "
+                        "See the skipped files for reasons.")
     y = remap[np.array([items[i].label for i in keep])]
-    proba = predict(loaded.model, x[keep], batch_size)
+    proba = predict(loaded.model, x[keep], opts.batch_size)
     groups = {}
     for name, attr in (("source", "source"), ("view", "view")):
         vals = [getattr(items[i], attr) for i in keep]
@@ -149,42 +157,86 @@ def evaluate(model_path, data_dir, *, subset: str = "all", n_boot: int = 1000, s
             groups[name] = vals
     thr = loaded.metadata.get("threshold") or {}
     doc = evaluate_predictions(y, proba, classes, screening_class=thr.get("class"), threshold=thr.get("value"),
-                               groups=groups or None, n_boot=n_boot, seed=seed)
-    doc["within_source"] = within_source_aucs(y, proba, classes, groups.get("source"), screening_class=thr.get("class"),
-                                              n_boot=n_boot, seed=seed)
-    doc["model"] = {"path": str(model_path), "arch": loaded.model.spec.get("name"),
-                    "threshold": thr or None}
-    doc["data"] = {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "subset": subset,
-                   "sources": None if sources is None else sorted(sources),
-                   "evaluated": int(len(keep))}
+                               groups=groups or None, n_boot=opts.n_boot, seed=opts.seed)
+    doc["within_source"] = within_source_aucs(y, proba, classes, groups.get("source"),
+                                              screening_class=thr.get("class"), n_boot=opts.n_boot, seed=opts.seed)
+    doc["model"] = {"path": str(model_path), "arch": loaded.model.spec.get("name"), "threshold": thr or None}
+    doc["data"] = {"root": str(Path(data_dir).resolve()), "images": len(ds.items), "subset": opts.subset,
+                   "sources": None if opts.sources is None else sorted(opts.sources), "evaluated": int(len(keep))}
     doc["skipped"] = [{"file": rel, "reason": reason, "message": msg} for rel, reason, msg in skipped]
-    if shortcut_check:
-        from .metrics import SHORTCUT_VARIANTS, shortcut_verdict, variant_aucs
-
-        box = centre_box(prep.image_size)
-        probas = {"full": proba, **_masked_predictions(loaded.model, x, keep, batch_size, box,
-                                                       prep.normalize == "per_image")}
-        variants = {name: variant_aucs(y, probas[name], classes, groups.get("source"), n_boot=n_boot, seed=seed)
-                    for name in SHORTCUT_VARIANTS}
-        doc["shortcut_check"] = {
-            "region": {"centre_fraction": CENTRE_FRACTION, "margin_fraction": round((1.0 - CENTRE_FRACTION) / 2.0, 6),
-                       "image_size": int(prep.image_size), "rows": [box[0], box[1]], "columns": [box[2], box[3]],
-                       "fill": BLANK_VALUE, "normalize": prep.normalize},
-            "variants": variants,
-            "verdict": shortcut_verdict(variants, classes, thr.get("class")),
-        }
-    if plots_dir:
-        from .plots import write_reliability_png, write_roc_png
-
-        plots = Path(plots_dir)
-        plots.mkdir(parents=True, exist_ok=True)
-        curves = {}
-        for k, c in enumerate(classes):
-            pos = y == k
-            if pos.any() and (~pos).any():
-                fpr, tpr, _ = roc_curve(proba[:, k], pos)
-                curves[c] = (fpr, tpr, doc["per_class"][c]["auc"]["value"])
-        write_roc_png(plots / "roc.png", curves)
-        write_reliability_png(plots / "reliability.png", doc["reliability"], ece=doc["ece"])
-        doc["plots"] = {"roc": str(plots / "roc.png"), "reliability": str(plots / "reliability.png")}
+    if opts.shortcut_check:
+        films = _Scored(x=x, keep=keep, y=y, proba=proba, sources=groups.get("source"))
+        doc["shortcut_check"] = _shortcut_check(loaded.model, prep, films, classes, thr.get("class"), opts)
+    if opts.plots_dir:
+        doc["plots"] = _write_plots(Path(opts.plots_dir), y, proba, classes, doc)
     return doc
+
+
+def _chosen(model_path, metadata: dict, ds, opts: EvaluationOptions) -> np.ndarray:
+    """Indices into ``ds.items`` of the images ``opts.subset`` and ``opts.sources`` select."""
+    from .data import split_dataset
+
+    if opts.subset not in SUBSETS:
+        raise EvaluationError(f"subset {opts.subset!r}: unknown. Expected one of {SUBSETS}, got {opts.subset!r}.")
+    chosen = np.arange(len(ds.items))
+    if opts.subset == "val":
+        split_info = metadata.get("split")
+        if not split_info:
+            raise EvaluationError(f"{model_path}: has no stored training split. Expected a model written by "
+                                  "`xraynet train`, got one without split metadata. Evaluate with --subset all "
+                                  "on data the model never saw.")
+        chosen = split_dataset(ds, val_fraction=split_info["val_fraction"], seed=split_info["seed"]).val
+    if opts.sources is not None:
+        wanted = ds.check_sources(opts.sources)
+        chosen = np.array([i for i in chosen if ds.items[i].source in wanted], np.int64)
+    return chosen
+
+
+@dataclass
+class _Scored:
+    """The films evaluated: ``x`` (M, S, S) every decoded film, ``keep`` (N,) indices of the
+    readable ones, their labels ``y`` (N,), probabilities ``proba`` (N, C) and ``sources``
+    (one per film, or None)."""
+
+    x: np.ndarray
+    keep: np.ndarray
+    y: np.ndarray
+    proba: np.ndarray
+    sources: list | None
+
+
+def _shortcut_check(model, prep, films: _Scored, classes, screening_class, opts: EvaluationOptions) -> dict:
+    """The document's ``shortcut_check``: AUCs of the films as they are, with the central
+    chest region blanked and with only it kept, and the verdict."""
+    from .source_metrics import SHORTCUT_VARIANTS, shortcut_verdict, variant_aucs
+
+    box = centre_box(prep.image_size)
+    probas = {"full": films.proba, **_masked_predictions(model, films.x, films.keep, opts.batch_size, box,
+                                                         prep.normalize == "per_image")}
+    variants = {name: variant_aucs(films.y, probas[name], classes, films.sources, n_boot=opts.n_boot,
+                                   seed=opts.seed)
+                for name in SHORTCUT_VARIANTS}
+    return {
+        "region": {"centre_fraction": CENTRE_FRACTION, "margin_fraction": round((1.0 - CENTRE_FRACTION) / 2.0, 6),
+                   "image_size": int(prep.image_size), "rows": [box[0], box[1]], "columns": [box[2], box[3]],
+                   "fill": BLANK_VALUE, "normalize": prep.normalize},
+        "variants": variants,
+        "verdict": shortcut_verdict(variants, classes, screening_class),
+    }
+
+
+def _write_plots(plots: Path, y, proba, classes, doc: dict) -> dict:
+    """Write ``roc.png`` and ``reliability.png`` into ``plots`` (made if missing); the document's ``plots``."""
+    from .metrics import roc_curve
+    from .plots import write_reliability_png, write_roc_png
+
+    plots.mkdir(parents=True, exist_ok=True)
+    curves = {}
+    for k, c in enumerate(classes):
+        pos = y == k
+        if pos.any() and (~pos).any():
+            fpr, tpr, _ = roc_curve(proba[:, k], pos)
+            curves[c] = (fpr, tpr, doc["per_class"][c]["auc"]["value"])
+    write_roc_png(plots / "roc.png", curves)
+    write_reliability_png(plots / "reliability.png", doc["reliability"], ece=doc["ece"])
+    return {"roc": str(plots / "roc.png"), "reliability": str(plots / "reliability.png")}

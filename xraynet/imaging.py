@@ -204,13 +204,6 @@ def _image_warnings(pixels: np.ndarray) -> list[str]:
     return out
 
 
-
-#: File name endings read as images (any case); other files count only when their content is DICOM.
-#: The format itself is always told from the content, never from the name.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jls", ".jp2", ".j2k", ".j2c", ".jpc", ".jpx",
-                            ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
-
-
 def _open_regular(path: Path):
     """Open ``path`` for reading only if it is a regular file. O_NONBLOCK keeps a
     FIFO that took an image's name (even one swapped in after a folder was listed)

@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from .backend import resolve_padding
+from .backends.contract import BatchNormStats
+from .backends.geometry import output_hw, resolve_padding
 from .errors import ShapeError, SpecError
 
 
@@ -80,8 +81,9 @@ class Conv2D(Layer):
     """2-d convolution (cross-correlation, as in PyTorch) with bias.
 
     Input (N, H, W, C_in) -> output (N, OH, OW, out_channels) with
-    ``OH = (H + 2*ph - KH) // stride + 1``. ``padding``: 'valid', 'same'
-    (stride 1, odd kernel), an int or a pair. He-normal weights, zero bias.
+    ``OH = (H + 2*ph - KH) // stride + 1`` (:mod:`xraynet.backends.geometry`).
+    ``padding``: 'valid', 'same' (stride 1, odd kernel), an int or a pair.
+    He-normal weights, zero bias.
     """
 
     type = "conv2d"
@@ -102,8 +104,7 @@ class Conv2D(Layer):
         self._need_maps(in_shape)
         c, h, w = in_shape
         kh, kw = self.kernel_size
-        oh = (h + 2 * self.pad[0] - kh) // self.stride[0] + 1
-        ow = (w + 2 * self.pad[1] - kw) // self.stride[1] + 1
+        oh, ow = output_hw(h, w, self.kernel_size, self.stride, self.pad)
         if oh < 1 or ow < 1:
             raise SpecError(f"conv2d: input {h}x{w} is smaller than the kernel {kh}x{kw} with padding {self.pad}. "
                             f"Expected an output of at least 1x1, got {oh}x{ow}. Use a larger image size or fewer "
@@ -153,8 +154,7 @@ class MaxPool2D(Layer):
     def _build(self, in_shape, rng, dtype):
         self._need_maps(in_shape)
         c, h, w = in_shape
-        oh = (h - self.kernel_size[0]) // self.stride[0] + 1
-        ow = (w - self.kernel_size[1]) // self.stride[1] + 1
+        oh, ow = output_hw(h, w, self.kernel_size, self.stride)
         if oh < 1 or ow < 1:
             raise SpecError(f"maxpool2d: input {h}x{w} is smaller than the window {self.kernel_size}. "
                             f"Expected at least 1x1 output, got {oh}x{ow}. Use a larger image size.")
@@ -325,9 +325,9 @@ class BatchNorm2D(Layer):
         return in_shape
 
     def forward(self, x, training=False, keep=False):
-        y, self.ctx = self.bk.batchnorm_forward(x, self.params["weight"], self.params["bias"],
-                                                self.buffers["running_mean"], self.buffers["running_var"],
-                                                self.momentum, self.eps, training, keep)
+        stats = BatchNormStats(self.buffers["running_mean"], self.buffers["running_var"], self.momentum, self.eps)
+        y, self.ctx = self.bk.batchnorm_forward(x, self.params["weight"], self.params["bias"], stats, training,
+                                                keep)
         return y
 
     def backward(self, dy, need_dx=True):

@@ -31,43 +31,8 @@ README and the CLI rely on them)::
 
     RATE = {"value": k/n, "ci": [lo, hi] (Wilson 95%), "k": int, "n": int}
 
-``xraynet evaluate`` (:func:`xraynet.evaluate.evaluate`) adds two keys::
-
-    within_source      AUCs among films of one source only, which a model that
-                       recognises the source cannot inflate
-                       (:func:`within_source_aucs`):
-                       {"available": bool, "reason": null | str (why not),
-                        "screening_class": str | null,
-                        "sources": {source: {"n", "class_counts": {cls: int},
-                            "per_class": {cls: WAUC (class vs the rest)},
-                            "pairwise": null | {other_cls: WAUC (screening
-                                class vs other_cls alone, on their films)}}},
-                        "combined": {cls: {"auc": {"value", "ci"},
-                            "n_pairs": int, "sources": [str],
-                            "reason": null | str}}}
-                       "available" is false (sources {}) without source
-                       metadata. "combined" is the AUC over same-source
-                       (positive, negative) pairs of every known source.
-    shortcut_check     only with --shortcut-check (see :mod:`xraynet.evaluate`):
-                       {"region": {"centre_fraction", "margin_fraction",
-                                   "image_size", "rows": [top, bottom],
-                                   "columns": [left, right], "fill",
-                                   "normalize"},
-                        "variants": {"full", "centre_blanked",
-                                     "centre_only": VARIANT},
-                        "verdict": VERDICT}
-
-    WAUC    = {"auc": {"value", "ci"}, "n_pos": int, "n_neg": int,
-               "reason": null | str}; value and ci null, with the reason,
-               when the source lacks films of either side ("no covid films
-               in this source") or is unknown (the "(unknown)" group may mix
-               sources)
-    VARIANT = {"per_class": {cls: {"auc": {"value", "ci"}}}, "macro_auc",
-               "within_source": null | {cls: a "combined" entry}}
-    VERDICT = {"classes": [checked classes], "uses_shortcuts": bool | null,
-               "text": str, "per_class": {cls: {"uses_shortcuts",
-               "auc_full", "auc_centre_blanked", "auc_centre_only",
-               "margin_kept", "text"}}}   (:func:`shortcut_verdict`)
+``xraynet evaluate`` adds two keys, ``within_source`` and ``shortcut_check``,
+from the source-aware metrics of :mod:`xraynet.source_metrics`.
 
 Undefined numbers -- a sensitivity with no positives, an AUC with one class
 absent, a group without some class, an empty calibration bin -- are ``None``,
@@ -78,6 +43,9 @@ AUCs are exact Mann-Whitney statistics (average ranks for ties, so a tied
 positive-negative pair counts one half). Their 95% intervals are stratified
 percentile bootstraps: positives and negatives are resampled separately, so
 every resample has both, and ``seed`` makes the interval reproducible.
+
+One module of about 400 lines: everything here builds the one document above
+(its layout is a quarter of them); the source-aware metrics live apart.
 """
 from __future__ import annotations
 
@@ -92,7 +60,7 @@ UNKNOWN = "(unknown)"   # group value written for None
 
 
 # --------------------------------------------------------------- small pieces
-def _num(x) -> float | None:
+def finite_or_none(x) -> float | None:
     """A float for JSON, None for NaN/inf."""
     if x is None:
         return None
@@ -139,7 +107,7 @@ def proportion(k: int, n: int) -> dict:
     interval; value and interval are None when n = 0."""
     k, n = int(k), int(n)
     lo, hi = wilson_interval(k, n)
-    return {"value": k / n if n else None, "ci": [_num(lo), _num(hi)], "k": k, "n": n}
+    return {"value": k / n if n else None, "ci": [finite_or_none(lo), finite_or_none(hi)], "k": k, "n": n}
 
 
 # ---------------------------------------------------------------------- AUC
@@ -210,13 +178,13 @@ def bootstrap_auc_ci(scores, positives, *, n_boot: int = 1000, seed: int = 0,
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0 or n_boot < 1:
         return (math.nan, math.nan)
-    aucs = _bootstrap_aucs(s, pos, n_boot, np.random.default_rng(seed))
+    aucs = bootstrap_aucs(s, pos, n_boot, np.random.default_rng(seed))
     alpha = (1.0 - level) / 2.0
     lo, hi = np.percentile(aucs, [100 * alpha, 100 * (1 - alpha)])
     return (float(lo), float(hi))
 
 
-def _bootstrap_aucs(s: np.ndarray, pos: np.ndarray, n_boot: int, rng) -> np.ndarray:
+def bootstrap_aucs(s: np.ndarray, pos: np.ndarray, n_boot: int, rng) -> np.ndarray:
     """(n_boot,) AUCs of stratified resamples of float64 ``s`` / bool ``pos``
     (both groups non-empty), drawn from ``rng``; see :func:`bootstrap_auc_ci`."""
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
@@ -264,12 +232,16 @@ def calibration(y_true, proba, n_bins: int = 10) -> tuple[float, list[dict]]:
         if n[i]:
             ece += n[i] / max(y.size, 1) * abs(a - c)
         bins.append({"lo": i / n_bins, "hi": (i + 1) / n_bins, "n": int(n[i]),
-                     "confidence": _num(c), "accuracy": _num(a)})
+                     "confidence": finite_or_none(c), "accuracy": finite_or_none(a)})
     return (float(ece) if y.size else math.nan), bins
 
 
 # ------------------------------------------------------------------ screening
-def choose_threshold(scores, positives, target_sensitivity: float = 0.95) -> float:
+# The sensitivity a threshold chosen on validation films aims for, when no threshold is given.
+TARGET_SENSITIVITY = 0.95
+
+
+def choose_threshold(scores, positives, target_sensitivity: float = TARGET_SENSITIVITY) -> float:
     """The highest t such that flagging ``score >= t`` catches at least
     ``target_sensitivity`` of the positives in these (validation) scores.
 
@@ -308,7 +280,9 @@ def binary_metrics_at(scores, positives, threshold: float) -> dict:
 
 
 # ----------------------------------------------------------------- evaluation
-def _check_inputs(y_true, proba, classes):
+def check_predictions(y_true, proba, classes):
+    """Checked inputs of the metrics: ``(y int64 (N,), p float64 (N, C) clipped to [0, 1], class
+    names as str)``. EvaluationError, saying what to pass, for any other shape, label or value."""
     classes = [str(c) for c in classes]
     y = np.asarray(y_true)
     p = np.asarray(proba, dtype=np.float64)
@@ -352,7 +326,7 @@ def _core(y, p, classes, n_boot, seed, screening) -> dict:
         per_class[name] = {"support": tp + fn,
                            "sensitivity": proportion(tp, tp + fn), "specificity": proportion(tn, tn + fp),
                            "ppv": proportion(tp, tp + fp), "npv": proportion(tn, tn + fn),
-                           "auc": {"value": _num(auc), "ci": [_num(lo), _num(hi)]}}
+                           "auc": {"value": finite_or_none(auc), "ci": [finite_or_none(lo), finite_or_none(hi)]}}
         if tp + fn:
             sens.append(tp / (tp + fn))
         if math.isfinite(auc):
@@ -371,53 +345,63 @@ def _core(y, p, classes, n_boot, seed, screening) -> dict:
 
 def evaluate_predictions(y_true, proba, classes, *, screening_class: str | None = None,
                          threshold: float | None = None, groups: dict[str, list] | None = None,
-                         n_boot: int = 1000, seed: int = 0, target_sensitivity: float = 0.95) -> dict:
+                         n_boot: int = 1000, seed: int = 0) -> dict:
     """All metrics of ``proba`` against ``y_true`` as one JSON-able dict (keys
     in the module docstring).
 
     ``screening_class`` names the class to screen for: its probability is the
     score, flagged when ``>= threshold``. Without ``threshold`` one is chosen
-    on these data with :func:`choose_threshold` for ``target_sensitivity``
+    on these data with :func:`choose_threshold` for :data:`TARGET_SENSITIVITY`
     (``threshold_chosen_here`` says so; its sensitivity here is then
     optimistic). ``groups`` maps a name to one value per sample (e.g.
     ``{"source": [...], "view": [...]}``); each group value gets the metrics of
     its samples, screened at the same threshold. None values are grouped as
     ``"(unknown)"``; values become strings (JSON keys).
     """
-    y, p, classes = _check_inputs(y_true, proba, classes)
+    y, p, classes = check_predictions(y_true, proba, classes)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise EvaluationError(f"n_boot: invalid. Expected a whole number >= 0, got {n_boot!r}. Pass e.g. 1000.")
-    screening = None
-    screen_doc = None
-    if screening_class is None:
-        if threshold is not None:
-            raise EvaluationError(f"threshold: given without a screening class. Expected screening_class to "
-                                  f"be one of {classes}, got None. Name the class the threshold screens for.")
-    else:
-        if screening_class not in classes:
-            raise EvaluationError(f"screening_class: unknown class. Expected one of {classes}, got "
-                                  f"{screening_class!r}. Use a class name of the model.")
-        c = classes.index(screening_class)
-        chosen = threshold is None
-        if chosen:
-            threshold = choose_threshold(p[:, c], y == c, target_sensitivity)
-        elif _num(threshold) is None:
-            raise EvaluationError(f"threshold: not a finite number. Expected a probability, got {threshold!r}. "
-                                  "Pass the threshold stored with the model.")
-        screening = (c, float(threshold))
-        screen_doc = {"class": screening_class, "threshold": float(threshold), "threshold_chosen_here": chosen,
-                      "target_sensitivity": float(target_sensitivity) if chosen else None}
-
+    screening, screen_doc = _screening_rule(y, p, classes, screening_class, threshold, TARGET_SENSITIVITY)
     doc = {"n": int(y.size), "classes": classes}
     core = _core(y, p, classes, n_boot, seed, screening)
     doc.update({k: core[k] for k in ("accuracy", "balanced_accuracy", "per_class", "macro_auc",
                                      "confusion_matrix")})
     ece, bins = calibration(y, p)
-    doc["ece"] = _num(ece)
+    doc["ece"] = finite_or_none(ece)
     doc["reliability"] = bins
     doc["screening"] = None if screening is None else {**screen_doc, **core["screening"],
-                                                       "threshold": float(threshold)}
+                                                       "threshold": screening[1]}
+    doc["by_group"] = _by_group(groups, y, p, classes, n_boot, seed, screening)
+    doc["bootstrap"] = {"n_boot": int(n_boot), "seed": int(seed), "level": 0.95}
+    return doc
 
+
+def _screening_rule(y, p, classes, screening_class, threshold, TARGET_SENSITIVITY):
+    """``((class index, threshold), the document's screening keys)`` of
+    :func:`evaluate_predictions`; ``(None, None)`` without a screening class.
+    The threshold is chosen here on ``p`` when none is given."""
+    if screening_class is None:
+        if threshold is not None:
+            raise EvaluationError(f"threshold: given without a screening class. Expected screening_class to "
+                                  f"be one of {classes}, got None. Name the class the threshold screens for.")
+        return None, None
+    if screening_class not in classes:
+        raise EvaluationError(f"screening_class: unknown class. Expected one of {classes}, got "
+                              f"{screening_class!r}. Use a class name of the model.")
+    c = classes.index(screening_class)
+    chosen = threshold is None
+    if chosen:
+        threshold = choose_threshold(p[:, c], y == c, target_sensitivity)
+    elif finite_or_none(threshold) is None:
+        raise EvaluationError(f"threshold: not a finite number. Expected a probability, got {threshold!r}. "
+                              "Pass the threshold stored with the model.")
+    screen_doc = {"class": screening_class, "threshold": float(threshold), "threshold_chosen_here": chosen,
+                  "target_sensitivity": float(target_sensitivity) if chosen else None}
+    return (c, float(threshold)), screen_doc
+
+
+def _by_group(groups, y, p, classes, n_boot, seed, screening) -> dict:
+    """``by_group`` of :func:`evaluate_predictions`: the metrics of each group value's samples."""
     by_group: dict = {}
     for gname, values in (groups or {}).items():
         values = list(values)
@@ -429,216 +413,4 @@ def evaluate_predictions(y_true, proba, classes, *, screening_class: str | None 
         for key in sorted(set(keys.tolist())):
             mask = keys == key
             by_group[str(gname)][key] = _core(y[mask], p[mask], classes, n_boot, seed, screening)
-    doc["by_group"] = by_group
-    doc["bootstrap"] = {"n_boot": int(n_boot), "seed": int(seed), "level": 0.95}
-    return doc
-
-
-# -------------------------------------------------------------- within source
-NO_SOURCE_REASON = ("no source metadata: no film has a source_repo value in metadata.csv, so films cannot be "
-                    "compared within their source; pooled AUCs may be inflated by a model that recognises "
-                    "the source")
-
-
-def _auc_entry(scores, pos, n_boot, seed, reason=None) -> dict:
-    """``{"auc": {"value", "ci"}, "n_pos", "n_neg", "reason"}``; value and CI
-    None with the ``reason`` when one is given."""
-    n_pos = int(pos.sum())
-    n_neg = int(pos.size - n_pos)
-    if reason is not None:
-        return {"auc": {"value": None, "ci": [None, None]}, "n_pos": n_pos, "n_neg": n_neg, "reason": reason}
-    lo, hi = bootstrap_auc_ci(scores, pos, n_boot=n_boot, seed=seed)
-    return {"auc": {"value": _num(roc_auc(scores, pos)), "ci": [_num(lo), _num(hi)]},
-            "n_pos": n_pos, "n_neg": n_neg, "reason": None}
-
-
-def _missing_reason(source: str, n_pos: int, n_neg: int, pos_name: str, neg_name: str) -> str | None:
-    if source == UNKNOWN:
-        return "source unknown: these films may come from several sources"
-    if n_pos == 0:
-        return f"no {pos_name} films in this source"
-    if n_neg == 0:
-        return f"no {neg_name} films in this source"
-    return None
-
-
-def within_source_aucs(y_true, proba, classes, sources, *, screening_class: str | None = None,
-                       n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUCs computed only among films of one source: the figures a model that
-    recognises the source (and not the disease) cannot inflate.
-
-    ``sources``: one source name per sample (None = unknown), or None when
-    there is no source metadata. Returns the ``within_source`` document (keys
-    in the module docstring). Per source and class, the one-vs-rest AUC of
-    ``proba[:, c]`` with its stratified bootstrap interval (``n_boot``,
-    ``seed`` as for the pooled AUCs), defined when the source has a film of
-    c and a film of another class. ``combined`` pools the same-source pairs
-    of every source: the Mann-Whitney AUC over pairs (positive, negative)
-    from one source, i.e. the per-source AUCs weighted by n_pos * n_neg; its
-    interval resamples positives and negatives within each source (source k
-    drawn from ``default_rng([seed, k])``). Films of unknown source are
-    listed but left out of ``combined``: they may mix sources.
-    """
-    y, p, classes = _check_inputs(y_true, proba, classes)
-    if screening_class is not None and screening_class not in classes:
-        raise EvaluationError(f"screening_class: unknown class. Expected one of {classes}, got "
-                              f"{screening_class!r}. Use a class name of the model.")
-    doc = {"available": False, "reason": NO_SOURCE_REASON, "screening_class": screening_class,
-           "sources": {}, "combined": {}}
-    if sources is None:
-        return doc
-    values = list(sources)
-    if len(values) != y.size:
-        raise EvaluationError(f"sources: wrong length. Expected one source per sample ({y.size}), got "
-                              f"{len(values)}. Pass the source of every prediction, in order.")
-    keys = np.array([UNKNOWN if v is None else str(v) for v in values], dtype=object)
-    if (keys == UNKNOWN).all():
-        return doc
-    doc["available"], doc["reason"] = True, None
-    names = sorted(set(keys.tolist()))
-    for name in names:
-        m = keys == name
-        ys, ps = y[m], p[m]
-        per_class = {}
-        for c, cls in enumerate(classes):
-            pos = ys == c
-            why = _missing_reason(name, int(pos.sum()), int((~pos).sum()), cls, "other-class")
-            per_class[cls] = _auc_entry(ps[:, c], pos, n_boot, seed, why)
-        pairwise = None
-        if screening_class is not None:
-            # The screening class against each other class alone: in a source with three classes a
-            # one-vs-rest AUC can hide that, say, covid is told from normal but not from pneumonia.
-            k = classes.index(screening_class)
-            pairwise = {}
-            for c, cls in enumerate(classes):
-                if c == k:
-                    continue
-                two = (ys == k) | (ys == c)
-                pos = ys[two] == k
-                why = _missing_reason(name, int(pos.sum()), int((~pos).sum()), screening_class, cls)
-                pairwise[cls] = _auc_entry(ps[two, k], pos, n_boot, seed, why)
-        doc["sources"][name] = {"n": int(m.sum()),
-                                "class_counts": {cls: int((ys == c).sum()) for c, cls in enumerate(classes)},
-                                "per_class": per_class, "pairwise": pairwise}
-    doc["combined"] = _combined_within(y, p, classes, keys, names, n_boot, seed)
-    return doc
-
-
-def _combined_within(y, p, classes, keys, names, n_boot, seed) -> dict:
-    """Per class, the AUC over same-source pairs of every known source (see
-    :func:`within_source_aucs`)."""
-    out = {}
-    for c, cls in enumerate(classes):
-        used, u_sum, w_sum, boots = [], 0.0, 0, None
-        for k, name in enumerate(names):
-            m = keys == name
-            pos = y[m] == c
-            n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-            if name == UNKNOWN or n_pos == 0 or n_neg == 0:
-                continue
-            s = p[m, c].astype(np.float64)
-            w = n_pos * n_neg
-            used.append(name)
-            u_sum += roc_auc(s, pos) * w
-            w_sum += w
-            if n_boot >= 1:
-                b = _bootstrap_aucs(s, pos, n_boot, np.random.default_rng([seed, k])) * w
-                boots = b if boots is None else boots + b
-        if not used:
-            out[cls] = {"auc": {"value": None, "ci": [None, None]}, "n_pairs": 0, "sources": [],
-                        "reason": f"no source has both {cls} films and films of another class"}
-            continue
-        lo = hi = None
-        if boots is not None:
-            lo, hi = (float(v) for v in np.percentile(boots / w_sum, [2.5, 97.5]))
-        out[cls] = {"auc": {"value": _num(u_sum / w_sum), "ci": [_num(lo), _num(hi)]}, "n_pairs": int(w_sum),
-                    "sources": used, "reason": None}
-    return out
-
-
-# ------------------------------------------------------------ shortcut check
-SHORTCUT_VARIANTS = ("full", "centre_blanked", "centre_only")
-
-
-def variant_aucs(y_true, proba, classes, sources, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """One variant of the shortcut check: ``{"per_class": {cls: {"auc"}},
-    "macro_auc", "within_source": {cls: combined entry} | None}`` (pooled
-    one-vs-rest AUCs, and the same-source AUCs of :func:`within_source_aucs`)."""
-    y, p, classes = _check_inputs(y_true, proba, classes)
-    per_class, aucs = {}, []
-    for c, cls in enumerate(classes):
-        e = _auc_entry(p[:, c], y == c, n_boot, seed)
-        per_class[cls] = {"auc": e["auc"]}
-        if e["auc"]["value"] is not None:
-            aucs.append(e["auc"]["value"])
-    within = within_source_aucs(y, p, classes, sources, n_boot=n_boot, seed=seed)
-    return {"per_class": per_class, "macro_auc": float(np.mean(aucs)) if aucs else None,
-            "within_source": within["combined"] if within["available"] else None}
-
-
-def _fmt_auc(a: dict) -> str:
-    lo, hi = a["ci"]
-    return f"AUC {a['value']:.3f}" + (f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else "")
-
-
-def shortcut_verdict(variants: dict, classes, screening_class: str | None = None) -> dict:
-    """The verdict of the shortcut check from :func:`variant_aucs` of the
-    three ``SHORTCUT_VARIANTS``, for ``screening_class`` (every class when
-    None).
-
-    A class uses shortcuts when, with the central chest region blanked, its
-    pooled AUC's 95% interval excludes 0.5: the model still separates it
-    without seeing the lungs (below chance too: the outside still moves the
-    score with the class). Undecided when the full-film interval holds 0.5
-    (a model at chance shows nothing by blanking). ``margin_kept`` = (AUC_blanked - 0.5) /
-    (AUC_full - 0.5), the share of the above-chance margin that survives the
-    blanking (None when AUC_full <= 0.5). ``uses_shortcuts`` is None when it
-    cannot be decided (no interval: n_boot = 0, or the class absent), and the
-    overall flag is True when any checked class uses shortcuts, False when
-    none does and all were decided, else None.
-    """
-    checked = [screening_class] if screening_class is not None else list(classes)
-    per_class, texts = {}, []
-    for cls in checked:
-        full = variants["full"]["per_class"][cls]["auc"]
-        blank = variants["centre_blanked"]["per_class"][cls]["auc"]
-        only = variants["centre_only"]["per_class"][cls]["auc"]
-        margin = None
-        if full["value"] is not None and blank["value"] is not None and full["value"] > 0.5:
-            margin = (blank["value"] - 0.5) / (full["value"] - 0.5)
-        lo, hi = blank["ci"]
-        f_lo = full["ci"][0] if full["value"] is not None else None
-        f_hi = full["ci"][1] if full["value"] is not None else None
-        if full["value"] is not None and f_lo is not None and f_lo <= 0.5 <= f_hi:
-            uses = None
-            text = (f"{cls}: undecided: on full films the model does not separate {cls} from the rest "
-                    f"({_fmt_auc(full)}), so blanking the lungs cannot show what it relies on.")
-        elif blank["value"] is None:
-            uses = None
-            text = f"{cls}: undecided: the AUC is not defined (these films need {cls} films and others)."
-        elif lo is None:
-            uses = None
-            text = (f"{cls}: undecided: with the central chest region blanked the pooled {_fmt_auc(blank)} has no "
-                    "confidence interval (n_boot = 0); rerun with bootstrap resamples.")
-        elif lo > 0.5 or (hi is not None and hi < 0.5):
-            # Below chance with the lungs hidden is still a signal from outside them, inverted.
-            uses = True
-            kept = "" if margin is None else f" and keeps {margin:.0%} of its above-chance margin"
-            text = (f"{cls}: the model is using shortcuts. With the central chest region blanked (most of "
-                    f"the lungs hidden) it still separates {cls} from the rest: pooled {_fmt_auc(blank)}, above chance,"
-                    f"{kept} (full films: {_fmt_auc(full)}). It relies on cues outside the central region: "
-                    "borders, burned-in text, markers, devices, the source of the film, or the outer lung fields, "
-                    "which the box leaves out on most films; look at the films and the within-source figures.")
-        else:
-            uses = False
-            text = (f"{cls}: with the lungs blanked the model falls to chance: pooled {_fmt_auc(blank)} with the "
-                    f"central chest region blanked (full films: {_fmt_auc(full)}); no sign of shortcuts outside "
-                    "the central region.")
-        if only["value"] is not None:
-            text += f" With only the central region kept: {_fmt_auc(only)}."
-        per_class[cls] = {"uses_shortcuts": uses, "auc_full": full, "auc_centre_blanked": blank,
-                          "auc_centre_only": only, "margin_kept": _num(margin), "text": text}
-        texts.append(text)
-    flags = [v["uses_shortcuts"] for v in per_class.values()]
-    overall = True if True in flags else (False if all(f is False for f in flags) else None)
-    return {"classes": checked, "uses_shortcuts": overall, "per_class": per_class, "text": " ".join(texts)}
+    return by_group

@@ -6,7 +6,7 @@ are named ``layers.<i>.<name>`` with ``i`` the layer's index in the spec, in
 the same order as PyTorch's ``nn.Sequential(...).parameters()``.
 
 Execution plan: a ``conv2d`` followed by ``relu`` (and then ``maxpool2d``) runs
-as one fused stage (see ``CPUBackend.conv2d_relu_pool_forward``), which reads
+as one fused stage (the backend op ``conv2d_relu_pool_forward``), which reads
 the large pre-activation map once instead of three times; results and
 gradients are those of the unfused chain (``fuse=False`` runs layer by layer,
 and the tests compare the two).
@@ -18,7 +18,7 @@ import copy
 import numpy as np
 
 from .archs import validate_spec
-from .backend import get_backend
+from .backends import get_backend
 from .errors import ShapeError, SpecError
 from .layers import Conv2D, Layer, MaxPool2D, ReLU, layer_from_config
 
@@ -231,19 +231,14 @@ class Model:
             h = stage.forward(h, False, keep=i > target)
             if i == target:
                 acts = h
-        xp = self.bk.xp
-        d = xp.zeros(h.shape, h.dtype)
+        d = self.bk.zeros(h.shape, h.dtype)
         if self.output == "sigmoid":
             d[:, 0] = 1.0 if class_index == 1 else -1.0
         else:
             d[:, class_index] = 1.0
         for i in range(len(self._stages) - 1, target, -1):
             d = self._stages[i][1].backward(d, True)
-        weights = d.mean(axis=(1, 2))                                    # (N, C)
-        cam = xp.maximum((acts * weights[:, None, None, :]).sum(axis=3), 0)  # (N, H', W')
-        peak = cam.max(axis=(1, 2), keepdims=True)
-        cam = xp.where(peak > 0, cam / xp.where(peak > 0, peak, 1), 0)
-        return self.bk.to_numpy(cam)
+        return self.bk.to_numpy(self.bk.gradcam_maps(acts, d))
 
     def loss(self, logits, labels, class_weights=None, to_host=True):
         """(loss, dlogits) for integer class labels (N,). The loss is a float;

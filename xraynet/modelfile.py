@@ -85,8 +85,6 @@ import hashlib
 import json
 import math
 import mmap
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +93,7 @@ import numpy as np
 
 from . import __version__
 from .archs import validate_spec
-from .errors import ModelFileError, ShapeError, SpecError, XraynetError
+from .errors import ModelFileError, ShapeError, SpecError, XraynetError, message
 from .optim import OPTIMIZERS, make_optimizer
 
 FORMAT = "xraynet-model"
@@ -131,7 +129,7 @@ class LoadedModel:
 
 
 def _error(where, what: str, expected: str, got: str, todo: str) -> ModelFileError:
-    return ModelFileError(f"{where}: {what}. Expected {expected}, got {got}. {todo}.")
+    return ModelFileError(message(where, what, expected, got, todo))
 
 
 # ------------------------------------------------------------------ checksum
@@ -175,6 +173,21 @@ def _to_json(path, what: str, value, kind: type) -> str:
                      "something else", f"Convert {what} to plain Python values") from None
 
 
+@dataclass
+class _Contents:
+    """What :func:`save_model` writes, checked and converted before any file is opened:
+    root ``attrs``, the model's ``state`` (name -> array) and the ``kinds`` of its entries
+    ("parameter" / "buffer"), the ``optimizer`` record (name, hyperparameters JSON,
+    ``state_dict()``) or None, the history JSON text and the ``aux`` arrays."""
+
+    attrs: dict
+    state: dict
+    kinds: dict
+    optimizer: tuple | None
+    history_json: str
+    aux: dict | None
+
+
 def save_model(path, model, *, classes: list[str], preprocessing: dict, optimizer=None,
                history: list[dict] | None = None, metadata: dict | None = None,
                aux: dict | None = None) -> None:
@@ -183,9 +196,12 @@ def save_model(path, model, *, classes: list[str], preprocessing: dict, optimize
     ``optimizer`` (its state, for resuming training), ``history`` (one dict per
     epoch), ``metadata`` (any JSON-able dict) and ``aux`` (NumPy arrays by
     name, e.g. a training-only head's weights; ``/`` in a name makes
-    subgroups) are optional. The file is
-    written to a temporary name in the same directory and moved onto ``path``
-    only once complete, so ``path`` is never left half-written.
+    subgroups) are optional. The file is written to a temporary name in the
+    same directory, synced and moved onto ``path`` only once complete
+    (:func:`xraynet.atomic.durable_path`), so ``path`` is never left
+    half-written. Raises :class:`~xraynet.errors.ModelFileError` for inputs
+    that do not fit the model, a missing directory, or a file that cannot be
+    written (the ``OSError`` chained).
     """
     path = Path(path)
     classes = list(classes)
@@ -197,7 +213,32 @@ def save_model(path, model, *, classes: list[str], preprocessing: dict, optimize
     if not all(isinstance(h, dict) for h in history):
         raise _error(path, "cannot save history", "a list of dicts, one per epoch",
                      repr([type(h).__name__ for h in history]), "Pass history as a list of dicts")
-    attrs = {
+    attrs = _root_attrs(path, model, classes, preprocessing, metadata)
+    history_json = _to_json(path, "history", history, list)
+    state = model.state_dict()
+    attrs["weights_sha256"] = weights_digest(state)
+    kinds = {n: "parameter" for n, _ in model.named_parameters()}
+    kinds.update({n: "buffer" for n, _ in model.named_buffers()})
+    contents = _Contents(attrs, state, kinds, _optimizer_record(path, model, optimizer), history_json, aux)
+
+    if path.is_dir():
+        raise _error(path, "cannot save the model there", "a file path", "a directory", "Give a file name")
+    if not path.parent.is_dir():
+        raise _error(path, "cannot save the model: the directory does not exist", "an existing directory",
+                     f"missing {path.parent}", "Create the directory first")
+    from .atomic import durable_path
+
+    try:
+        with durable_path(path) as tmp, h5py.File(tmp, "w") as f:
+            _write_contents(f, contents)
+    except OSError as e:
+        raise _error(path, f"cannot be written ({e})", "a writable location with free space",
+                     type(e).__name__, "Check the path, permissions and free disk space") from e
+
+
+def _root_attrs(path, model, classes: list, preprocessing: dict, metadata: dict | None) -> dict:
+    """The root attributes but ``weights_sha256`` (see the module docstring)."""
+    return {
         "format": FORMAT,
         "format_version": np.int64(FORMAT_VERSION),
         "xraynet_version": __version__,
@@ -207,65 +248,45 @@ def save_model(path, model, *, classes: list[str], preprocessing: dict, optimize
         "preprocessing": _to_json(path, "preprocessing", preprocessing, dict),
         "metadata": _to_json(path, "metadata", {} if metadata is None else metadata, dict),
     }
-    history_json = _to_json(path, "history", history, list)
-    state = model.state_dict()
-    attrs["weights_sha256"] = weights_digest(state)
-    kinds = {n: "parameter" for n, _ in model.named_parameters()}
-    kinds.update({n: "buffer" for n, _ in model.named_buffers()})
 
-    opt = None
-    if optimizer is not None:
-        names = [n for n, _ in optimizer.params]
-        if sorted(names) != sorted(n for n, _ in model.named_parameters()):
-            raise _error(path, "cannot save the optimiser: it was made for other parameters",
-                         "an optimiser over model.named_parameters()", f"parameters {names}",
-                         "Create the optimiser from this model's named_parameters()")
-        opt = (optimizer.name, _to_json(path, "optimiser hyperparameters", optimizer.hyperparams(), dict),
-               optimizer.state_dict())
 
-    if path.is_dir():
-        raise _error(path, "cannot save the model there", "a file path", "a directory", "Give a file name")
-    if not path.parent.is_dir():
-        raise _error(path, "cannot save the model: the directory does not exist", "an existing directory",
-                     f"missing {path.parent}", "Create the directory first")
+def _optimizer_record(path, model, optimizer) -> tuple | None:
+    """(name, hyperparameters JSON, ``state_dict()``) of an optimiser made for ``model``'s
+    parameters, or None without one."""
+    if optimizer is None:
+        return None
+    names = [n for n, _ in optimizer.params]
+    if sorted(names) != sorted(n for n, _ in model.named_parameters()):
+        raise _error(path, "cannot save the optimiser: it was made for other parameters",
+                     "an optimiser over model.named_parameters()", f"parameters {names}",
+                     "Create the optimiser from this model's named_parameters()")
+    return (optimizer.name, _to_json(path, "optimiser hyperparameters", optimizer.hyperparams(), dict),
+            optimizer.state_dict())
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            weights = f.create_group("weights")
-            for name, arr in state.items():
-                layer, _, pname = name.rpartition(".")
-                group = weights.require_group(layer)
-                ds = group.create_dataset(pname, data=np.ascontiguousarray(arr))
-                ds.attrs["kind"] = kinds[name]
-            if opt is not None:
-                og = f.create_group("optimizer")
-                og.attrs["name"], og.attrs["hyperparams"] = opt[0], opt[1]
-                og.attrs["step"] = np.int64(opt[2]["step"])
-                for key, arr in opt[2].items():
-                    if key != "step":
-                        slot, _, pname = key.partition("/")
-                        og.require_group(slot).create_dataset(pname, data=np.ascontiguousarray(arr))
-            f.create_dataset("history", data=history_json, dtype=h5py.string_dtype("utf-8"))
-            if aux:
-                ag = f.create_group("aux")
-                for name, arr in aux.items():
-                    ag.create_dataset(name, data=np.asarray(arr, order="C"))  # 0-d stays 0-d
-        # Durable before it becomes visible under the real name.
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise _error(path, f"cannot be written ({e})", "a writable location with free space",
-                         type(e).__name__, "Check the path, permissions and free disk space") from e
-        raise
+
+def _write_contents(f: h5py.File, c: _Contents) -> None:
+    """Lay ``c`` out in the open file ``f`` as the module docstring describes."""
+    for key, value in c.attrs.items():
+        f.attrs[key] = value
+    weights = f.create_group("weights")
+    for name, arr in c.state.items():
+        layer, _, pname = name.rpartition(".")
+        ds = weights.require_group(layer).create_dataset(pname, data=np.ascontiguousarray(arr))
+        ds.attrs["kind"] = c.kinds[name]
+    if c.optimizer is not None:
+        opt_name, hyperparams, opt_state = c.optimizer
+        og = f.create_group("optimizer")
+        og.attrs["name"], og.attrs["hyperparams"] = opt_name, hyperparams
+        og.attrs["step"] = np.int64(opt_state["step"])
+        for key, arr in opt_state.items():
+            if key != "step":
+                slot, _, pname = key.partition("/")
+                og.require_group(slot).create_dataset(pname, data=np.ascontiguousarray(arr))
+    f.create_dataset("history", data=c.history_json, dtype=h5py.string_dtype("utf-8"))
+    if c.aux:
+        ag = f.create_group("aux")
+        for name, arr in c.aux.items():
+            ag.create_dataset(name, data=np.asarray(arr, order="C"))  # 0-d stays 0-d
 
 
 # ------------------------------------------------------------------- loading

@@ -2,10 +2,13 @@
 
 An optimiser holds named parameter arrays (the model's own, updated in place)
 and per-parameter state; ``state_dict`` / ``load_state_dict`` round-trip that
-state through the model file so training can resume exactly.
+state through the model file so training can resume exactly. Every step is
+one backend call over all parameters (``adam_update_many`` /
+``sgd_update_many``: one launch on the GPU).
 """
 from __future__ import annotations
 
+from .backends.contract import AdamHyper, SGDHyper
 from .errors import ModelFileError, SpecError
 
 
@@ -22,11 +25,15 @@ class Optimizer:
     def step(self, grads: dict) -> None:
         """Apply one update; ``grads`` maps each parameter name to its gradient."""
         self.step_count += 1
-        if hasattr(self.bk, f"{self.name}_update_many"):  # one launch over every parameter (GPU)
-            self._update_many(grads)
-            return
-        for name, p in self.params:
-            self._update(name, p, grads[name])
+        self._update([grads[n] for n, _ in self.params])
+
+    def _update(self, grads: list) -> None:
+        """Update every parameter from its gradient, in ``self.params`` order."""
+        raise NotImplementedError
+
+    def _state(self, slot: dict) -> list:
+        """A state slot's arrays in ``self.params`` order."""
+        return [slot[n] for n, _ in self.params]
 
     def hyperparams(self) -> dict:
         return {"lr": self.lr, "weight_decay": self.weight_decay}
@@ -67,15 +74,11 @@ class Adam(Optimizer):
         self.m = {n: bk.zeros(p.shape, p.dtype) for n, p in self.params}
         self.v = {n: bk.zeros(p.shape, p.dtype) for n, p in self.params}
 
-    def _update(self, name, p, g):
-        self.bk.adam_update(p, g, self.m[name], self.v[name], self.step_count, self.lr, self.beta1, self.beta2,
-                            self.eps, self.weight_decay)
-
-    def _update_many(self, grads):
-        names = [n for n, _ in self.params]
-        self.bk.adam_update_many([p for _, p in self.params], [grads[n] for n in names], [self.m[n] for n in names],
-                                 [self.v[n] for n in names], self.step_count, self.lr, self.beta1, self.beta2,
-                                 self.eps, self.weight_decay)
+    def _update(self, grads):
+        # The hyperparameters are read at every step: training changes lr between epochs.
+        hyper = AdamHyper(self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
+        self.bk.adam_update_many([p for _, p in self.params], self._state(self.m), self._state(self.v), grads,
+                                 self.step_count, hyper)
 
     def _slots(self):
         return {"m": self.m, "v": self.v}
@@ -94,15 +97,9 @@ class SGD(Optimizer):
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.buf = {n: bk.zeros(p.shape, p.dtype) for n, p in self.params}
 
-    def _update(self, name, p, g):
-        self.bk.sgd_update(p, g, self.buf[name], self.step_count, self.lr, self.momentum, self.weight_decay,
-                           self.nesterov)
-
-    def _update_many(self, grads):
-        names = [n for n, _ in self.params]
-        self.bk.sgd_update_many([p for _, p in self.params], [grads[n] for n in names],
-                                [self.buf[n] for n in names], self.step_count, self.lr, self.momentum,
-                                self.weight_decay, self.nesterov)
+    def _update(self, grads):
+        hyper = SGDHyper(self.lr, self.momentum, self.weight_decay, self.nesterov)
+        self.bk.sgd_update_many([p for _, p in self.params], self._state(self.buf), grads, self.step_count, hyper)
 
     def _slots(self):
         return {"momentum_buffer": self.buf}

@@ -1,62 +1,35 @@
 """PNG charts for training and evaluation: ROC curves, a reliability diagram
-and the training history, drawn with Pillow's ImageDraw alone (no plotting
-library at run time).
+and the training history, drawn with matplotlib.
 
-Each writer draws an 800x500 image with axes, tick labels, a legend and the
-default Pillow font, and writes it atomically: a temporary file in the target
-folder, then ``os.replace``, so a reader never sees half a PNG. Missing or
-non-finite values are gaps in a line, never an error, so a diverged run (NaN
-loss) or an undefined AUC still gets its chart.
+Each writer draws an 800x500 pixel figure (axes, ticks, grid, legend) and
+writes it through :func:`xraynet.atomic.atomic_open` (temporary file, fsync,
+``os.replace``), so a reader never sees half a PNG and a failed write leaves
+the old chart intact. Missing or non-finite values are gaps in a line, never
+an error, so a diverged run (NaN loss) or an undefined AUC still gets its
+chart.
+
+Figures are built as ``matplotlib.figure.Figure`` on an Agg canvas, never
+through ``pyplot``: no global figure registry, no GUI backend chosen behind
+the caller's back, nothing to close afterwards. matplotlib is imported inside
+the writers so that ``import xraynet`` (and the screening CLI) stays fast.
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
-SIZE = (800, 500)
+SIZE = (800, 500)   # pixels
+DPI = 100
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 GRID = "#E5E5E5"
 AXIS = "#333333"
 MUTED = "#888888"
-
-
-@lru_cache(maxsize=8)
-def _font(size: int):
-    # Pillow >= 10.1 has a scalable default font when FreeType is present; the
-    # old fixed bitmap font is the fallback (smaller, still legible).
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
-def _text(draw, xy, s, *, size=13, fill=AXIS, anchor="la"):
-    """Draw ``s`` with ``anchor`` = horizontal (l, m, r) + vertical (a top,
-    m middle, b bottom) computed from the text box, which works for bitmap
-    fonts too (Pillow's own anchors need FreeType)."""
-    font = _font(size)
-    l, t, r, b = draw.textbbox((0, 0), s, font=font)
-    x, y = xy
-    x -= {"l": l, "m": (l + r) / 2, "r": r}[anchor[0]]
-    y -= {"a": t, "m": (t + b) / 2, "b": b}[anchor[1]]
-    draw.text((round(x), round(y)), s, font=font, fill=fill)
-    return r - l, b - t
-
-
-def _vertical_text(img, xy, s, *, size=13, fill=AXIS):
-    """Text rotated 90 degrees counter-clockwise, centred on ``xy``."""
-    font = _font(size)
-    probe = ImageDraw.Draw(img)
-    l, t, r, b = probe.textbbox((0, 0), s, font=font)
-    tile = Image.new("RGBA", (r - l + 4, b - t + 4), (255, 255, 255, 0))
-    ImageDraw.Draw(tile).text((2 - l, 2 - t), s, font=font, fill=fill)
-    tile = tile.rotate(90, expand=True)
-    img.paste(tile, (round(xy[0] - tile.width / 2), round(xy[1] - tile.height / 2)), tile)
+BAR = "#9ECAE9"     # reliability bars: a light tint of PALETTE[0]
+LINE_WIDTH = 2.2    # points; about 3 pixels at DPI 100
+UNIT_TICKS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
 def _finite(v) -> float:
@@ -68,204 +41,161 @@ def _finite(v) -> float:
     return x if math.isfinite(x) else math.nan
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
-    """About ``n`` round tick values (steps of 1, 2 or 5 x 10^k) covering [lo, hi]."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo] if math.isfinite(lo) else []
-    raw = (hi - lo) / max(n, 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    if integer:
-        step = max(1.0, round(step))
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks, k = [], 0
-    while first + k * step <= hi + step * 1e-9:
-        ticks.append(first + k * step)
-        k += 1
-    return ticks
+def _finite_array(values) -> np.ndarray:
+    """1-D float64 copy of ``values`` with every non-finite or non-numeric entry NaN."""
+    try:
+        a = np.array(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        a = np.array([_finite(v) for v in values], dtype=np.float64)
+    a[~np.isfinite(a)] = np.nan
+    return a
 
 
-def _fmt(v: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 2
-    return f"{v:.{decimals}f}"
+# ------------------------------------------------------------ figure plumbing
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(SIZE[0] / DPI, SIZE[1] / DPI), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-class _Axes:
-    """A plotting rectangle with data limits: maps data to pixels and draws
-    frame, grid, ticks, lines and legends."""
-
-    def __init__(self, img, box, xlim, ylim):
-        self.img, self.draw = img, ImageDraw.Draw(img)
-        self.x0, self.y0, self.x1, self.y1 = box
-        self.xlim, self.ylim = xlim, ylim
-
-    def px(self, x, y):
-        (a, b), (c, d) = self.xlim, self.ylim
-        return (self.x0 + (x - a) / (b - a) * (self.x1 - self.x0),
-                self.y1 - (y - c) / (d - c) * (self.y1 - self.y0))
-
-    def frame(self, *, title, xlabel, ylabel, xticks, yticks, integer_x=False):
-        d = self.draw
-        xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
-        ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 1.0
-        for t in xticks:
-            x, _ = self.px(t, self.ylim[0])
-            d.line([(x, self.y0), (x, self.y1)], fill=GRID)
-            d.line([(x, self.y1), (x, self.y1 + 5)], fill=AXIS)
-            _text(d, (x, self.y1 + 8), str(int(round(t))) if integer_x else _fmt(t, xstep), anchor="ma")
-        for t in yticks:
-            _, y = self.px(self.xlim[0], t)
-            d.line([(self.x0, y), (self.x1, y)], fill=GRID)
-            d.line([(self.x0 - 5, y), (self.x0, y)], fill=AXIS)
-            _text(d, (self.x0 - 8, y), _fmt(t, ystep), anchor="rm")
-        d.rectangle([self.x0, self.y0, self.x1, self.y1], outline=AXIS)
-        _text(d, ((self.x0 + self.x1) / 2, self.y0 - 10), title, size=15, anchor="mb")
-        _text(d, ((self.x0 + self.x1) / 2, self.y1 + 28), xlabel, anchor="ma")
-        _vertical_text(self.img, (self.x0 - 52, (self.y0 + self.y1) / 2), ylabel)
-
-    def line(self, xs, ys, color, *, width=3, dashed=False, markers=False):
-        """Polyline through the finite points; NaNs break it. Isolated points
-        (and every point with ``markers``) get a dot so they stay visible."""
-        xs = [_finite(v) for v in xs]
-        ys = [_finite(v) for v in ys]
-        runs, run = [], []
-        for x, y in zip(xs, ys):
-            if math.isnan(x) or math.isnan(y):
-                if run:
-                    runs.append(run)
-                run = []
-            else:
-                run.append(self.px(x, y))
-        if run:
-            runs.append(run)
-        for pts in runs:
-            if len(pts) > 1:
-                if dashed:
-                    self._dashed(pts, color, width)
-                else:
-                    self.draw.line(pts, fill=color, width=width, joint="curve")
-            if markers or len(pts) == 1:
-                for x, y in pts:
-                    r = width + 1
-                    self.draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
-
-    def _dashed(self, pts, color, width, dash=8, gap=6):
-        for (xa, ya), (xb, yb) in zip(pts[:-1], pts[1:]):
-            length = math.hypot(xb - xa, yb - ya)
-            pos = 0.0
-            while pos < length:
-                end = min(pos + dash, length)
-                f0, f1 = pos / length, end / length
-                self.draw.line([(xa + (xb - xa) * f0, ya + (yb - ya) * f0),
-                                (xa + (xb - xa) * f1, ya + (yb - ya) * f1)], fill=color, width=width)
-                pos += dash + gap
-
-    def message(self, s):
-        _text(self.draw, ((self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2), s, size=15, fill=MUTED, anchor="mm")
+def _axes(fig, left, top, right, bottom):
+    """Axes whose plotting rectangle is the pixel box (left, top, right, bottom),
+    counted from the top-left corner of the figure."""
+    w, h = SIZE
+    return fig.add_axes((left / w, 1 - bottom / h, (right - left) / w, (bottom - top) / h))
 
 
-def _legend(draw, xy, entries, *, max_width=None, row_height=22):
-    """Entries ``(label, colour, style)``, style "line", "dashed" or "dot",
-    stacked down from ``xy``, or packed in rows when ``max_width`` is given."""
-    x0, y0 = xy
-    x, y = x0, y0
-    for label, color, style in entries:
-        w = 30 + draw.textbbox((0, 0), label, font=_font(13))[2] + 18
-        if max_width is not None and x > x0 and x + w > x0 + max_width:
-            x, y = x0, y + row_height
-        if style == "dashed":
-            for s in (0, 14):
-                draw.line([(x + s, y + 8), (x + s + 9, y + 8)], fill=color, width=3)
-        elif style == "dot":
-            draw.ellipse([x + 8, y + 4, x + 16, y + 12], fill=color)
-        else:
-            draw.line([(x, y + 8), (x + 24, y + 8)], fill=color, width=3)
-        _text(draw, (x + 30, y + 8), label, anchor="lm")
-        if max_width is None:
-            y += row_height
-        else:
-            x += w
+def _style(ax, *, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=12, color=AXIS)
+    ax.set_xlabel(xlabel, fontsize=10, color=AXIS)
+    ax.set_ylabel(ylabel, fontsize=10, color=AXIS)
+    ax.grid(True, color=GRID, linewidth=0.8)
+    ax.set_axisbelow(True)
+    for spine in ax.spines.values():
+        spine.set_color(AXIS)
+    ax.tick_params(colors=AXIS, labelsize=9)
 
 
-def _write_atomic(img: Image.Image, path) -> Path:
+def _unit_square(ax, **labels) -> None:
+    """[0, 1] x [0, 1] axes with ticks every 0.2 (ROC and reliability)."""
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xticks(UNIT_TICKS)
+    ax.set_yticks(UNIT_TICKS)
+    _style(ax, **labels)
+
+
+def _message(ax, text: str) -> None:
+    """Say in the middle of empty axes why they are empty."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12, color=MUTED,
+            bbox={"facecolor": "white", "edgecolor": "none"}, zorder=6)
+
+
+def _line(ax, xs, ys, color: str, *, label: str, markers: bool = False) -> None:
+    """Line through the finite points; NaNs break it. Isolated points (and
+    every point with ``markers``) get a dot so that they stay visible.
+    ``clip_on=False`` and a z-order above the frame: a curve that runs along
+    an edge of the axes (a perfect ROC) is drawn whole, not half hidden."""
+    xs, ys = _finite_array(xs), _finite_array(ys)
+    ax.plot(xs, ys, color=color, linewidth=LINE_WIDTH, label=label, marker="o" if markers else None,
+            markersize=5, clip_on=False, zorder=3)
+    ok = ~(np.isnan(xs) | np.isnan(ys))
+    lone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
+    if lone.any() and not markers:
+        ax.plot(xs[lone], ys[lone], "o", color=color, markersize=5, clip_on=False, zorder=3)
+
+
+def _save(fig, path) -> Path:
     from .atomic import atomic_open
 
     with atomic_open(path, "wb") as fh:
-        img.save(fh, format="PNG")
+        fig.savefig(fh, format="png", dpi=DPI, facecolor="white")
     return Path(path)
-
-
-def _canvas():
-    return Image.new("RGB", SIZE, "white")
 
 
 # ----------------------------------------------------------------- the charts
 def write_roc_png(path, curves: dict) -> Path:
     """ROC curves, one per entry ``label: (fpr, tpr, auc)`` (as from
     :func:`xraynet.metrics.roc_curve` and ``roc_auc``), with the chance
-    diagonal; the legend gives each AUC ("n/a" when None or NaN)."""
-    img = _canvas()
-    ax = _Axes(img, (90, 50, 470, 430), (0.0, 1.0), (0.0, 1.0))
-    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    ax.frame(title="ROC curves (one vs rest)", xlabel="false positive rate (1 - specificity)",
-             ylabel="true positive rate (sensitivity)", xticks=ticks, yticks=ticks)
-    ax.line([0, 1], [0, 1], MUTED, width=1, dashed=True)
-    entries = []
+    diagonal; the legend gives each AUC ("n/a" when None or NaN).
+
+    Writes an 800x500 PNG at ``path`` (folders created as needed) and
+    returns ``path`` as a Path; an ``OSError`` of the write propagates."""
+    fig = _figure()
+    ax = _axes(fig, 90, 50, 470, 430)
+    _unit_square(ax, title="ROC curves (one vs rest)", xlabel="false positive rate (1 - specificity)",
+                 ylabel="true positive rate (sensitivity)")
     for i, (label, (fpr, tpr, auc)) in enumerate(curves.items()):
-        color = PALETTE[i % len(PALETTE)]
-        ax.line(np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float), color)
         a = _finite(auc)
-        entries.append((f"{label}: AUC {'n/a' if math.isnan(a) else f'{a:.3f}'}", color, "line"))
+        _line(ax, fpr, tpr, PALETTE[i % len(PALETTE)], label=f"{label}: AUC {'n/a' if math.isnan(a) else f'{a:.3f}'}")
     if not curves:
-        ax.message("no curves")
-    entries.append(("chance", MUTED, "dashed"))
-    _legend(ax.draw, (500, 60), entries)
-    return _write_atomic(img, path)
+        _message(ax, "no curves")
+    ax.plot([0, 1], [0, 1], color=MUTED, linewidth=1, linestyle="--", label="chance")
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(500 / SIZE[0], 1 - 50 / SIZE[1]),
+               frameon=False, fontsize=10)
+    return _save(fig, path)
+
+
+def _reliability_bars(ax, reliability_bins: list[dict]) -> bool:
+    """Draw each non-empty bin: accuracy bar, its count above it, a dot at its
+    mean confidence. Returns whether any bin was drawn."""
+    drawn = False
+    for b in reliability_bins:
+        lo, hi = _finite(b.get("lo")), _finite(b.get("hi"))
+        acc, conf = _finite(b.get("accuracy")), _finite(b.get("confidence"))
+        if math.isnan(lo) or math.isnan(hi) or math.isnan(acc) or not b.get("n"):
+            continue
+        drawn = True
+        ax.bar(lo, acc, width=hi - lo, align="edge", color=BAR, edgecolor=PALETTE[0], linewidth=1, zorder=2)
+        # The count sits above the bar, or just inside its top when a bar reaches the frame.
+        top = acc > 0.92
+        ax.text((lo + hi) / 2, acc - 0.025 if top else acc + 0.01, str(int(b["n"])), ha="center",
+                va="top" if top else "bottom", fontsize=8, color=MUTED, zorder=5)
+        if not math.isnan(conf):
+            ax.plot([conf], [acc], "o", color=PALETTE[3], markersize=6, zorder=4)
+    return drawn
 
 
 def write_reliability_png(path, reliability_bins: list[dict], ece: float | None = None) -> Path:
     """Reliability diagram from :func:`xraynet.metrics.calibration` bins
     (``lo``, ``hi``, ``n``, ``confidence``, ``accuracy``): a bar of accuracy
     per non-empty bin, a dot at its mean confidence, the diagonal of perfect
-    calibration, and each bin's count above its bar."""
-    img = _canvas()
-    ax = _Axes(img, (90, 50, 470, 430), (0.0, 1.0), (0.0, 1.0))
-    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    ax.frame(title="Reliability (top-class confidence)", xlabel="confidence", ylabel="accuracy",
-             xticks=ticks, yticks=ticks)
-    d = ax.draw
-    any_bin = False
-    for b in reliability_bins:
-        lo, hi, acc, conf = _finite(b.get("lo")), _finite(b.get("hi")), _finite(b.get("accuracy")), \
-            _finite(b.get("confidence"))
-        if math.isnan(lo) or math.isnan(hi) or math.isnan(acc) or not b.get("n"):
-            continue
-        any_bin = True
-        xa, ya = ax.px(lo, acc)
-        xb, yb = ax.px(hi, 0.0)
-        d.rectangle([xa + 1, ya, xb - 1, yb], fill="#9ECAE9", outline=PALETTE[0])
-        _text(d, ((xa + xb) / 2, ya - 3), str(int(b["n"])), size=11, fill=MUTED, anchor="mb")
-        if not math.isnan(conf):
-            cx, cy = ax.px(conf, acc)
-            d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=PALETTE[3])
-    ax.line([0, 1], [0, 1], MUTED, width=2, dashed=True)
-    if not any_bin:
-        ax.message("no predictions")
-    entries = [("accuracy per bin (n above)", PALETTE[0], "line"), ("mean confidence of bin", PALETTE[3], "dot"),
-               ("perfect calibration", MUTED, "dashed")]
-    _legend(d, (500, 60), entries)
+    calibration, each bin's count above its bar, and the ECE when finite.
+
+    Writes an 800x500 PNG at ``path`` and returns it as a Path."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig = _figure()
+    ax = _axes(fig, 90, 50, 470, 430)
+    _unit_square(ax, title="Reliability (top-class confidence)", xlabel="confidence", ylabel="accuracy")
+    if not _reliability_bars(ax, reliability_bins):
+        _message(ax, "no predictions")
+    ax.plot([0, 1], [0, 1], color=MUTED, linewidth=1.5, linestyle="--", zorder=3)
+    handles = [Patch(facecolor=BAR, edgecolor=PALETTE[0]),
+               Line2D([], [], color=PALETTE[3], marker="o", linestyle="none", markersize=6),
+               Line2D([], [], color=MUTED, linewidth=1.5, linestyle="--")]
+    labels = ["accuracy per bin (n above)", "mean confidence of bin", "perfect calibration"]
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(500 / SIZE[0], 1 - 50 / SIZE[1]),
+               frameon=False, fontsize=10)
     e = _finite(ece)
     if not math.isnan(e):
-        _text(d, (500, 60 + 22 * len(entries) + 12), f"ECE {e:.3f}", size=15)
-    return _write_atomic(img, path)
+        fig.text(510 / SIZE[0], 1 - 160 / SIZE[1], f"ECE {e:.3f}", fontsize=12, color=AXIS, va="top")
+    return _save(fig, path)
 
 
-def _series(history, key):
+def _series(history, key) -> list[float]:
     return [_finite(h.get(key)) if isinstance(h, dict) else math.nan for h in history]
 
 
-def _panel(img, box, epochs, series, *, title, ylabel, ylim=None):
-    """One history panel: ``series`` is ``[(label, values, colour)]``."""
+def _history_panel(ax, epochs: list[float], series, *, title: str, ylabel: str, ylim=None) -> None:
+    """One history panel: ``series`` is ``[(label, values, colour)]``, one
+    value per epoch; the legend goes below the axes."""
+    from matplotlib.ticker import MaxNLocator
+
     finite_x = [e for e in epochs if not math.isnan(e)]
     xlo, xhi = (min(finite_x), max(finite_x)) if finite_x else (1.0, 1.0)
     if xhi - xlo < 1:
@@ -275,19 +205,18 @@ def _panel(img, box, epochs, series, *, title, ylabel, ylim=None):
         hi = max(vals) if vals else 1.0
         lo = min(0.0, min(vals)) if vals else 0.0
         ylim = (lo, hi * 1.05 if hi > lo else lo + 1.0)
-    xt = nice_ticks(xlo, xhi, 6, integer=True)
-    yt = nice_ticks(*ylim, 5)
-    ax = _Axes(img, box, (xlo, xhi), ylim)
-    ax.frame(title=title, xlabel="epoch", ylabel=ylabel, xticks=xt, yticks=yt, integer_x=True)
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(*ylim)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    _style(ax, title=title, xlabel="epoch", ylabel=ylabel)
     drawn = False
-    for _, ys, color in series:
-        if any(not math.isnan(v) for v in ys):
-            drawn = True
-            ax.line(epochs, ys, color, markers=len(ys) <= 30)
+    for label, ys, color in series:
+        drawn = drawn or any(not math.isnan(v) for v in ys)
+        _line(ax, epochs, ys, color, label=label, markers=len(ys) <= 30)
     if not drawn:
-        ax.message("no epochs recorded" if not epochs else "no finite values")
-    _legend(ax.draw, (box[0] - 40, box[3] + 52), [(lab, c, "line") for lab, _, c in series],
-            max_width=box[2] - box[0] + 40)
+        _message(ax, "no epochs recorded" if not epochs else "no finite values")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(series), 2), frameon=False,
+              fontsize=9, handlelength=1.6, columnspacing=1.0)
 
 
 def write_history_png(path, history: list[dict]) -> Path:
@@ -295,17 +224,19 @@ def write_history_png(path, history: list[dict]) -> Path:
     ``train_loss``, ``val_loss``, ``val_accuracy``, ``val_balanced_accuracy``,
     ``val_auc``: loss on the left, validation accuracy, balanced accuracy and
     AUC (0..1) on the right. Missing keys, None and NaN leave gaps; an empty
-    history gives empty axes that say so."""
+    history gives empty axes that say so.
+
+    Writes an 800x500 PNG at ``path`` and returns it as a Path."""
     history = list(history or [])
-    img = _canvas()
     epochs = [_finite(h.get("epoch", i + 1)) if isinstance(h, dict) else math.nan for i, h in enumerate(history)]
-    _panel(img, (80, 40, 370, 380), epochs,
-           [("train loss", _series(history, "train_loss"), PALETTE[0]),
-            ("val loss", _series(history, "val_loss"), PALETTE[1])],
-           title="Loss", ylabel="loss")
-    _panel(img, (490, 40, 780, 380), epochs,
-           [("val accuracy", _series(history, "val_accuracy"), PALETTE[2]),
-            ("val balanced acc.", _series(history, "val_balanced_accuracy"), PALETTE[3]),
-            ("val AUC", _series(history, "val_auc"), PALETTE[4])],
-           title="Validation", ylabel="score", ylim=(0.0, 1.0))
-    return _write_atomic(img, path)
+    fig = _figure()
+    _history_panel(_axes(fig, 80, 40, 370, 380), epochs,
+                   [("train loss", _series(history, "train_loss"), PALETTE[0]),
+                    ("val loss", _series(history, "val_loss"), PALETTE[1])],
+                   title="Loss", ylabel="loss")
+    _history_panel(_axes(fig, 490, 40, 780, 380), epochs,
+                   [("val accuracy", _series(history, "val_accuracy"), PALETTE[2]),
+                    ("val balanced acc.", _series(history, "val_balanced_accuracy"), PALETTE[3]),
+                    ("val AUC", _series(history, "val_auc"), PALETTE[4])],
+                   title="Validation", ylabel="score", ylim=(0.0, 1.0))
+    return _save(fig, path)

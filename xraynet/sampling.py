@@ -100,3 +100,20 @@ def balanced_batches(ids: np.ndarray, shares: np.ndarray, n_samples: int, batch_
         drawn += take
         batches.append(rng.permutation(np.array(picked, np.int64)))
     return batches
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C,) float64 loss weights for plainly drawn batches: the inverse of each class's
+    frequency among ``labels`` (N,), mean 1 over those images; 0 for an absent class."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+
+
+def class_weights_for_shares(cell_labels: np.ndarray, shares: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C,) float64 loss weights for batches drawn by cell: the inverse of each class's
+    expected share of a batch (the sum of its cells' shares), mean 1 over the drawn
+    images. ``cell_labels`` (K,) the class of each cell, ``shares`` (K,) summing to 1.
+    The loss then weights classes by how often batches hold them, not how often the
+    folder does."""
+    class_share = np.bincount(cell_labels, weights=shares, minlength=n_classes)
+    return np.where(class_share > 0, 1.0 / (n_classes * np.maximum(class_share, 1e-12)), 0.0)

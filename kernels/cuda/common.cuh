@@ -6,9 +6,15 @@
 // self-contained CUDA C: no standard headers, so NVRTC (what CuPy's
 // RawModule compiles with) and nvcc both take them as they are.
 //
-// Layout, as in the CPU kernels: activations NHWC, conv weights as the GEMM
-// operand (KH*KW*C, O). Flat indices are long long: a batch of 256 `wide`
-// patch matrices has more than 2^31 elements.
+// Layout: activations NHWC, as in the CPU kernels. Conv weights stay as
+// stored, (O, C, KH, KW), and the patch matrices order their columns to match,
+// (c, ky, kx) (im2col_cyx), where the CPU kernels order them (ky, kx, c) and
+// transpose the weights instead. Flat indices are long long: a batch of 256
+// `wide` patch matrices has more than 2^31 elements.
+//
+// Names and arguments: an entry point has the name of its NumPy reference in
+// kernels/reference.py (named in a comment above it) and takes its arrays
+// first, outputs before inputs, then its scalars; the loader checks the order.
 //
 // Determinism: no kernel uses float atomics. Every gradient that sums over
 // several sources (col2im, pool backward, channel reductions) gathers them in
@@ -22,13 +28,13 @@
 typedef XR_REAL real;
 
 // Entry points are extern "C" and carry their precision in the name
-// (im2col_f32, im2col_f64), so profiler traces say which one ran.
+// (im2col_cyx_f32, im2col_cyx_f64), so profiler traces say which one ran.
 #define XR_CAT2(a, b) a##b
 #define XR_CAT(a, b) XR_CAT2(a, b)
 #define XR_KERNEL(name) extern "C" __global__ void XR_CAT(name, XR_SUFFIX)
 
 // A grid-stride loop over [0, n): correct for any grid size, so the host may
-// cap the grid (see xraynet/cudakernels.py).
+// cap the grid (see xraynet/backends/cudakernels.py).
 #define XR_GRID_STRIDE(i, n)                                                     \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)

@@ -1,17 +1,17 @@
 // Convolution as patch matrix + GEMM (the GEMM is cuBLAS, through cupy.matmul).
 //
-// im2col:  cols (N*OH*OW, C*KH*KW) from x (N, H, W, C); row (n*OH + oy)*OW + ox
-//          holds the window of output pixel (oy, ox), ordered (c, ky, kx): the
-//          order of the weights' own (O, C, KH, KW) layout, so every GEMM takes
-//          the weights, and gives their gradient, as they are (a transpose
-//          flag to cuBLAS, never a copy). Taps in the zero padding are 0.
-// col2im:  its adjoint, written as a gather: each input element sums, in a
-//          fixed order, the patch entries that read it. No atomics.
+// The patch columns here are ordered (c, ky, kx), hence the _cyx names: the
+// order of the weights' own (O, C, KH, KW) layout, so every GEMM takes the
+// weights, and gives their gradient, as they are (a transpose flag to cuBLAS,
+// never a copy). The CPU kernels order them (ky, kx, c) (im2col_yxc).
 #include "common.cuh"
 
-XR_KERNEL(im2col)(const real* __restrict__ x, real* __restrict__ cols,
-                  int h, int w, int c, int kh, int kw, int sh, int sw,
-                  int ph, int pw, int oh, int ow, long long total)
+// Reference: kernels/reference.py im2col_cyx.
+// cols (N*OH*OW, C*KH*KW) from x (N, H, W, C); row (n*OH + oy)*OW + ox holds
+// the window of output pixel (oy, ox). Taps in the zero padding are 0.
+XR_KERNEL(im2col_cyx)(real* __restrict__ cols, const real* __restrict__ x,
+                      int h, int w, int c, int kh, int kw, int sh, int sw,
+                      int ph, int pw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int kx = (int)(i % kw);
@@ -30,9 +30,12 @@ XR_KERNEL(im2col)(const real* __restrict__ x, real* __restrict__ cols,
     }
 }
 
-XR_KERNEL(col2im)(const real* __restrict__ dcols, real* __restrict__ dx,
-                  int h, int w, int c, int kh, int kw, int sh, int sw,
-                  int ph, int pw, int oh, int ow, long long total)
+// Reference: kernels/reference.py col2im_cyx.
+// The adjoint of im2col_cyx, written as a gather: each input element sums, in
+// a fixed order, the patch entries that read it. No atomics.
+XR_KERNEL(col2im_cyx)(real* __restrict__ dx, const real* __restrict__ dcols,
+                      int h, int w, int c, int kh, int kw, int sh, int sw,
+                      int ph, int pw, int oh, int ow, long long total)
 {
     long long row_len = (long long)kh * kw * c;
     XR_GRID_STRIDE(i, total) {
@@ -57,7 +60,8 @@ XR_KERNEL(col2im)(const real* __restrict__ dcols, real* __restrict__ dx,
     }
 }
 
-// Conv epilogue: y (M, C) <- y + b, or max(y + b, 0) with relu != 0.
+// Reference: kernels/reference.py add_bias (relu == 0), bias_relu (relu != 0).
+// Conv and dense epilogue, in place: y (M, C) <- y + b, or max(y + b, 0).
 XR_KERNEL(bias_act)(real* __restrict__ y, const real* __restrict__ b, int c, int relu,
                     long long total)
 {
@@ -90,10 +94,11 @@ __device__ __forceinline__ real conv1_at(const real* __restrict__ img, const rea
     return acc;
 }
 
+// Reference: kernels/reference.py conv2d_forward (C = 1), then relu_forward with relu != 0.
 // y (N, OH, OW, O) = conv(x (N, H, W, 1)) + b, then ReLU with relu != 0.
-XR_KERNEL(conv1_direct)(const real* __restrict__ x, const real* __restrict__ wt, const real* __restrict__ b,
-                        real* __restrict__ y, int h, int w, int o, int kh, int kw, int sh, int sw, int ph, int pw,
-                        int oh, int ow, int relu, long long total)
+XR_KERNEL(conv1_direct)(real* __restrict__ y, const real* __restrict__ x, const real* __restrict__ wt,
+                        const real* __restrict__ b, int h, int w, int o, int kh, int kw, int sh, int sw, int ph,
+                        int pw, int oh, int ow, int relu, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         NhwcPos p = nhwc_pos(i, oh, ow, o);
@@ -103,14 +108,15 @@ XR_KERNEL(conv1_direct)(const real* __restrict__ x, const real* __restrict__ wt,
     }
 }
 
+// Reference: kernels/reference.py conv2d_forward (C = 1, no bias), then bias_maxpool_relu.
 // Fused: pooled (N, QH, QW, O) = relu(maxpool(conv(x) + b)), idx the window
 // position of the first maximum, as bias_maxpool_relu; each conv output is
 // computed by conv1_at exactly as in conv1_direct, so the fused and the
 // unfused stage agree bit for bit.
-XR_KERNEL(conv1_direct_pool)(const real* __restrict__ x, const real* __restrict__ wt, const real* __restrict__ b,
-                             real* __restrict__ pooled, unsigned char* __restrict__ idx, int h, int w, int o,
-                             int kh, int kw, int sh, int sw, int ph, int pw, int pkh, int pkw, int psh, int psw,
-                             int qh, int qw, long long total)
+XR_KERNEL(conv1_direct_pool)(real* __restrict__ pooled, unsigned char* __restrict__ idx,
+                             const real* __restrict__ x, const real* __restrict__ wt, const real* __restrict__ b,
+                             int h, int w, int o, int kh, int kw, int sh, int sw, int ph, int pw, int pkh, int pkw,
+                             int psh, int psw, int qh, int qw, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         NhwcPos p = nhwc_pos(i, qh, qw, o);
@@ -133,14 +139,15 @@ XR_KERNEL(conv1_direct_pool)(const real* __restrict__ x, const real* __restrict_
     }
 }
 
+// Reference: kernels/reference.py conv2d_backward (its dw, C = 1).
 // Weight gradient of conv1_direct, pass 1: dw[o, ky, kx] = sum over output
 // pixels m of g[m, o] * x[tap (ky, kx) of m]. Block `blockIdx.x` sums its
 // slab of rows_per_part rows, in order, into partial[part, pair] (double)
 // for every pair (o, ky*KW + kx); channel_reduce_final_real adds the slabs.
 // Deterministic, like every reduction here.
-XR_KERNEL(conv1_dw_partial)(const real* __restrict__ g, const real* __restrict__ x, int h, int w, int o, int kh,
-                            int kw, int sh, int sw, int ph, int pw, int oh, int ow, long long m,
-                            long long rows_per_part, double* __restrict__ partial)
+XR_KERNEL(conv1_dw_partial)(double* __restrict__ partial, const real* __restrict__ g, const real* __restrict__ x,
+                            int h, int w, int o, int kh, int kw, int sh, int sw, int ph, int pw, int oh, int ow,
+                            long long m, long long rows_per_part)
 {
     int pairs = o * kh * kw;
     long long r0 = (long long)blockIdx.x * rows_per_part;

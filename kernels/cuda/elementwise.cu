@@ -1,7 +1,8 @@
 // ReLU and global average pooling.
 #include "common.cuh"
 
-XR_KERNEL(relu_fwd)(const real* __restrict__ x, real* __restrict__ y, long long total)
+// Reference: kernels/reference.py relu_forward.
+XR_KERNEL(relu_forward)(real* __restrict__ y, const real* __restrict__ x, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         real v = x[i];
@@ -9,18 +10,20 @@ XR_KERNEL(relu_fwd)(const real* __restrict__ x, real* __restrict__ y, long long 
     }
 }
 
+// Reference: kernels/reference.py relu_backward.
 // ReLU gradient from the ReLU output y (PyTorch's convention: 0 at y == 0).
-XR_KERNEL(relu_bwd)(const real* __restrict__ dy, const real* __restrict__ y,
-                    real* __restrict__ dx, long long total)
+XR_KERNEL(relu_backward)(real* __restrict__ dx, const real* __restrict__ dy, const real* __restrict__ y,
+                         long long total)
 {
     XR_GRID_STRIDE(i, total) {
         dx[i] = y[i] > (real)0 ? dy[i] : (real)0;
     }
 }
 
+// Reference: kernels/reference.py global_avg_pool_forward.
 // y (N, C) = mean of x (N, HW, C) over HW, summed in double.
-XR_KERNEL(gap_fwd)(const real* __restrict__ x, real* __restrict__ y, int hw, int c,
-                   long long total)
+XR_KERNEL(global_avg_pool_forward)(real* __restrict__ y, const real* __restrict__ x, int hw, int c,
+                                   long long total)
 {
     XR_GRID_STRIDE(i, total) {
         long long b = i / c;
@@ -32,8 +35,9 @@ XR_KERNEL(gap_fwd)(const real* __restrict__ x, real* __restrict__ y, int hw, int
     }
 }
 
-XR_KERNEL(gap_bwd)(const real* __restrict__ dy, real* __restrict__ dx, int hw, int c,
-                   long long total)
+// Reference: kernels/reference.py global_avg_pool_backward.
+XR_KERNEL(global_avg_pool_backward)(real* __restrict__ dx, const real* __restrict__ dy, int hw, int c,
+                                    long long total)
 {
     XR_GRID_STRIDE(i, total) {
         long long b = i / ((long long)hw * c);

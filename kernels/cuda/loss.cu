@@ -38,10 +38,11 @@ __device__ double total_weight(const long long* __restrict__ labels, const doubl
     return block_sum(s, red);
 }
 
+// Reference: kernels/reference.py softmax_cross_entropy.
 // Softmax cross-entropy on logits z (N, K) with integer labels (N,).
-XR_KERNEL(softmax_xent)(const real* __restrict__ z, const long long* __restrict__ labels,
-                        const double* __restrict__ class_w, int use_w, int n, int k,
-                        real* __restrict__ dz, double* __restrict__ loss)
+XR_KERNEL(softmax_cross_entropy)(real* __restrict__ dz, double* __restrict__ loss, const real* __restrict__ z,
+                                 const long long* __restrict__ labels, const double* __restrict__ class_w,
+                                 int use_w, int n, int k)
 {
     __shared__ double red[XR_LOSS_THREADS];
     double total_w = total_weight(labels, class_w, use_w, n, red);
@@ -65,10 +66,11 @@ XR_KERNEL(softmax_xent)(const real* __restrict__ z, const long long* __restrict_
     if (threadIdx.x == 0) loss[0] = l / total_w;
 }
 
+// Reference: kernels/reference.py sigmoid_bce.
 // Binary cross-entropy on one logit per image, z (N,), labels (N,) in {0, 1}.
-XR_KERNEL(sigmoid_bce)(const real* __restrict__ z, const long long* __restrict__ labels,
-                       const double* __restrict__ class_w, int use_w, int n,
-                       real* __restrict__ dz, double* __restrict__ loss)
+XR_KERNEL(sigmoid_bce)(real* __restrict__ dz, double* __restrict__ loss, const real* __restrict__ z,
+                       const long long* __restrict__ labels, const double* __restrict__ class_w, int use_w,
+                       int n)
 {
     __shared__ double red[XR_LOSS_THREADS];
     double total_w = total_weight(labels, class_w, use_w, n, red);

@@ -4,12 +4,14 @@
 // estimate).
 #include "common.cuh"
 
+// Reference: kernels/reference.py batchnorm_forward_train (mean, biased variance)
+// and batchnorm_running_stats.
 // Training statistics: mean, inverse std, and the running estimates updated
 // in place with `momentum`.
-XR_KERNEL(bn_stats)(const double* __restrict__ sum, const double* __restrict__ sqdev,
-                    long long m, int c, double momentum, double eps,
-                    real* __restrict__ running_mean, real* __restrict__ running_var,
-                    double* __restrict__ mean, real* __restrict__ inv_std)
+XR_KERNEL(batchnorm_stats)(double* __restrict__ mean, real* __restrict__ inv_std,
+                           real* __restrict__ running_mean, real* __restrict__ running_var,
+                           const double* __restrict__ sum, const double* __restrict__ sqdev,
+                           long long m, int c, double momentum, double eps)
 {
     XR_GRID_STRIDE(ch, (long long)c) {
         double mu = sum[ch] / m;
@@ -22,11 +24,12 @@ XR_KERNEL(bn_stats)(const double* __restrict__ sum, const double* __restrict__ s
     }
 }
 
+// Reference: kernels/reference.py batchnorm_forward_train.
 // xhat = (x - mean) * inv_std, y = xhat * gamma + beta.
-XR_KERNEL(bn_fwd_train)(const real* __restrict__ x, const double* __restrict__ mean,
-                        const real* __restrict__ inv_std, const real* __restrict__ gamma,
-                        const real* __restrict__ beta, real* __restrict__ xhat,
-                        real* __restrict__ y, int c, long long total)
+XR_KERNEL(batchnorm_forward_train)(real* __restrict__ y, real* __restrict__ xhat, const real* __restrict__ x,
+                                   const double* __restrict__ mean, const real* __restrict__ inv_std,
+                                   const real* __restrict__ gamma, const real* __restrict__ beta, int c,
+                                   long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int ch = (int)(i % c);
@@ -36,14 +39,15 @@ XR_KERNEL(bn_fwd_train)(const real* __restrict__ x, const double* __restrict__ m
     }
 }
 
+// Reference: kernels/reference.py batchnorm_forward_eval.
 // Evaluation: the affine map with the running statistics. With keep != 0
 // also xhat (for a backward pass in evaluation mode, as Grad-CAM needs) and
 // scale = gamma * inv_std per channel.
-XR_KERNEL(bn_fwd_eval)(const real* __restrict__ x, const real* __restrict__ gamma,
-                       const real* __restrict__ beta, const real* __restrict__ running_mean,
-                       const real* __restrict__ running_var, double eps, int keep,
-                       real* __restrict__ y, real* __restrict__ xhat, real* __restrict__ scale,
-                       int c, long long total)
+XR_KERNEL(batchnorm_forward_eval)(real* __restrict__ y, real* __restrict__ xhat, real* __restrict__ scale,
+                                  const real* __restrict__ x, const real* __restrict__ gamma,
+                                  const real* __restrict__ beta, const real* __restrict__ running_mean,
+                                  const real* __restrict__ running_var, double eps, int keep, int c,
+                                  long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int ch = (int)(i % c);
@@ -57,12 +61,13 @@ XR_KERNEL(bn_fwd_eval)(const real* __restrict__ x, const real* __restrict__ gamm
     }
 }
 
+// Reference: kernels/reference.py batchnorm_backward_train (its dx).
 // dx = gamma * inv_std * (dy - dbeta/m - xhat * dgamma/m); in evaluation
 // mode (train == 0) dx = dy * scale, where `inv_std` holds scale.
-XR_KERNEL(bn_bwd)(const real* __restrict__ dy, const real* __restrict__ xhat,
-                  const real* __restrict__ gamma, const real* __restrict__ inv_std,
-                  const double* __restrict__ dbeta, const double* __restrict__ dgamma,
-                  int train, long long m, int c, real* __restrict__ dx, long long total)
+XR_KERNEL(batchnorm_backward)(real* __restrict__ dx, const real* __restrict__ dy, const real* __restrict__ xhat,
+                              const real* __restrict__ gamma, const real* __restrict__ inv_std,
+                              const double* __restrict__ dbeta, const double* __restrict__ dgamma,
+                              int train, long long m, int c, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int ch = (int)(i % c);

@@ -18,13 +18,16 @@ __device__ __forceinline__ int tensor_of(const long long* __restrict__ offsets, 
     return lo;
 }
 
-XR_KERNEL(adam_multi)(const unsigned long long* __restrict__ p_ptr,
-                      const unsigned long long* __restrict__ g_ptr,
-                      const unsigned long long* __restrict__ m_ptr,
-                      const unsigned long long* __restrict__ v_ptr,
-                      const long long* __restrict__ offsets, int ntensors, long long total,
-                      double lr, double beta1, double beta2, double eps, double weight_decay,
-                      double bias_c1, double bias_c2_sqrt)
+// Reference: kernels/reference.py adam_update, on every tensor of the tables.
+// Tables: the parameters p, first and second moments m, v (all updated in
+// place), then the gradients g.
+XR_KERNEL(adam_update_many)(const unsigned long long* __restrict__ p_ptr,
+                            const unsigned long long* __restrict__ m_ptr,
+                            const unsigned long long* __restrict__ v_ptr,
+                            const unsigned long long* __restrict__ g_ptr,
+                            const long long* __restrict__ offsets, int ntensors, long long total,
+                            double lr, double beta1, double beta2, double eps, double weight_decay,
+                            double bias_c1, double bias_c2_sqrt)
 {
     double step_size = lr / bias_c1;
     XR_GRID_STRIDE(i, total) {
@@ -44,12 +47,13 @@ XR_KERNEL(adam_multi)(const unsigned long long* __restrict__ p_ptr,
     }
 }
 
+// Reference: kernels/reference.py sgd_update, on every tensor of the tables.
 // SGD with momentum (dampening 0); `first` marks step 1, where buf starts as g.
-XR_KERNEL(sgd_multi)(const unsigned long long* __restrict__ p_ptr,
-                     const unsigned long long* __restrict__ g_ptr,
-                     const unsigned long long* __restrict__ buf_ptr,
-                     const long long* __restrict__ offsets, int ntensors, long long total,
-                     double lr, double momentum, double weight_decay, int nesterov, int first)
+XR_KERNEL(sgd_update_many)(const unsigned long long* __restrict__ p_ptr,
+                           const unsigned long long* __restrict__ buf_ptr,
+                           const unsigned long long* __restrict__ g_ptr,
+                           const long long* __restrict__ offsets, int ntensors, long long total,
+                           double lr, double momentum, double weight_decay, int nesterov, int first)
 {
     XR_GRID_STRIDE(i, total) {
         int t = tensor_of(offsets, ntensors, i);

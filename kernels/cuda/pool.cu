@@ -33,8 +33,9 @@ __device__ __forceinline__ long long window_start(long long i, int h, int w, int
     return ((p.b * h + (long long)p.y * sh) * w + (long long)p.x * sw) * c + p.c;
 }
 
-XR_KERNEL(maxpool_fwd)(const real* __restrict__ x, real* __restrict__ y, unsigned char* __restrict__ idx,
-                       int h, int w, int c, int kh, int kw, int sh, int sw, int oh, int ow, long long total)
+// Reference: kernels/reference.py maxpool2d_forward.
+XR_KERNEL(maxpool2d_forward)(real* __restrict__ y, unsigned char* __restrict__ idx, const real* __restrict__ x,
+                             int h, int w, int c, int kh, int kw, int sh, int sw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         int arg;
@@ -65,20 +66,22 @@ __device__ __forceinline__ real pool_gather(const real* __restrict__ dy, const r
     return acc;
 }
 
-XR_KERNEL(maxpool_bwd)(const real* __restrict__ dy, const unsigned char* __restrict__ idx,
-                       real* __restrict__ dx, int h, int w, int c, int kh, int kw,
-                       int sh, int sw, int oh, int ow, long long total)
+// Reference: kernels/reference.py maxpool2d_backward.
+XR_KERNEL(maxpool2d_backward)(real* __restrict__ dx, const real* __restrict__ dy,
+                              const unsigned char* __restrict__ idx, int h, int w, int c, int kh, int kw,
+                              int sh, int sw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         dx[i] = pool_gather(dy, dy, idx, 0, i, h, w, c, kh, kw, sh, sw, oh, ow);
     }
 }
 
-// y = relu(maxpool(pre + b)), idx as maxpool_fwd of pre + b. The bias is
-// added before comparing, so ties that rounding creates go to the first
+// Reference: kernels/reference.py bias_maxpool_relu.
+// y = relu(maxpool(pre + b)), idx as maxpool2d_forward of pre + b. The bias
+// is added before comparing, so ties that rounding creates go to the first
 // element exactly as in the unfused chain (see kernels/cpu.py).
-XR_KERNEL(bias_maxpool_relu)(const real* __restrict__ pre, const real* __restrict__ bias, real* __restrict__ y,
-                             unsigned char* __restrict__ idx, int h, int w, int c, int kh, int kw, int sh, int sw,
+XR_KERNEL(bias_maxpool_relu)(real* __restrict__ y, unsigned char* __restrict__ idx, const real* __restrict__ pre,
+                             const real* __restrict__ bias, int h, int w, int c, int kh, int kw, int sh, int sw,
                              int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
@@ -90,10 +93,10 @@ XR_KERNEL(bias_maxpool_relu)(const real* __restrict__ pre, const real* __restric
     }
 }
 
-XR_KERNEL(maxpool_relu_bwd)(const real* __restrict__ dy, const real* __restrict__ y,
-                            const unsigned char* __restrict__ idx, real* __restrict__ dx,
-                            int h, int w, int c, int kh, int kw, int sh, int sw,
-                            int oh, int ow, long long total)
+// Reference: kernels/reference.py maxpool_relu_backward.
+XR_KERNEL(maxpool_relu_backward)(real* __restrict__ dx, const real* __restrict__ dy, const real* __restrict__ y,
+                                 const unsigned char* __restrict__ idx, int h, int w, int c, int kh, int kw,
+                                 int sh, int sw, int oh, int ow, long long total)
 {
     XR_GRID_STRIDE(i, total) {
         dx[i] = pool_gather(dy, y, idx, 1, i, h, w, c, kh, kw, sh, sw, oh, ow);

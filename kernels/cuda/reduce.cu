@@ -15,10 +15,12 @@
 // mode 3: sum x * y                   (gamma gradient)
 #include "common.cuh"
 
-XR_KERNEL(channel_reduce_partial)(const real* __restrict__ x, const real* __restrict__ y,
-                                  const double* __restrict__ mean, int mode, long long m,
-                                  int c, long long rows_per_part, double* __restrict__ partial,
-                                  int direct, real* __restrict__ out_real)
+// Reference: kernels/reference.py channel_sum (modes 0 and 1, y the mask), and
+// the sums of batchnorm_forward_train (mode 2) and batchnorm_backward_train (mode 3).
+XR_KERNEL(channel_reduce_partial)(double* __restrict__ partial, real* __restrict__ out_real,
+                                  const real* __restrict__ x, const real* __restrict__ y,
+                                  const double* __restrict__ mean, int mode, long long m, int c,
+                                  long long rows_per_part, int direct)
 {
     __shared__ double lanes[8][32];
     int tx = threadIdx.x, ty = threadIdx.y;
@@ -51,8 +53,8 @@ XR_KERNEL(channel_reduce_partial)(const real* __restrict__ x, const real* __rest
     }
 }
 
-XR_KERNEL(channel_reduce_final)(const double* __restrict__ partial, int parts, int c,
-                                double* __restrict__ out)
+// Reference: kernels/reference.py channel_sum (pass 2: adds the slabs of channel_reduce_partial).
+XR_KERNEL(channel_reduce_final)(double* __restrict__ out, const double* __restrict__ partial, int parts, int c)
 {
     XR_GRID_STRIDE(ch, (long long)c) {
         double s = 0;
@@ -61,8 +63,9 @@ XR_KERNEL(channel_reduce_final)(const double* __restrict__ partial, int parts, i
     }
 }
 
-XR_KERNEL(channel_reduce_final_real)(const double* __restrict__ partial, int parts, int c,
-                                     real* __restrict__ out)
+// Reference: kernels/reference.py channel_sum (pass 2, the result rounded to `real`).
+XR_KERNEL(channel_reduce_final_real)(real* __restrict__ out, const double* __restrict__ partial, int parts,
+                                     int c)
 {
     XR_GRID_STRIDE(ch, (long long)c) {
         double s = 0;

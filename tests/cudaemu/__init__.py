@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xraynet.cudakernels import _C_TYPES, kernel_suffix, parse_signatures
+from xraynet.backends.cudakernels import C_TYPES, kernel_suffix, parse_signatures
 
 HEADER = Path(__file__).with_name("cudaemu.h")
 _CTYPES = {np.float32: ctypes.c_float, np.float64: ctypes.c_double, np.int32: ctypes.c_int,
@@ -82,7 +82,7 @@ class EmuModule:
         types = [ctypes.c_uint] * 6
         for p in params:
             types.append(ctypes.c_void_p if p.pointer else
-                         _CTYPES[self.real if p.ctype == "real" else _C_TYPES[p.ctype]])
+                         _CTYPES[self.real if p.ctype == "real" else C_TYPES[p.ctype]])
         fn.argtypes, fn.restype = types, ctypes.c_int
 
         def launch(grid, block, args):

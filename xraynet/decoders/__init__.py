@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import ImageError, message
 
 #: Images with more pixels than this are refused ("too_large"): a 100 M pixel
 #: image already needs 400 MB as float32, and real radiographs are < 20 M.
@@ -33,7 +33,7 @@ COPY_AGAIN = "Copy the file again from its source, or remove it from the folder"
 
 
 def image_error(path, what: str, expected: str, got: str, todo: str, reason: str) -> ImageError:
-    return ImageError(f"{path}: {what}. Expected {expected}, got {got}. {todo}.", reason, path)
+    return ImageError(message(path, what, expected, got, todo), reason, path)
 
 
 def short(e: BaseException) -> str:

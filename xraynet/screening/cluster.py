@@ -1,23 +1,25 @@
 """The Dask side of ``xraynet screen --cluster``: batches run on workers, the client writes.
 
-Only the per-batch work -- decode, preprocess, run the network (and draw the
-heatmaps of flagged images) -- moves to the workers. The calling process stays
-the one writer of the report and keeps every guarantee of
-:mod:`xraynet.screen` (lock, repair, compaction, skip rule, one write()+fsync
-per batch, sorted rewrite, exit codes): :func:`screen_batches` hands each
-completed batch to the same :class:`xraynet.screen._Writer` the local path
-uses.
+Only the per-batch work of :mod:`xraynet.screening.batch` -- decode,
+preprocess, run the network (and draw the heatmaps of flagged images) --
+moves to the workers. The calling process stays the one writer of the report
+and keeps every guarantee of :mod:`xraynet.screening` (lock, repair,
+compaction, skip rule, one write()+fsync per batch, sorted rewrite, exit
+codes): :func:`screen_batches` hands each completed batch to the same
+:class:`~xraynet.screening.writer.BatchWriter` the local path uses.
 
-Over the wire: a task is one batch of ``(relative path, absolute path to
-open)`` pairs plus the model's absolute path, its ``weights_sha256``, the
-device, the screening class index and threshold, and the heatmap folder. No
-pixels travel: **workers must see the folder, the model file (and the heatmap
-folder) at the same absolute paths** (a shared file system, or ``local:N``).
-A worker checks the model file's ``weights_sha256`` against the client's and
-fails the run when they differ. The answer is a small
-:class:`xraynet.screen._BatchResult` (probabilities, width/height/warnings or
-the error cell, decode and network seconds, indices with a heatmap); the
-SHA-256 of each file is computed by the client and never leaves it.
+Over the wire: a task is one batch of :class:`~xraynet.screening.batch.ImageFile`
+(relative path, absolute path to open) plus the run's
+:class:`~xraynet.screening.batch.BatchSettings` with absolute paths (the model
+file, its ``weights_sha256``, the device, the screening class and threshold,
+the heatmap folder). No pixels travel: **workers must see the folder, the
+model file (and the heatmap folder) at the same absolute paths** (a shared
+file system, or ``local:N``). A worker checks the model file's
+``weights_sha256`` against the client's and fails the run when they differ.
+The answer is a small :class:`~xraynet.screening.batch.BatchResult`
+(probabilities, width/height/warnings or the error text, decode and network
+seconds, indices with a heatmap); the SHA-256 of each file is computed by the
+client and never leaves it.
 
 Each worker process loads the model once and caches it (``_MODELS``, keyed by
 model path, weights SHA-256 and device).
@@ -33,17 +35,18 @@ heatmap PNG (read-only folder, full disk) raises
 as it is. Either way the rows of completed batches are already in the report
 and the next run screens the rest.
 
-``import xraynet.cluster`` does not import Dask either; it is imported on first use.
+``import xraynet.screening.cluster`` does not import Dask; it is imported on first use.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .errors import ScreenError, XraynetError, missing_dependency
+from ..errors import ScreenError, XraynetError, missing_dependency
+from .batch import BatchSettings, ImageFile, load_screening_model, screen_batch
 
-__all__ = ["ClusterSpec", "screen_batches", "screen_batch"]
+__all__ = ["ClusterSpec", "screen_batches", "run_batch_on_worker"]
 
 _MODELS: dict = {}  # in each worker process: (model path, weights sha256, device) -> (model, preprocessing)
 
@@ -58,7 +61,8 @@ def _require_distributed():
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """``--cluster``: a scheduler ``address``, or ``local_workers`` > 0 for ``local:N``."""
+    """``--cluster``: a scheduler ``address``, or ``local_workers`` > 0 for ``local:N``;
+    ``timeout``: seconds to wait for the scheduler."""
 
     address: str | None
     local_workers: int
@@ -66,6 +70,8 @@ class ClusterSpec:
 
     @classmethod
     def parse(cls, text, timeout=30.0, check_installed: bool = True) -> "ClusterSpec":
+        """The spec of ``--cluster text``; :class:`ScreenError` for a bad address or timeout,
+        :class:`~xraynet.errors.MissingDependencyError` without Dask (``check_installed``)."""
         if not isinstance(text, str) or not text.strip():
             raise ScreenError(f"cluster: invalid. Expected a Dask scheduler address such as tcp://host:8786 or "
                               f"local:N, got {text!r}. Pass --cluster tcp://host:8786 or --cluster local:2.")
@@ -73,7 +79,6 @@ class ClusterSpec:
             raise ScreenError(f"cluster_timeout: invalid. Expected a number of seconds > 0, got {timeout!r}. "
                               f"Pass --cluster-timeout 30.")
         text = text.strip()
-        spec = None
         if text.startswith("local:"):
             n = text[len("local:"):]
             if not (n.isdigit() and int(n) >= 1):
@@ -123,52 +128,55 @@ def _abs(path) -> str:
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
-def _load(model_path: str, model_sha: str, device: str):
-    key = (model_path, model_sha, device)
+def _load(settings: BatchSettings):
+    """(model, preprocessing) for this worker, loaded once per process; :class:`ScreenError`
+    when the file here is another model than the client's."""
+    key = (settings.model_path, settings.model_sha256, settings.device)
     got = _MODELS.get(key)
     if got is None:
-        from .imaging import Preprocessing
-        from .modelfile import load_model, read_info
+        from ..modelfile import read_info
 
-        found = read_info(model_path)["weights_sha256"]
-        if found != model_sha:
-            raise ScreenError(f"{model_path}: on this worker the model file is another model. Expected weights "
-                              f"SHA-256 {model_sha} (the client's), got {found}. Workers must see the same "
-                              f"files at the same paths (shared file system).")
-        loaded = load_model(model_path, device=device)
-        got = (loaded.model, Preprocessing.from_dict(loaded.preprocessing))
+        found = read_info(settings.model_path)["weights_sha256"]
+        if found != settings.model_sha256:
+            raise ScreenError(f"{settings.model_path}: on this worker the model file is another model. Expected "
+                              f"weights SHA-256 {settings.model_sha256} (the client's), got {found}. Workers must "
+                              f"see the same files at the same paths (shared file system).")
+        got = load_screening_model(settings)
         _MODELS[key] = got
     return got
 
 
-def screen_batch(model_path: str, model_sha: str, device: str, ci: int, thr: float, heatmaps, files):
-    """Worker task: decode, preprocess and run the network on one batch ``[(key, path)]``."""
-    from .screen import _decode_one, _File, _infer
-
-    model, prep = _load(model_path, model_sha, device)
-    decoded = [_decode_one(_File(key, path), prep) for key, path in files]
-    return _infer(model, ci, thr, [key for key, _ in files], decoded, heatmaps)
+def run_batch_on_worker(settings: BatchSettings, files: list[ImageFile]):
+    """Worker task: :func:`~xraynet.screening.batch.screen_batch` with this worker's cached model."""
+    model, prep = _load(settings)
+    return screen_batch(model, prep, settings, files)
 
 
-def screen_batches(spec: ClusterSpec, batches, writer, model_file, model_sha: str, device: str, heatmaps) -> None:
-    """Run ``batches`` ([[(_File, sha256)]]) on the cluster; ``writer.append`` each as it completes.
+def _failed_batch(batch, e: Exception) -> ScreenError:
+    return ScreenError(f"{batch[0][0].key} .. {batch[-1][0].key}: the cluster could not screen this batch "
+                       f"({type(e).__name__}: {e}). Expected its results from a worker, got an error. The rows "
+                       f"of completed batches are in the report; run the same command again to screen the rest.")
+
+
+def screen_batches(spec: ClusterSpec, batches, writer, settings: BatchSettings) -> None:
+    """Run ``batches`` ([[(ImageFile, sha256)]]) on the cluster; ``writer.append(batch, result)``
+    each as it completes (``writer``: a :class:`~xraynet.screening.writer.BatchWriter`).
 
     At most 2 batches per worker are submitted at a time, so memory stays flat
     however large the folder."""
     from distributed import as_completed
 
+    remote = replace(settings, model_path=_abs(settings.model_path),
+                     heatmaps=_abs(settings.heatmaps) if settings.heatmaps is not None else None)
     with _connect(spec) as client:
         window = max(2, 2 * len(client.nthreads()))
-        model_abs, heat_abs = _abs(model_file), (_abs(heatmaps) if heatmaps is not None else None)
-        pending: dict = {}
+        pending: dict = {}  # future -> index of its batch
         nxt = 0
 
         def submit():
             nonlocal nxt
-            batch = batches[nxt]
-            files = [(f.key, _abs(f.path)) for f, _ in batch]
-            fut = client.submit(screen_batch, model_abs, model_sha, device, writer.ci, writer.thr, heat_abs, files,
-                                pure=False)
+            files = [ImageFile(f.key, _abs(f.path)) for f, _ in batches[nxt]]
+            fut = client.submit(run_batch_on_worker, remote, files, pure=False)
             pending[fut] = nxt
             nxt += 1
             return fut
@@ -182,12 +190,7 @@ def screen_batches(spec: ClusterSpec, batches, writer, model_file, model_sha: st
                 except XraynetError:
                     raise
                 except Exception as e:  # noqa: BLE001 -- KilledWorker, lost scheduler, a bug on the worker
-                    batch = batches[k]
-                    raise ScreenError(
-                        f"{batch[0][0].key} .. {batch[-1][0].key}: the cluster could not screen this batch "
-                        f"({type(e).__name__}: {e}). Expected its results from a worker, got an error. The rows "
-                        f"of completed batches are in the report; run the same command again to screen the "
-                        f"rest.") from None
+                    raise _failed_batch(batches[k], e) from None
                 fut.release()
                 writer.append(batches[k], res)
                 if nxt < len(batches):

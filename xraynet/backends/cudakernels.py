@@ -11,6 +11,10 @@ the declared element type and for C-contiguity before the launch: the tests
 run that way; production launches skip it, since a `seed` training step is
 launch-bound and every microsecond of Python counts.
 
+Every entry point takes its array arguments first (outputs, then inputs) and
+its scalars after them; the loader refuses a kernel that mixes the two, and
+a launch joins the converted scalars to the pointers by slicing.
+
 Nothing here imports CuPy: ``compile_fn`` builds a module from the source (a
 ``cupy.RawModule`` on a GPU, the CPU emulator in the tests), and the returned
 module only needs ``get_function(name)`` returning ``f(grid, block, args)``.
@@ -24,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import KernelError
+
 #: Kernel sources, in the order they are joined (common.cuh comes first).
 SOURCES = ("conv.cu", "pool.cu", "elementwise.cu", "reduce.cu", "norm.cu", "loss.cu", "optim.cu")
 COMMON = "common.cuh"
@@ -32,7 +38,8 @@ _BLOCK = (THREADS,)
 
 _KERNEL_RE = re.compile(r'XR_KERNEL\((\w+)\)\s*\(([^)]*)\)', re.S)
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"common\.cuh"\s*$', re.M)
-_C_TYPES = {"double": np.float64, "float": np.float32, "int": np.int32, "long long": np.int64,
+#: C type of a kernel parameter -> the NumPy scalar type a launch passes for it
+C_TYPES = {"double": np.float64, "float": np.float32, "int": np.int32, "long long": np.int64,
             "unsigned char": np.uint8, "unsigned long long": np.uint64}
 
 
@@ -58,7 +65,7 @@ _PRECISIONS = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("
 
 
 def kernel_suffix(dtype) -> str:
-    """The precision suffix of entry-point names: im2col_f32, im2col_f64."""
+    """The precision suffix of entry-point names: im2col_cyx_f32, im2col_cyx_f64."""
     return _PRECISIONS[np.dtype(dtype)][1]
 
 
@@ -77,7 +84,10 @@ class Param:
 
 def parse_signatures(source: str) -> dict[str, tuple[Param, ...]]:
     """``{kernel name: parameters}`` of every ``XR_KERNEL(name)(...)`` entry point
-    (names without the precision suffix)."""
+    (names without the precision suffix).
+
+    Raises KernelError for a parameter of a type the launcher cannot pass, or
+    an array parameter after a scalar one (arrays come first: outputs, inputs)."""
     out = {}
     for name, params in _KERNEL_RE.findall(source):
         parsed = []
@@ -86,17 +96,16 @@ def parse_signatures(source: str) -> dict[str, tuple[Param, ...]]:
             pointer = "*" in words
             words = [w for w in words if w not in ("const", "__restrict__", "*")]
             if len(words) < 2:
-                raise ValueError(f"kernel {name}: cannot read parameter {raw.strip()!r}")
+                raise KernelError(f"kernel {name}: cannot read parameter {raw.strip()!r}")
             ctype = " ".join(words[:-1])
-            if ctype != "real" and ctype not in _C_TYPES:
-                raise ValueError(f"kernel {name}: parameter {raw.strip()!r} has a type the launcher does not know")
+            if ctype != "real" and ctype not in C_TYPES:
+                raise KernelError(f"kernel {name}: parameter {raw.strip()!r} has a type the launcher does not know")
+            if pointer and parsed and not parsed[-1].pointer:
+                raise KernelError(f"kernel {name}: array parameter {words[-1]} follows a scalar. Expected the "
+                                  "arrays first (outputs, then inputs), then the scalars. Reorder the parameters.")
             parsed.append(Param(words[-1], ctype, pointer))
         out[name] = tuple(parsed)
     return out
-
-
-class KernelError(RuntimeError):
-    """A kernel was launched with arguments that do not match its signature."""
 
 
 class Kernel:
@@ -105,10 +114,10 @@ class Kernel:
     A call costs Python time on every launch, and a `seed` training step is
     a few dozen launches of a few microseconds of GPU work each, so the call
     path is kept short: the scalars' C-type conversion is memoised (a step
-    passes the same shapes every time), and where all pointers come first
-    (most kernels) the arguments are joined by slicing. Measured with a
-    no-op launcher (benchmarks/test_launch_bench.py): im2col, 14 arguments,
-    8.8 -> 2.6 us per call; relu_fwd, 3 arguments, 2.7 -> 2.4 us.
+    passes the same shapes every time), and since all pointers come first
+    the arguments are joined by slicing. Measured with a no-op launcher
+    (benchmarks/test_launch_bench.py): im2col, 14 arguments, 8.8 -> 2.6 us
+    per call; the ReLU, 3 arguments, 2.7 -> 2.4 us.
     """
 
     def __init__(self, name, params, fn, dtype, checked, max_blocks, profiler):
@@ -116,13 +125,10 @@ class Kernel:
         self.dtype = np.dtype(dtype)
         self.checked, self.max_blocks, self._profiler = checked, max_blocks, profiler
         self._nargs = len(params)
-        scalars = [(i, np.dtype(self.dtype if p.ctype == "real" else _C_TYPES[p.ctype]).type)
-                   for i, p in enumerate(params) if not p.pointer]
-        self._scalar_pos = tuple(i for i, _ in scalars)
-        self._casts = tuple(cast for _, cast in scalars)
-        n_ptr = len(params) - len(scalars)
-        #: all pointers first: the converted scalars are simply appended after them
-        self._pointers_first = n_ptr if self._scalar_pos == tuple(range(n_ptr, len(params))) else None
+        #: the pointers come first (parse_signatures sees to it); the scalars follow
+        self._n_ptr = sum(p.pointer for p in params)
+        self._casts = tuple(np.dtype(self.dtype if p.ctype == "real" else C_TYPES[p.ctype]).type
+                            for p in params[self._n_ptr:])
         self._converted: dict = {}
 
     def _convert(self, values: tuple) -> tuple:
@@ -138,15 +144,8 @@ class Kernel:
         if len(args) != self._nargs:
             raise KernelError(f"kernel {self.name}: {len(args)} arguments. Expected {len(self.params)} "
                               f"({', '.join(p.name for p in self.params)}).")
-        n = self._pointers_first
-        if n is not None:
-            args = args[:n] + self._convert(args[n:])
-        else:
-            merged = list(args)
-            pos = self._scalar_pos
-            for i, v in zip(pos, self._convert(tuple([args[i] for i in pos]))):
-                merged[i] = v
-            args = tuple(merged)
+        n = self._n_ptr
+        args = args[:n] + self._convert(args[n:])
         if self.checked:
             self._check(args)
         if self._profiler is None:
@@ -164,7 +163,7 @@ class Kernel:
         for p, a in zip(self.params, args):
             if not p.pointer:
                 continue
-            want = np.dtype(self.dtype if p.ctype == "real" else _C_TYPES[p.ctype])
+            want = np.dtype(self.dtype if p.ctype == "real" else C_TYPES[p.ctype])
             dt = getattr(a, "dtype", None)
             if dt is None or not hasattr(a, "flags"):
                 raise KernelError(f"kernel {self.name}: argument {p.name} is {type(a).__name__}. "
@@ -218,7 +217,7 @@ class _Timing:
 
 
 class KernelSet:
-    """Every kernel of one precision, as attributes: ``ks.im2col(grid, block, ...)``."""
+    """Every kernel of one precision, as attributes: ``ks.im2col_cyx(grid, block, ...)``."""
 
     def __init__(self, dtype, compile_fn, checked=False, max_blocks=1 << 16, profiler=None, source=None):
         self.dtype = np.dtype(dtype)

@@ -1,0 +1,127 @@
+"""The sizes a compressed DICOM frame declares in its own header, read from
+its bytes without decoding it (:func:`declared_sizes`), and whether a frame
+or an encapsulated Pixel Data value was cut short. A frame may declare far
+more pixels than the DICOM header: these are checked before any decoder
+sees the frame."""
+from __future__ import annotations
+
+import struct
+
+class _BadCodestream(ValueError):
+    """A compressed frame's header cannot be read (cut short or malformed)."""
+
+
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # ISO/IEC 15444-1 I.5.1
+# JPEG start-of-frame markers (ITU-T T.81 Table B.1: C0-CF less DHT C4, JPG C8,
+# DAC CC) and JPEG-LS SOF55 (ITU-T T.87 C.2.2, same frame header layout).
+_SOF_MARKERS = frozenset(set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xF7}
+
+
+def _jpeg_size(frame: bytes) -> tuple[str, int, int]:
+    """Width and height of a JPEG or JPEG-LS frame header (SOFn: Lf, P, Y, X; T.81 B.2.2)."""
+    pos = 2
+    while pos + 4 <= len(frame):
+        if frame[pos] != 0xFF:
+            raise _BadCodestream(f"no JPEG marker at byte {pos}")
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # fill byte (T.81 B.1.1.2)
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):
+            raise _BadCodestream("no frame header (SOF marker) before the scan")
+        if marker in _SOF_MARKERS:
+            if pos + 9 > len(frame):
+                break
+            height, width = struct.unpack_from(">HH", frame, pos + 5)
+            what = "the embedded JPEG-LS frame header (SOF55)" if marker == 0xF7 else \
+                f"the embedded JPEG frame header (SOF{marker - 0xC0})"
+            return what, width, height
+        pos += 2 + struct.unpack_from(">H", frame, pos + 2)[0]
+    raise _BadCodestream("the frame ends before its JPEG frame header (SOF marker)")
+
+
+def _j2k_size(frame: bytes, pos: int = 0) -> tuple[str, int, int]:
+    """Image size of a JPEG 2000 codestream from its SIZ marker, which directly follows
+    SOC: Xsiz - XOsiz by Ysiz - YOsiz (ITU-T T.800 A.5.1)."""
+    if frame[pos:pos + 4] != b"\xff\x4f\xff\x51" or pos + 24 > len(frame):
+        raise _BadCodestream("the JPEG 2000 codestream does not start with SOC and a whole SIZ marker")
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">LLLL", frame, pos + 8)
+    if xosiz >= xsiz or yosiz >= ysiz:
+        raise _BadCodestream(f"the SIZ marker's image offset ({xosiz}, {yosiz}) lies outside its "
+                             f"reference grid ({xsiz}x{ysiz})")
+    return "the embedded JPEG 2000 codestream (SIZ marker)", xsiz - xosiz, ysiz - yosiz
+
+
+def _jp2_sizes(frame: bytes) -> list[tuple[str, int, int]]:
+    """Sizes declared by a JP2 file: its Image Header box (ihdr: HEIGHT, WIDTH; T.800
+    I.5.3.1) and the SIZ marker of its contiguous codestream box (jp2c)."""
+    sizes = []
+
+    def boxes(start, end):
+        pos = start
+        while pos + 8 <= end:
+            length, kind = struct.unpack_from(">L4s", frame, pos)
+            header = 8
+            if length == 1:  # XLBox: a 64-bit length follows
+                if pos + 16 > end:
+                    raise _BadCodestream("a JP2 box header is cut short")
+                length, header = struct.unpack_from(">Q", frame, pos + 8)[0], 16
+            elif length == 0:  # the box runs to the end
+                length = end - pos
+            if length < header:
+                raise _BadCodestream(f"the JP2 box {kind!r} has an impossible length {length}")
+            yield kind, pos + header, min(pos + length, end)
+            pos += length
+
+    for kind, start, end in boxes(0, len(frame)):
+        if kind == b"jp2h":
+            for sub, s, e in boxes(start, end):
+                if sub == b"ihdr" and e - s >= 8:
+                    height, width = struct.unpack_from(">LL", frame, s)
+                    sizes.append(("the embedded JP2 image header box (ihdr)", width, height))
+        elif kind == b"jp2c":
+            sizes.append(_j2k_size(frame, start))
+            break
+    if not sizes:
+        raise _BadCodestream("the JP2 file holds neither an image header box nor a codestream")
+    return sizes
+
+
+def declared_sizes(frame: bytes) -> list[tuple[str, int, int]]:
+    """The ``(header, width, height)`` declarations at the start of one compressed
+    frame, read from its bytes without decoding: a JPEG or JPEG-LS frame header
+    (starts FFD8), a JPEG 2000 codestream's SIZ marker (starts FF4F FF51), a JP2
+    file's ihdr box and codestream; [] for anything else (RLE declares no size:
+    its decoders size their output from Rows and Columns, PS3.5 Annex G).
+
+    Raises ``ValueError`` when a recognised header is cut short or malformed."""
+    if frame.startswith(b"\xff\xd8"):
+        return [_jpeg_size(frame)]
+    if frame.startswith(b"\xff\x4f\xff\x51"):
+        return [_j2k_size(frame)]
+    if frame.startswith(_JP2_SIGNATURE):
+        return _jp2_sizes(frame)
+    return []
+
+
+def ends_early(frame: bytes) -> bool:
+    """A JPEG-family frame that lacks its end marker (EOI / EOC, both FFD9; a frame's
+    last item may carry one padding byte, PS3.5 A.4) was cut short."""
+    if frame.startswith((b"\xff\xd8", b"\xff\x4f\xff\x51", _JP2_SIGNATURE)):
+        return not frame.rstrip(b"\0").endswith(b"\xff\xd9")
+    return False
+
+
+def items_end_early(data: bytes) -> bool:
+    """Whether an encapsulated Pixel Data value (PS3.5 A.4: items FFFE,E000 with a
+    32-bit length) ends inside one of its items."""
+    pos = 0
+    while pos + 8 <= len(data):
+        tag, length = struct.unpack_from("<LL", data, pos)
+        if tag != 0xE000FFFE:
+            return False
+        pos += 8 + length
+    return pos != len(data)

@@ -1,0 +1,345 @@
+"""The pixels of a DICOM dataset read by pydicom (:func:`decode_dataset`):
+the checks before any pixel is decoded (Pixel Data present, transfer syntax,
+Rows x Columns and bytes per frame, a decoder installed, the first frame
+complete and declaring the header's size), then the first frame decoded and
+turned into grayscale in [0, 1] (:mod:`.display` for monochrome images)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import COPY_AGAIN, MAX_PIXELS, check_pixels, describe, image_error, luma, short
+from .codestream import declared_sizes, ends_early, items_end_early
+from .detect import UNDEFINED_LENGTH
+from .display import grayscale, stretch
+from .header import header_warnings
+
+# What to install for each compressed transfer syntax: the pylibjpeg plugins
+# that pydicom 3 uses (core dependencies of xraynet).
+_LIBJPEG = "pylibjpeg pylibjpeg-libjpeg"
+_OPENJPEG = "pylibjpeg pylibjpeg-openjpeg"
+_CODEC_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG, "1.2.840.10008.1.2.4.51": _LIBJPEG, "1.2.840.10008.1.2.4.57": _LIBJPEG,
+    "1.2.840.10008.1.2.4.70": _LIBJPEG, "1.2.840.10008.1.2.4.80": _LIBJPEG, "1.2.840.10008.1.2.4.81": _LIBJPEG,
+    "1.2.840.10008.1.2.4.90": _OPENJPEG, "1.2.840.10008.1.2.4.91": _OPENJPEG,
+    "1.2.840.10008.1.2.4.201": _OPENJPEG, "1.2.840.10008.1.2.4.202": _OPENJPEG,
+    "1.2.840.10008.1.2.4.203": _OPENJPEG, "1.2.840.10008.1.2.5": "pydicom (its own RLE decoder)",
+}
+EXPORT_AGAIN = "Export the file again from the archive, or remove it"  # complete but damaged: a new copy won't help
+_CONVERT = ("convert it to uncompressed DICOM (gdcmconv --raw, or dcmtk's dcmdjpeg / dcmdrle) "
+            "or export it as PNG")
+
+
+def _unsupported_codec(path, ts, detail: str):
+    """``unsupported_codec`` for ``ts``, naming what to install or how to convert the file."""
+    packages = _CODEC_PACKAGES.get(str(ts))
+    if packages:
+        todo = f"Install its decoder: pip install {packages} (or reinstall xraynet, which depends on them)"
+    else:
+        todo = f"pydicom has no decoder for it, so there is nothing to pip install: {_CONVERT}"
+    return image_error(path, f"its pixel data is compressed with {ts.name} ({ts}), which no installed decoder reads",
+                       f"an installed decoder for {ts.name}", detail, todo, "unsupported_codec")
+
+
+def _native_frame_bytes(ds, rows: int, cols: int) -> int:
+    """Bytes of one uncompressed frame (PS3.5 8.1.1; Bits Allocated 1 packs 8 pixels a byte)."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    return (rows * cols * samples + 7) // 8 if bits == 1 else rows * cols * samples * ((bits + 7) // 8)
+
+
+_IMAGE_PIXEL_KEYWORDS = ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+                         "BitsStored", "HighBit", "PixelRepresentation")
+
+
+_FIXED_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "SV": 8, "UV": 8}
+
+
+def _plausible_element(ds, raw) -> bool:
+    """Whether a raw element whose value runs past the end of the file looks like a
+    real element cut short rather than garbage: a public tag pydicom knows whose
+    length fits its VR and fixed multiplicity (PS3.5 Table 6.2-1, PS3.6), or a
+    private one (odd group above 0008, PS3.5 7.8.1) whose creator element is there."""
+    from pydicom.datadict import dictionary_has_tag, dictionary_VM, dictionary_VR
+
+    tag = raw.tag
+    group, element = tag >> 16, tag & 0xFFFF
+    if dictionary_has_tag(tag):
+        size, vm = _FIXED_SIZES.get(dictionary_VR(tag)), dictionary_VM(tag)
+        return not (size and vm.isdigit() and raw.length != size * int(vm))
+    if group % 2 and 0x0008 < group < 0xFFFF:
+        return 0x0010 <= element <= 0x00FF or (group << 16 | element >> 8) in ds
+    return False
+
+
+def _why_no_pixels(ds, size: int) -> tuple[str, str] | None:
+    """Why a DICOM dataset read without pixel data is not simply an object without an
+    image: ``("truncated", why)`` when nothing follows the file meta, when the file
+    ends inside the last element's value or inside the header after it (under 12
+    bytes, PS3.5 7.1.2; pydicom reads both short without a word), or when Image
+    Pixel Module attributes are there but not the Pixel Data they describe;
+    ``("damaged", why)`` when the element whose value runs past the end is garbage
+    (:func:`_plausible_element`); else None."""
+    tags = [tag for tag in ds.keys() if tag >> 16 != 0x0002]
+    if not tags:
+        return "truncated", "no data element follows the file header"
+    ts = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    raw = ds.get_item(max(tags))
+    tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+    # Deflated: offsets count inflated bytes; a converted element has no offsets.
+    if ts != "1.2.840.10008.1.2.1.99" and isinstance(tell, int) and isinstance(length, int) \
+            and length != UNDEFINED_LENGTH:
+        if tell + length > size:
+            if not _plausible_element(ds, raw):
+                return "damaged", f"element {raw.tag} at byte {tell:,} is garbage ({length:,} bytes)"
+            return "truncated", f"element {raw.tag} declares {length:,} bytes at byte {tell:,}, the file has {size:,}"
+        if 0 < size - (tell + length) < 12:
+            return "truncated", f"the file ends inside the header of the element after {raw.tag}"
+    if any(k in ds for k in _IMAGE_PIXEL_KEYWORDS):
+        # The Image Pixel Module is there but its Pixel Data, Type 1 and the
+        # last element by tag order (PS3.3 C.7.6.3, PS3.5 7.1), is not.
+        return "truncated", "it ends before the Pixel Data its header describes"
+    return None
+
+
+
+@dataclass
+class _Geometry:
+    """What the header says one frame is: Rows, Columns, Photometric Interpretation (upper
+    case), Bits Stored and the Number of Frames."""
+
+    rows: int
+    cols: int
+    photometric: str
+    bits: int
+    frames: int
+
+
+@dataclass
+class _Stored:
+    """The Pixel Data value as read (None for Float / Double Float Pixel Data or a value
+    pydicom has already converted), its first compressed frame (encapsulated transfer
+    syntaxes only, else None), and whether the value is shorter than its declared length."""
+
+    data: bytes | None
+    frame: bytes | None
+    cut_short: bool
+
+
+def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_content: bool, head: bytes,
+                   size: int):
+    """The part of :func:`~xraynet.decoders.dicom.decode_dicom` after reading ``ds``; returns
+    what it returns. ``inferred``: the encoding :func:`~.detect.raw_encoding` read from a bare
+    dataset's first elements, else None; ``ended_early``: pydicom's end-of-file warning, or "";
+    ``dicom_content``: whether the content (not just the name) says DICOM."""
+    pixel_keyword = _pixel_keyword(path, ds, ended_early, dicom_content, head, size)
+    ts = _transfer_syntax(path, ds, inferred)
+    geometry = _geometry(path, ds)
+    decoder = _installed_decoder(path, ts)
+    stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
+    arr = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
+    gray = _to_gray(path, arr, ds, geometry.photometric)
+    return gray, "dicom", geometry.photometric, geometry.bits, header_warnings(ds)
+
+
+def _pixel_keyword(path, ds, ended_early: str, dicom_content: bool, head: bytes, size: int) -> str:
+    """The keyword of the dataset's pixel data element; for a dataset without one, the reason:
+    ``not_an_image``, ``truncated``, ``damaged`` or ``dicom_unsupported`` (a DICOM object that
+    holds no image)."""
+    pixel_keyword = next((k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+    if pixel_keyword is not None:
+        return pixel_keyword
+    if not dicom_content:
+        # Read with force=True: without the preamble, a dataset structure
+        # or pixel data nothing says this is DICOM at all.
+        raise image_error(path, "not an image", "a PNG, JPEG, BMP, TIFF or DICOM file",
+                          f"a {path.suffix} name without DICOM content ({describe(head, size)})",
+                          "Remove the file from the folder or convert it", "not_an_image")
+    why = ("truncated", ended_early) if ended_early else _why_no_pixels(ds, size)
+    if why is not None:
+        reason, detail = why
+        if reason == "truncated":
+            raise image_error(path, f"the file ends early ({short(detail)})", "a complete DICOM file",
+                              f"{size:,} bytes", COPY_AGAIN, "truncated")
+        raise image_error(path, f"its data elements are corrupt ({detail})", "a well-formed DICOM file",
+                          "garbage where an element should start",
+                          EXPORT_AGAIN, "damaged")
+    kind = str(getattr(ds, "Modality", "") or getattr(ds, "SOPClassUID", "") or "unknown")
+    raise image_error(path, "is a DICOM file without pixel data (Pixel Data (7FE0,0010) missing)",
+                      "a DICOM image", f"a DICOM object of kind {kind!r} (a report or presentation state?)",
+                      "Export the image series, not this object", "dicom_unsupported")
+
+
+def _transfer_syntax(path, ds, inferred: str | None):
+    """The dataset's transfer syntax UID; for a bare dataset (no file meta) the encoding pydicom
+    read it in, which must agree with ``inferred``, is written into a file meta it is given."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None:
+        # A bare dataset: no file meta says how it is encoded, so the first
+        # elements tell (raw_encoding); pydicom must have read it the same way.
+        implicit, little = ds.original_encoding
+        if inferred is not None and (implicit != (inferred == "implicit") or not little):
+            raise image_error(path, "its first elements and the rest of the dataset disagree on the encoding",
+                              f"{inferred} VR little endian throughout",
+                              f"{'implicit' if implicit else 'explicit'} VR "
+                              f"{'little' if little else 'big'} endian", EXPORT_AGAIN, "damaged")
+        if not little:
+            ts = UID("1.2.840.10008.1.2.2")  # Explicit VR Big Endian (retired, PS3.5 A.3)
+        else:
+            ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ts
+    return UID(str(ts))
+
+
+def _geometry(path, ds) -> _Geometry:
+    """Rows, Columns and the bytes of one frame, checked against the size limits ("too_large")
+    before anything is decoded; "damaged" for a missing size or non-numeric counts."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise image_error(path, "its image size is missing (Rows (0028,0010) / Columns (0028,0011))",
+                          "Rows and Columns above 0 with the pixel data", f"{rows} rows, {cols} columns",
+                          EXPORT_AGAIN, "damaged")
+    check_pixels(path, cols, rows, where="the DICOM header (Columns x Rows)")
+    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError) as e:
+        raise image_error(path, f"its Bits Stored or Number of Frames is not a number ({short(e)})",
+                          "whole numbers", "something else", EXPORT_AGAIN, "damaged") from None
+    # Pixels alone do not bound memory: 3 samples of 32 bits at the pixel limit would be 1.2 GB
+    # for one decoded frame. The frame's bytes must stay within what MAX_PIXELS 32-bit samples take.
+    try:
+        samples = max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+        allocated = max(1, int(ds.get("BitsAllocated", 16) or 16))
+    except (TypeError, ValueError):
+        samples, allocated = 1, 16
+    frame_bytes = rows * cols * samples * ((allocated + 7) // 8)
+    if frame_bytes > 4 * MAX_PIXELS:
+        raise image_error(path, f"one frame would take {frame_bytes:,} bytes ({cols}x{rows}, {samples} sample(s) of "
+                                f"{allocated} bits)", f"at most {4 * MAX_PIXELS:,} bytes a frame", f"{frame_bytes:,}",
+                          "Downscale the image before screening it (a possible decompression bomb is refused)",
+                          "too_large")
+    return _Geometry(rows=rows, cols=cols, photometric=pi, bits=bits, frames=frames)
+
+
+def _installed_decoder(path, ts):
+    """pydicom's decoder for ``ts``; "unsupported_codec", naming what to install, without one."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise _unsupported_codec(path, ts, "no pydicom decoder for this transfer syntax") from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin installed"
+        raise _unsupported_codec(path, ts, missing) from None
+    return decoder
+
+
+def _check_stored(path, ds, pixel_keyword: str, ts, g: _Geometry, ended_early: str) -> _Stored:
+    """The Pixel Data value before decoding: for an encapsulated transfer syntax its first
+    frame (:func:`_first_frame`); for a native one, enough bytes for one frame ("truncated"
+    when the file cut the value short, "damaged" when the header asks for more than it holds)."""
+    # The length Pixel Data declares, read before the value is converted: a
+    # value shorter than that was cut by the end of the file.
+    declared = getattr(ds.get_item(pixel_keyword), "length", None)
+    data = ds.PixelData if pixel_keyword == "PixelData" else None
+    cut_short = isinstance(data, (bytes, bytearray)) and isinstance(declared, int) \
+        and declared != UNDEFINED_LENGTH and len(data) < declared
+    frame = None
+    if ts.is_encapsulated and isinstance(data, (bytes, bytearray)):
+        frame = _first_frame(path, ds, data, ts, g, ended_early)
+    elif isinstance(data, (bytes, bytearray)) and len(data) < _native_frame_bytes(ds, g.rows, g.cols):
+        expected = f"{_native_frame_bytes(ds, g.rows, g.cols):,} bytes for one {g.cols}x{g.rows} frame"
+        if cut_short:
+            raise image_error(path, "its pixel data ends early", expected, f"{len(data):,} bytes", COPY_AGAIN,
+                              "truncated")
+        raise image_error(path, "its header and its complete pixel data disagree on the image size", expected,
+                          f"{len(data):,} bytes (all that Pixel Data declares)", EXPORT_AGAIN, "damaged")
+    return _Stored(data=data, frame=frame, cut_short=cut_short)
+
+
+def _first_frame(path, ds, data: bytes, ts, g: _Geometry, ended_early: str) -> bytes:
+    """The first frame of encapsulated pixel data (PS3.5 A.4), whose own header must declare
+    no more than MAX_PIXELS and the size of the DICOM header (:func:`declared_sizes`)."""
+    from pydicom.encaps import get_frame
+
+    frame = None
+    eot = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        eot = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        frame = get_frame(data, 0, number_of_frames=g.frames, extended_offsets=eot)
+        sizes = declared_sizes(frame)
+    except Exception as e:  # noqa: BLE001 -- pydicom's item parser and ours raise ValueError and others
+        cut = bool(ended_early) or items_end_early(data) or (frame is not None and ends_early(frame))
+        raise image_error(path, f"its first compressed frame cannot be read ({short(e)})",
+                          f"a complete {ts.name} frame", f"{len(data):,} bytes of encapsulated pixel data",
+                          COPY_AGAIN if cut else EXPORT_AGAIN,
+                          "truncated" if cut else "damaged") from None
+    for where, width, height in sizes:
+        check_pixels(path, width, height, where=where)
+    for where, width, height in sizes:
+        if (width, height) != (g.cols, g.rows):
+            raise image_error(path, f"{where} and the DICOM header disagree on the image size",
+                              f"{g.cols}x{g.rows} (Columns x Rows)", f"{width}x{height}",
+                              EXPORT_AGAIN, "damaged")
+    return frame
+
+
+def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry, ended_early: str) -> np.ndarray:
+    """The first frame's stored values, decoded by pydicom; a decoder's failure is "truncated"
+    when the data ends early, else "damaged"."""
+    from pydicom.pixels import pixel_array
+    from pydicom.uid import RLELossless
+
+    # RLE: pydicom's own decoder (numpy, ~0.1 s for 5 M pixels). On a corrupt
+    # segment it raises, and it warns about non-conformant padding; the
+    # pylibjpeg-rle plugin panics instead (a BaseException, with a Rust
+    # backtrace printed on stderr, which breaks a cron run's silence).
+    plugin = "pydicom" if ts == RLELossless and "pydicom" in decoder.available_plugins else ""
+    try:
+        return pixel_array(ds, index=0, decoding_plugin=plugin)
+    except (MemoryError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 -- codecs raise many types on bad data, Rust ones panic
+        if isinstance(e, RuntimeError) and "missing dependencies" in str(e):
+            raise _unsupported_codec(path, ts, short(e)) from None
+        data, frame = stored.data, stored.frame
+        if ts.is_encapsulated and isinstance(data, (bytes, bytearray)):
+            cut = items_end_early(data) or (frame is not None and ends_early(frame))
+        else:
+            cut = stored.cut_short
+        cut = cut or bool(ended_early)
+        raise image_error(path, f"its pixel data cannot be decoded ({type(e).__name__}: {short(e)})",
+                          f"{g.cols}x{g.rows} pixels of {g.bits}-bit {ts.name} data",
+                          "data that ends early" if cut else "data the decoder rejects",
+                          COPY_AGAIN if cut else EXPORT_AGAIN,
+                          "truncated" if cut else "damaged") from None
+
+
+def _to_gray(path, arr: np.ndarray, ds, pi: str) -> np.ndarray:
+    """Decoded values -> float32 (Rows, Columns) in [0, 1]: monochrome through the display
+    pipeline (:func:`~.display.grayscale`); PALETTE COLOR through its palette, RGB and YBR
+    (already RGB from pydicom) as luma; "unsupported_mode" for other interpretations."""
+    from pydicom.pixels import apply_color_lut
+
+    if pi in ("MONOCHROME1", "MONOCHROME2"):
+        if arr.ndim != 2:
+            raise image_error(path, f"unexpected pixel array shape {arr.shape}", "one 2-D frame",
+                              f"shape {arr.shape}", "Convert the file to a single-frame grayscale DICOM",
+                              "dicom_unsupported")
+        return grayscale(arr, ds, pi, path)
+    if pi == "PALETTE COLOR":
+        return stretch(luma(apply_color_lut(arr, ds)), False)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return stretch(luma(arr), False)  # RGB, and YBR already converted to RGB by pydicom
+    raise image_error(path, f"unsupported photometric interpretation {pi!r}",
+                      "MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR", repr(pi),
+                      "Convert the file to a grayscale DICOM or PNG", "unsupported_mode")

@@ -1,0 +1,395 @@
+"""One screening run: check the job, take the lock, plan from the report, screen, finish the report.
+
+:class:`ScreenJob` says what to screen and how; :func:`run_screen` runs it and
+:func:`screen` is the same with keyword arguments. The rules a run keeps (which
+files, the skip rule, compaction, the final sorted rewrite, exit codes) are in
+the :mod:`xraynet.screening` docstring; the report's own reading and writing is
+:mod:`~xraynet.screening.report`, the per-batch work
+:mod:`~xraynet.screening.batch`, the rows :mod:`~xraynet.screening.writer`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..atomic import special_file_kind
+from ..discovery import display_path, find_images
+from ..errors import ScreenError
+from .batch import BatchSettings, ImageFile, decode_image, infer_batch, load_screening_model
+from .report import (ExistingReport, ReportFiles, ReportLock, cell, file_identity, format_number, read_report,
+                     repair_report, replace_report, report_columns, uncell, write_error)
+from .summary import EXIT_UNLISTED, Summary
+from .writer import BatchWriter
+
+if TYPE_CHECKING:
+    from .cluster import ClusterSpec
+
+__all__ = ["ScreenJob", "run_screen", "screen", "RETRY_REASONS"]
+
+#: Error reasons that depend on this machine rather than on the file's bytes: retried on every run.
+RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "unsupported_codec"})
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ScreenJob:
+    """What to screen and how: screen the images under ``folder`` into the CSV report ``out``.
+
+    ``model_path``: a model file (default: the bundled model). ``threshold`` /
+    ``screening_class``: default to the model's stored
+    ``metadata["threshold"]``. ``batch_size``: images per network batch;
+    ``workers``: threads hashing and decoding; ``recursive``: descend into
+    subfolders. ``on_lock``: ``"fail"`` or ``"wait"`` when another run holds
+    the report. ``dry_run``: list in ``Summary.would_screen`` what would be
+    screened and write nothing (not even the lock file). ``heatmaps``: a
+    folder; each flagged image gets a Grad-CAM overlay PNG there
+    (``<path>.png``, computed with the model's own backward pass) and its path
+    in the ``heatmap`` column. ``device``: where the network runs, 'auto',
+    'cpu' or 'gpu' (see :mod:`xraynet.devices`; with ``cluster``, each worker
+    resolves it for itself). ``cluster``: a Dask scheduler address
+    (``tcp://host:8786``) or ``local:N``; the batches then run on its workers;
+    ``cluster_timeout``: seconds to wait for the scheduler. ``allow_empty``:
+    let a folder with no images at all clear the report's rows.
+
+    Checked when run (:func:`run_screen`), not when built."""
+
+    folder: str | os.PathLike
+    out: str | os.PathLike
+    model_path: str | os.PathLike | None = None
+    threshold: float | None = None
+    screening_class: str | None = None
+    batch_size: int = 32
+    workers: int = 2
+    recursive: bool = True
+    on_lock: str = "fail"
+    dry_run: bool = False
+    heatmaps: str | os.PathLike | None = None
+    device: str = "cpu"
+    cluster: str | None = None
+    cluster_timeout: float = 30.0
+    allow_empty: bool = False
+
+
+def screen(folder, out, *, progress: Progress | None = None, **options) -> Summary:
+    """``screen(folder, out, model_path=..., ...)``: :func:`run_screen` of
+    ``ScreenJob(folder, out, **options)`` (the options are :class:`ScreenJob`'s fields)."""
+    return run_screen(ScreenJob(folder, out, **options), progress)
+
+
+def run_screen(job: ScreenJob, progress: Progress | None = None) -> Summary:
+    """Screen ``job.folder`` into the report ``job.out``; see the :mod:`xraynet.screening` docstring.
+
+    ``progress(done, total)`` is called from the calling thread after each batch.
+
+    Raises :class:`ScreenError` for unusable options, folder or report,
+    :class:`~xraynet.errors.ReportLockedError` when another run holds the lock,
+    :class:`~xraynet.errors.ReportWriteError` when the report, its lock or a heatmap
+    cannot be written, :class:`~xraynet.errors.ModelFileError` for a bad model file, and
+    :class:`~xraynet.errors.BackendError` for an unknown device or a GPU that cannot be used.
+    """
+    t_start = time.perf_counter()
+    _check_paths(job)
+    heatmaps = _check_heatmaps(job)
+    _check_options(job)
+    device, cluster = _check_device(job)
+    settings = _read_model(job, device, heatmaps)
+    files = ReportFiles.of(job.out)
+    summary = Summary(folder=display_path(job.folder), out=display_path(job.out), model=settings.model_name,
+                      model_sha256=settings.model_sha256, screening_class=settings.screening_class,
+                      threshold=settings.threshold, dry_run=job.dry_run)
+    lock = None if job.dry_run else ReportLock(files, wait=job.on_lock == "wait")
+    try:
+        return _Run(job, settings, files, cluster, summary, progress).execute(t_start)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+# ------------------------------------------------------------------ checks
+def _check_paths(job: ScreenJob) -> None:
+    folder_p, out_p = Path(job.folder), Path(job.out)
+    if not folder_p.is_dir():
+        got = "a file" if folder_p.exists() else "nothing at that path"
+        raise ScreenError(f"{display_path(job.folder)}: cannot screen it. Expected a folder of images, got {got}. "
+                          f"Check the path.")
+    if out_p.is_dir():
+        raise ScreenError(f"{display_path(job.out)}: cannot write the report there. Expected a file path such as "
+                          f"report.csv, got a directory. Give a file name.")
+    for p, what in ((out_p, "the report"), (ReportFiles.of(out_p).lock, "the report's lock file")):
+        if special_file_kind(p) is not None:
+            # A device, FIFO or socket: replacing it would destroy it (as root, /dev/null), reading it
+            # could block or never end (/dev/zero).
+            raise ScreenError(f"{display_path(p)}: cannot use it as {what}. Expected a regular file or no file, got "
+                              f"{special_file_kind(p)}. Give another --out.")
+    parent = out_p.parent
+    if not parent.is_dir():
+        got = f"the file {display_path(parent)}" if parent.exists() else f"missing {display_path(parent)}"
+        raise ScreenError(f"{display_path(job.out)}: the report's folder does not exist. Expected an existing "
+                          f"folder, got {got}. Create it first.")
+
+
+def _check_heatmaps(job: ScreenJob) -> str | None:
+    """The heatmap folder made absolute (None without one), refused inside the screened folder."""
+    if job.heatmaps is None:
+        return None
+    # The heatmap column then names each overlay by an absolute path: a page or a person
+    # reading the report from another working folder still finds them.
+    heatmaps = os.path.abspath(job.heatmaps)
+    inside, top = Path(os.path.realpath(heatmaps)), Path(os.path.realpath(job.folder))
+    if inside == top or top in inside.parents:
+        raise ScreenError(f"{display_path(heatmaps)}: the heatmaps folder lies inside the screened folder "
+                          f"{display_path(Path(job.folder))}. Expected a folder outside it, got one inside (the "
+                          f"overlays would be screened as films the next night). Pass --heatmaps beside "
+                          f"the report.")
+    return heatmaps
+
+
+def _check_options(job: ScreenJob) -> None:
+    n = job.batch_size
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ScreenError(f"batch_size: invalid. Expected an integer >= 1, got {n!r}. Pass --batch-size 32.")
+    n = job.workers
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ScreenError(f"workers: invalid. Expected an integer >= 1, got {n!r}. Pass --workers 2.")
+    if job.on_lock not in ("fail", "wait"):
+        raise ScreenError(f"on_lock: invalid. Expected 'fail' or 'wait', got {job.on_lock!r}. Pass one of them.")
+
+
+def _check_device(job: ScreenJob):
+    """(normalised device name, ClusterSpec or None); fails before anything is written."""
+    from ..devices import normalise
+
+    device = normalise(job.device)  # 'cuda' -> 'gpu'; an unknown name fails here
+    if job.cluster is None:
+        from ..backends import get_backend
+
+        # A GPU that cannot be used fails now, not after the report is created and files hashed.
+        # With --cluster the workers make their own backend: this machine may have no GPU.
+        get_backend(device)
+        return device, None
+    from .cluster import ClusterSpec
+
+    return device, ClusterSpec.parse(job.cluster, job.cluster_timeout, check_installed=not job.dry_run)
+
+
+def _read_model(job: ScreenJob, device: str, heatmaps: str | None) -> BatchSettings:
+    from ..modelfile import bundled_model_path, read_info
+
+    model_file = Path(job.model_path) if job.model_path is not None else bundled_model_path()
+    info = read_info(model_file)
+    classes = tuple(info["classes"])
+    cls, thr = _resolve_threshold(info, job.threshold, job.screening_class, model_file)
+    name = f"{info['architecture'].get('name', 'model')} ({model_file.name})"
+    return BatchSettings(model_file, info["weights_sha256"], name, classes, cls, thr, device, heatmaps)
+
+
+def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tuple[str, float]:
+    classes = list(info["classes"])
+    stored = info["metadata"].get("threshold") if isinstance(info["metadata"].get("threshold"), dict) else {}
+    cls = screening_class or stored.get("class") or ("covid" if "covid" in classes else classes[-1])
+    if cls not in classes:
+        raise ScreenError(f"{model_path}: screening class {cls!r} is not a class of this model. Expected one of "
+                          f"{classes}, got {cls!r}. Pass a class the model predicts.")
+    value = threshold if threshold is not None else stored.get("value")
+    if value is None:
+        raise ScreenError(f"{model_path}: no screening threshold stored in the model. Expected metadata "
+                          f"threshold.value or a threshold option, got neither. Pass --threshold.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)
+                                                                             and 0.0 <= value <= 1.0):
+        raise ScreenError(f"threshold: not a probability. Expected a number from 0 to 1, got {value!r}. "
+                          f"Pass --threshold between 0 and 1.")
+    return cls, float(value)
+
+
+# ------------------------------------------------------------------ the run
+def _hash_one(f: ImageFile) -> str:
+    from ..decodecache import file_sha256
+
+    try:
+        return file_sha256(f.path)
+    except OSError:
+        return ""  # decoding reports why it cannot be read
+
+
+def _under(key: str, prefixes) -> bool:
+    """``key`` is one of ``prefixes`` or below one (``""``: the whole folder)."""
+    return any(not p or key == p or key.startswith(p + "/") for p in prefixes)
+
+
+def _unlisted_note(u, kept: int) -> str:
+    return (f"{display_path(u.path)}: cannot be listed ({u.reason}), so nothing under it was screened. "
+            f"Expected a folder or file this user can read, got {u.error_name}. Its {kept} earlier report row(s) "
+            f"are kept unchanged. Fix its permissions or mount and run again (until then the run exits "
+            f"{EXIT_UNLISTED}).")
+
+
+@dataclass
+class _Run:
+    """One run after its job was checked and the lock taken (under the lock, unless a dry run)."""
+
+    job: ScreenJob
+    settings: BatchSettings
+    files: ReportFiles
+    cluster: ClusterSpec | None
+    summary: Summary
+    progress: Progress | None
+
+    def __post_init__(self):
+        self.columns = report_columns(self.settings.classes)
+        self.col = {name: self.columns.index(name) for name in
+                    ("sha256", "status", "error", "model_sha256", "threshold", "flagged")}
+
+    def execute(self, t_start: float) -> Summary:
+        job, files, summary = self.job, self.files, self.summary
+        existing = read_report(files.out, self.columns)
+        if not job.dry_run:
+            summary.repaired_bytes = repair_report(files, self.columns, existing)
+        listing = find_images(job.folder, recursive=job.recursive, exclude=(files.out, files.lock, files.tmp))
+        images = [ImageFile(key, path) for key, path in listing.files]
+        summary.files = len(images)
+        first: dict[str, list] = {}  # path cell -> its first row
+        for row in existing.rows:
+            first.setdefault(row[0], row)
+        frozen = self._keep_unseen(listing, images, first)
+        with ThreadPoolExecutor(max_workers=job.workers) as pool:
+            kept, todo = self._plan(pool, images, first, frozen)
+            summary.skipped_unchanged = len(kept) - len(frozen)
+            summary.dropped_rows = len(existing.rows) - len(kept)
+            if job.dry_run:
+                summary.would_screen = [f.key for f, _ in todo]
+                self._count(kept, t_start)
+                return summary
+            on_disk = self._compact(kept, existing)
+            report_id = file_identity(files.out)
+            new_rows = self._screen_files(todo, pool) if todo else {}
+        self._count(self._finish(kept, on_disk, new_rows, report_id), t_start)
+        summary.images_per_s = summary.screened / summary.seconds if summary.seconds > 0 else 0.0
+        return summary
+
+    def _keep_unseen(self, listing, images, first: dict) -> dict:
+        """The rows (path cell -> row) to keep as they are because their files could not be seen:
+        what could not be listed is not deleted."""
+        summary = self.summary
+        if listing.unlisted:
+            listed = {f.key for f in images}
+            blind = [u.key for u in listing.unlisted]
+            frozen = {c: r for c, r in first.items() if uncell(c) not in listed and _under(uncell(c), blind)}
+            summary.unlisted = blind
+            summary.kept_unlisted = len(frozen)
+            for u in listing.unlisted:
+                summary.warnings.append(_unlisted_note(u, sum(_under(uncell(c), [u.key]) for c in frozen)))
+            return frozen
+        if images or not first or self.job.allow_empty:
+            return {}
+        # An empty folder where the report has rows is what an unmounted share or a wrong path
+        # looks like: keep every row and say so, rather than empty the report.
+        summary.unlisted = [""]
+        summary.kept_unlisted = len(first)
+        summary.warnings.append(
+            f"{display_path(Path(self.job.folder))}: holds no images now, but the report has {len(first)} row(s) "
+            f"from earlier runs. Expected the folder's films, got none (an unmounted share or a wrong path looks "
+            f"like this). The rows are kept unchanged and the run exits {EXIT_UNLISTED}; if the folder "
+            f"really is empty now, run again with --allow-empty to clear the report.")
+        return dict(first)
+
+    def _plan(self, pool, images, first: dict, frozen: dict) -> tuple[dict, list]:
+        """(rows kept: path cell -> row, [(ImageFile, sha256)] to screen). A file keeps the first row
+        of its path when its bytes, the model and the threshold match, unless that row is an error
+        whose reason depends on the machine (:data:`RETRY_REASONS`)."""
+        t0 = time.perf_counter()
+        hashes = list(pool.map(_hash_one, images))
+        self.summary.hash_seconds = time.perf_counter() - t0
+        col, thr_text = self.col, format_number(self.settings.threshold)
+        kept: dict[str, list] = dict(frozen)
+        todo: list[tuple[ImageFile, str]] = []
+        for f, digest in zip(images, hashes):
+            c = cell(f.key)
+            row = first.get(c)
+            reusable = (row is not None and digest and row[col["sha256"]] == digest
+                        and row[col["model_sha256"]] == self.settings.model_sha256
+                        and row[col["threshold"]] == thr_text
+                        and not (row[col["status"]] == "error"
+                                 and row[col["error"]].split(":", 1)[0] in RETRY_REASONS))
+            if reusable:
+                kept[c] = row
+            else:
+                todo.append((f, digest))
+        return kept, todo
+
+    def _compact(self, kept: dict, existing: ExistingReport) -> list:
+        """Drop every row not kept, so that appending a file's new row can never make a duplicate,
+        at any kill point. Returns the path cells in the report's order."""
+        if not self.summary.dropped_rows:
+            return [r[0] for r in existing.rows]  # the same rows, in the file's own order
+        on_disk = sorted(kept, key=uncell)
+        replace_report(self.files, [self.columns, *(kept[c] for c in on_disk)], "rewriting the report without "
+                       "its outdated rows", "The report is unchanged, every old row still in it.")
+        return on_disk
+
+    def _screen_files(self, todo, pool) -> dict:
+        """Screen ``todo`` in batches and append each batch durably: file key -> its new row."""
+        batch_size = self.job.batch_size
+        batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+        if self.progress:
+            self.progress(0, len(todo))
+        try:
+            fd = os.open(self.files.out, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise write_error(self.files.out, e, "opening the report to append rows", "No row was lost.") from None
+        try:
+            writer = BatchWriter(fd, self.settings, self.summary, len(todo), self.progress)
+            if self.cluster is not None:
+                from .cluster import screen_batches
+
+                screen_batches(self.cluster, batches, writer, self.settings)
+            else:
+                _screen_local(batches, pool, writer, self.settings)
+        finally:
+            os.close(fd)
+        return writer.new_rows
+
+    def _finish(self, kept: dict, on_disk: list, new_rows: dict, report_id) -> dict:
+        """Leave the report sorted by path, with every row, at ``--out``; its rows (path cell -> row)."""
+        on_disk_cells = on_disk + [cell(k) for k in new_rows]  # in append order (--cluster: completion order)
+        final = {**kept, **{cell(k): r for k, r in new_rows.items()}}
+        final_cells = sorted(final, key=uncell)
+        rows = [self.columns, *(final[c] for c in final_cells)]
+        if file_identity(self.files.out) != report_id:
+            # Removed, moved or replaced while this run appended to it: the rows went with that file.
+            # Every row is still in memory, so the report is written again whole at --out.
+            self.summary.warnings.append(f"{display_path(self.files.out)}: the report was removed, moved or "
+                                         "replaced during the run; it has been written again with every row.")
+            replace_report(self.files, rows, "writing the report again after it was removed or moved during the "
+                           "run", "Its rows are not at --out (the next run screens the files again).")
+        elif on_disk_cells != final_cells:
+            # New rows were appended after kept rows that sort later: restore the sorted order atomically.
+            replace_report(self.files, rows, "rewriting the report in sorted order", "Every row is in the report, "
+                           "only not sorted (the next run sorts it).")
+        return final
+
+    def _count(self, rows: dict, t_start: float) -> None:
+        col = self.col
+        self.summary.errors = sum(1 for r in rows.values() if r[col["status"]] == "error")
+        self.summary.flagged = sum(1 for r in rows.values() if r[col["flagged"]] == "1")
+        self.summary.seconds = time.perf_counter() - t_start
+
+
+def _screen_local(batches, pool, writer: BatchWriter, settings: BatchSettings) -> None:
+    """Decode a batch ahead in ``pool`` while this thread runs the network on the current one."""
+    model, prep = load_screening_model(settings)
+
+    def submit(batch):
+        return [pool.submit(decode_image, f, prep) for f, _ in batch]
+
+    ahead = submit(batches[0])
+    for k, batch in enumerate(batches):
+        current = ahead
+        ahead = submit(batches[k + 1]) if k + 1 < len(batches) else None  # decoded while the net runs
+        decoded = [fu.result() for fu in current]
+        writer.append(batch, infer_batch(model, settings, [f.key for f, _ in batch], decoded))

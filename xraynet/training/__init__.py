@@ -1,0 +1,49 @@
+"""`xraynet train`: fit a network on a folder of X-rays, one subfolder per class.
+
+The run, in order:
+
+1. scan DATA_DIR and its metadata.csv; split train/validation by patient,
+   stratified by class, seeded (:mod:`xraynet.data`); report confounds
+   (:mod:`xraynet.confounds`);
+2. decode and preprocess every image once (:mod:`xraynet.imaging`), through
+   the on-disk decode cache (:func:`xraynet.inference.decode_all`);
+   unreadable files are listed and skipped;
+3. each epoch: shuffle, augment (:mod:`xraynet.augment`), train with Adam
+   and class-weighted loss; evaluate on validation; keep the best model by
+   validation macro ROC AUC (ties: lower validation loss); stop early after ``patience`` epochs without
+   improvement; write a checkpoint atomically;
+4. choose the screening threshold on validation data only and store it in
+   the model file with the history and the model card
+   (:mod:`xraynet.modelcard`, from the chosen epoch's validation predictions).
+
+Determinism and resume: everything random in epoch ``e`` (shuffle,
+augmentation, dropout masks) is drawn from generators seeded with
+``(seed, e)``, and a checkpoint holds weights, batch-norm statistics, Adam
+state, history and early-stopping state, so ``--resume`` after an
+interruption finishes with the same weights as an uninterrupted run.
+
+Modules: :mod:`~xraynet.training.options` (:class:`TrainOptions`, the
+learning-rate schedule), :mod:`~xraynet.training.state` (the state carried
+between epochs, which is what a checkpoint stores),
+:mod:`~xraynet.training.setup` (data and starting state),
+:mod:`~xraynet.training.epoch` (the epochs), :mod:`~xraynet.training.run`
+(:func:`train`: all of it, then the threshold and the outputs).
+"""
+from importlib import import_module
+
+from .options import DEFAULT_IMAGE_SIZE, TrainOptions, epoch_lr
+
+# The rest imports NumPy and, through the model, the backend. The command line reads
+# TrainOptions for its defaults when it starts, so `xraynet --help` must not pay for them:
+# they are imported on first use (PEP 562).
+_LAZY = {"Callbacks": ".epoch", "EpochRecord": ".epoch", "train": ".run", "TrainingState": ".state",
+         "checkpoint_path_for": ".state"}
+
+__all__ = ["Callbacks", "DEFAULT_IMAGE_SIZE", "EpochRecord", "TrainOptions", "TrainingState", "checkpoint_path_for",
+           "epoch_lr", "train"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,153 @@
+"""`xraynet train` from start to finish: :func:`train`.
+
+Setup or resume (:mod:`~xraynet.training.setup`,
+:mod:`~xraynet.training.state`), the epochs (:mod:`~xraynet.training.epoch`),
+then the screening threshold, chosen on validation films only with the best
+model, and the outputs: the model file with its threshold and model card, the
+history as CSV and PNG.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TrainingError
+from .epoch import Callbacks, train_epochs
+from .options import TrainOptions
+from .setup import TrainingData, prepare_data, start_state
+from .state import TrainingState, checkpoint_path_for, read_checkpoint, write_model
+
+
+def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = None,
+          callbacks: Callbacks | None = None) -> dict:
+    """Train on DATA_DIR and write the best model to ``out``; returns a summary dict.
+
+    With ``resume`` (a checkpoint written by an earlier run), the options
+    stored in it are used, except ``epochs`` (which may extend the run) and
+    ``device``, both taken from ``opts``. ``opts.device``: 'auto', 'cpu' or
+    'gpu' (see :mod:`xraynet.devices`); the model file's metadata records the
+    device the run used.
+
+    Summary keys: ``out``, ``checkpoint``, ``best_epoch``, ``best_val_auc``,
+    ``selected_by``, ``threshold`` (the model's ``metadata["threshold"]``),
+    ``history_csv``, ``history_png``, ``skipped`` ((rel, reason, message) of the
+    unreadable files), ``epochs_run``, ``train_images``, ``val_images``.
+
+    Raises TrainingError (missing output folder, unusable options, divergence),
+    CheckpointError (``resume`` is no usable checkpoint), DataError, SpecError,
+    ModelFileError, CacheError, BackendError, all :class:`~xraynet.errors.XraynetError`."""
+    from ..backends import get_backend
+
+    t_start = time.perf_counter()
+    callbacks = callbacks or Callbacks()
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise TrainingError(f"{out}: the output folder does not exist. Expected an existing folder, got "
+                            f"{out.parent}. Create it or pick another --out.")
+    get_backend((opts or TrainOptions()).device)  # a GPU that cannot be used fails before any decoding
+    checkpoint = read_checkpoint(resume, opts) if resume else None
+    opts = checkpoint.state.options if checkpoint else (opts or TrainOptions())
+
+    data = prepare_data(data_dir, out, opts, callbacks)
+    state = start_state(data_dir, data, opts, checkpoint)
+    screening = screening_class_of(opts, data.classes)
+    ckpt_path = checkpoint_path_for(out)
+    train_epochs(state, data, out, ckpt_path, callbacks)
+    threshold = _finish(out, state, data, screening, t_start, resumed=bool(resume))
+    history = state.history
+    return {"out": str(out), "checkpoint": str(ckpt_path), "best_epoch": state.best_epoch,
+            "best_val_auc": state.best_auc,
+            "selected_by": "within-source AUC" if data.sources_val is not None and any(
+                r.get("val_within_source_auc") is not None for r in history) else "macro AUC",
+            "threshold": threshold, "history_csv": str(_history_path(out, "csv")),
+            "history_png": str(_history_path(out, "png")), "skipped": data.skipped, "epochs_run": len(history),
+            "train_images": int(len(data.y_train)), "val_images": int(len(data.y_val))}
+
+
+def screening_class_of(opts: TrainOptions, classes: list) -> str:
+    """The class the threshold is chosen for: ``opts.screening_class``, else ``covid`` when
+    there is one, else the last class. TrainingError when it is not among ``classes``."""
+    screening = opts.screening_class or ("covid" if "covid" in classes else classes[-1])
+    if screening not in classes:
+        raise TrainingError(f"screening class {screening!r}: not among the classes. Expected one of {classes}, "
+                            f"got {screening!r}. Pick one of those.")
+    return screening
+
+
+def threshold_sources(sources: list | None, positives: np.ndarray) -> list[str]:
+    """The sources (sorted) among ``sources`` (one per image, or None) that hold both
+    positives and negatives of ``positives`` (N,) bool; [] when none do."""
+    if sources is None:
+        return []
+    keys = np.array(sources, dtype=object)
+    return sorted(str(name) for name in set(sources) if name is not None
+                  and positives[keys == name].any() and (~positives[keys == name]).any())
+
+
+def choose_screening_threshold(proba: np.ndarray, y: np.ndarray, sources: list | None, k: int, screening: str,
+                               target_sensitivity: float) -> dict:
+    """The model's ``metadata["threshold"]`` for class ``k`` (named ``screening``), from
+    validation probabilities ``proba`` (N, C), labels ``y`` (N,) and ``sources`` (or None):
+    the highest threshold whose sensitivity reaches ``target_sensitivity``
+    (:func:`xraynet.metrics.choose_threshold`), with its figures.
+
+    Chosen on the validation films of sources that hold both screening-class films and
+    others, when there are such: where the source alone gives a film's class away, its
+    films are easy positives that would set the threshold for a hospital where it does not."""
+    from ..metrics import binary_metrics_at, choose_threshold
+
+    positives = y == k
+    mixed = threshold_sources(sources, positives)
+    use = np.ones(len(y), bool) if not mixed else np.isin(np.array(sources, dtype=object), mixed)
+    value = float(choose_threshold(proba[use, k], positives[use], target_sensitivity))
+    at = binary_metrics_at(proba[use, k], positives[use], value)
+    return {"class": screening, "value": value, "target_sensitivity": target_sensitivity,
+            "chosen_on": "validation", "sources": mixed or None, "validation": at}
+
+
+def _finish(out: Path, state: TrainingState, data: TrainingData, screening: str, t_start: float,
+            resumed: bool) -> dict:
+    """Choose the threshold with the best model, write the model file with it and the model
+    card (``t_start``: the run's start on the perf_counter clock), and the history CSV and
+    PNG; returns the threshold."""
+    from ..inference import predict
+    from ..modelcard import CARD_KEY, FinishedTraining, training_card
+    from ..modelfile import load_model
+    from ..plots import write_history_png
+
+    opts = state.options
+    best = load_model(out, device=opts.device)
+    proba = predict(best.model, data.x_val, opts.batch_size)
+    threshold = choose_screening_threshold(proba, data.y_val, data.sources_val, data.classes.index(screening),
+                                           screening, opts.target_sensitivity)
+    # The model card, from the chosen epoch's validation probabilities already at hand (no network pass).
+    card = training_card(FinishedTraining(
+        ds=data.ds, split=data.split, report=data.report, opts=opts, prep=state.preprocessing,
+        classes=data.classes, y_val=data.y_val, proba_val=proba, sources_val=data.sources_val, threshold=threshold,
+        history=state.history, best_epoch=state.best_epoch, device=state.metadata["device"], model=best.model,
+        skipped=len(data.skipped), wall_seconds=time.perf_counter() - t_start, resumed=resumed))
+    write_model(out, state, {"best_epoch": state.best_epoch, "threshold": threshold, CARD_KEY: card},
+                model=best.model)
+    _write_history_csv(_history_path(out, "csv"), state.history)
+    write_history_png(_history_path(out, "png"), state.history)
+    return threshold
+
+
+def _history_path(out: Path, suffix: str) -> Path:
+    return out.with_name(f"{out.stem}.history.{suffix}")
+
+
+def _write_history_csv(path: Path, rows: list[dict]) -> None:
+    """One row per epoch record, without the nested ``per_class``; written atomically."""
+    import csv
+
+    from ..atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as fh:
+        if rows:
+            keys = [k for k in rows[0] if k != "per_class"]
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)

@@ -1,0 +1,159 @@
+"""Before the first epoch: the data a run trains on, and the state it starts from.
+
+:func:`prepare_data` scans DATA_DIR and its metadata.csv, splits it by
+patient (:mod:`xraynet.data`), reports confounds (:mod:`xraynet.confounds`)
+and decodes every image once through the decode cache
+(:func:`xraynet.inference.decode_all`). :func:`start_state` builds a new
+network, or joins a checkpoint's state (:mod:`xraynet.training.state`) to
+that data.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, DataError, TrainingError
+from .options import TrainOptions
+from .state import Checkpoint, TrainingState
+
+
+@dataclass
+class TrainingData:
+    """The decoded films of one run, split. ``x_train`` (N, S, S) float32 preprocessed films,
+    ``y_train`` (N,) int64 labels, ``sources_train`` one ``source_repo`` (or None) per film; the
+    same for validation, where ``sources_val`` is None when no image has a source.
+    ``source_names`` and ``source_labels`` (N,) int64: the training films' sources as
+    :func:`xraynet.adversarial.source_index` numbers them. ``cells``
+    (N,) and ``shares`` (K,): the (source, class) cells of the training films and their batch
+    shares with ``--balance source-class``, else None. ``class_weights`` (C,) float64 of the
+    loss. ``ds``, ``split``, ``report``: the scan, the split and the confound report;
+    ``skipped``: ``(rel, reason, message)`` of the unreadable files; ``spec``: the
+    architecture; ``prep``: the Preprocessing."""
+
+    ds: object
+    split: object
+    report: dict
+    skipped: list
+    spec: dict
+    prep: object
+    x_train: np.ndarray
+    y_train: np.ndarray
+    sources_train: list
+    x_val: np.ndarray
+    y_val: np.ndarray
+    sources_val: list | None
+    source_names: list
+    source_labels: np.ndarray
+    class_weights: np.ndarray
+    cells: np.ndarray | None = None
+    shares: np.ndarray | None = None
+
+    @property
+    def classes(self) -> list:
+        return list(self.ds.classes)
+
+
+def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks) -> TrainingData:
+    """Scan, split, report and decode DATA_DIR for ``opts``; the decode cache defaults to
+    ``NAME.decode-cache.h5`` beside ``out``. ``callbacks.on_decode`` follows the decoding,
+    ``callbacks.on_report`` gets the confound report and the skipped files. Raises
+    DataError (unusable folder, or no readable film on one side of the split), SpecError
+    (unusable architecture), CacheError."""
+    from ..adversarial import source_index
+    from ..archs import resolve_arch
+    from ..confounds import confound_report
+    from ..data import scan_dataset, split_dataset
+    from ..inference import decode_all
+
+    ds = scan_dataset(data_dir)
+    if opts.holdout_sources:
+        ds = ds.without_sources(opts.holdout_sources)
+    split = split_dataset(ds, val_fraction=opts.val_fraction, seed=opts.seed)
+    report = confound_report(ds, split)
+    spec = resolve_arch(opts.arch, num_classes=len(ds.classes), image_size=opts.input_size())
+    prep = opts.preprocessing(spec["input_shape"][1])
+    cache_path = opts.cache or str(out.with_name(out.stem + ".decode-cache.h5"))
+    x_all, ok, skipped = decode_all(ds.items, prep, cache_path, opts.workers, callbacks.on_decode)
+    callbacks.on_report(report, skipped)
+    labels = ds.labels
+    tr = np.array([i for i in split.train if ok[i]], np.int64)
+    va = np.array([i for i in split.val if ok[i]], np.int64)
+    if len(tr) == 0 or len(va) == 0:
+        raise DataError(f"{data_dir}: no readable images on one side of the split. Expected images in both "
+                        f"train and validation, got {len(tr)} and {len(va)}. Add images or check the skipped "
+                        "files listed above.")
+    sources_train = [ds.items[i].source for i in tr]
+    names, source_labels = source_index(sources_train)
+    cells, shares, weights = _batch_mix(sources_train, labels[tr], len(ds.classes), opts)
+    return TrainingData(ds=ds, split=split, report=report, skipped=skipped, spec=spec, prep=prep,
+                        x_train=x_all[tr], y_train=labels[tr], sources_train=sources_train,
+                        x_val=x_all[va], y_val=labels[va],
+                        sources_val=[ds.items[i].source for i in va] if any(it.source for it in ds.items) else None,
+                        source_names=names, source_labels=source_labels, class_weights=weights, cells=cells,
+                        shares=shares)
+
+
+def _batch_mix(sources: list, labels: np.ndarray, n_classes: int, opts: TrainOptions) -> tuple:
+    """``(cells, shares, class_weights)`` of the training films for ``--balance``: the
+    (source, class) cell of each film and the cells' batch shares (None, None without
+    balancing), and the loss's (C,) class weights."""
+    from ..sampling import cell_ids, cell_shares, class_weights, class_weights_for_shares
+
+    if opts.balance != "source-class":
+        return None, None, class_weights(labels, n_classes)
+    cells, cell_keys = cell_ids(sources, labels)
+    shares = cell_shares(cells, opts.balance_power)
+    return cells, shares, class_weights_for_shares(np.array([k[1] for k in cell_keys]), shares, n_classes)
+
+
+def run_metadata(data_dir, data: TrainingData, opts: TrainOptions) -> dict:
+    """The run's description, stored in every model file it writes (``metadata``)."""
+    from ..devices import resolve_device
+
+    return {
+        "data": {"root": str(Path(data_dir).resolve()), "images": len(data.ds.items), "skipped": len(data.skipped),
+                 "train_images": int(len(data.y_train)), "val_images": int(len(data.y_val)),
+                 "per_image_split": bool(data.split.per_image), "confounds": data.report},
+        "split": {"seed": opts.seed, "val_fraction": opts.val_fraction},
+        "command": "xraynet train", "arch": opts.arch, "device": resolve_device(opts.device),
+        # The recipe: what `xraynet crossval --recipe` retrains with (cache and device are not part of it).
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("cache", "device")},
+    }
+
+
+def start_state(data_dir, data: TrainingData, opts: TrainOptions, checkpoint: Checkpoint | None = None
+                ) -> TrainingState:
+    """The state the first epoch of this run starts from: a new network seeded with
+    ``opts.seed``, or ``checkpoint``'s state joined to this run's data. Adds the source
+    adversary with ``--adversarial-source``. TrainingError when the network's outputs do
+    not fit the classes; CheckpointError when the run has an adversary the checkpoint lacks."""
+    from ..adversarial import make_adversary
+    from ..model import Model
+    from ..optim import Adam
+
+    metadata = run_metadata(data_dir, data, opts)
+    if checkpoint is None:
+        model = Model(data.spec, device=opts.device, seed=opts.seed)
+        optimizer = Adam(model.named_parameters(), model.bk, lr=opts.lr, weight_decay=opts.weight_decay)
+        state = TrainingState(options=opts, model=model, optimizer=optimizer, classes=data.classes,
+                              preprocessing=data.prep.to_dict(), metadata=metadata)
+    else:
+        state = replace(checkpoint.state, classes=data.classes, preprocessing=data.prep.to_dict(),
+                        metadata=metadata)
+    n_classes = len(data.classes)
+    if state.model.num_classes != n_classes:
+        raise TrainingError(f"architecture {opts.arch}: gives {state.model.num_classes} classes. Expected "
+                            f"{n_classes} (the class folders {data.classes}), got {state.model.num_classes}. "
+                            "Fix the spec's last layer.")
+    if opts.adversarial_source > 0:
+        state.adversary = make_adversary(state.model, data.source_names, data.source_labels, n_classes,
+                                         seed=opts.seed, lr=opts.lr, shares=data.shares, cells=data.cells)
+        if checkpoint is not None:
+            if not checkpoint.adversary_arrays:
+                raise CheckpointError(f"{checkpoint.path}: the checkpoint holds no source adversary, but this run "
+                                      "has --adversarial-source. Expected a checkpoint of a run with the "
+                                      "adversary. Resume with the options of the original run.")
+            state.adversary.load_state_arrays(checkpoint.adversary_arrays)
+    return state
