@@ -376,7 +376,7 @@ def evaluate_predictions(y_true, proba, classes, *, screening_class: str | None 
     return doc
 
 
-def _screening_rule(y, p, classes, screening_class, threshold, TARGET_SENSITIVITY):
+def _screening_rule(y, p, classes, screening_class, threshold, target_sensitivity):
     """``((class index, threshold), the document's screening keys)`` of
     :func:`evaluate_predictions`; ``(None, None)`` without a screening class.
     The threshold is chosen here on ``p`` when none is given."""
