@@ -83,7 +83,7 @@ def info(
                                           help="A model file (HDF5): print its model card instead."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the lines."),
 ) -> None:
-    """Versions, the backend --device auto picks here, and the GPU: name, compute capability, memory,
+    """Versions, the processor (model, SIMD sets, BLAS), the backend --device auto picks here, and the GPU: name, compute capability, memory,
     CUDA runtime and driver (or why there is none, and what to install). With MODEL: its model card
     (intended use, training data, validation figures within each source first, threshold, limits)."""
     if model is not None:
@@ -101,7 +101,9 @@ def info(
     reason = d.get("gpu_unavailable_reason")
     cupy = d["cupy"] or ("not installed" if reason == "CuPy is not installed" else "does not import")
     rows = [("xraynet", d["xraynet"]), ("python", d["python"]), ("numpy", d["numpy"]), ("numba", d["numba"]),
-            ("cupy", cupy), ("backend (auto)", d["auto_device"])]
+            ("cupy", cupy), ("cpu", f"{d['cpu_model']} ({d['cpu_cores']} cores; Numba target {d['cpu_target']})"),
+            ("cpu simd", " ".join(d["cpu_simd"]) or "unknown"), ("blas", d["blas"]),
+            ("machine kind", d["machine_kind"]), ("backend (auto)", d["auto_device"])]
     if d["gpu_available"]:
         rows += [("gpu", f"{d['device_name']} (device {d['device_id']})"),
                  ("compute capability", d["compute_capability"]), ("gpu memory", f"{d['memory_gib']} GiB"),

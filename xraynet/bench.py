@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .archs import builtin_spec
+from .backends.host import cpu_description
 from .errors import BenchError
 from .model import Model
 from .optim import Adam
@@ -110,6 +111,9 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
         "iters": iters, "warmup": warmup, "seed": seed,
         "xraynet_version": __version__,
         "device_name": bk.device_name(),
+        # The processor, in every row (also GPU rows: it feeds the device): figures from
+        # different machine kinds must never be compared by mistake.
+        **cpu_description(),
     }
 
 

@@ -65,7 +65,9 @@ def auto_notice(device: str) -> str | None:
 def device_info() -> dict:
     """What ``xraynet info`` reports: versions, the backend 'auto' picks, and the GPU stack.
 
-    Keys: ``xraynet``, ``python``, ``numpy``, ``numba``, ``auto_device``
+    Keys: ``xraynet``, ``python``, ``numpy``, ``numba``, the processor
+    (``cpu_model``, ``cpu_target``, ``cpu_simd``, ``cpu_cores``, ``blas``,
+    ``machine_kind``: :func:`xraynet.backends.host.cpu_description`), ``auto_device``
     ('cpu' or 'gpu'), ``gpu_available``, ``cupy`` (version, or None when CuPy
     does not import); without a usable GPU ``gpu_unavailable_reason`` and
     ``install_hint``; with one ``device_id``, ``device_name``,
@@ -77,9 +79,10 @@ def device_info() -> dict:
     import numpy as np
 
     from . import __version__
+    from .backends.host import cpu_description
 
     info = {"xraynet": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "auto_device": resolve_device("auto")}
+            "numba": numba.__version__, **cpu_description(), "auto_device": resolve_device("auto")}
     reason = gpu_unavailable_reason()
     info["gpu_available"] = reason is None
     if reason is not None:
