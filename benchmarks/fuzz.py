@@ -1657,8 +1657,8 @@ def code_digests() -> str:
                               timeout=10).stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         head = "?"
-    files = sorted((ROOT / "xraynet" / "decoders").rglob("*.py")) + [ROOT / "xraynet" / "imaging.py",
-                                                                     ROOT / "xraynet" / "modelfile.py"]
+    files = (sorted((ROOT / "xraynet" / "decoders").rglob("*.py")) + [ROOT / "xraynet" / "imaging.py"]
+             + sorted((ROOT / "xraynet" / "modelfile").glob("*.py")))
     parts = [f"{p.relative_to(ROOT / 'xraynet')} {hashlib.sha256(p.read_bytes()).hexdigest()[:10]}"
              for p in files if p.exists()]
     return f"commit {head}; sha256 of " + ", ".join(parts)
