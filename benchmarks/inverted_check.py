@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xraynet import imaging
+from xraynet import imagechecks, imaging
 from xraynet.discovery import find_images
 from xraynet.errors import ImageError
 
@@ -32,7 +32,7 @@ def main(data: Path) -> None:
             pixels = imaging.decode(path).pixels
         except ImageError:
             continue
-        a = np.asarray(Image.fromarray(imaging._block_mean(pixels)).resize((64, 64), imaging._RESAMPLE))
+        a = np.asarray(Image.fromarray(imagechecks._block_mean(pixels)).resize((64, 64), imaging._RESAMPLE))
         lo, hi = float(a.min()), float(a.max())
         if hi <= lo:
             continue

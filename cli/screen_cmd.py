@@ -17,6 +17,12 @@ class OnLock(str, Enum):
     wait = "wait"
 
 
+class Pool(str, Enum):
+    auto = "auto"
+    threads = "threads"
+    processes = "processes"
+
+
 SCREEN_HELP = """Screen every X-ray under FOLDER into the CSV report --out (cron-safe, incremental).
 
 Re-runs with the same --out screen only new or changed files; a kill at any
@@ -51,7 +57,8 @@ def screen(
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
                                               help="Flag when p(screening class) >= this (default: the model's)."),
     batch_size: int = typer.Option(32, min=1, help="Images per network batch."),
-    workers: int = typer.Option(2, min=1, help="Threads decoding images."),
+    workers: int = typer.Option(2, min=1, help="Workers hashing (threads) and decoding images (see --pool)."),
+    pool: Pool = typer.Option(Pool.auto, help="Where files decode; auto: processes from 3 workers and 64 files."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Descend into subfolders."),
     on_lock: OnLock = typer.Option(OnLock.fail, "--on-lock",
                                    help="When another run holds the report: fail (exit 3) or wait."),
@@ -87,7 +94,7 @@ def screen(
     bar = _Bar("screening", err) if not quiet and not dry_run and err.is_terminal else None
     try:
         job = ScreenJob(folder, out, model_path=model, threshold=threshold, batch_size=batch_size, workers=workers,
-                        recursive=recursive, on_lock=on_lock.value, dry_run=dry_run, heatmaps=heatmaps,
+                        pool=pool.value, recursive=recursive, on_lock=on_lock.value, dry_run=dry_run, heatmaps=heatmaps,
                         device=device, cluster=cluster, cluster_timeout=cluster_timeout, allow_empty=allow_empty)
         summary = run_screen(job, progress=bar or _no_progress)
     except KeyboardInterrupt:

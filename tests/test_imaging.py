@@ -531,7 +531,7 @@ def test_key_is_stable():
     key = Preprocessing().key()
     # Pinned: this value changes only when PIPELINE_VERSION or the fields change,
     # and then every decode cache must miss (which is the point).
-    assert key == "c19a52d0753245d0"
+    assert key == "04e2f340d017f92f"
     assert Preprocessing(image_size=224, border_crop=0).key() == key
     variants = [Preprocessing(image_size=225), Preprocessing(fit="crop"), Preprocessing(border_crop=0.01),
                 Preprocessing(equalize=True), Preprocessing(normalize="fixed"), Preprocessing(working_size=512)]
@@ -573,3 +573,164 @@ def test_shared_16bit_and_rgba_agree():
     if not (a.exists() and b.exists()):
         pytest.skip(f"shared broken-file set not found at {BAD_DIR}")
     np.testing.assert_allclose(decode(a).pixels, decode(b).pixels, atol=1e-5)
+
+
+# ------------------------------------------------------------- reduced-size decoding
+def textured_film(h=800, w=1000, seed=0) -> np.ndarray:
+    """float (h, w) in [0, 1]: two dark lungs on a brighter field, with pixel noise."""
+    rng = np.random.default_rng(seed)
+    y, x = (np.mgrid[0:h, 0:w] + 0.5) / np.array([h, w])[:, None, None]
+    img = 0.7 + 0.03 * rng.standard_normal((h, w))
+    for cx in (0.3, 0.7):
+        img[((x - cx) / 0.15) ** 2 + ((y - 0.5) / 0.3) ** 2 < 1] -= 0.45
+    return np.clip(img, 0, 1)
+
+
+def block_means(a: np.ndarray, k: int) -> np.ndarray:
+    h, w = a.shape[0] // k * k, a.shape[1] // k * k
+    return a[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+
+
+def test_reduction_factor_keeps_the_short_side():
+    r = decoders.Reduction(143)
+    assert r.factor(1000, 800) == 5 and r.factor(1000, 800, (8, 4, 2)) == 4
+    assert r.factor(1000, 285) == 1 and r.factor(1000, 286) == 2
+    assert r.factor(100, 100) == 1 and r.factor(100, 100, (8, 4, 2)) == 1
+    # bundled model: 128 px, border crop 0.08 -> 2 * 128 / 0.84
+    assert imaging.reduced_side(Preprocessing(image_size=128, border_crop=0.08)) == 305
+    assert imaging.reduced_side(Preprocessing(image_size=64, working_size=200)) == 400
+
+
+def test_png_reduces_to_exact_block_means(tmp_path):
+    g = (textured_film(300, 210) * 255).astype(np.uint8)
+    path = save(Image.fromarray(g), tmp_path / "f.png")
+    full, red = decode(path), decode(path, min_side=60)  # 210 // 60 = 3
+    assert red.pixels.shape == (100, 70) and red.pixels.dtype == np.float32
+    assert (red.width, red.height) == (full.width, full.height) == (210, 300)
+    np.testing.assert_allclose(red.pixels, block_means(full.pixels, 3), atol=1e-6)
+    same = decode(path, min_side=106)  # 210 // 106 = 1: nothing to reduce
+    np.testing.assert_array_equal(same.pixels, full.pixels)
+
+
+def test_reduction_keeps_the_geometry_when_the_factor_does_not_divide(tmp_path):
+    # 301 x 200 by 3: 100 x 67 pixels, each the mean of the stored pixels whose centres lie in
+    # the 3.01 x 2.985 it covers: a bright edge stays at the edge, nothing stretches.
+    img = np.full((301, 200), 0.2)
+    img[:, -2:] = 1.0
+    path = save(Image.fromarray((img * 255).round().astype(np.uint8)), tmp_path / "edge.png")
+    red = decode(path, min_side=60)
+    assert red.pixels.shape == (100, 67)
+    np.testing.assert_allclose(red.pixels[:, :-1], 51 / 255, atol=1e-5)
+    np.testing.assert_allclose(red.pixels[:, -1], (51 + 2 * 255) / 3 / 255, atol=1e-5)  # columns 197-199
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_jpeg_decodes_scaled_close_to_block_means(tmp_path, mode):
+    g = (textured_film() * 255).astype(np.uint8)
+    img = Image.fromarray(g if mode == "L" else np.stack([g] * 3, -1))
+    path = save(img, tmp_path / "f.jpg", quality=95)
+    full, red = decode(path), decode(path, min_side=200)  # DCT scaling 1/4: 800 // 4 = 200
+    assert red.pixels.shape == (200, 250) and (red.width, red.height) == (1000, 800)
+    assert red.source_mode == full.source_mode == mode
+    diff = np.abs(red.pixels - block_means(full.pixels, 4))
+    # libjpeg's scaled IDCT is a block mean of the DCT-smoothed block: close, not equal.
+    assert diff.mean() < 2 / 255 and diff.max() < 0.2, (diff.mean(), diff.max())
+    # 800 // 143 = 5: DCT scaling does 4, area means the rest (to 160 x 200).
+    five = decode(path, min_side=143)
+    assert five.pixels.shape == (160, 200) and (five.width, five.height) == (1000, 800)
+    diff = np.abs(five.pixels - block_means(full.pixels, 5))
+    assert diff.mean() < 2 / 255 and diff.max() < 0.3, (diff.mean(), diff.max())
+
+
+def test_jpeg_scaled_decoding_keeps_exif_orientation(tmp_path):
+    g = (textured_film(400, 600) * 255).astype(np.uint8)
+    g[:40, :60] = 255  # a bright corner tells which way the film turned
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    path = save(Image.fromarray(g), tmp_path / "o.jpg", quality=95, exif=exif)
+    full, red = decode(path), decode(path, min_side=100)  # 400 // 4 = 100
+    assert full.pixels.shape == (600, 400) and (full.width, full.height) == (400, 600)
+    assert red.pixels.shape == (150, 100) and (red.width, red.height) == (400, 600)
+    np.testing.assert_allclose(red.pixels, block_means(full.pixels, 4), atol=0.15)
+    # the bright 40 x 60 corner turned into the top right 60 x 40, in both
+    assert full.pixels[:55, -35:].mean() > 0.9 and red.pixels[:13, -8:].mean() > 0.9
+
+
+def test_reduced_warnings_judge_the_stored_size(tmp_path):
+    wide = np.tile((textured_film(100, 100) * 255).astype(np.uint8), (1, 30))  # 3000 x 100
+    path = save(Image.fromarray(wide), tmp_path / "wide.png")
+    red = decode(path, min_side=20)  # 100 // 20 = 5: 600 x 20 pixels, still 3000 x 100 stored
+    assert red.pixels.shape == (20, 600) and (red.width, red.height) == (3000, 100)
+    assert red.warnings == decode(path).warnings == ["tiny", "extreme_aspect"]
+
+
+def test_dicom_and_16_bit_png_reduce_by_block_means(tmp_path):
+    from helpers import write_film
+
+    film = textured_film(240, 318)
+    for kind in ("dicom", "png16"):
+        path = write_film(tmp_path / f"f_{kind}", film, kind)
+        full, red = decode(path), decode(path, min_side=80)  # 240 // 80 = 3
+        assert red.pixels.shape == (80, 106) and (red.width, red.height) == (318, 240), kind
+        np.testing.assert_allclose(red.pixels, block_means(full.pixels, 3), atol=1e-6)
+
+
+@pytest.mark.parametrize("prep", [Preprocessing(image_size=64, fit="pad", border_crop=0.05),
+                                  Preprocessing(image_size=64, fit="stretch"),
+                                  Preprocessing(image_size=48, fit="crop", normalize="fixed")])
+def test_load_reduces_within_tolerance_of_full_decoding(tmp_path, prep):
+    g = (textured_film() * 255).astype(np.uint8)
+    files = [save(Image.fromarray(g), tmp_path / "f.png"), save(Image.fromarray(g), tmp_path / "f.jpg", quality=95)]
+    for path in files:
+        x, d = load(path, prep)
+        assert min(d.pixels.shape) >= imaging.reduced_side(prep) and max(d.pixels.shape) < 1000
+        full = preprocess(decode(path), prep)
+        diff = np.abs(x - full)  # normalised units (per-image z-scores, or (x - 0.5) / 0.25)
+        # Measured on this film: mean 0.003 (PNG) / 0.009 (JPEG), max 0.04 / 0.22.
+        assert diff.mean() < 0.03 and diff.max() < 0.4, (path.name, diff.mean(), diff.max())
+        assert np.corrcoef(x.ravel(), full.ravel())[0, 1] > 0.999
+
+
+def test_load_decodes_at_full_size_when_reduction_is_off(tmp_path, monkeypatch):
+    path = save(Image.fromarray((textured_film() * 255).astype(np.uint8)), tmp_path / "f.png")
+    prep = Preprocessing(image_size=64)
+    key = prep.key()
+    monkeypatch.setattr(imaging, "REDUCED_DECODING", False)
+    x, d = load(path, prep)
+    assert d.pixels.shape == (800, 1000)
+    np.testing.assert_array_equal(x, preprocess(decode(path), prep))
+    assert prep.key() != key  # a cache of reduced decodes never answers for full ones
+    off = prep.key()
+    monkeypatch.setattr(imaging, "REDUCED_DECODING", True)
+    monkeypatch.setattr(imaging, "REDUCE_MARGIN", 3.0)
+    assert len({key, off, prep.key()}) == 3
+
+
+def _equalize_reference(p: np.ndarray, bins: int = imaging.EQUALIZE_BINS) -> np.ndarray:
+    """The definition: np.histogram over [min, max], np.interp through its normalised cumulative sum."""
+    lo, hi = float(p.min()), float(p.max())
+    hist, edges = np.histogram(p, bins=bins, range=(lo, hi))
+    cdf = np.concatenate([[0.0], np.cumsum(hist)]) / p.size
+    return np.interp(p, edges, cdf).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (7, 300), (64, 64), (300, 7), (1500, 1200)])
+def test_equalize_matches_histogram_and_interp(shape):
+    p = np.random.default_rng(shape[0]).beta(2, 5, shape).astype(np.float32)
+    # np.histogram places a value within float32 rounding of a bin edge in either bin (it
+    # compares with float32 edges, equalize_histogram with float64 arithmetic): each such
+    # value moves the cumulative frequency by 1 / size.
+    np.testing.assert_allclose(equalize_histogram(p), _equalize_reference(p), atol=1e-5 + 2 / p.size)
+    assert equalize_histogram(p).dtype == np.float32
+
+
+def test_equalize_takes_a_range_narrower_than_its_bins():
+    # 5 float32 steps of 6e-8 apart: np.histogram refuses 4096 bins on them.
+    p = np.float32(0.9) + np.arange(6, dtype=np.float32).reshape(2, 3) * np.float32(6e-8)
+    np.testing.assert_allclose(equalize_histogram(p), np.arange(6).reshape(2, 3) / 5, atol=1e-6)
+
+
+def test_equalize_refuses_non_finite_values():
+    with pytest.raises(ShapeError, match="non-finite") as ei:
+        equalize_histogram(np.array([[0.1, np.nan]], np.float32))
+    assert "Expected finite values, got" in str(ei.value)

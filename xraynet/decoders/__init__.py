@@ -11,6 +11,7 @@ import logging
 import threading
 import warnings as _warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,6 +31,52 @@ SIGNATURES = (  # formats whose header we can recognise even when no decoder can
     (b"BM", "BMP"),
 )
 COPY_AGAIN = "Copy the file again from its source, or remove it from the folder"
+
+
+@dataclass
+class Reduction:
+    """A request to decode at reduced size (:func:`xraynet.imaging.decode` with ``min_side``).
+
+    A decoder that can decode smaller while decoding (JPEG DCT scaling) may shrink
+    the image by an integer ``scale`` that keeps its short side at least ``min_side``
+    pixels, to ceil(size / scale) pixels; when it does, it sets ``full_size`` to the
+    (width, height) of the stored image, upright (the report still gives the file's
+    own size), and ``scale``. Decoders that cannot reduce ignore the request
+    (:func:`area_reduce` then does what is left)."""
+
+    min_side: int
+    full_size: tuple[int, int] | None = None
+    scale: int = 1
+
+    def factor(self, width: int, height: int, allowed=None) -> int:
+        """The largest integer factor that keeps ``min(width, height) // factor`` at least
+        :attr:`min_side`, chosen among ``allowed`` (descending; None: any integer); 1 when none."""
+        short = min(int(width), int(height))
+        if allowed is None:
+            return max(1, short // max(1, self.min_side))
+        return next((k for k in allowed if short // k >= self.min_side), 1)
+
+
+def area_reduce(pixels: np.ndarray, full_size: tuple[int, int], factor: int, scale: int = 1) -> np.ndarray:
+    """Shrink a stored image of ``full_size`` = (width W, height H) by ``factor``.
+
+    ``pixels``: float32, the image at 1/``scale`` (ceil(H / scale), ceil(W / scale)): the
+    last row and column of a scaled JPEG cover less than ``scale`` stored pixels, so its
+    true extent is W / scale x H / scale. Returns float32 (round(H / factor), round(W /
+    factor)), each pixel the mean of the pixels whose centres fall in the part of the image
+    it covers (Pillow's BOX filter on that exact extent: whole block means when ``factor``
+    divides the size). The image's extent maps exactly onto the result, so nothing shifts
+    or stretches at the far edges. ``pixels`` itself when it already has that size and
+    extent."""
+    w, h = full_size
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    box = (0.0, 0.0, w / scale, h / scale)
+    if size == (pixels.shape[1], pixels.shape[0]) and box[2:] == size:
+        return pixels
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))  # mode "F"
+    return np.asarray(img.resize(size, Image.Resampling.BOX, box=box), dtype=np.float32)
 
 
 def image_error(path, what: str, expected: str, got: str, todo: str, reason: str) -> ImageError:

@@ -142,12 +142,16 @@ Exit codes (``xraynet screen``)
 ``130``  interrupted (Ctrl-C); rows written so far are kept
 =======  =====================================================================
 
-Threads
--------
-Hashing and decoding (Pillow releases the GIL) run in a pool of ``workers``
-threads, decoding a batch ahead of the network, which runs on the calling
-thread only (the Numba workqueue layer must not be entered from two threads).
-At most two batches of images are in memory.
+Threads and processes
+---------------------
+Hashing runs in ``workers`` threads (hashlib releases the GIL). Decoding runs
+a batch ahead of the network in ``workers`` worker processes, or threads
+(``pool``: ``"auto"`` takes processes from 64 files on with 3 or more workers
+and cores; :mod:`~xraynet.screening.decodepool`): decoding holds the GIL for
+part of its time, so threads stop scaling with cores. The network runs on the
+calling thread only (the Numba workqueue layer must not be entered from two
+threads). At most two batches of images are in memory. Rows, their order and
+every guarantee above are the same whichever pool decodes.
 
 Across machines (``cluster=``, ``--cluster``)
 ---------------------------------------------
@@ -176,16 +180,18 @@ imports Dask.
 
 Modules
 -------
-==================================  ==============================================
-:mod:`~xraynet.screening.run`       :class:`ScreenJob`, :func:`run_screen`: one
-                                    run, from the checks to the finished report
-:mod:`~xraynet.screening.report`    the CSV report: columns, cells, reading,
-                                    repair, the lock, durable appends, rewrites
-:mod:`~xraynet.screening.batch`     the per-batch work: decode, network, heatmaps
-:mod:`~xraynet.screening.writer`    a batch's result -> rows, appended durably
-:mod:`~xraynet.screening.cluster`   the batches on Dask workers (``--cluster``)
-:mod:`~xraynet.screening.summary`   :class:`Summary` and the exit codes
-==================================  ==============================================
+=====================================  ==============================================
+:mod:`~xraynet.screening.run`          :class:`ScreenJob`, :func:`run_screen`: one
+                                       run, from the checks to the finished report
+:mod:`~xraynet.screening.report`       the CSV report: columns, cells, reading,
+                                       repair, the lock, durable appends, rewrites
+:mod:`~xraynet.screening.batch`        the per-batch work: decode, network, heatmaps
+:mod:`~xraynet.screening.decodepool`   the local path: decoding threads or processes
+                                       a batch ahead of the network
+:mod:`~xraynet.screening.writer`       a batch's result -> rows, appended durably
+:mod:`~xraynet.screening.cluster`      the batches on Dask workers (``--cluster``)
+:mod:`~xraynet.screening.summary`      :class:`Summary` and the exit codes
+=====================================  ==============================================
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable
 from ..atomic import special_file_kind
 from ..discovery import display_path, find_images
 from ..errors import ScreenError
-from .batch import BatchSettings, ImageFile, decode_image, infer_batch, load_screening_model
+from .batch import BatchSettings, ImageFile
+from .decodepool import POOL_KINDS, DecodePool, pool_kind, refuse_in_starting_worker, screen_local
 from .report import (ExistingReport, ReportFiles, ReportLock, cell, file_identity, format_number, read_report,
                      repair_report, replace_report, report_columns, uncell, write_error)
 from .summary import EXIT_UNLISTED, Summary
@@ -44,7 +45,10 @@ class ScreenJob:
     ``model_path``: a model file (default: the bundled model). ``threshold`` /
     ``screening_class``: default to the model's stored
     ``metadata["threshold"]``. ``batch_size``: images per network batch;
-    ``workers``: threads hashing and decoding; ``recursive``: descend into
+    ``workers``: threads hashing, and threads or processes decoding;
+    ``pool``: how files are decoded, ``"threads"``, ``"processes"`` or
+    ``"auto"`` (processes from 64 files on, with 3 or more workers and cores;
+    :mod:`~xraynet.screening.decodepool`); ``recursive``: descend into
     subfolders. ``on_lock``: ``"fail"`` or ``"wait"`` when another run holds
     the report. ``dry_run``: list in ``Summary.would_screen`` what would be
     screened and write nothing (not even the lock file). ``heatmaps``: a
@@ -66,6 +70,7 @@ class ScreenJob:
     screening_class: str | None = None
     batch_size: int = 32
     workers: int = 2
+    pool: str = "auto"
     recursive: bool = True
     on_lock: str = "fail"
     dry_run: bool = False
@@ -94,6 +99,7 @@ def run_screen(job: ScreenJob, progress: Progress | None = None) -> Summary:
     :class:`~xraynet.errors.BackendError` for an unknown device or a GPU that cannot be used.
     """
     t_start = time.perf_counter()
+    refuse_in_starting_worker()
     _check_paths(job)
     heatmaps = _check_heatmaps(job)
     _check_options(job)
@@ -157,6 +163,9 @@ def _check_options(job: ScreenJob) -> None:
     n = job.workers
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ScreenError(f"workers: invalid. Expected an integer >= 1, got {n!r}. Pass --workers 2.")
+    if job.pool not in POOL_KINDS:
+        raise ScreenError(f"pool: invalid. Expected one of {', '.join(POOL_KINDS)}, got {job.pool!r}. "
+                          f"Pass pool='auto'.")
     if job.on_lock not in ("fail", "wait"):
         raise ScreenError(f"on_lock: invalid. Expected 'fail' or 'wait', got {job.on_lock!r}. Pass one of them.")
 
@@ -257,17 +266,17 @@ class _Run:
         for row in existing.rows:
             first.setdefault(row[0], row)
         frozen = self._keep_unseen(listing, images, first)
-        with ThreadPoolExecutor(max_workers=job.workers) as pool:
+        with ThreadPoolExecutor(max_workers=job.workers) as pool:  # hashing releases the GIL: threads
             kept, todo = self._plan(pool, images, first, frozen)
-            summary.skipped_unchanged = len(kept) - len(frozen)
-            summary.dropped_rows = len(existing.rows) - len(kept)
-            if job.dry_run:
-                summary.would_screen = [f.key for f, _ in todo]
-                self._count(kept, t_start)
-                return summary
-            on_disk = self._compact(kept, existing)
-            report_id = file_identity(files.out)
-            new_rows = self._screen_files(todo, pool) if todo else {}
+        summary.skipped_unchanged = len(kept) - len(frozen)
+        summary.dropped_rows = len(existing.rows) - len(kept)
+        if job.dry_run:
+            summary.would_screen = [f.key for f, _ in todo]
+            self._count(kept, t_start)
+            return summary
+        on_disk = self._compact(kept, existing)
+        report_id = file_identity(files.out)
+        new_rows = self._screen_files(todo) if todo else {}
         self._count(self._finish(kept, on_disk, new_rows, report_id), t_start)
         summary.images_per_s = summary.screened / summary.seconds if summary.seconds > 0 else 0.0
         return summary
@@ -332,7 +341,7 @@ class _Run:
                        "its outdated rows", "The report is unchanged, every old row still in it.")
         return on_disk
 
-    def _screen_files(self, todo, pool) -> dict:
+    def _screen_files(self, todo) -> dict:
         """Screen ``todo`` in batches and append each batch durably: file key -> its new row."""
         batch_size = self.job.batch_size
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -349,7 +358,13 @@ class _Run:
 
                 screen_batches(self.cluster, batches, writer, self.settings)
             else:
-                _screen_local(batches, pool, writer, self.settings)
+                kind = pool_kind(self.job.pool, self.job.workers, len(todo))
+                with DecodePool(self.job.workers, kind) as decoders:
+                    try:
+                        screen_local(batches, decoders, writer, self.settings)
+                    finally:
+                        self.summary.decode_pool = decoders.kind
+                        self.summary.warnings.extend(decoders.warnings)
         finally:
             os.close(fd)
         return writer.new_rows
@@ -379,17 +394,3 @@ class _Run:
         self.summary.flagged = sum(1 for r in rows.values() if r[col["flagged"]] == "1")
         self.summary.seconds = time.perf_counter() - t_start
 
-
-def _screen_local(batches, pool, writer: BatchWriter, settings: BatchSettings) -> None:
-    """Decode a batch ahead in ``pool`` while this thread runs the network on the current one."""
-    model, prep = load_screening_model(settings)
-
-    def submit(batch):
-        return [pool.submit(decode_image, f, prep) for f, _ in batch]
-
-    ahead = submit(batches[0])
-    for k, batch in enumerate(batches):
-        current = ahead
-        ahead = submit(batches[k + 1]) if k + 1 < len(batches) else None  # decoded while the net runs
-        decoded = [fu.result() for fu in current]
-        writer.append(batch, infer_batch(model, settings, [f.key for f, _ in batch], decoded))

@@ -36,8 +36,9 @@ class Summary:
     ``unlisted``: folders or entries that could not be listed (their ``path`` text,
     ``""`` for the folder itself), whose ``kept_unlisted`` old rows were kept unchanged;
     ``repaired_bytes``: bytes of an incomplete last record cut off the report;
-    times in seconds (``decode_seconds`` sums the worker threads' time,
-    ``network_seconds`` is the model on the calling thread)."""
+    times in seconds (``decode_seconds`` sums the decoding workers' time,
+    ``network_seconds`` is the model on the calling thread); ``decode_pool``: where files
+    were decoded, ``"threads"`` or ``"processes"`` (``""`` when none was, or on a cluster)."""
 
     folder: str
     out: str
@@ -62,6 +63,7 @@ class Summary:
     decode_seconds: float = 0.0
     network_seconds: float = 0.0
     images_per_s: float = 0.0
+    decode_pool: str = ""
     dry_run: bool = False
     would_screen: list = field(default_factory=list)
     warnings: list = field(default_factory=list)

@@ -79,14 +79,16 @@ def _check_deflated(path, fh, head: bytes) -> None:
         fh.seek(0)
 
 
-def decode_dicom(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, str, int, list[str]]:
+def decode_dicom(path, fh, head: bytes, size: int, reduce=None) -> tuple[np.ndarray, str, str, int, list[str]]:
     """Decode the first frame of the DICOM file open as ``fh`` (``head``: its first
     bytes, ``size``: its length in bytes).
 
     Returns ``(pixels, "dicom", photometric interpretation, bits stored, warnings)``:
     ``pixels`` float32 (Rows, Columns) in [0, 1], 0 = black; ``warnings`` the codes
     of :func:`~.header.header_warnings`. Library warnings are left to the caller's
-    :func:`~xraynet.decoders.library_warnings`.
+    :func:`~xraynet.decoders.library_warnings`. ``reduce`` (a
+    :class:`~xraynet.decoders.Reduction`) is accepted for the common decoder signature:
+    the frame is decoded at full size (the caller's area reduction follows).
 
     Reading: a file with the ``DICM`` marker normally; a bare dataset (no preamble
     or file meta, :func:`raw_encoding`) with the transfer syntax its first elements

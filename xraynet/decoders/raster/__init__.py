@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import COPY_AGAIN, image_error
+from .. import COPY_AGAIN, Reduction, image_error
 from .jpeg import decode_jpeg
 from .pillow import decode_pillow
 from .png import PNG_SIGNATURE, decode_png
@@ -47,7 +47,8 @@ from .tiff import TIFF_SIGNATURES, decode_tiff
 __all__ = ["STORED_BITS", "decode_raster", "orient", "stored_bits"]
 
 
-def decode_raster(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, str, int, list[str]]:
+def decode_raster(path, fh, head: bytes, size: int, reduce: Reduction | None = None
+                  ) -> tuple[np.ndarray, str, str, int, list[str]]:
     """Decode a non-DICOM image file.
 
     ``fh``: the open file (binary, seekable); ``head``: its first bytes
@@ -68,6 +69,11 @@ def decode_raster(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, st
       resolved to RGB first; multi-frame files: the first frame.
     * TIFF PhotometricInterpretation WhiteIsZero is inverted at every bit depth.
 
+    ``reduce``: a :class:`~xraynet.decoders.Reduction`; 8-bit DCT JPEGs are then
+    decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's ``draft``)
+    when the short side stays at least ``reduce.min_side``, and ``reduce.full_size``
+    says the stored size. Other formats decode at full size.
+
     Raises :class:`~xraynet.errors.ImageError`: ``too_large`` (any declared size
     over :data:`~xraynet.decoders.MAX_PIXELS`, checked before decoding),
     ``truncated`` (the file ends before its own structure does: PNG without
@@ -79,7 +85,7 @@ def decode_raster(path, fh, head: bytes, size: int) -> tuple[np.ndarray, str, st
     if head.startswith(PNG_SIGNATURE):
         return decode_png(path, fh, head, size)
     if head.startswith(b"\xff\xd8\xff"):
-        return decode_jpeg(path, fh, head, size)
+        return decode_jpeg(path, fh, head, size, reduce)
     if head.startswith(TIFF_SIGNATURES):
         return decode_tiff(path, fh, head, size)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and int.from_bytes(head[4:8], "little") + 8 > size:

@@ -160,8 +160,9 @@ def _jpeg_decoders(layout: JpegLayout) -> list[tuple[str, object]]:
     return out
 
 
-def decode_jpeg(path, fh, head: bytes, size: int):
-    """A JPEG file; returns what :func:`~xraynet.decoders.raster.decode_raster` returns."""
+def decode_jpeg(path, fh, head: bytes, size: int, reduce=None):
+    """A JPEG file; returns what :func:`~xraynet.decoders.raster.decode_raster` returns.
+    ``reduce``: a :class:`~xraynet.decoders.Reduction`, honoured by the Pillow path (8-bit DCT)."""
     layout = jpeg_layout(fh, size)
     if layout.status == "short":
         raise image_error(path, "the JPEG headers end early (the file stops before the first scan)",
@@ -190,7 +191,7 @@ def decode_jpeg(path, fh, head: bytes, size: int):
     pillow_error = None
     if layout.precision == 8 and layout.sof in _PILLOW_SOF:
         try:
-            return decode_pillow(path, fh, head, size, complete=True)
+            return decode_pillow(path, fh, head, size, complete=True, reduce=reduce)
         except Exception as e:  # noqa: BLE001 -- any Pillow failure: the codecs below get their turn
             if getattr(e, "reason", None) in ("too_large", "unreadable"):
                 raise

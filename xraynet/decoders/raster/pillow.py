@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .. import (COPY_AGAIN, MAX_PIXELS, SIGNATURES, check_pixels, describe, image_error, luma, os_error, row_blocks,
-               short)
+from .. import (COPY_AGAIN, MAX_PIXELS, SIGNATURES, Reduction, check_pixels, describe, image_error, luma, os_error,
+               row_blocks, short)
 from .samples import float_gray, int_gray, orient
 
 _PILLOW_BLOCK_MODES = {"1": 1, "L": 8, "LA": 8, "La": 8, "RGB": 8, "RGBA": 8, "RGBX": 8, "RGBa": 8, "P": 8,
@@ -56,15 +56,17 @@ def _pillow_gray(img: Image.Image, path, sbit: int | None = None, invert: bool =
 
 
 def decode_pillow(path, fh, head: bytes, size: int, *, complete: bool | None = None, sbit: int | None = None,
-                  tiff: bool = False):
+                  tiff: bool = False, reduce: Reduction | None = None):
     """Decode with Pillow; returns what :func:`~xraynet.decoders.raster.decode_raster` returns.
     ``complete``: the caller has checked that the file is whole (then any decoding failure is
     ``damaged``); None: nothing is known, and Pillow's "truncated" decides. ``sbit``: the
-    significant bits a 16-bit PNG declares. ``tiff``: apply WhiteIsZero where Pillow does not."""
+    significant bits a 16-bit PNG declares. ``tiff``: apply WhiteIsZero where Pillow does not.
+    ``reduce``: decode a JPEG at reduced size (:func:`_draft`); other formats ignore it."""
     with _open(path, fh, head, size, complete) as img:
         fmt = (img.format or "unknown").lower()
         w, h = img.size
         check_pixels(path, w, h, f"the {fmt.upper()} header")
+        scale = _draft(img, reduce)
         try:
             # Pillow decodes lazily: load() now so broken pixel data fails here,
             # with the file named, and not later inside preprocessing.
@@ -88,7 +90,29 @@ def decode_pillow(path, fh, head: bytes, size: int, *, complete: bool | None = N
         # Pillow inverts WhiteIsZero itself for 1- to 8-bit gray ("1;I", "L;I" raw modes) only.
         invert = tiff and mode not in ("1", "L") and getattr(img, "tag_v2", {}).get(262) == 0
         pixels, depth = _pillow_gray(img, path, sbit=sbit, invert=invert)
+    if scale > 1:
+        reduce.full_size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # these turn it a quarter
+        reduce.scale = scale
     return orient(pixels, orientation), fmt, mode, depth, []
+
+
+def _draft(img: Image.Image, reduce: Reduction | None) -> int:
+    """Ask Pillow to decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's scaled inverse DCT:
+    each 8x8 block is transformed straight to 4x4, 2x2 or 1x1 pixels, so the full-size image
+    is never made) when ``reduce`` allows it; the scale taken (1: full size).
+    Must run before ``img.load()``."""
+    if reduce is None or img.format not in ("JPEG", "MPO"):
+        return 1
+    w, h = img.size
+    k = reduce.factor(w, h, (8, 4, 2))
+    if k == 1:
+        return 1
+    # Pillow takes the largest of 8, 4, 2 with size * scale <= the stored size: asking for
+    # (w // k, h // k) gives exactly k (w // (w // k) < 2k because w // k > 1).
+    img.draft(None, (w // k, h // k))
+    # The scale the output size shows (Pillow makes ceil(size / scale) pixels): k, unless
+    # a Pillow version chose otherwise.
+    return next((s for s in (k, 8, 4, 2) if img.size == (-(-w // s), -(-h // s))), 1)
 
 
 def _open(path, fh, head: bytes, size: int, complete: bool | None) -> Image.Image:
