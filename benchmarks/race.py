@@ -8,6 +8,12 @@ ratios against each torch layout with ../shared/bench/summarize_runs.py.
 
     python benchmarks/race.py --rounds 5 --threads 2 --out runs/race.jsonl
     python benchmarks/race.py --only seed:train:32 --rounds 3
+    python benchmarks/race.py --before /tmp/beforevenv/bin/python   # an older install in the same rounds
+
+``--before PYTHON`` adds a fourth contestant, ``xraynet-before``: the xraynet
+installed in that interpreter's environment (run from /tmp, so that this
+checkout does not shadow it), raced in the same rounds, so that a change is
+measured as a ratio of interleaved runs.
 
 Needs torch (the dev extra) and the shared bench folder beside the project.
 """
@@ -28,16 +34,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT.parent / "shared" / "bench"
 
 
-def commands(arch, mode, batch, threads, out, min_time):
+def commands(arch, mode, batch, threads, out, min_time, before=None):
+    """{contestant: (argv, cwd)} of one configuration."""
     common = ["--arch", arch, "--mode", mode, "--batch", str(batch), "--threads", str(threads),
               "--min-time", str(min_time)]
     torch_ref = [sys.executable, str(BENCH / "torch_reference.py"), *common, "--json-out", out]
-    return {
-        "xraynet": [sys.executable, "-m", "xraynet.cli.main", "bench", *common, "--device", "cpu", "--json",
-                    "--json-out", out],
-        "torch": torch_ref,
-        "torch+cl": torch_ref + ["--channels-last"],
-    }
+    ours = ["-m", "xraynet.cli.main", "bench", *common, "--device", "cpu", "--json", "--json-out", out]
+    cmds = {"xraynet": ([sys.executable, *ours], None)}
+    if before:
+        cmds["xraynet-before"] = ([before, *ours], "/tmp")
+    cmds.update({"torch": (torch_ref, None), "torch+cl": (torch_ref + ["--channels-last"], None)})
+    return cmds
 
 
 def main(argv=None) -> int:
@@ -47,27 +54,32 @@ def main(argv=None) -> int:
     ap.add_argument("--min-time", type=float, default=3.0)
     ap.add_argument("--only", action="append", help="arch:mode:batch, repeatable (default: whole matrix)")
     ap.add_argument("--out", default="runs/race.jsonl")
+    ap.add_argument("--before", metavar="PYTHON", help="also race the xraynet installed for this interpreter")
     args = ap.parse_args(argv)
     if not (BENCH / "torch_reference.py").exists():
         print(f"{BENCH}: torch_reference.py not found; this script needs the shared bench folder.", file=sys.stderr)
         return 2
     configs = [tuple(int(v) if v.isdigit() else v for v in o.split(":")) for o in args.only] if args.only else MATRIX
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, one = tempfile.mkstemp(suffix=".jsonl")  # each run's line; torch_reference overwrites its file
     os.close(fd)
     for r in range(args.rounds):
         for arch, mode, batch in configs:
-            for impl, cmd in commands(arch, mode, batch, args.threads, one, args.min_time).items():
+            for impl, (cmd, cwd) in commands(arch, mode, batch, args.threads, one, args.min_time,
+                                             args.before).items():
                 print(f"[race] round {r + 1}/{args.rounds} {impl} {arch} {mode} b{batch}", file=sys.stderr,
                       flush=True)
                 Path(one).write_text("")
-                res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
                 if res.returncode:
                     print(res.stderr[-2000:], file=sys.stderr)
                     return res.returncode
+                lines = [json.loads(line) for line in Path(one).read_text().splitlines() if line.startswith("{")]
                 with open(out, "a") as fh:
-                    fh.write(Path(one).read_text())
+                    for row in lines:
+                        row["impl"] = impl if impl.startswith("xraynet") else row["impl"]
+                        fh.write(json.dumps(row) + "\n")
     os.unlink(one)
     subprocess.run([sys.executable, str(BENCH / "summarize_runs.py"), str(out), "--baseline", "torch"], check=False)
     # Ratio against the better torch layout, configuration by configuration.
@@ -76,13 +88,16 @@ def main(argv=None) -> int:
     for row in rows:
         impl = row["impl"] + ("+cl" if row.get("memory_format") == "channels_last" else "")
         med.setdefault((row["arch"], row["mode"], row["batch"], impl), []).append(row["images_per_s"])
-    print(f"\n{'arch':<5} {'mode':<5} {'batch':>5} {'xraynet':>9} {'torch':>9} {'torch+cl':>9} {'vs best':>8}")
+    before = " before  b/best  new/b" if args.before else ""
+    print(f"\n{'arch':<5} {'mode':<5} {'batch':>5} {'xraynet':>9} {'torch':>9} {'torch+cl':>9} {'vs best':>8}{before}")
     for arch, mode, batch in configs:
         m = {i: statistics.median(med.get((arch, mode, batch, i), [float("nan")]))
-             for i in ("xraynet", "torch", "torch+cl")}
+             for i in ("xraynet", "xraynet-before", "torch", "torch+cl")}
         best = max(m["torch"], m["torch+cl"])
+        tail = (f" {m['xraynet-before']:>7.1f} {m['xraynet-before'] / best:>7.2f} "
+                f"{m['xraynet'] / m['xraynet-before']:>6.2f}") if args.before else ""
         print(f"{arch:<5} {mode:<5} {batch:>5} {m['xraynet']:>9.1f} {m['torch']:>9.1f} {m['torch+cl']:>9.1f} "
-              f"{m['xraynet'] / best:>8.2f}")
+              f"{m['xraynet'] / best:>8.2f}{tail}")
     return 0
 
 

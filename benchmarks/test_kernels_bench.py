@@ -26,25 +26,43 @@ def _x(n, h, w, c):
     return RNG.standard_normal((n, h, w, c), dtype=np.float32)
 
 
-@pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS, ids=[c[0] for c in CONVS])
-def test_im2col(benchmark, name, n, h, w, c, o, pad):
+def _window(n, h, w, c, pad):
+    """One image zero-padded, as the CPU backend's conv blocks see it."""
     x = _x(n, h, w, c)
-    oh, ow = output_hw(h, w, (3, 3), (1, 1), (pad, pad))
-    cols = np.empty((n * oh * ow, 9 * c), np.float32)
-    cpu.im2col_yxc(cols, x, 3, 3, 1, 1, pad, pad)
-    np.testing.assert_array_equal(cols[: oh * ow], reference.im2col_yxc(x[:1], 3, 3, 1, 1, pad, pad))
-    benchmark(cpu.im2col_yxc, cols, x, 3, 3, 1, 1, pad, pad)
+    xp = np.empty((1, h + 2 * pad, w + 2 * pad, c), np.float32)
+    cpu.pad_window(xp, x, 0, -pad, pad)
+    return x, xp
 
 
 @pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS, ids=[c[0] for c in CONVS])
-def test_col2im(benchmark, name, n, h, w, c, o, pad):
+def test_im2col_window(benchmark, name, n, h, w, c, o, pad):
+    x, xp = _window(n, h, w, c, pad)
     oh, ow = output_hw(h, w, (3, 3), (1, 1), (pad, pad))
-    cols = RNG.standard_normal((n * oh * ow, 9 * c), dtype=np.float32)
-    dx = np.empty((n, h, w, c), np.float32)
-    cpu.col2im_yxc(dx, cols, 3, 3, 1, 1, pad, pad)
-    ref = reference.col2im_yxc(cols[: oh * ow], (1, h, w, c), 3, 3, 1, 1, pad, pad)
-    np.testing.assert_allclose(dx[:1], ref, rtol=1e-5, atol=1e-5)
-    benchmark(cpu.col2im_yxc, dx, cols, 3, 3, 1, 1, pad, pad)
+    cols = np.empty((oh * ow, 9 * c), np.float32)
+    cpu.im2col_window(cols, xp, 3, 3, 1, 1)
+    np.testing.assert_array_equal(cols, reference.im2col_yxc(x[:1], 3, 3, 1, 1, pad, pad))
+    benchmark(cpu.im2col_window, cols, xp, 3, 3, 1, 1)
+
+
+@pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS, ids=[c[0] for c in CONVS])
+def test_col2im_window_add(benchmark, name, n, h, w, c, o, pad):
+    oh, ow = output_hw(h, w, (3, 3), (1, 1), (pad, pad))
+    cols = RNG.standard_normal((oh * ow, 9 * c), dtype=np.float32)
+    dxp = np.zeros((1, h + 2 * pad, w + 2 * pad, c), np.float32)
+    cpu.col2im_window_add(dxp, cols, 3, 3, 1, 1)
+    ref = reference.col2im_yxc(cols, (1, h, w, c), 3, 3, 1, 1, pad, pad)
+    np.testing.assert_allclose(dxp[:, pad:pad + h, pad:pad + w], ref, rtol=1e-5, atol=1e-5)
+    benchmark(cpu.col2im_window_add, dxp, cols, 3, 3, 1, 1)
+
+
+@pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS[1:], ids=[c[0] for c in CONVS[1:]])
+def test_winograd_input(benchmark, name, n, h, w, c, o, pad):
+    x, xp = _window(n, h + h % 2, w + w % 2, c, pad)
+    t = ((xp.shape[1] - 2) // 2) * ((xp.shape[2] - 2) // 2)
+    v = np.empty((16, t, c), np.float32)
+    cpu.winograd_input(v, xp)
+    np.testing.assert_allclose(v, reference.winograd_input(xp), rtol=1e-5, atol=1e-5)
+    benchmark(cpu.winograd_input, v, xp)
 
 
 @pytest.mark.parametrize("name,n,h,w,c,o,pad", CONVS, ids=[c[0] for c in CONVS])

@@ -1,13 +1,17 @@
 """Numba CPU kernels (NHWC activations); each mirrors a function of
 :mod:`xraynet.kernels.reference` with the same name, semantics and argument
-order (``im2col_t1`` is the transpose of ``im2col_yxc`` for one channel).
+order.
 
 House rules: outputs are preallocated by the caller and passed first (arrays
-updated in place too), then the inputs, then the scalars; loops run in
-parallel over independent outputs (``prange`` over batch x rows), so no two
-iterations write one slot; ``cache=True`` keeps compile time off the CLI
-start; no ``fastmath``: the PyTorch cross-checks want IEEE results. Output
-sizes come from :func:`xraynet.backends.geometry.output_size`, compiled here.
+updated in place too), then the inputs, then the scalars; ``cache=True``
+keeps compile time off the CLI start; no ``fastmath``: the PyTorch
+cross-checks want IEEE results.
+
+The kernels here run in parallel over independent outputs (``prange`` over
+batch x rows, so no two iterations write one slot). The convolution's block
+kernels, serial because the backend's worker threads each run them on their
+own block, live in :mod:`xraynet.kernels.cpu_blocks` and are re-exported
+here.
 """
 from __future__ import annotations
 
@@ -18,7 +22,17 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from xraynet.backends.geometry import output_size
+from xraynet.kernels.cpu_blocks import (
+    add_bias, bias_maxpool_relu_tiled, bias_relu, col2im_window_add, im2col_window, maxpool_relu_backward_tiled,
+    pad_window, winograd_input, winograd_input_adjoint, winograd_output, winograd_output_adjoint,
+    winograd_output_pool)
+
+#: every CPU kernel: this module's and the block kernels it re-exports
+__all__ = ["conv1_plane", "conv1_plane_pool", "relu_forward", "relu_backward", "maxpool2d_forward",
+           "maxpool2d_backward", "bias_maxpool_relu", "maxpool_relu_backward", "channel_sum", "adam_update",
+           "sgd_update", "add_bias", "bias_maxpool_relu_tiled", "bias_relu", "col2im_window_add", "im2col_window",
+           "maxpool_relu_backward_tiled", "pad_window", "winograd_input", "winograd_input_adjoint",
+           "winograd_output", "winograd_output_adjoint", "winograd_output_pool"]
 
 # Numba's default OpenMP pool spins between parallel regions while OpenBLAS's
 # own threads run the GEMMs in between; on a 2-core machine the two pools
@@ -30,156 +44,155 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 _JIT = dict(parallel=True, cache=True, nogil=True)
 
-#: the one output-size formula, inlined into the kernels that use it
-_output_size = njit(inline="always")(output_size)
+
+# ------------------------------------------ one-channel (first-layer) convolution
+# A grayscale input's patch matrix has only KH*KW columns: its GEMM is too thin
+# for BLAS (K = 9) and building it copies runs of 3 floats. These kernels
+# convolve a block of rows of the zero-padded image as one flat plane instead:
+# with stride 1, output q of the plane (row stride WP = W + 2*pw) is the sum
+# over taps of w[ky, kx] * plane[q + ky*WP + kx], one long unit-stride loop per
+# channel and kernel row that vectorises (the KW - 1 columns past each output
+# row are computed and dropped). Every output is summed in the same order in
+# both kernels, so the fused and the unfused first stage agree bit for bit.
 
 
-@njit(**_JIT)
-def im2col_yxc(cols, x, kh, kw, sh, sw, ph, pw):
-    """cols (N*OH*OW, KH*KW*C) <- patches of x (N, H, W, C), columns ordered
-    (ky, kx, c); see reference.im2col_yxc.
-
-    The KW taps of one kernel row are adjacent in an NHWC image row, so an
-    interior window row is one contiguous run of KW*C floats; only windows
-    that overlap the padding are copied tap by tap.
-    """
-    n, h, w, c = x.shape
-    oh = _output_size(h, kh, sh, ph)
-    ow = _output_size(w, kw, sw, pw)
-    run = kw * c
-    xr = np.ascontiguousarray(x).reshape((n, h, w * c))  # no copy for the C-ordered arrays xraynet passes
-    for r in prange(n * oh):
-        b = r // oh
-        oy = r % oh
-        for ox in range(ow):
-            row = r * ow + ox
-            ix0 = ox * sw - pw
-            for ky in range(kh):
-                iy = oy * sh - ph + ky
-                base = ky * run
-                if iy < 0 or iy >= h:
-                    for j in range(run):
-                        cols[row, base + j] = 0
-                elif ix0 >= 0 and ix0 + kw <= w:
-                    src = ix0 * c
-                    for j in range(run):
-                        cols[row, base + j] = xr[b, iy, src + j]
-                else:
-                    for kx in range(kw):
-                        ix = ix0 + kx
-                        if 0 <= ix < w:
-                            for ci in range(c):
-                                cols[row, base + kx * c + ci] = xr[b, iy, ix * c + ci]
-                        else:
-                            for ci in range(c):
-                                cols[row, base + kx * c + ci] = 0
-
-
-@njit(**_JIT)
-def im2col_t1(cols_t, x, kh, kw, sh, sw, ph, pw):
-    """cols_t (KH*KW, N*OH*OW) <- transposed patch matrix of a one-channel
-    batch x (N, H, W): cols_t = reference.im2col_yxc(x[..., None], ...).T.
-
-    For the grayscale first layer: the ordinary patch matrix has only KH*KW
-    columns, so building it is a scatter of single floats; transposed, every
-    row is a run of shifted image rows, copied with unit stride.
-    """
-    n, h, w = x.shape
-    oh = _output_size(h, kh, sh, ph)
-    ow = _output_size(w, kw, sw, pw)
-    for r in prange(n * oh):
-        b = r // oh
-        oy = r % oh
-        base = r * ow
+@njit(inline="always")
+def _conv1_plane(acc, xr, x, w, bi, oy0, ph, pw):
+    """acc (O, R*WP) <- stride-1 conv rows oy0 .. oy0+R-1 of image bi of x
+    (N, H, W, 1) by w (O, 1, KH, KW), no bias, in the padded plane's layout;
+    ``xr`` is scratch of at least (R + KH - 1)*WP + KW - 1 floats."""
+    o, m = acc.shape
+    _, h, wd, _ = x.shape
+    kh, kw = w.shape[2], w.shape[3]
+    wp = wd + 2 * pw
+    for i in range(xr.size):
+        xr[i] = 0
+    for rr in range(m // wp + kh - 1):
+        iy = oy0 - ph + rr
+        if 0 <= iy < h:
+            dst = xr[rr * wp + pw:rr * wp + pw + wd]
+            for j in range(wd):
+                dst[j] = x[bi, iy, j, 0]
+    for oc in range(o):
+        a = acc[oc]
+        for q in range(m):
+            a[q] = 0
         for ky in range(kh):
-            iy = oy * sh - ph + ky
+            if kw == 3:  # the usual first layer: three taps per pass over the plane
+                xs = xr[ky * wp:ky * wp + m + 2]
+                w0, w1, w2 = w[oc, 0, ky, 0], w[oc, 0, ky, 1], w[oc, 0, ky, 2]
+                for q in range(m):
+                    a[q] += w0 * xs[q] + w1 * xs[q + 1] + w2 * xs[q + 2]
+                continue
             for kx in range(kw):
-                k = ky * kw + kx
-                if iy < 0 or iy >= h:
-                    for ox in range(ow):
-                        cols_t[k, base + ox] = 0
-                    continue
-                # output columns whose tap lands inside the row: 0 <= ox*sw - pw + kx < w
-                lo = min(ow, max(0, (pw - kx + sw - 1) // sw))
-                hi = max(lo, min(ow, (w - 1 + pw - kx) // sw + 1))
-                for ox in range(lo):
-                    cols_t[k, base + ox] = 0
-                if sw == 1:
-                    off = kx - pw
-                    for ox in range(lo, hi):
-                        cols_t[k, base + ox] = x[b, iy, ox + off]
-                else:
-                    for ox in range(lo, hi):
-                        cols_t[k, base + ox] = x[b, iy, ox * sw - pw + kx]
-                for ox in range(hi, ow):
-                    cols_t[k, base + ox] = 0
+                xs = xr[ky * wp + kx:ky * wp + kx + m]
+                wv = w[oc, 0, ky, kx]
+                for q in range(m):
+                    a[q] += wv * xs[q]
+
+
+def _row_chunks(rows, per_row):
+    """(chunks, rows per chunk) cutting ``rows`` output rows into pieces of about
+    4096 plane floats: long vector loops, scratch that stays in L1/L2."""
+    step = max(1, min(rows, 4096 // max(1, per_row)))
+    return (rows + step - 1) // step, step
+
+
+_row_chunks = njit(inline="always")(_row_chunks)
 
 
 @njit(**_JIT)
-def col2im_yxc(dx, cols, kh, kw, sh, sw, ph, pw):
-    """dx (N, H, W, C) <- sum of patch entries of cols; see reference.col2im_yxc.
+def conv1_plane(y, x, w, b, ph, pw, relu):
+    """y (N, OH, OW, O) <- stride-1 conv(x) + b of a one-channel x (N, H, W, 1)
+    with w (O, 1, KH, KW), ReLU'd when ``relu``; see reference.conv1_plane."""
+    n, oh, ow, o = y.shape
+    kh, kw = w.shape[2], w.shape[3]
+    wp = x.shape[2] + 2 * pw
+    nch, step = _row_chunks(oh, wp)
+    for t in prange(n * nch):
+        bi = t // nch
+        oy0 = (t % nch) * step
+        r = min(step, oh - oy0)
+        acc = np.empty((o, r * wp), y.dtype)
+        xr = np.empty((r + kh - 1) * wp + kw, y.dtype)
+        _conv1_plane(acc, xr, x, w, bi, oy0, ph, pw)
+        for rr in range(r):
+            for ox in range(ow):
+                for oc in range(o):
+                    v = acc[oc, rr * wp + ox] + b[oc]
+                    y[bi, oy0 + rr, ox, oc] = (v if v > 0 else 0) if relu else v
 
-    Written as a gather over input rows (each dx row collects the taps that
-    read it), so every dx element is written by one iteration only. For each
-    tap the input columns it reaches form one range, walked without tests.
+
+@njit(**_JIT)
+def conv1_plane_pool(pooled, idx, x, w, b, ph, pw, pkh, pkw, psh, psw):
+    """pooled, idx (N, QH, QW, O) <- bias_maxpool_relu of the stride-1 conv of a
+    one-channel x (N, H, W, 1) by w (O, 1, KH, KW): the first stage fused, its
+    full-size output never stored; see reference.conv1_plane_pool.
+
+    A chunk of pooled rows computes the conv rows they read, pools them
+    channel by channel along the plane (selects, so it vectorises), then
+    stores NHWC.
     """
-    n, h, w, c = dx.shape
-    oh = _output_size(h, kh, sh, ph)
-    ow = _output_size(w, kw, sw, pw)
-    for r in prange(n * h):
-        b = r // h
-        iy = r % h
-        for ix in range(w):
-            for ci in range(c):
-                dx[b, iy, ix, ci] = 0
-        for ky in range(kh):
-            ty = iy + ph - ky
-            if ty < 0 or ty % sh != 0:
-                continue
-            oy = ty // sh
-            if oy >= oh:
-                continue
-            rowbase = (b * oh + oy) * ow
-            for kx in range(kw):
-                off = (ky * kw + kx) * c
-                if sw == 1:
-                    # ox = ix + pw - kx must lie in [0, ow)
-                    lo = max(0, kx - pw)
-                    hi = min(w, ow + kx - pw)
-                    shift = pw - kx
-                    for ix in range(lo, hi):
-                        row = rowbase + ix + shift
-                        for ci in range(c):
-                            dx[b, iy, ix, ci] += cols[row, off + ci]
-                else:
-                    for ix in range(w):
-                        tx = ix + pw - kx
-                        if tx < 0 or tx % sw != 0:
-                            continue
-                        ox = tx // sw
-                        if ox >= ow:
-                            continue
-                        for ci in range(c):
-                            dx[b, iy, ix, ci] += cols[rowbase + ox, off + ci]
+    n, qh, qw, o = pooled.shape
+    kh, kw = w.shape[2], w.shape[3]
+    wp = x.shape[2] + 2 * pw
+    nch, step = _row_chunks(qh, psh * wp)
+    for t in prange(n * nch):
+        bi = t // nch
+        py0 = (t % nch) * step
+        pr = min(step, qh - py0)
+        r = (pr - 1) * psh + pkh
+        acc = np.empty((o, r * wp), pooled.dtype)
+        xr = np.empty((r + kh - 1) * wp + kw, pooled.dtype)
+        best = np.empty((o, pr * qw), pooled.dtype)
+        arg = np.empty((o, pr * qw), np.uint8)
+        _conv1_plane(acc, xr, x, w, bi, py0 * psh, ph, pw)
+        for oc in range(o):
+            _pool_plane(best[oc], arg[oc], acc[oc], b[oc], (pr, qw, wp), (pkh, pkw, psh, psw))
+        out = pooled[bi, py0:py0 + pr].reshape((pr * qw, o))
+        out_idx = idx[bi, py0:py0 + pr].reshape((pr * qw, o))
+        for i in range(pr * qw):
+            for oc in range(o):
+                m = best[oc, i]
+                out[i, oc] = m if m > 0 else 0
+                out_idx[i, oc] = arg[oc, i]
 
 
-@njit(**_JIT)
-def bias_relu(y, b):
-    """In place: y (M, C) <- max(y + b, 0); see reference.bias_relu."""
-    m, c = y.shape
-    for i in prange(m):
-        for ci in range(c):
-            v = y[i, ci] + b[ci]
-            y[i, ci] = v if v > 0 else 0
-
-
-@njit(**_JIT)
-def add_bias(y, b):
-    """In place: y (M, C) <- y + b; see reference.add_bias."""
-    m, c = y.shape
-    for i in prange(m):
-        for ci in range(c):
-            y[i, ci] += b[ci]
+@njit(inline="always")
+def _pool_plane(best, arg, a, bias, shape, window):
+    """best, arg (PR*QW,) <- max pool (first maximum, row-major window order) of
+    one channel's plane ``a`` + bias; ``shape`` (PR, QW, WP), ``window``
+    (PKH, PKW, PSH, PSW). A 2x2/2 window has its own loop: constant strides
+    and selects, so it vectorises."""
+    pr, qw, wp = shape
+    pkh, pkw, psh, psw = window
+    for py in range(pr):
+        if pkh == pkw == psh == psw == 2:
+            r0 = a[2 * py * wp:2 * py * wp + 2 * qw]
+            r1 = a[(2 * py + 1) * wp:(2 * py + 1) * wp + 2 * qw]
+            bo = best[py * qw:(py + 1) * qw]
+            ko = arg[py * qw:(py + 1) * qw]
+            for px in range(qw):
+                m, k = r0[2 * px] + bias, np.uint8(0)
+                v = r0[2 * px + 1] + bias
+                m, k = (v, np.uint8(1)) if v > m else (m, k)
+                v = r1[2 * px] + bias
+                m, k = (v, np.uint8(2)) if v > m else (m, k)
+                v = r1[2 * px + 1] + bias
+                m, k = (v, np.uint8(3)) if v > m else (m, k)
+                bo[px] = m
+                ko[px] = k
+            continue
+        for px in range(qw):
+            base = py * psh * wp + px * psw
+            m, k = a[base] + bias, np.uint8(0)
+            for wy in range(pkh):
+                for wx in range(pkw):
+                    v = a[base + wy * wp + wx] + bias
+                    if v > m:
+                        m, k = v, np.uint8(wy * pkw + wx)
+            best[py * qw + px] = m
+            arg[py * qw + px] = k
 
 
 @njit(**_JIT)

@@ -12,6 +12,9 @@ Layout: activations are NHWC float arrays ``(N, H, W, C)``; conv weights are
 sizes use floor division, as in PyTorch
 (:func:`xraynet.backends.geometry.output_size`). Where a result sums, the
 references sum in float64 and return float64.
+
+One module of about 430 lines on purpose: the spec of every kernel, CPU and
+CUDA, in one place to read and to test against.
 """
 from __future__ import annotations
 
@@ -74,6 +77,31 @@ def col2im_cyx(cols, x_shape, kh, kw, sh, sw, ph, pw):
     return col2im_yxc(yxc, x_shape, kh, kw, sh, sw, ph, pw)
 
 
+def pad_window(x, b0, iy0, pw, nb, rh):
+    """Rows ``iy0 .. iy0+rh-1`` of images ``b0 .. b0+nb-1`` of the NHWC batch ``x``,
+    zero-padded: returns ``(nb, rh, W + 2*pw, C)``. Rows outside the image
+    (``iy0`` may be negative: the top padding) and ``pw`` columns on each side are 0."""
+    _, h, w, c = x.shape
+    out = np.zeros((nb, rh, w + 2 * pw, c), x.dtype)
+    for r in range(rh):
+        if 0 <= iy0 + r < h:
+            out[:, r, pw:pw + w] = x[b0:b0 + nb, iy0 + r]
+    return out
+
+
+def im2col_window(xp, kh, kw, sh, sw):
+    """:func:`im2col_yxc` of a window that :func:`pad_window` already padded (no
+    padding of its own): ``(NB*R*OW, KH*KW*C)`` from ``xp`` (NB, RH, WP, C), with
+    ``R = (RH - KH)//sh + 1`` and ``OW = (WP - KW)//sw + 1``."""
+    return im2col_yxc(xp, kh, kw, sh, sw, 0, 0)
+
+
+def col2im_window_add(dxp, dcols, kh, kw, sh, sw):
+    """``dxp + `` the adjoint of :func:`im2col_window` applied to ``dcols``: every
+    patch entry added back onto the pixel of ``dxp`` (NB, RH, WP, C) it came from."""
+    return dxp + col2im_yxc(dcols, dxp.shape, kh, kw, sh, sw, 0, 0)
+
+
 # -------------------------------------------------------------- convolution
 def conv2d_forward(x, w, b, stride, pad):
     """Direct convolution (cross-correlation, as in PyTorch) of an NHWC batch, in float64.
@@ -114,6 +142,94 @@ def conv2d_backward(dy, x, w, stride, pad):
             dw[:, :, ky, kx] = np.einsum("nhwo,nhwc->oc", dy, xp[sl])
             dxp[sl] += np.einsum("nhwo,oc->nhwc", dy, w[:, :, ky, kx].astype(np.float64))
     return dxp[:, ph:ph + h, pw:pw + wd, :], dw, dy.sum(axis=(0, 1, 2))
+
+
+def conv1_plane(x, w, b, ph, pw, relu):
+    """Stride-1 :func:`conv2d_forward` of a one-channel batch ``x`` (N, H, W, 1),
+    ReLU'd when ``relu``: the first layer, which the CPU runs without a patch
+    matrix."""
+    y = conv2d_forward(x, w, b, (1, 1), (ph, pw))
+    return np.maximum(y, 0) if relu else y
+
+
+def conv1_plane_pool(x, w, b, ph, pw, pkh, pkw, psh, psw):
+    """The fused first stage: :func:`bias_maxpool_relu` of the bias-free stride-1
+    :func:`conv2d_forward` of a one-channel ``x`` (N, H, W, 1)."""
+    return bias_maxpool_relu(conv2d_forward(x, w, None, (1, 1), (ph, pw)), b, pkh, pkw, psh, psw)
+
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): a 2x2 output tile of a 3x3 stride-1
+# convolution is A^T [(G g G^T) . (B^T d B)] A of its 4x4 input tile d.
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+
+def _tiles(th, tw):
+    return [(ty, tx) for ty in range(th) for tx in range(tw)]
+
+
+def winograd_input(xp):
+    """``B^T d B`` of every 4x4 tile ``d`` (stride 2) of the padded window ``xp``
+    (NB, RH, WP, C), in float64: ``(16, NB*TH*TW, C)``, TH = (RH - 2)//2,
+    TW = (WP - 2)//2, row ``4*i + j`` the tile position (i, j), tiles ordered
+    (image, ty, tx)."""
+    nb, rh, wp, c = xp.shape
+    th, tw = (rh - 2) // 2, (wp - 2) // 2
+    v = np.empty((4, 4, nb, th * tw, c))
+    for t, (ty, tx) in enumerate(_tiles(th, tw)):
+        d = xp[:, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4].astype(np.float64)
+        v[:, :, :, t] = np.einsum("ik,nklc,jl->ijnc", WINOGRAD_BT, d, WINOGRAD_BT)
+    return v.reshape(16, nb * th * tw, c)
+
+
+def _winograd_outputs(m, nb, th, tw):
+    """``A^T M A`` of every tile of m (16, NB*TH*TW, O): (NB, 2*TH, 2*TW, O), float64."""
+    o = m.shape[2]
+    mt = m[:, :nb * th * tw].astype(np.float64).reshape(4, 4, nb, th, tw, o)
+    y = np.einsum("ai,ijntso,bj->ntasbo", WINOGRAD_AT, mt, WINOGRAD_AT)
+    return y.reshape(nb, 2 * th, 2 * tw, o)
+
+
+def winograd_output(m, bias, relu, nb, r, ow):
+    """The convolution (NB, R, OW, O) from the tiles' products ``m`` (16, T, O)
+    (TH = ceil(R/2), TW = ceil(OW/2) tiles; an odd last row or column half
+    used) plus ``bias``, ReLU'd when ``relu``, in float64."""
+    y = _winograd_outputs(m, nb, (r + 1) // 2, (ow + 1) // 2)[:, :r, :ow] + bias
+    return np.maximum(y, 0) if relu else y
+
+
+def winograd_output_pool(m, bias, nb, th, tw):
+    """:func:`bias_maxpool_relu` (2x2/2) of the tiles' outputs: every tile is one
+    pool window. Returns ``(y, idx)`` (NB, TH, TW, O)."""
+    return bias_maxpool_relu(_winograd_outputs(m, nb, th, tw), bias, 2, 2, 2, 2)
+
+
+def winograd_output_adjoint(g):
+    """``A dY A^T`` of every 2x2 tile ``dY`` of ``g`` (NB, R, OW, O), zero-extended
+    to even sizes: ``(16, NB*TH*TW, O)`` in float64, the gradient of the tiles'
+    products from the outputs' (the adjoint of :func:`winograd_output`)."""
+    nb, r, ow, o = g.shape
+    th, tw = (r + 1) // 2, (ow + 1) // 2
+    ge = np.zeros((nb, 2 * th, 2 * tw, o))
+    ge[:, :r, :ow] = g
+    gt = ge.reshape(nb, th, 2, tw, 2, o)
+    dm = np.einsum("ai,ntasbo,bj->ijntso", WINOGRAD_AT, gt, WINOGRAD_AT)
+    return dm.reshape(16, nb * th * tw, o)
+
+
+def winograd_input_adjoint(dxp, dv):
+    """``dxp + `` the adjoint of :func:`winograd_input` applied to ``dv``
+    (16, T, C): ``B dV B^T`` of every tile added onto its 4x4 window of
+    ``dxp`` (NB, RH, WP, C), in float64."""
+    nb, rh, wp, c = dxp.shape
+    th, tw = (rh - 2) // 2, (wp - 2) // 2
+    out = dxp.astype(np.float64)
+    dvt = dv[:, :nb * th * tw].astype(np.float64).reshape(4, 4, nb, th * tw, c)
+    for t, (ty, tx) in enumerate(_tiles(th, tw)):
+        out[:, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4] += np.einsum("ia,ijnc,jb->nabc", WINOGRAD_BT, dvt[:, :, :, t],
+                                                                  WINOGRAD_BT)
+    return out
 
 
 def add_bias(y, b):
@@ -174,6 +290,23 @@ def maxpool_relu_backward(dy, y, idx, x_shape, kh, kw, sh, sw):
     """Gradient of :func:`bias_maxpool_relu` with respect to its input: ``dy``
     where the pooled output ``y`` > 0, routed as :func:`maxpool2d_backward`."""
     return maxpool2d_backward(np.where(y > 0, dy, 0).astype(dy.dtype), idx, x_shape, kh, kw, sh, sw)
+
+
+def bias_maxpool_relu_tiled(x, bias, kh, kw):
+    """:func:`bias_maxpool_relu` with stride = kernel (windows that tile the map,
+    as the usual 2x2/2 pool), on a block of rows."""
+    return bias_maxpool_relu(x, bias, kh, kw, kh, kw)
+
+
+def maxpool_relu_backward_tiled(dy, y, idx, x_shape, kh, kw, oy0):
+    """:func:`maxpool_relu_backward` with stride = kernel, rows ``oy0 .. oy0+R-1``
+    of it, ``x_shape`` = (N, R, OW, C): a block of the gradient of
+    :func:`bias_maxpool_relu_tiled`, from the pooled ``dy``, ``y``, ``idx`` of
+    whole images."""
+    n, r, ow, c = x_shape
+    rows = max(oy0 + r, dy.shape[1] * kh)
+    full = maxpool_relu_backward(dy, y, idx, (n, rows, ow, c), kh, kw, kh, kw)
+    return full[:, oy0:oy0 + r]
 
 
 def global_avg_pool_forward(x):

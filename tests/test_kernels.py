@@ -103,60 +103,76 @@ def pool_input(kind, shape, dtype, rng):
 POOL_KINDS = ["normal", "integers", "constant", "relu"]
 
 
-# ----------------------------------------------------------- im2col / col2im
-def check_im2col(geom, dtype, seed):
+# ------------------------------------------- padded windows, im2col / col2im
+def _window_cases(geom):
+    """(b0, nb, iy0, rh) windows of one geometry: the whole padded batch, and a
+    few rows of the last image starting inside the top padding and inside the map."""
+    n, h, w, c, kh, kw, sh, sw, ph, pw = geom
+    rows = output_size(h, kh, sh, ph)
+    full = (0, n, -ph, (rows - 1) * sh + kh)
+    return [full, (n - 1, 1, -ph, kh), (n - 1, 1, min(h - 1, 1), kh + sh)]
+
+
+def check_window_kernels(geom, dtype, seed):
+    """pad_window, im2col_window and col2im_window_add against their references,
+    bit for bit where they copy; over the whole padded batch the window kernels
+    are im2col_yxc / col2im_yxc of the padded input."""
     n, h, w, c, kh, kw, sh, sw, ph, pw = geom
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, c)).astype(dtype)
-    expected = ref.im2col_yxc(x, kh, kw, sh, sw, ph, pw)
-    cols = np.full(expected.shape, np.nan, dtype)
-    cpu.im2col_yxc(cols, x, kh, kw, sh, sw, ph, pw)
-    assert_close(cols, expected, op="im2col_yxc", dtype=_dt(dtype), geometry=_conv_id(geom))
-
-
-def check_col2im(geom, dtype, seed):
-    n, h, w, c, kh, kw, sh, sw, ph, pw = geom
-    rng = np.random.default_rng(seed)
-    oh, ow = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
-    cols = rng.standard_normal((n * oh * ow, kh * kw * c)).astype(dtype)
-    expected = ref.col2im_yxc(cols, (n, h, w, c), kh, kw, sh, sw, ph, pw)
-    dx = np.full((n, h, w, c), np.nan, dtype)
-    cpu.col2im_yxc(dx, cols, kh, kw, sh, sw, ph, pw)
-    assert_close(dx, expected, op="col2im_yxc", rtol=RTOL[np.dtype(dtype)], atol=RTOL[np.dtype(dtype)],
-                 dtype=_dt(dtype), geometry=_conv_id(geom))
+    info = dict(dtype=_dt(dtype), geometry=_conv_id(geom))
+    for b0, nb, iy0, rh in _window_cases(geom):
+        win = dict(window=(b0, nb, iy0, rh), **info)
+        xp = np.full((nb, rh, w + 2 * pw, c), np.nan, dtype)
+        cpu.pad_window(xp, x, b0, iy0, pw)
+        assert_close(xp, ref.pad_window(x, b0, iy0, pw, nb, rh), op="pad_window", **win)
+        expected = ref.im2col_window(xp, kh, kw, sh, sw)
+        cols = np.full(expected.shape, np.nan, dtype)
+        cpu.im2col_window(cols, xp, kh, kw, sh, sw)
+        assert_close(cols, expected, op="im2col_window", **win)
+        dcols = rng.standard_normal(cols.shape).astype(dtype)
+        dxp = rng.standard_normal(xp.shape).astype(dtype)
+        expected = ref.col2im_window_add(dxp, dcols, kh, kw, sh, sw)
+        cpu.col2im_window_add(dxp, dcols, kh, kw, sh, sw)
+        assert_close(dxp, expected, op="col2im_window_add", rtol=RTOL[np.dtype(dtype)], atol=RTOL[np.dtype(dtype)],
+                     **win)
+    b0, nb, iy0, rh = _window_cases(geom)[0]
+    xp = np.empty((nb, rh, w + 2 * pw, c), dtype)
+    cpu.pad_window(xp, x, b0, iy0, pw)
+    cols = np.empty(ref.im2col_window(xp, kh, kw, sh, sw).shape, dtype)
+    cpu.im2col_window(cols, xp, kh, kw, sh, sw)
+    assert_close(cols, ref.im2col_yxc(x, kh, kw, sh, sw, ph, pw), op="im2col_window of the padded batch", **info)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
 @pytest.mark.parametrize("geom", CONV_CASES, ids=_conv_id)
-def test_im2col_col2im_edge_cases(geom, dtype):
-    check_im2col(geom, dtype, 1)
-    check_col2im(geom, dtype, 2)
+def test_window_kernels_edge_cases(geom, dtype):
+    check_window_kernels(geom, dtype, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
 @HYP
 @given(case=conv_geometry())
-def test_im2col_col2im_random(case, dtype):
+def test_window_kernels_random(case, dtype):
     geom, seed = case
-    check_im2col(geom, dtype, seed)
-    check_col2im(geom, dtype, seed + 1)
+    check_window_kernels(geom, dtype, seed)
 
 
 @pytest.mark.parametrize("geom", CONV_CASES, ids=_conv_id)
-def test_col2im_is_adjoint_of_im2col(geom):
-    """<im2col(x), C> == <x, col2im(C)>: the backward pass is the true adjoint."""
+def test_col2im_window_is_adjoint_of_im2col_window(geom):
+    """<im2col(xp), C> == <xp, col2im(C)>: the backward pass is the true adjoint."""
     n, h, w, c, kh, kw, sh, sw, ph, pw = geom
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((n, h, w, c))
-    oh, ow = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
-    cols_in = rng.standard_normal((n * oh * ow, kh * kw * c))
-    cols = np.empty_like(cols_in)
-    cpu.im2col_yxc(cols, x, kh, kw, sh, sw, ph, pw)
-    dx = np.empty_like(x)
-    cpu.col2im_yxc(dx, cols_in, kh, kw, sh, sw, ph, pw)
-    lhs, rhs = float((cols * cols_in).sum()), float((x * dx).sum())
+    rh = (output_size(h, kh, sh, ph) - 1) * sh + kh
+    xp = rng.standard_normal((n, rh, w + 2 * pw, c))
+    cols = np.empty(ref.im2col_window(xp, kh, kw, sh, sw).shape)
+    cpu.im2col_window(cols, xp, kh, kw, sh, sw)
+    cols_in = rng.standard_normal(cols.shape)
+    dxp = np.zeros_like(xp)
+    cpu.col2im_window_add(dxp, cols_in, kh, kw, sh, sw)
+    lhs, rhs = float((cols * cols_in).sum()), float((xp * dxp).sum())
     assert math.isclose(lhs, rhs, rel_tol=1e-12, abs_tol=1e-12), \
-        f"im2col/col2im adjoint [{_conv_id(geom)}]: <im2col(x), C> = {lhs!r}, <x, col2im(C)> = {rhs!r}"
+        f"im2col/col2im_window adjoint [{_conv_id(geom)}]: <im2col(x), C> = {lhs!r}, <x, col2im(C)> = {rhs!r}"
 
 
 # ---------------------------------------------------------------- max pool
@@ -296,6 +312,179 @@ def test_bias_maxpool_relu_tie_created_by_rounding(dtype):
     assert_close(dx.reshape(-1), dx_ref.reshape(-1),
                  op="maxpool_relu_backward (tie created by rounding x + b: gradient must go to the first element)",
                  dtype=_dt(dtype), fused_idx=int(idx[0, 0, 0, 0]), chain_idx=int(idx_ref[0, 0, 0, 0]))
+
+
+TILED_POOLS = [(2, 2), (3, 3), (1, 2), (2, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("kind", BIAS_KINDS)
+@pytest.mark.parametrize("shape", [(1, 2, 2, 1), (2, 5, 7, 3), (1, 9, 8, 16), (3, 4, 6, 5)], ids=str)
+@pytest.mark.parametrize("pool", TILED_POOLS, ids=str)
+def test_tiled_pool_kernels(pool, shape, kind, dtype):
+    """The block epilogues for windows that tile the map (stride == kernel):
+    bias_maxpool_relu_tiled and maxpool_relu_backward_tiled against their
+    references (odd sizes: the last row and column are dropped), bit for bit."""
+    kh, kw = pool
+    rng = np.random.default_rng(22)
+    x, b = _bias_pool_inputs(kind, shape, dtype, rng)
+    info = dict(dtype=_dt(dtype), shape=shape, pool=pool, input=kind)
+    y_ref, idx_ref = ref.bias_maxpool_relu_tiled(x, b, kh, kw)
+    y = np.full(y_ref.shape, np.nan, dtype)
+    idx = np.full(y_ref.shape, 255, np.uint8)
+    cpu.bias_maxpool_relu_tiled(y, idx, x, b, kh, kw)
+    assert_close(y, y_ref, op="bias_maxpool_relu_tiled values", **info)
+    assert_close(idx, idx_ref, op="bias_maxpool_relu_tiled argmax", **info)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    n, h, w, c = shape
+    for oy0, r in ((0, h), (1, h - 1), (h - 1, 1), (h // 2, h - h // 2)):  # the whole map, and blocks of rows
+        if r < 1:
+            continue
+        dx = np.full((n, r, w, c), np.nan, dtype)
+        cpu.maxpool_relu_backward_tiled(dx, dy, y, idx, kh, kw, oy0)
+        assert_close(dx, ref.maxpool_relu_backward_tiled(dy, y_ref, idx_ref, dx.shape, kh, kw, oy0),
+                     op="maxpool_relu_backward_tiled", rows=(oy0, r), **info)
+    full = ref.maxpool_relu_backward_tiled(dy, y_ref, idx_ref, shape, kh, kw, 0)
+    assert_close(full, ref.maxpool_relu_backward(dy, y_ref, idx_ref, shape, kh, kw, kh, kw),
+                 op="maxpool_relu_backward_tiled reference == maxpool_relu_backward", **info)
+
+
+# ------------------------------------------------- one-channel direct convolution
+# (n, h, w, o, kh, kw, ph, pw): stride 1, the case the direct kernels cover
+CONV1_CASES = [
+    (1, 1, 1, 2, 3, 3, 1, 1),       # 1x1 map: every tap but the centre in the padding
+    (2, 9, 9, 3, 3, 3, 1, 1),
+    (1, 7, 8, 4, 3, 3, 0, 0),       # valid, odd sizes
+    (2, 10, 7, 2, 5, 5, 2, 2),
+    (1, 6, 9, 3, 2, 3, 0, 1),       # rectangular kernel, mixed padding
+    (3, 13, 11, 5, 1, 1, 0, 0),     # 1x1 kernel
+    (1, 4, 4, 2, 5, 3, 2, 0),       # kernel taller than the map
+    (2, 70, 33, 16, 3, 3, 1, 1),    # several row chunks per image
+]
+CONV1_POOLS = [(2, 2, 2, 2), (3, 3, 3, 3), (3, 3, 2, 2), (2, 3, 1, 2)]
+
+
+def _conv1_id(g):
+    return "n{}-{}x{}-o{}-k{}x{}-p{}x{}".format(*g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("geom", CONV1_CASES, ids=_conv1_id)
+def test_conv1_plane_kernels(geom, dtype):
+    """conv1_plane and conv1_plane_pool against their references; the fused
+    kernel equals conv1_plane(relu) + maxpool2d_forward bit for bit (values, and
+    positions wherever the output is live), which keeps the fused and the
+    unfused first stage identical."""
+    n, h, w, o, kh, kw, ph, pw = geom
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((n, h, w, 1)).astype(dtype)
+    wt = rng.standard_normal((o, 1, kh, kw)).astype(dtype)
+    b = (rng.standard_normal(o) * 0.5).astype(dtype)
+    tol = RTOL[np.dtype(dtype)]
+    info = dict(dtype=_dt(dtype), geometry=_conv1_id(geom))
+    for relu in (False, True):
+        expected = ref.conv1_plane(x, wt, b, ph, pw, relu)
+        y = np.full(expected.shape, np.nan, dtype)
+        cpu.conv1_plane(y, x, wt, b, ph, pw, relu)
+        assert_close(y, expected, op="conv1_plane", rtol=tol, atol=tol * float(np.abs(expected).max()), relu=relu,
+                     **info)
+    for pkh, pkw, psh, psw in CONV1_POOLS:
+        if y.shape[1] < pkh or y.shape[2] < pkw:
+            continue
+        pinfo = dict(pool=(pkh, pkw, psh, psw), **info)
+        p_ref, i_ref = ref.conv1_plane_pool(x, wt, b, ph, pw, pkh, pkw, psh, psw)
+        pooled = np.full(p_ref.shape, np.nan, dtype)
+        idx = np.full(p_ref.shape, 255, np.uint8)
+        cpu.conv1_plane_pool(pooled, idx, x, wt, b, ph, pw, pkh, pkw, psh, psw)
+        assert_close(pooled, p_ref, op="conv1_plane_pool", rtol=tol, atol=tol * float(np.abs(p_ref).max()), **pinfo)
+        chain, chain_idx = ref.maxpool2d_forward(y, pkh, pkw, psh, psw)
+        assert_close(pooled, chain, op="conv1_plane_pool == conv1_plane(relu) + maxpool", **pinfo)
+        live = chain > 0
+        assert_close(np.where(live, idx, 0), np.where(live, chain_idx, 0),
+                     op="conv1_plane_pool argmax == the chain's", **pinfo)
+
+
+# ------------------------------------------------------- Winograd F(2x2, 3x3)
+# (nb, rh, wp, c, o): padded windows; odd sizes give half-used last tiles
+WINO_CASES = [(1, 4, 4, 1, 1), (2, 6, 8, 3, 4), (1, 5, 7, 2, 3), (3, 8, 10, 5, 6), (1, 12, 6, 16, 32), (2, 7, 5, 4, 2)]
+
+
+def _wino_id(g):
+    return "nb{}-{}x{}-c{}-o{}".format(*g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("geom", WINO_CASES, ids=_wino_id)
+def test_winograd_kernels(geom, dtype):
+    """The five Winograd kernels against their references; planes longer than
+    the tiles (the backend pads them) keep their extra rows untouched."""
+    nb, rh, wp, c, o = geom
+    rng = np.random.default_rng(24)
+    th, tw = (rh - 2) // 2, (wp - 2) // 2
+    t = nb * th * tw
+    tol = RTOL[np.dtype(dtype)]
+    info = dict(dtype=_dt(dtype), geometry=_wino_id(geom))
+    xp = rng.standard_normal((nb, rh, wp, c)).astype(dtype)
+    v = np.full((16, t + 3, c), np.nan, dtype)
+    cpu.winograd_input(v, xp)
+    assert_close(v[:, :t], ref.winograd_input(xp), op="winograd_input", rtol=tol, atol=tol * 4, **info)
+    assert np.isnan(v[:, t:]).all(), f"winograd_input [{info}]: wrote past its {t} tiles"
+    m = rng.standard_normal((16, t, o)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    r, ow = 2 * th - (rh % 2 == 1), 2 * tw - (wp % 2 == 1)  # odd: the last tile row/column half used
+    for relu in (False, True):
+        y = np.full((nb, r, ow, o), np.nan, dtype)
+        cpu.winograd_output(y, m, b, relu)
+        assert_close(y, ref.winograd_output(m, b, relu, nb, r, ow), op="winograd_output", rtol=tol, atol=tol * 16,
+                     relu=relu, **info)
+    y = np.full((nb, th, tw, o), np.nan, dtype)
+    idx = np.full(y.shape, 255, np.uint8)
+    cpu.winograd_output_pool(y, idx, m, b)
+    y_ref, idx_ref = ref.winograd_output_pool(m, b, nb, th, tw)
+    assert_close(y, y_ref, op="winograd_output_pool", rtol=tol, atol=tol * 16, **info)
+    assert_close(np.where(y_ref > 0, idx, 0), np.where(y_ref > 0, idx_ref, 0), op="winograd_output_pool argmax",
+                 **info)
+    g = rng.standard_normal((nb, r, ow, o)).astype(dtype)
+    dm = np.full((16, t, o), np.nan, dtype)
+    cpu.winograd_output_adjoint(dm, g)
+    assert_close(dm, ref.winograd_output_adjoint(g), op="winograd_output_adjoint", rtol=tol, atol=tol * 4, **info)
+    dv = rng.standard_normal((16, t, c)).astype(dtype)
+    dxp = rng.standard_normal(xp.shape).astype(dtype)
+    expected = ref.winograd_input_adjoint(dxp, dv)
+    cpu.winograd_input_adjoint(dxp, dv)
+    assert_close(dxp, expected, op="winograd_input_adjoint", rtol=tol, atol=tol * 16, **info)
+
+
+@pytest.mark.parametrize("geom", WINO_CASES, ids=_wino_id)
+def test_winograd_adjoints(geom):
+    """<winograd_input(x), dV> == <x, winograd_input_adjoint(dV)> and
+    <winograd_output(M), dY> == <M, winograd_output_adjoint(dY)> (no bias):
+    the backward transforms are the true adjoints of the forward ones."""
+    nb, rh, wp, c, o = geom
+    rng = np.random.default_rng(25)
+    th, tw = (rh - 2) // 2, (wp - 2) // 2
+    t = nb * th * tw
+    xp, dv = rng.standard_normal((nb, rh, wp, c)), rng.standard_normal((16, t, c))
+    v = np.empty((16, t, c))
+    cpu.winograd_input(v, xp)
+    dxp = np.zeros_like(xp)
+    cpu.winograd_input_adjoint(dxp, dv)
+    assert math.isclose(float((v * dv).sum()), float((xp * dxp).sum()), rel_tol=1e-12, abs_tol=1e-12)
+    r, ow = 2 * th - (rh % 2 == 1), 2 * tw - (wp % 2 == 1)
+    m, g = rng.standard_normal((16, t, o)), rng.standard_normal((nb, r, ow, o))
+    y = np.empty((nb, r, ow, o))
+    cpu.winograd_output(y, m, np.zeros(o), False)
+    dm = np.empty((16, t, o))
+    cpu.winograd_output_adjoint(dm, g)
+    assert math.isclose(float((y * g).sum()), float((m * dm).sum()), rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_winograd_weights_match_the_reference():
+    from xraynet.backends.cpu_winograd import winograd_weights
+
+    w = np.random.default_rng(26).standard_normal((5, 3, 3, 3))
+    expected = np.einsum("ik,ockl,jl->ijco", ref.WINOGRAD_G, w, ref.WINOGRAD_G).reshape(16, 3, 5)
+    assert_close(winograd_weights(w), expected, op="winograd_weights", rtol=1e-15, atol=1e-15)
 
 
 # ------------------------------------------------------------ elementwise
@@ -699,19 +888,7 @@ def test_backend_dropout_mask(backend):
     assert abs(frac - 0.3) < 0.02, f"dropout_mask: dropped fraction {frac:.3f}, expected about 0.3"
 
 
-# --------------------------------------------- kernels added with the chunked convolution
-@pytest.mark.parametrize("geom", CONV_CASES, ids=[_conv_id(g) for g in CONV_CASES])
-@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
-def test_im2col_t1_is_the_transposed_patch_matrix(geom, dtype):
-    """im2col_t1 (grayscale input) == reference.im2col_yxc(x[..., None]).T, bit for bit."""
-    n, h, w, _, kh, kw, sh, sw, ph, pw = geom
-    x = np.random.default_rng(11).standard_normal((n, h, w)).astype(dtype)
-    expected = ref.im2col_yxc(x[..., None], kh, kw, sh, sw, ph, pw).T
-    out = np.full(expected.shape, np.nan, dtype)
-    cpu.im2col_t1(out, x, kh, kw, sh, sw, ph, pw)
-    assert_close(out, expected, op="im2col_t1", shape=x.shape, geom=geom)
-
-
+# ------------------------------------------------------------ more kernels
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
 def test_channel_sum_with_mask(dtype):
     rng = np.random.default_rng(12)
@@ -723,36 +900,103 @@ def test_channel_sum_with_mask(dtype):
     assert_close(out, expected, op="channel_sum (masked)", rtol=1e-12, atol=1e-12, shape=x.shape)
 
 
-@pytest.mark.parametrize("relu_pool", [False, True], ids=["conv", "conv+relu+pool"])
-@pytest.mark.parametrize("c", [1, 3], ids=["gray", "3ch"])
-def test_backend_conv_in_several_chunks_equals_one_chunk(monkeypatch, relu_pool, c):
-    """Batch chunking (with a short last chunk) gives the same results as one chunk."""
-    from xraynet.backends import get_backend
-    from xraynet.backends.cpu import CPUBackend
+def _conv_stage(bk, x, w, b, kind):
+    """(output, dx, dw, db) of one conv stage on the CPU backend: 'conv' (stride
+    (2, 1), padding (0, 1)), 'relu', 'pool' (3x3 same + ReLU + 2x2/2 pool) or
+    'overlap' (the same with a 3x3/2 pool)."""
+    if kind in ("pool", "overlap"):
+        pk, ps = ((2, 2), (2, 2)) if kind == "pool" else ((3, 3), (2, 2))
+        y, ctx = bk.conv2d_relu_pool_forward(x, w, b, (1, 1), (1, 1), pk, ps)
+        return (y, *bk.conv2d_relu_pool_backward(np.cos(np.arange(y.size)).reshape(y.shape), ctx, w, need_dx=True))
+    stride, pad = ((2, 1), (0, 1)) if kind == "conv" else ((1, 1), (1, 1))
+    y, ctx = bk.conv2d_forward(x, w, b, stride, pad, relu=kind == "relu")
+    return (y, *bk.conv2d_backward(np.cos(np.arange(y.size)).reshape(y.shape), ctx, w, need_dx=True))
 
-    bk = get_backend("cpu")
+
+STAGES = ["conv", "relu", "pool", "overlap"]
+
+
+@pytest.mark.parametrize("kind", STAGES)
+@pytest.mark.parametrize("c", [1, 3], ids=["gray", "3ch"])
+def test_backend_conv_in_blocks_and_threads(monkeypatch, kind, c):
+    """Small blocks (rows of one image, a short last block) give the results of
+    one block per batch; and with small blocks, 3 worker threads give exactly
+    (bit for bit) the results of 1: the weight gradient is summed in lanes
+    that do not depend on the threads."""
+    from xraynet.backends.cpu import CPUBackend
+    from xraynet.backends.cpu_conv import ConvEngine
+
     rng = np.random.default_rng(13)
     x = rng.standard_normal((5, 9, 8, c))
     w = rng.standard_normal((4, c, 3, 3))
     b = rng.standard_normal(4)
+    for direct in (True, False):
+        bk = CPUBackend(direct_first_conv=direct)
+        bk._conv.set_threads(1)
+        whole = _conv_stage(bk, x, w, b, kind)
+        monkeypatch.setattr(ConvEngine, "BLOCK_BYTES", 3 * 8 * 9 * c * 8)
+        monkeypatch.setattr(ConvEngine, "BACKWARD_BLOCK_BYTES", 2 * 8 * 9 * c * 8)
+        plan = bk._conv.plan(x, w, (1, 1), (1, 1), pool_rows=2)
+        assert plan.nb == 1 and 1 < plan.r < plan.rows, plan
+        one = _conv_stage(bk, x, w, b, kind)
+        bk._conv.set_threads(3)
+        three = _conv_stage(bk, x, w, b, kind)
+        monkeypatch.undo()
+        for name, a, e, t in zip(("y", "dx", "dw", "db"), one, whole, three):
+            info = dict(kind=kind, c=c, direct=direct)
+            assert_close(a, e, op=f"conv in blocks {name}", rtol=1e-12, atol=1e-12, **info)
+            assert_close(t, a, op=f"conv on 3 threads {name} (must be bit for bit)", **info)
 
-    def run():
-        if relu_pool:
-            y, ctx = bk.conv2d_relu_pool_forward(x, w, b, (1, 1), (1, 1), (2, 2), (2, 2))
-            grads = bk.conv2d_relu_pool_backward(np.ones_like(y), ctx, w, need_dx=True)
-        else:
-            y, ctx = bk.conv2d_forward(x, w, b, (2, 1), (0, 1))
-            grads = bk.conv2d_backward(np.ones_like(y), ctx, w, need_dx=True)
-        return (y, *grads)
 
-    whole = run()
-    # Two to four images per chunk (the backend sizes chunks in float32 bytes), so 5 images
-    # make several chunks with a short last one.
-    per_image = 9 * 8 * max(9 * c, 4) * 8
-    monkeypatch.setattr(CPUBackend, "CHUNK_BYTES", per_image)
-    monkeypatch.setattr(CPUBackend, "BACKWARD_CHUNK_BYTES", per_image)
-    stride, pad = ((1, 1), (1, 1)) if relu_pool else ((2, 1), (0, 1))
-    assert len(bk._chunks(x.shape, w.shape, stride, pad)[2]) > 1
-    chunked = run()
-    for name, a, e in zip(("y", "dx", "dw", "db"), chunked, whole):
-        assert_close(a, e, op=f"chunked conv {name}", rtol=1e-12, atol=1e-12, c=c)
+@pytest.mark.parametrize("kind", STAGES)
+@pytest.mark.parametrize("c", [2, 5])
+def test_backend_conv_winograd_equals_gemm_path(kind, c):
+    """3x3 stride-1 convolutions by Winograd (forward, and dx backward) against
+    the patch matrix + GEMM path of the same backend, float64; the stride-2
+    'conv' stage takes the GEMM path either way."""
+    from xraynet.backends.cpu import CPUBackend
+
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((3, 11, 10, c))
+    w = rng.standard_normal((4, c, 3, 3))
+    b = rng.standard_normal(4)
+    results = []
+    for winograd in (True, False):
+        bk = CPUBackend()
+        bk.winograd = winograd
+        results.append(_conv_stage(bk, x, w, b, kind))
+    for name, a, e in zip(("y", "dx", "dw", "db"), *results):
+        assert_close(a, e, op=f"winograd conv {name}", rtol=1e-12, atol=1e-12, kind=kind, c=c)
+
+
+@pytest.mark.parametrize("kind", STAGES)
+def test_backend_conv_direct_first_layer_equals_gemm_path(kind):
+    """A one-channel input: the direct kernels (conv1_plane*) against the patch
+    matrix + GEMM path of the same backend."""
+    from xraynet.backends.cpu import CPUBackend
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, 11, 10, 1))
+    w = rng.standard_normal((5, 1, 3, 3))
+    b = rng.standard_normal(5)
+    direct = _conv_stage(CPUBackend(direct_first_conv=True), x, w, b, kind)
+    gemm = _conv_stage(CPUBackend(direct_first_conv=False), x, w, b, kind)
+    for name, a, e in zip(("y", "dx", "dw", "db"), direct, gemm):
+        assert_close(a, e, op=f"direct first layer {name}", rtol=1e-12, atol=1e-12, kind=kind)
+
+
+def test_backend_dense_split_over_threads():
+    """Dense GEMMs split over 3 worker threads (output columns forward, dw rows
+    and dx columns backward) equal the whole GEMM."""
+    from xraynet.backends.cpu import CPUBackend
+
+    bk = CPUBackend()
+    bk._conv.set_threads(3)
+    rng = np.random.default_rng(27)
+    x, w = rng.standard_normal((5, 301)), rng.standard_normal((257, 301))
+    b, dy = rng.standard_normal(257), rng.standard_normal((5, 257))
+    y = bk.dense_forward(x, w, b)
+    assert_close(y, x @ w.T + b, op="dense_forward on 3 threads", rtol=1e-12, atol=1e-12)
+    dx, dw, db = bk.dense_backward(dy, x, w)
+    for name, got, exp in (("dx", dx, dy @ w), ("dw", dw, dy.T @ x), ("db", db, dy.sum(0))):
+        assert_close(got, exp, op=f"dense_backward {name} on 3 threads", rtol=1e-12, atol=1e-12)

@@ -86,8 +86,9 @@ class Backend(Protocol):
 
     #: 'cpu' or 'gpu' (the emulated GPU of the tests is 'gpu' too)
     name: str
-    #: GPU: one-channel convolutions run as direct kernels instead of im2col +
-    #: GEMM (XRAYNET_GPU_DIRECT_CONV=0 turns it off). None where there is no such choice.
+    #: One-channel convolutions run as direct kernels instead of im2col + GEMM
+    #: (GPU: any stride, XRAYNET_GPU_DIRECT_CONV=0 turns it off; CPU: stride 1,
+    #: XRAYNET_CPU_DIRECT_CONV=0). None where a backend has no such choice.
     direct_first_conv: bool | None
 
     # ------------------------------------------------------------- plumbing

@@ -1,10 +1,13 @@
 """The CPU backend: NumPy arrays, the Numba kernels of :mod:`xraynet.kernels.cpu`
 and the BLAS behind ``numpy.matmul``.
 
-Convolutions are patch matrix (``im2col_yxc``, columns ordered like an NHWC
-pixel run) times the weights as a (KH*KW*C, O) matrix, run over the batch in
-chunks that stay in cache; the epilogue (bias, bias + ReLU, or bias + max
-pool + ReLU) is one Numba pass. See :mod:`xraynet.backends.contract` for what
+Convolutions are patch matrix (columns ordered like an NHWC pixel run) times
+the weights as a (KH*KW*C, O) matrix, cut into row blocks that one core runs
+start to end in its cache (:mod:`.cpu_conv`): pad, patches, GEMM, epilogue
+(bias, bias + ReLU, or bias + max pool + ReLU). 3x3 stride-1 convolutions run
+forward and their input gradient by Winograd F(2x2, 3x3) (:mod:`.cpu_winograd`);
+a one-channel input at stride 1 (the first layer) by a direct kernel
+(``kernels.cpu.conv1_plane``). See :mod:`xraynet.backends.contract` for what
 every op takes and returns.
 """
 from __future__ import annotations
@@ -15,29 +18,55 @@ import numpy as np
 
 from ._shared import check_update_group, dropout_mask, gradcam_maps, nchw_to_nhwc, nhwc_to_nchw, wall_clock_steps
 from .contract import AdamHyper, Backend, BatchNormStats, SGDHyper
-from .geometry import conv_output_shape, output_hw
+from .cpu_conv import ConvEngine
+from .cpu_winograd import winograd_eligible, winograd_weights
+from .geometry import output_hw
 from .host import cpu_model_name, keep_freed_memory
+
+
+def _single_threaded_blas() -> None:
+    """Hold NumPy's BLAS at one thread in this process: the backend's worker
+    threads call it concurrently, each on its own block, and BLAS threads of
+    its own would spin on the cores the workers need."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def _rows_of(g, plan):
+    """``grad_rows`` for ConvEngine.backward over a whole output gradient g (N, OH, OW, O)."""
+    g2d = g.reshape(-1, plan.o)
+
+    def grad_rows(scratch, b0, nb, oy0, r):
+        start = (b0 * plan.oh + oy0) * plan.ow
+        return g2d[start:start + nb * r * plan.ow]
+
+    return grad_rows
 
 
 class CPUBackend(Backend):
     """NumPy arrays, Numba kernels and the BLAS behind ``numpy.matmul``."""
 
     name = "cpu"
-    #: the CPU has one convolution path for every channel count
-    direct_first_conv = None
 
-    #: Convolutions run over the batch in chunks of about this many bytes of
-    #: patch matrix / pre-activation, so those stay in cache between im2col,
-    #: GEMM and epilogue instead of streaming hundreds of MB through memory
-    #: (the `wide` conv2 patch matrix is 231 MB at batch 32). Backward rebuilds
-    #: each chunk's patch matrix rather than keeping the whole one.
-    CHUNK_BYTES = 4 << 20
-    BACKWARD_CHUNK_BYTES = 4 << 20
+    def __init__(self, direct_first_conv: bool | None = None):
+        """``direct_first_conv``: see the contract (default: on unless the
+        environment sets XRAYNET_CPU_DIRECT_CONV=0)."""
+        import os
 
-    def __init__(self):
+        import numba
+
         from xraynet.kernels import cpu  # imported here: loading Numba costs ~0.3 s
 
         self._k = cpu
+        self._conv = ConvEngine(cpu, numba.get_num_threads())
+        _single_threaded_blas()
+        if direct_first_conv is None:
+            direct_first_conv = os.environ.get("XRAYNET_CPU_DIRECT_CONV", "1") != "0"
+        self.direct_first_conv = bool(direct_first_conv)
+        #: 3x3 stride-1 convolutions forward by Winograd F(2x2, 3x3) (cpu_conv.forward_winograd);
+        #: XRAYNET_CPU_WINOGRAD=0 runs them as patch matrix x GEMM
+        self.winograd = os.environ.get("XRAYNET_CPU_WINOGRAD", "1") != "0"
         keep_freed_memory()
 
     # ------------------------------------------------------------------ plumbing
@@ -67,12 +96,13 @@ class CPUBackend(Backend):
 
     # ----------------------------------------------------------------- execution
     def set_threads(self, threads: int) -> None:
-        """Use ``threads`` threads in Numba kernels and in BLAS."""
+        """Use ``threads`` threads: Numba's, and the backend's own workers, each
+        of which calls BLAS single-threaded (see :mod:`.cpu_conv`)."""
         import numba
-        from threadpoolctl import threadpool_limits
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        threadpool_limits(limits=threads, user_api="blas")
+        self._conv.set_threads(threads)
+        _single_threaded_blas()
 
     def synchronize(self) -> None:
         """Nothing to wait for: every op has finished when it returns."""
@@ -90,30 +120,6 @@ class CPUBackend(Backend):
         return cpu_model_name()
 
     # -------------------------------------------------------------- convolution
-    def _chunks(self, x_shape, w_shape, stride, pad, chunk_bytes=None):
-        """(OH, OW, [(first, end) image ranges]) of a convolution run in chunks."""
-        oh, ow = conv_output_shape(x_shape, w_shape, stride, pad)
-        n, c, o, kh, kw = x_shape[0], x_shape[3], w_shape[0], w_shape[2], w_shape[3]
-        per_image = oh * ow * max(kh * kw * c, o) * 4
-        step = max(1, min(n, (chunk_bytes or self.CHUNK_BYTES) // per_image))
-        return oh, ow, [(i, min(n, i + step)) for i in range(0, n, step)]
-
-    def _patches(self, x, kh, kw, stride, pad, oh, ow):
-        """Patch matrix A (M, KH*KW*C) of an NHWC chunk, so that conv = A @ W (K, O).
-
-        A 1x1 convolution needs none; a grayscale input gets the transposed
-        matrix (built with unit-stride copies) and A is its transposed view."""
-        n, h, wd, c = x.shape
-        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
-            return x.reshape(n * h * wd, c)
-        if c == 1:
-            cols_t = np.empty((kh * kw, n * oh * ow), x.dtype)
-            self._k.im2col_t1(cols_t, x.reshape(n, h, wd), kh, kw, stride[0], stride[1], pad[0], pad[1])
-            return cols_t.T
-        cols = np.empty((n * oh * ow, kh * kw * c), x.dtype)
-        self._k.im2col_yxc(cols, x, kh, kw, stride[0], stride[1], pad[0], pad[1])
-        return cols
-
     @staticmethod
     def _wmat(w):
         """(O, C, KH, KW) -> (KH*KW*C, O), the GEMM operand matching the (ky, kx, c) patch order."""
@@ -123,90 +129,90 @@ class CPUBackend(Backend):
     def conv2d_forward(self, x, w, b, stride, pad, relu=False, save=True):
         """With ``relu`` the ReLU is fused into the bias pass (the output is then
         the ReLU output, which backward masks with)."""
-        o, _, kh, kw = w.shape
-        oh, ow, chunks = self._chunks(x.shape, w.shape, stride, pad)
-        wmat = self._wmat(w)
-        y = np.empty((x.shape[0], oh, ow, o), x.dtype)
-        for s, e in chunks:
-            y2d = y[s:e].reshape(-1, o)
-            np.matmul(self._patches(x[s:e], kh, kw, stride, pad, oh, ow), wmat, out=y2d)
-            (self._k.bias_relu if relu else self._k.add_bias)(y2d, b)
-        return y, ((x, stride, pad, y if relu else None) if save else None)
+        x = np.ascontiguousarray(x)
+        plan = self._conv.plan(x, w, stride, pad)
+        if self._direct(x, stride):
+            y = np.empty((plan.n, plan.oh, plan.ow, plan.o), x.dtype)
+            self._k.conv1_plane(y, x, w, b, pad[0], pad[1], relu)
+        elif self._winograd(w, stride):
+            wplan = self._conv.plan(x, w, stride, pad, winograd=True)
+            y = self._conv.forward_winograd(x, winograd_weights(w), b, wplan, relu, pool=False)
+        else:
+            y = self._conv.forward(x, self._wmat(w), b, plan, relu)
+        return y, ((x, plan, y if relu else None) if save else None)
+
+    def _winograd(self, w, stride) -> bool:
+        return self.winograd and winograd_eligible(w.shape, stride)
+
+    def _direct(self, x, stride) -> bool:
+        """A one-channel input at stride 1 runs the direct kernels (kernels.cpu.conv1_plane):
+        its patch matrix would be KH*KW times the image for a GEMM with K = KH*KW."""
+        return self.direct_first_conv and x.shape[3] == 1 and tuple(stride) == (1, 1)
 
     def conv2d_backward(self, dy, ctx, w, need_dx=True):
-        x, stride, pad, y_relu = ctx
-        dy = np.ascontiguousarray(dy)
+        x, plan, y_relu = ctx
+        g = np.ascontiguousarray(dy) if y_relu is None else self.relu_backward(dy, y_relu)
+        db = self._channel_sum(g.reshape(-1, plan.o)).astype(x.dtype)
+        return self._conv_grads(_rows_of(g, plan), x, w, plan, need_dx, db)
 
-        def chunk_grad(s, e, buf):
-            if y_relu is None:
-                return dy[s:e].reshape(-1, dy.shape[3])
-            self._k.relu_backward(buf.reshape(-1), dy[s:e].reshape(-1), y_relu[s:e].reshape(-1))
-            return buf.reshape(-1, dy.shape[3])
-
-        return self._conv_grads(chunk_grad, x, w, stride, pad, need_dx)
-
-    def _conv_grads(self, chunk_grad, x, w, stride, pad, need_dx, db=None):
-        """Accumulate conv gradients chunk by chunk. ``chunk_grad(s, e, buf)`` gives
-        the output gradient (M, O) of images s:e, using ``buf`` as scratch. The
-        bias gradient is summed here unless the caller passes it as ``db``."""
+    def _conv_grads(self, grad_rows, x, w, plan, need_dx, db):
+        """(dx, dw, db) from ``grad_rows`` (see ConvEngine.backward) and the bias gradient."""
         o, c, kh, kw = w.shape
-        oh, ow, chunks = self._chunks(x.shape, w.shape, stride, pad, self.BACKWARD_CHUNK_BYTES)
-        step = chunks[0][1] - chunks[0][0]
-        buf = np.empty((step, oh, ow, o), x.dtype)
-        wmat = self._wmat(w)
-        dwmat = np.zeros(wmat.shape, x.dtype)
-        db64 = np.zeros(o, np.float64)
-        part = np.empty(o, np.float64)
-        dx = np.empty(x.shape, x.dtype) if need_dx else None
-        for s, e in chunks:
-            g = chunk_grad(s, e, buf[: e - s])
-            cols = self._patches(x[s:e], kh, kw, stride, pad, oh, ow)
-            dwmat += cols.T @ g
-            if db is None:
-                self._k.channel_sum(part, g)
-                db64 += part
-            if need_dx:
-                dcols = g @ wmat.T
-                if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
-                    dx[s:e] = dcols.reshape(dx[s:e].shape)
-                else:
-                    self._k.col2im_yxc(dx[s:e], dcols, kh, kw, stride[0], stride[1], pad[0], pad[1])
-        dw = np.ascontiguousarray(dwmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
-        return dx, dw, (db64.astype(x.dtype) if db is None else db)
+        if need_dx and self._winograd(w, (plan.sh, plan.sw)):
+            dx, dwmat = self._conv.backward_winograd(grad_rows, x, self._wmat(w), winograd_weights(w), plan, need_dx)
+        else:
+            dx, dwmat = self._conv.backward(grad_rows, x, self._wmat(w), plan, need_dx)
+        return dx, np.ascontiguousarray(dwmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)), db
 
     def conv2d_relu_pool_forward(self, x, w, b, stride, pad, pool_kernel, pool_stride, save=True):
-        """The pre-activation exists only one cache-sized chunk at a time (see
-        kernels.cpu.bias_maxpool_relu for why the fused result is exact)."""
-        n = x.shape[0]
-        o, _, kh, kw = w.shape
-        oh, ow, chunks = self._chunks(x.shape, w.shape, stride, pad)
+        """A pool whose windows tile the map (stride == kernel, the usual 2x2/2)
+        is the epilogue of each block, so the pre-activation never exists whole
+        and the rows it drops are never computed. Overlapping windows pool the
+        whole conv output (see kernels.cpu.bias_maxpool_relu for why the fused
+        result is exact)."""
+        x = np.ascontiguousarray(x)
         (pkh, pkw), (psh, psw) = pool_kernel, pool_stride
-        ph, pw = output_hw(oh, ow, pool_kernel, pool_stride)
         wmat = self._wmat(w)
-        pooled = np.empty((n, ph, pw, o), x.dtype)
-        idx = np.empty((n, ph, pw, o), np.uint8)
-        step = chunks[0][1] - chunks[0][0]
-        buf = np.empty((step * oh * ow, o), x.dtype)
-        for s, e in chunks:
-            y2d = buf[: (e - s) * oh * ow]
-            np.matmul(self._patches(x[s:e], kh, kw, stride, pad, oh, ow), wmat, out=y2d)
-            self._k.bias_maxpool_relu(pooled[s:e], idx[s:e], y2d.reshape(e - s, oh, ow, o), b, pkh, pkw, psh, psw)
-        ctx = (x, stride, pad, pooled, idx, (oh, ow), pool_kernel, pool_stride) if save else None
-        return pooled, ctx
+        if self._direct(x, stride):
+            plan = self._conv.plan(x, w, stride, pad, pool_rows=pkh if (pkh, pkw) == (psh, psw) else 0)
+            ph, pw = output_hw(plan.oh, plan.ow, pool_kernel, pool_stride)
+            pooled = np.empty((x.shape[0], ph, pw, plan.o), x.dtype)
+            idx = np.empty(pooled.shape, np.uint8)
+            self._k.conv1_plane_pool(pooled, idx, x, w, b, pad[0], pad[1], pkh, pkw, psh, psw)
+        elif (pkh, pkw, psh, psw) == (2, 2, 2, 2) and self._winograd(w, stride):
+            plan = self._conv.plan(x, w, stride, pad, pool_rows=2, winograd=True)
+            pooled, idx = self._conv.forward_winograd(x, winograd_weights(w), b, plan, True, pool=True)
+        elif (pkh, pkw) == (psh, psw):
+            plan = self._conv.plan(x, w, stride, pad, pool_rows=pkh)
+            pooled, idx = self._conv.forward_pool(x, wmat, b, plan, pkh, pkw)
+        else:
+            plan = self._conv.plan(x, w, stride, pad)
+            pre = self._conv.forward(x, wmat, np.zeros_like(b), plan, relu=False)
+            ph, pw = output_hw(plan.oh, plan.ow, pool_kernel, pool_stride)
+            pooled = np.empty((x.shape[0], ph, pw, plan.o), x.dtype)
+            idx = np.empty(pooled.shape, np.uint8)
+            self._k.bias_maxpool_relu(pooled, idx, pre, b, pkh, pkw, psh, psw)
+        return pooled, ((x, plan, pooled, idx, pool_kernel, pool_stride) if save else None)
 
     def conv2d_relu_pool_backward(self, dy, ctx, w, need_dx=True):
-        x, stride, pad, pooled, idx, (oh, ow), (pkh, pkw), (psh, psw) = ctx
+        x, plan, pooled, idx, (pkh, pkw), (psh, psw) = ctx
         dy = np.ascontiguousarray(dy)
-        o = w.shape[0]
-
-        def chunk_grad(s, e, buf):
-            self._k.maxpool_relu_backward(buf, dy[s:e], pooled[s:e], idx[s:e], pkh, pkw, psh, psw)
-            return buf.reshape(-1, o)
-
+        o = plan.o
         # The bias gradient from the pooled map: a quarter of the elements.
         db = np.empty(o, np.float64)
         self._k.channel_sum(db, dy.reshape(-1, o), pooled.reshape(-1, o))
-        return self._conv_grads(chunk_grad, x, w, stride, pad, need_dx, db.astype(x.dtype))
+        if (pkh, pkw) != (psh, psw):
+            g = np.empty((x.shape[0], plan.oh, plan.ow, o), x.dtype)
+            self._k.maxpool_relu_backward(g, dy, pooled, idx, pkh, pkw, psh, psw)
+            return self._conv_grads(_rows_of(g, plan), x, w, plan, need_dx, db.astype(x.dtype))
+
+        def grad_rows(scratch, b0, nb, oy0, r):
+            g = scratch.view("g", (nb, r, plan.ow, o))
+            imgs = slice(b0, b0 + nb)
+            self._k.maxpool_relu_backward_tiled(g, dy[imgs], pooled[imgs], idx[imgs], pkh, pkw, oy0)
+            return g.reshape(-1, o)
+
+        return self._conv_grads(grad_rows, x, w, plan, need_dx, db.astype(x.dtype))
 
     # ------------------------------------------------------------------ pooling
     def maxpool2d_forward(self, x, kernel, stride):
@@ -234,16 +240,33 @@ class CPUBackend(Backend):
                               np.ascontiguousarray(y).reshape(-1))
         return dx
 
+    #: output columns (or rows) per worker below which a dense GEMM is not split
+    DENSE_MIN_PART = 64
+
     def dense_forward(self, x, w, b):
-        y = x @ w.T
-        y += b
+        """The output columns are split over the worker threads (each reads its
+        part of w, the larger operand)."""
+        y = np.empty((x.shape[0], w.shape[0]), np.result_type(x, w))
+
+        def part(a, e):
+            np.matmul(x, w[a:e].T, out=y[:, a:e])
+            y[:, a:e] += b[a:e]
+
+        self._conv.split(part, w.shape[0], self.DENSE_MIN_PART)
         return y
 
     def dense_backward(self, dy, x, w, need_dx=True):
-        dw = dy.T @ x
+        """dw by rows and dx by columns, each split over the worker threads."""
+        dy = np.ascontiguousarray(dy)
+        dw = np.empty(w.shape, np.result_type(dy, x))
+        self._conv.split(lambda a, e: np.matmul(dy[:, a:e].T, x, out=dw[a:e]), w.shape[0], self.DENSE_MIN_PART)
         db = np.empty(w.shape[0], dy.dtype)
-        self._k.channel_sum(db, np.ascontiguousarray(dy))
-        return (dy @ w if need_dx else None), dw, db
+        self._k.channel_sum(db, dy)
+        if not need_dx:
+            return None, dw, db
+        dx = np.empty((dy.shape[0], w.shape[1]), dw.dtype)
+        self._conv.split(lambda a, e: np.matmul(dy, w[:, a:e], out=dx[:, a:e]), w.shape[1], self.DENSE_MIN_PART)
+        return dx, dw, db
 
     def global_avg_pool_forward(self, x):
         n, h, w, c = x.shape
