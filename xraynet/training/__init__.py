@@ -5,10 +5,12 @@ The run, in order:
 1. scan DATA_DIR and its metadata.csv; split train/validation by patient,
    stratified by class, seeded (:mod:`xraynet.data`); report confounds
    (:mod:`xraynet.confounds`);
-2. decode and preprocess every image once (:mod:`xraynet.imaging`), through
-   the on-disk decode cache (:func:`xraynet.inference.decode_all`);
+2. decode and preprocess every image once (:mod:`xraynet.imaging`) into
+   the on-disk decode cache (:func:`xraynet.inference.fill_cache`);
    unreadable files are listed and skipped;
-3. each epoch: shuffle, augment (:mod:`xraynet.augment`), train with Adam
+3. each epoch: shuffle, read the batches from the cache a batch ahead
+   (:mod:`~xraynet.training.films`: memory does not grow with the dataset),
+   augment (:mod:`xraynet.augment`), train with Adam
    and class-weighted loss; evaluate on validation; keep the best model by
    validation macro ROC AUC (ties: lower validation loss); stop early after ``patience`` epochs without
    improvement; write a checkpoint atomically;
@@ -26,6 +28,7 @@ Modules: :mod:`~xraynet.training.options` (:class:`TrainOptions`, the
 learning-rate schedule), :mod:`~xraynet.training.state` (the state carried
 between epochs, which is what a checkpoint stores),
 :mod:`~xraynet.training.setup` (data and starting state),
+:mod:`~xraynet.training.films` (the films, read from the cache a batch at a time),
 :mod:`~xraynet.training.epoch` (the epochs), :mod:`~xraynet.training.run`
 (:func:`train`: all of it, then the threshold and the outputs).
 """

@@ -63,7 +63,7 @@ def train_epochs(state: TrainingState, data: TrainingData, out: Path, checkpoint
         t0 = time.perf_counter()
         losses, source_losses = _fit_epoch(state, data, epoch, augmentation, callbacks)
         _check_finite(state, epoch, losses, out)
-        m = epoch_metrics(state.model, data.x_val, data.y_val, opts.batch_size, data.classes, data.sources_val)
+        m = epoch_metrics(state.model, data.films_val, data.y_val, opts.batch_size, data.classes, data.sources_val)
         rec = asdict(EpochRecord(epoch=epoch, train_loss=float(np.mean(losses)), val_loss=m["val_loss"],
                                  val_accuracy=m["val_accuracy"], val_balanced_accuracy=m["val_balanced_accuracy"],
                                  val_auc=m["val_auc"], val_within_source_auc=m["val_within_source_auc"],
@@ -82,10 +82,13 @@ def train_epochs(state: TrainingState, data: TrainingData, out: Path, checkpoint
 
 def _fit_epoch(state: TrainingState, data: TrainingData, epoch: int, augmentation, callbacks) -> tuple[list, list]:
     """One pass over the training films; returns the label losses and the source losses
-    (empty without an adversary), one per batch."""
+    (empty without an adversary), one per batch. The films of the batches come from
+    ``data.films_train`` through a reader thread (:class:`~xraynet.training.films.Prefetch`);
+    everything random is drawn here, on this thread, in the same order as ever."""
     from ..adversarial import adversarial_step, dann_scale
     from ..augment import augment_batch
     from ..sampling import balanced_batches
+    from .films import Prefetch
 
     opts, model, adversary = state.options, state.model, state.adversary
     state.optimizer.lr = epoch_lr(opts, epoch)
@@ -100,19 +103,20 @@ def _fit_epoch(state: TrainingState, data: TrainingData, epoch: int, augmentatio
     else:
         batches = balanced_batches(data.cells, data.shares, n, opts.batch_size, rng)
     losses, source_losses = [], []
-    for b, idx in enumerate(batches):
-        xb = augment_batch(data.x_train[idx], rng, augmentation) if opts.augment else data.x_train[idx]
-        yb = data.y_train[idx]
-        if adversary is None:
-            losses.append(model.train_step(xb[:, None], yb, state.optimizer, class_weights=data.class_weights))
-        else:
-            progress = (epoch - 1 + b / len(batches)) / ADVERSARY_RAMP_EPOCHS
-            adversary.set_scale(dann_scale(progress, opts.adversarial_source))
-            loss, source_loss = adversarial_step(model, adversary, xb[:, None], yb, data.source_labels[idx],
-                                                 state.optimizer, data.class_weights)
-            losses.append(loss)
-            source_losses.append(source_loss)
-        callbacks.on_batch(epoch, b + 1, len(batches), losses[-1])
+    with Prefetch(data.films_train, batches) as films:
+        for b, (idx, xb) in enumerate(zip(batches, films)):
+            xb = augment_batch(xb, rng, augmentation) if opts.augment else xb
+            yb = data.y_train[idx]
+            if adversary is None:
+                losses.append(model.train_step(xb[:, None], yb, state.optimizer, class_weights=data.class_weights))
+            else:
+                progress = (epoch - 1 + b / len(batches)) / ADVERSARY_RAMP_EPOCHS
+                adversary.set_scale(dann_scale(progress, opts.adversarial_source))
+                loss, source_loss = adversarial_step(model, adversary, xb[:, None], yb, data.source_labels[idx],
+                                                     state.optimizer, data.class_weights)
+                losses.append(loss)
+                source_losses.append(source_loss)
+            callbacks.on_batch(epoch, b + 1, len(batches), losses[-1])
     return losses, source_losses
 
 
@@ -157,15 +161,16 @@ def within_source_auc(y: np.ndarray, proba: np.ndarray, sources: list) -> float 
     return total / weight if weight else None
 
 
-def epoch_metrics(model, x, y, batch_size, classes, sources=None) -> dict:
-    """Validation figures of one epoch for films ``x`` (N, S, S) with labels ``y`` (N,):
+def epoch_metrics(model, films, y, batch_size, classes, sources=None) -> dict:
+    """Validation figures of one epoch for ``films`` (N films, :mod:`xraynet.training.films`)
+    with labels ``y`` (N,):
     ``val_loss`` (mean cross-entropy), ``val_accuracy``, ``val_balanced_accuracy``,
     ``val_auc`` (macro), ``per_class`` sensitivity and specificity, ``proba`` (N, C), and
     ``val_within_source_auc`` (:func:`within_source_auc`; None without sources)."""
-    from ..inference import predict
     from ..metrics import evaluate_predictions
+    from .films import predict_films
 
-    proba = predict(model, x, batch_size)
+    proba = predict_films(model, films, batch_size)
     eps = 1e-12
     val_loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0))))
     doc = evaluate_predictions(y, proba, classes, n_boot=0)

@@ -21,14 +21,17 @@ from .state import TrainingState, checkpoint_path_for, read_checkpoint, write_mo
 
 
 def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = None,
-          callbacks: Callbacks | None = None) -> dict:
+          callbacks: Callbacks | None = None, *, in_memory: bool = False) -> dict:
     """Train on DATA_DIR and write the best model to ``out``; returns a summary dict.
 
     With ``resume`` (a checkpoint written by an earlier run), the options
     stored in it are used, except ``epochs`` (which may extend the run) and
     ``device``, both taken from ``opts``. ``opts.device``: 'auto', 'cpu' or
     'gpu' (see :mod:`xraynet.devices`); the model file's metadata records the
-    device the run used.
+    device the run used. The epochs read their films from the decode cache a batch at a
+    time, so memory does not grow with the dataset; ``in_memory=True`` holds every film in
+    memory instead, the reference the streaming path is tested and benchmarked against
+    (the same weights, bit for bit; memory N * S * S * 4 bytes).
 
     Summary keys: ``out``, ``checkpoint``, ``best_epoch``, ``best_val_auc``,
     ``selected_by``, ``threshold`` (the model's ``metadata["threshold"]``),
@@ -50,12 +53,19 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     checkpoint = read_checkpoint(resume, opts) if resume else None
     opts = checkpoint.state.options if checkpoint else (opts or TrainOptions())
 
-    data = prepare_data(data_dir, out, opts, callbacks)
-    state = start_state(data_dir, data, opts, checkpoint)
-    screening = screening_class_of(opts, data.classes)
-    ckpt_path = checkpoint_path_for(out)
-    train_epochs(state, data, out, ckpt_path, callbacks)
-    threshold = _finish(out, state, data, screening, t_start, resumed=bool(resume))
+    data = prepare_data(data_dir, out, opts, callbacks, in_memory=in_memory)
+    try:
+        state = start_state(data_dir, data, opts, checkpoint)
+        screening = screening_class_of(opts, data.classes)
+        ckpt_path = checkpoint_path_for(out)
+        train_epochs(state, data, out, ckpt_path, callbacks)
+        # The checkpoint holds the optimiser and adversary state now. Letting them go before
+        # the best model is loaded beside the last one keeps the end of the run from being
+        # the run's memory peak (Adam's moments are twice the weights).
+        state.optimizer = state.adversary = None
+        threshold = _finish(out, state, data, screening, t_start, resumed=bool(resume))
+    finally:
+        data.close()
     history = state.history
     return {"out": str(out), "checkpoint": str(ckpt_path), "best_epoch": state.best_epoch,
             "best_val_auc": state.best_auc,
@@ -112,14 +122,14 @@ def _finish(out: Path, state: TrainingState, data: TrainingData, screening: str,
     """Choose the threshold with the best model, write the model file with it and the model
     card (``t_start``: the run's start on the perf_counter clock), and the history CSV and
     PNG; returns the threshold."""
-    from ..inference import predict
     from ..modelcard import CARD_KEY, FinishedTraining, training_card
     from ..modelfile import load_model
     from ..plots import write_history_png
+    from .films import predict_films
 
     opts = state.options
     best = load_model(out, device=opts.device)
-    proba = predict(best.model, data.x_val, opts.batch_size)
+    proba = predict_films(best.model, data.films_val, opts.batch_size)
     threshold = choose_screening_threshold(proba, data.y_val, data.sources_val, data.classes.index(screening),
                                            screening, opts.target_sensitivity)
     # The model card, from the chosen epoch's validation probabilities already at hand (no network pass).

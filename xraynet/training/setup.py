@@ -2,8 +2,9 @@
 
 :func:`prepare_data` scans DATA_DIR and its metadata.csv, splits it by
 patient (:mod:`xraynet.data`), reports confounds (:mod:`xraynet.confounds`)
-and decodes every image once through the decode cache
-(:func:`xraynet.inference.decode_all`). :func:`start_state` builds a new
+and makes sure the decode cache holds every image, decoded once
+(:func:`xraynet.inference.fill_cache`); the epochs read their films from
+there (:mod:`xraynet.training.films`). :func:`start_state` builds a new
 network, or joins a checkpoint's state (:mod:`xraynet.training.state`) to
 that data.
 """
@@ -21,8 +22,9 @@ from .state import Checkpoint, TrainingState
 
 @dataclass
 class TrainingData:
-    """The decoded films of one run, split. ``x_train`` (N, S, S) float32 preprocessed films,
-    ``y_train`` (N,) int64 labels, ``sources_train`` one ``source_repo`` (or None) per film; the
+    """The films of one run, split. ``films_train``: the N preprocessed training films
+    (:class:`~xraynet.training.films.CachedFilms`, read from the decode cache, or
+    :class:`~xraynet.training.films.ArrayFilms` in memory), ``y_train`` (N,) int64 labels, ``sources_train`` one ``source_repo`` (or None) per film; the
     same for validation, where ``sources_val`` is None when no image has a source.
     ``source_names`` and ``source_labels`` (N,) int64: the training films' sources as
     :func:`xraynet.adversarial.source_index` numbers them. ``cells``
@@ -30,7 +32,8 @@ class TrainingData:
     shares with ``--balance source-class``, else None. ``class_weights`` (C,) float64 of the
     loss. ``ds``, ``split``, ``report``: the scan, the split and the confound report;
     ``skipped``: ``(rel, reason, message)`` of the unreadable files; ``spec``: the
-    architecture; ``prep``: the Preprocessing."""
+    architecture; ``prep``: the Preprocessing. :meth:`close` closes the decode cache the
+    films are read from."""
 
     ds: object
     split: object
@@ -38,10 +41,10 @@ class TrainingData:
     skipped: list
     spec: dict
     prep: object
-    x_train: np.ndarray
+    films_train: object
     y_train: np.ndarray
     sources_train: list
-    x_val: np.ndarray
+    films_val: object
     y_val: np.ndarray
     sources_val: list | None
     source_names: list
@@ -50,22 +53,30 @@ class TrainingData:
     cells: np.ndarray | None = None
     shares: np.ndarray | None = None
 
+    cache: object | None = None
+
     @property
     def classes(self) -> list:
         return list(self.ds.classes)
 
+    def close(self) -> None:
+        """Close the decode cache (safe twice; nothing to do for films in memory)."""
+        if self.cache is not None:
+            self.cache.close()
 
-def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks) -> TrainingData:
+
+def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks, in_memory: bool = False) -> TrainingData:
     """Scan, split, report and decode DATA_DIR for ``opts``; the decode cache defaults to
-    ``NAME.decode-cache.h5`` beside ``out``. ``callbacks.on_decode`` follows the decoding,
-    ``callbacks.on_report`` gets the confound report and the skipped files. Raises
-    DataError (unusable folder, or no readable film on one side of the split), SpecError
-    (unusable architecture), CacheError."""
+    ``NAME.decode-cache.h5`` beside ``out`` and stays open for the epochs to read from
+    (close it with :meth:`TrainingData.close`). ``in_memory``: decode every film into memory
+    instead, as training did before it streamed (the reference; memory grows with the dataset).
+    ``callbacks.on_decode`` follows the decoding, ``callbacks.on_report`` gets the confound
+    report and the skipped files. Raises DataError (unusable folder, or no readable film
+    on one side of the split), SpecError (unusable architecture), CacheError."""
     from ..adversarial import source_index
     from ..archs import resolve_arch
     from ..confounds import confound_report
     from ..data import scan_dataset, split_dataset
-    from ..inference import decode_all
 
     ds = scan_dataset(data_dir)
     if opts.holdout_sources:
@@ -75,24 +86,63 @@ def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks) -> Training
     spec = resolve_arch(opts.arch, num_classes=len(ds.classes), image_size=opts.input_size())
     prep = opts.preprocessing(spec["input_shape"][1])
     cache_path = opts.cache or str(out.with_name(out.stem + ".decode-cache.h5"))
-    x_all, ok, skipped = decode_all(ds.items, prep, cache_path, opts.workers, callbacks.on_decode)
-    callbacks.on_report(report, skipped)
+    loaded = (_in_memory if in_memory else _streamed)(ds.items, prep, cache_path, opts.workers, callbacks.on_decode)
+    films, keep, skipped, cache = loaded
+    try:
+        callbacks.on_report(report, skipped)
+        tr = np.array([i for i in split.train if keep[i]], np.int64)
+        va = np.array([i for i in split.val if keep[i]], np.int64)
+        if len(tr) == 0 or len(va) == 0:
+            raise DataError(f"{data_dir}: no readable images on one side of the split. Expected images in both "
+                            f"train and validation, got {len(tr)} and {len(va)}. Add images or check the skipped "
+                            "files listed above.")
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
     labels = ds.labels
-    tr = np.array([i for i in split.train if ok[i]], np.int64)
-    va = np.array([i for i in split.val if ok[i]], np.int64)
-    if len(tr) == 0 or len(va) == 0:
-        raise DataError(f"{data_dir}: no readable images on one side of the split. Expected images in both "
-                        f"train and validation, got {len(tr)} and {len(va)}. Add images or check the skipped "
-                        "files listed above.")
     sources_train = [ds.items[i].source for i in tr]
     names, source_labels = source_index(sources_train)
     cells, shares, weights = _batch_mix(sources_train, labels[tr], len(ds.classes), opts)
     return TrainingData(ds=ds, split=split, report=report, skipped=skipped, spec=spec, prep=prep,
-                        x_train=x_all[tr], y_train=labels[tr], sources_train=sources_train,
-                        x_val=x_all[va], y_val=labels[va],
+                        films_train=films(tr), y_train=labels[tr], sources_train=sources_train,
+                        films_val=films(va), y_val=labels[va],
                         sources_val=[ds.items[i].source for i in va] if any(it.source for it in ds.items) else None,
                         source_names=names, source_labels=source_labels, class_weights=weights, cells=cells,
-                        shares=shares)
+                        shares=shares, cache=cache)
+
+
+def _streamed(items: list, prep, cache_path: str, workers: int, on_decode) -> tuple:
+    """Fill the decode cache ``cache_path`` and leave it open for the epochs to read from:
+    ``(films, keep, skipped, cache)``, where ``films(side)`` gives the
+    :class:`~xraynet.training.films.CachedFilms` of ``items[side]``, ``keep`` (N,) marks the
+    readable items, and ``skipped`` is :func:`xraynet.inference.fill_cache`'s."""
+    from ..decodecache import DecodeCache
+    from ..inference import fill_cache
+    from .films import CachedFilms
+
+    cache = DecodeCache(cache_path, prep)
+    try:
+        keys, skipped = fill_cache(items, cache, workers, on_decode)
+    except BaseException:
+        cache.close()
+        raise
+
+    def films(side):
+        return CachedFilms(cache, [items[i] for i in side], [keys[i] for i in side])
+
+    return films, np.array([k is not None for k in keys], bool), skipped, cache
+
+
+def _in_memory(items: list, prep, cache_path: str, workers: int, on_decode) -> tuple:
+    """As :func:`_streamed`, but every film decoded into one array in memory, the way
+    training worked before it streamed (:func:`xraynet.inference.decode_all`): the reference
+    the streamed films are checked against. ``cache`` is None (closed already)."""
+    from ..inference import decode_all
+    from .films import ArrayFilms
+
+    x_all, ok, skipped = decode_all(items, prep, cache_path, workers, on_decode)
+    return (lambda side: ArrayFilms(x_all[side])), ok, skipped, None
 
 
 def _batch_mix(sources: list, labels: np.ndarray, n_classes: int, opts: TrainOptions) -> tuple:
