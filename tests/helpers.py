@@ -368,3 +368,21 @@ def make_backend(name: str):
 
 
 BACKENDS = ["cpu", "gpu-emu", pytest.param("gpu", marks=pytest.mark.gpu)]
+
+
+# ------------------------------------------------------------------ decoding errors
+def assert_reason(path, reason):
+    """Decode ``path`` expecting an ImageError with ``reason``; checks the message follows the
+    house pattern (starts with the file, says what was expected, one line) and names the file.
+    Returns the error for further checks."""
+    from xraynet.errors import ImageError
+    from xraynet.imaging import decode
+
+    with pytest.raises(ImageError) as ei:
+        decode(path)
+    e = ei.value
+    assert e.reason == reason, f"{path}: reason {e.reason!r}, expected {reason!r}: {e}"
+    msg = str(e)
+    assert msg.startswith(str(path)) and "Expected" in msg and "\n" not in msg, msg
+    assert e.path == str(path)
+    return e

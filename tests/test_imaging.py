@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_reason
 from PIL import Image
 
 from xraynet import decoders, imaging
@@ -54,15 +55,6 @@ def extent(mask: np.ndarray) -> tuple[int, int]:
     return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
 
 
-def assert_reason(path, reason):
-    with pytest.raises(ImageError) as ei:
-        decode(path)
-    e = ei.value
-    assert e.reason == reason, f"{path}: reason {e.reason!r}, expected {reason!r}: {e}"
-    msg = str(e)
-    assert msg.startswith(str(path)) and "Expected" in msg and "\n" not in msg, msg
-    assert e.path == str(path)
-    return e
 
 
 # ---------------------------------------------------------- Pillow formats

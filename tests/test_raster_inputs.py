@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_reason
 from PIL import Image, ImageOps
 
 from xraynet import decoders
@@ -53,14 +54,6 @@ def tiff(path: Path, data, **kw) -> Path:
     return path
 
 
-def assert_reason(path, reason) -> ImageError:
-    with pytest.raises(ImageError) as ei:
-        decode(path)
-    e = ei.value
-    assert e.reason == reason, f"{path}: reason {e.reason!r}, expected {reason!r}: {e}"
-    msg = str(e)
-    assert msg.startswith(str(path)) and "Expected" in msg and "\n" not in msg, msg
-    return e
 
 
 def without(monkeypatch, *modules):
