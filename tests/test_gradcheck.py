@@ -1,5 +1,7 @@
 """Float64 finite-difference gradient checks of every layer, of the fused
-conv + ReLU (+ max pool) stage, and of both losses.
+conv + ReLU (+ max pool) stage, of the conv + batch norm + ReLU (+ max pool)
+stage whose evaluation forward folds the batch norm into the convolution, and
+of both losses.
 
 Each check uses a random projection ``L = sum(R * layer(x))`` so that every
 output element carries a distinct weight, compares the analytic input gradient
@@ -224,6 +226,48 @@ def test_model_conv_relu_pool_stage(bk, fuse):
     directional_grad_check(loss, x, dx, what=f"model ({what}) input", to_backend=bk.asarray)
     for name, p in model.named_parameters():
         directional_grad_check(loss, p, grads[name], what=f"model ({what}) {name}", to_backend=bk.asarray)
+
+
+def _batchnorm_spec():
+    """conv+batchnorm+relu+pool, conv+batchnorm+relu without a pool, a flatten and a softmax head."""
+    return {"name": "gradcheck-bn", "input_shape": [2, 8, 10], "output": "softmax", "layers": [
+        {"type": "conv2d", "out_channels": 3, "kernel_size": 3, "stride": 1, "padding": 1},
+        {"type": "batchnorm2d"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "kernel_size": 2, "stride": 2},
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "batchnorm2d"},
+        {"type": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "out_features": 3},
+    ]}
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_model_conv_batchnorm_relu_stage_in_evaluation(bk, fuse):
+    # The gradient comes from the kept, layer-by-layer evaluation forward (as Grad-CAM's);
+    # the differences from the plain evaluation forward, which with fuse folds the batch
+    # norm into the convolution. So the check also ties the folded forward to the chain.
+    rng = np.random.default_rng(11)
+    model = Model(_batchnorm_spec(), device=bk, dtype=F64, seed=4, fuse=fuse)
+    for name, p in model.named_parameters():
+        p[...] = bk.asarray(np.asarray(bk.to_numpy(p)) + rng.standard_normal(p.shape) * 0.1)
+    for name, b in model.named_buffers():
+        base = rng.uniform(0.5, 2.0, b.shape) if name.endswith("running_var") else rng.standard_normal(b.shape) * 0.2
+        b[...] = bk.asarray(base)
+    x = bk.asarray(rng.standard_normal((2, 2, 8, 10)))
+    r = bk.asarray(rng.standard_normal((2, 3)))
+    model.forward(x, training=False, keep=True)
+    dx = bk.to_numpy(model.backward(r.copy(), input_grad=True)).copy()
+    grads = {k: bk.to_numpy(v).copy() for k, v in model.named_grads().items()}
+
+    def loss():
+        return float(bk.to_numpy((model.forward(x, training=False) * r).sum()))
+
+    what = "fused" if fuse else "unfused"
+    directional_grad_check(loss, x, dx, what=f"batch-norm model ({what}) input", to_backend=bk.asarray)
+    for name, p in model.named_parameters():
+        directional_grad_check(loss, p, grads[name], what=f"batch-norm model ({what}) {name}", to_backend=bk.asarray)
 
 
 # -------------------------------------------------------------------- losses

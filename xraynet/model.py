@@ -10,6 +10,16 @@ as one fused stage (the backend op ``conv2d_relu_pool_forward``), which reads
 the large pre-activation map once instead of three times; results and
 gradients are those of the unfused chain (``fuse=False`` runs layer by layer,
 and the tests compare the two).
+
+A ``conv2d`` -> ``batchnorm2d`` -> ``relu`` [-> ``maxpool2d``] chain is one
+stage too. In training, and wherever a backward pass follows (``keep``), it
+runs layer by layer. In plain evaluation the batch norm is an affine map of
+the running statistics, so it is folded into the convolution (Ioffe &
+Szegedy, "Batch Normalization", ICML 2015, section 3.2, applied to the
+weights): with ``s = gamma / sqrt(running_var + eps)``, ``w' = s * w`` per
+output channel and ``b' = s * (b - running_mean) + beta``; the stage then runs
+as the fused conv + ReLU [+ pool] op, with no pass over the map for the batch
+norm or the ReLU. Equal to the chain up to float rounding.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ import numpy as np
 from .archs import validate_spec
 from .backends import get_backend
 from .errors import ShapeError, SpecError
-from .layers import Conv2D, Layer, MaxPool2D, ReLU, layer_from_config
+from .layers import BatchNorm2D, Conv2D, Layer, MaxPool2D, ReLU, layer_from_config
 
 
 class _ConvReLU:
@@ -47,6 +57,44 @@ class _ConvReLU:
         self.ctx = None
         c.grads = {"weight": dw, "bias": db}
         return dx
+
+
+class _ConvBatchNormReLU:
+    """Stage conv2d -> batchnorm2d -> relu [-> maxpool2d]: layer by layer when a
+    backward pass may follow, else one fused op with the batch norm folded into
+    the convolution's weights and bias (see the module docstring)."""
+
+    def __init__(self, conv: Conv2D, norm: BatchNorm2D, relu: ReLU, pool: MaxPool2D | None):
+        self.layers = [conv, norm, relu] + ([pool] if pool is not None else [])
+        self.conv, self.norm, self.pool = conv, norm, pool
+
+    def folded_weights(self):
+        """``(w', b')``: the convolution's weights (O, C, KH, KW) and bias (O,) with
+        the evaluation-mode batch norm folded in, in the weights' dtype."""
+        c, n = self.conv, self.norm
+        scale = n.params["weight"] / (n.buffers["running_var"] + n.eps) ** 0.5
+        w = c.params["weight"] * scale.reshape(-1, 1, 1, 1)
+        b = (c.params["bias"] - n.buffers["running_mean"]) * scale + n.params["bias"]
+        return w, b
+
+    def forward(self, x, training, keep=False):
+        if training or keep:
+            for layer in self.layers:
+                x = layer.forward(x, training, keep)
+            return x
+        c, bk = self.conv, self.conv.bk
+        w, b = self.folded_weights()
+        if self.pool is None:
+            y, _ = bk.conv2d_forward(x, w, b, c.stride, c.pad, relu=True, save=False)
+        else:
+            y, _ = bk.conv2d_relu_pool_forward(x, w, b, c.stride, c.pad, self.pool.kernel_size, self.pool.stride,
+                                               save=False)
+        return y
+
+    def backward(self, dy, need_dx):
+        for k in range(len(self.layers) - 1, 0, -1):
+            dy = self.layers[k].backward(dy)
+        return self.conv.backward(dy, need_dx)
 
 
 class _Single:
@@ -102,10 +150,14 @@ class Model:
 
     # ---------------------------------------------------------------- structure
     def _plan(self, fuse: bool):
-        """[(first layer index, stage)]: conv+relu(+pool) fused where allowed."""
+        """[(first layer index, stage)]: conv+relu(+pool) and conv+batchnorm+relu(+pool) fused where allowed."""
         stages, i, ls = [], 0, self.layers
         while i < len(ls):
-            if fuse and isinstance(ls[i], Conv2D) and i + 1 < len(ls) and isinstance(ls[i + 1], ReLU):
+            if fuse and [type(l) for l in ls[i:i + 3]] == [Conv2D, BatchNorm2D, ReLU]:
+                pool = ls[i + 3] if i + 3 < len(ls) and isinstance(ls[i + 3], MaxPool2D) else None
+                stages.append((i, _ConvBatchNormReLU(ls[i], ls[i + 1], ls[i + 2], pool)))
+                i += 4 if pool is not None else 3
+            elif fuse and isinstance(ls[i], Conv2D) and i + 1 < len(ls) and isinstance(ls[i + 1], ReLU):
                 pool = ls[i + 2] if i + 2 < len(ls) and isinstance(ls[i + 2], MaxPool2D) else None
                 stages.append((i, _ConvReLU(ls[i], pool)))
                 i += 3 if pool is not None else 2
