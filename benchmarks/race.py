@@ -9,6 +9,17 @@ ratios against each torch layout with ../shared/bench/summarize_runs.py.
     python benchmarks/race.py --rounds 5 --threads 2 --out runs/race.jsonl
     python benchmarks/race.py --only seed:train:32 --rounds 3
     python benchmarks/race.py --before /tmp/beforevenv/bin/python   # an older install in the same rounds
+    python benchmarks/race.py --isa avx2 --out runs/race-avx2.jsonl  # both sides limited to AVX2
+
+``--isa avx2`` runs every contestant as an AVX2-only machine would on a
+processor that has AVX-512: Numba compiles without AVX-512
+(``NUMBA_CPU_FEATURES``), OpenBLAS takes its Haswell kernels
+(``OPENBLAS_CORETYPE``), PyTorch its AVX2 kernels (``ATEN_CPU_CAPABILITY``)
+and oneDNN / MKL stop at AVX2 (``ONEDNN_MAX_CPU_ISA``,
+``MKL_ENABLE_INSTRUCTIONS``). The instruction set is then an AVX2 machine's;
+caches, clock and core are still this one's, so it stands in for an AVX2-only
+machine, it is not one. xraynet's rows record the target (``machine_kind``
+ends in ``-avx2``).
 
 ``--before PYTHON`` adds a fourth contestant, ``xraynet-before``: the xraynet
 installed in that interpreter's environment (run from /tmp, so that this
@@ -34,6 +45,20 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT.parent / "shared" / "bench"
 
 
+def isa_environment(isa: str | None) -> dict:
+    """The environment of every contestant: this one's, limited to ``isa`` (None or "avx2")."""
+    env = dict(os.environ)
+    if isa is None:
+        return env
+    from xraynet.backends.host import cpu_simd_flags
+
+    drop = [f for f in cpu_simd_flags() if f.startswith(("avx512", "amx"))]
+    env.update({"NUMBA_CPU_FEATURES": ",".join("-" + f for f in drop) or "+avx2",
+                "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+                "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"})
+    return env
+
+
 def commands(arch, mode, batch, threads, out, min_time, before=None):
     """{contestant: (argv, cwd)} of one configuration."""
     common = ["--arch", arch, "--mode", mode, "--batch", str(batch), "--threads", str(threads),
@@ -55,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", help="arch:mode:batch, repeatable (default: whole matrix)")
     ap.add_argument("--out", default="runs/race.jsonl")
     ap.add_argument("--before", metavar="PYTHON", help="also race the xraynet installed for this interpreter")
+    ap.add_argument("--isa", choices=["avx2"], help="limit every contestant to this instruction set (see above)")
     args = ap.parse_args(argv)
     if not (BENCH / "torch_reference.py").exists():
         print(f"{BENCH}: torch_reference.py not found; this script needs the shared bench folder.", file=sys.stderr)
@@ -62,6 +88,7 @@ def main(argv=None) -> int:
     configs = [tuple(int(v) if v.isdigit() else v for v in o.split(":")) for o in args.only] if args.only else MATRIX
     out = Path(args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    env = isa_environment(args.isa)
     fd, one = tempfile.mkstemp(suffix=".jsonl")  # each run's line; torch_reference overwrites its file
     os.close(fd)
     for r in range(args.rounds):
@@ -71,7 +98,8 @@ def main(argv=None) -> int:
                 print(f"[race] round {r + 1}/{args.rounds} {impl} {arch} {mode} b{batch}", file=sys.stderr,
                       flush=True)
                 Path(one).write_text("")
-                res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
+                res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                     env=env)
                 if res.returncode:
                     print(res.stderr[-2000:], file=sys.stderr)
                     return res.returncode

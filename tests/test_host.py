@@ -54,3 +54,20 @@ def test_info_json_and_bench_rows_carry_the_processor():
 
     row = run_bench("seed", "infer", 1, device="cpu", timing=Timing(iters=1, warmup=1))
     assert KEYS <= set(row) and row["machine_kind"] == doc["machine_kind"]
+
+
+def test_numba_target_and_features_set_by_environment_are_reported(monkeypatch):
+    # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES make Numba compile for another target (the race's
+    # --isa avx2 runs the kernels as an AVX2-only machine would): rows must say so.
+    from numba.core import config
+
+    host = cpu_simd_flags()
+    if "avx512f" not in host:
+        pytest.skip("this processor has no AVX-512 to take away")
+    monkeypatch.setattr(config, "CPU_NAME", "znver3", raising=False)
+    monkeypatch.setattr(config, "CPU_FEATURES", ",".join("-" + f for f in host if f.startswith("avx512")),
+                        raising=False)
+    d = cpu_description()
+    assert d["cpu_target"] == "znver3"
+    assert "avx2" in d["cpu_simd"] and not any(f.startswith("avx512") for f in d["cpu_simd"])
+    assert d["machine_kind"].endswith("-avx2")

@@ -32,17 +32,38 @@ _SIMD_PREFIXES = ("sse4", "avx", "fma", "amx", "neon", "sve")
 
 def cpu_simd_flags() -> list[str]:
     """The vector instruction sets of this processor that Numba may use, sorted
-    (LLVM's names: ``avx2``, ``fma``, ``avx512f``, ...). Empty when LLVM cannot tell."""
+    (LLVM's names: ``avx2``, ``fma``, ``avx512f``, ...). Empty when LLVM cannot tell.
+
+    Numba's ``NUMBA_CPU_FEATURES`` (e.g. ``-avx512f,-avx512bw``, to run the
+    kernels as an AVX2-only machine would) adds or removes flags as it does
+    for the compiler."""
     try:
         from llvmlite import binding
-        features = binding.get_host_cpu_features()
+        features = dict(binding.get_host_cpu_features())
     except Exception:  # llvmlite missing, or a platform it cannot query
         return []
+    for item in _numba_config("CPU_FEATURES").split(","):
+        item = item.strip()
+        if item[:1] in "+-" and len(item) > 1:
+            features[item[1:]] = item[0] == "+"
     return sorted(name for name, on in features.items() if on and name.startswith(_SIMD_PREFIXES))
 
 
+def _numba_config(name: str) -> str:
+    """Numba's ``config.<name>`` (set from ``NUMBA_<name>``) as a string, "" when unset."""
+    try:
+        from numba.core import config
+    except ImportError:
+        return ""
+    return str(getattr(config, name, "") or "")
+
+
 def _numba_target() -> str:
-    """The CPU name LLVM compiles Numba kernels for (``znver4``, ``skylake-avx512``, ...)."""
+    """The CPU name LLVM compiles Numba kernels for (``znver4``, ``skylake-avx512``, ...):
+    ``NUMBA_CPU_NAME`` where it is set, else the host's."""
+    chosen = _numba_config("CPU_NAME")
+    if chosen and chosen != "host":
+        return chosen
     try:
         from llvmlite import binding
         return binding.get_host_cpu_name()
