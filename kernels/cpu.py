@@ -10,7 +10,8 @@ cross-checks want IEEE results.
 The kernels here run in parallel over independent outputs (``prange`` over
 batch x rows, so no two iterations write one slot). The convolution's block
 kernels, serial because the backend's worker threads each run them on their
-own block, live in :mod:`xraynet.kernels.cpu_blocks` and are re-exported
+own block, live in :mod:`xraynet.kernels.cpu_blocks` (and the Winograd
+F(4x4, 3x3) ones in :mod:`xraynet.kernels.cpu_winograd4`) and are re-exported
 here.
 """
 from __future__ import annotations
@@ -26,13 +27,15 @@ from xraynet.kernels.cpu_blocks import (
     add_bias, bias_maxpool_relu_tiled, bias_relu, col2im_window_add, im2col_window, maxpool_relu_backward_tiled,
     pad_window, winograd_input, winograd_input_adjoint, winograd_output, winograd_output_adjoint,
     winograd_output_pool)
+from xraynet.kernels.cpu_winograd4 import winograd4_input, winograd4_output, winograd4_output_pool
 
 #: every CPU kernel: this module's and the block kernels it re-exports
 __all__ = ["conv1_plane", "conv1_plane_pool", "relu_forward", "relu_backward", "maxpool2d_forward",
            "maxpool2d_backward", "bias_maxpool_relu", "maxpool_relu_backward", "channel_sum", "adam_update",
            "sgd_update", "add_bias", "bias_maxpool_relu_tiled", "bias_relu", "col2im_window_add", "im2col_window",
            "maxpool_relu_backward_tiled", "pad_window", "winograd_input", "winograd_input_adjoint",
-           "winograd_output", "winograd_output_adjoint", "winograd_output_pool"]
+           "winograd_output", "winograd_output_adjoint", "winograd_output_pool", "winograd4_input",
+           "winograd4_output", "winograd4_output_pool"]
 
 # Numba's default OpenMP pool spins between parallel regions while OpenBLAS's
 # own threads run the GEMMs in between; on a 2-core machine the two pools

@@ -169,26 +169,38 @@ def _tiles(th, tw):
     return [(ty, tx) for ty in range(th) for tx in range(tw)]
 
 
+def _winograd_input(xp, bt, m):
+    """``B^T d B`` of every tile ``d`` (a x a, a = len(bt), stride m) of ``xp``: (a*a, T, C), float64."""
+    nb, rh, wp, c = xp.shape
+    a = len(bt)
+    th, tw = (rh - 2) // m, (wp - 2) // m
+    v = np.empty((a, a, nb, th * tw, c))
+    for t, (ty, tx) in enumerate(_tiles(th, tw)):
+        d = xp[:, m * ty:m * ty + a, m * tx:m * tx + a].astype(np.float64)
+        v[:, :, :, t] = np.einsum("ik,nklc,jl->ijnc", bt, d, bt)
+    return v.reshape(a * a, nb * th * tw, c)
+
+
+def _winograd_outputs_of(m, nb, th, tw, at):
+    """``A^T M A`` of every tile of m (a*a, NB*TH*TW, O): (NB, s*TH, s*TW, O), s = len(at), float64."""
+    s, a = at.shape
+    o = m.shape[2]
+    mt = m[:, :nb * th * tw].astype(np.float64).reshape(a, a, nb, th, tw, o)
+    y = np.einsum("ai,ijntso,bj->ntasbo", at, mt, at)
+    return y.reshape(nb, s * th, s * tw, o)
+
+
 def winograd_input(xp):
     """``B^T d B`` of every 4x4 tile ``d`` (stride 2) of the padded window ``xp``
     (NB, RH, WP, C), in float64: ``(16, NB*TH*TW, C)``, TH = (RH - 2)//2,
     TW = (WP - 2)//2, row ``4*i + j`` the tile position (i, j), tiles ordered
     (image, ty, tx)."""
-    nb, rh, wp, c = xp.shape
-    th, tw = (rh - 2) // 2, (wp - 2) // 2
-    v = np.empty((4, 4, nb, th * tw, c))
-    for t, (ty, tx) in enumerate(_tiles(th, tw)):
-        d = xp[:, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4].astype(np.float64)
-        v[:, :, :, t] = np.einsum("ik,nklc,jl->ijnc", WINOGRAD_BT, d, WINOGRAD_BT)
-    return v.reshape(16, nb * th * tw, c)
+    return _winograd_input(xp, WINOGRAD_BT, 2)
 
 
 def _winograd_outputs(m, nb, th, tw):
     """``A^T M A`` of every tile of m (16, NB*TH*TW, O): (NB, 2*TH, 2*TW, O), float64."""
-    o = m.shape[2]
-    mt = m[:, :nb * th * tw].astype(np.float64).reshape(4, 4, nb, th, tw, o)
-    y = np.einsum("ai,ijntso,bj->ntasbo", WINOGRAD_AT, mt, WINOGRAD_AT)
-    return y.reshape(nb, 2 * th, 2 * tw, o)
+    return _winograd_outputs_of(m, nb, th, tw, WINOGRAD_AT)
 
 
 def winograd_output(m, bias, relu, nb, r, ow):
@@ -203,6 +215,47 @@ def winograd_output_pool(m, bias, nb, th, tw):
     """:func:`bias_maxpool_relu` (2x2/2) of the tiles' outputs: every tile is one
     pool window. Returns ``(y, idx)`` (NB, TH, TW, O)."""
     return bias_maxpool_relu(_winograd_outputs(m, nb, th, tw), bias, 2, 2, 2, 2)
+
+
+# Winograd F(4x4, 3x3) (Lavin & Gray 2016, section 4.2; interpolation points 0,
+# 1, -1, 2, -2 and infinity): a 4x4 output tile from its 6x6 input tile, 36
+# products for 144 multiplies of the direct convolution.
+WINOGRAD4_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+WINOGRAD4_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+WINOGRAD4_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                        np.float64)
+
+
+def winograd4_weights(w):
+    """``G g G^T`` of every 3x3 filter of w (O, C, 3, 3): (36, C, O) float64, row
+    ``6*i + j`` the tile position (i, j)."""
+    u = np.einsum("ik,ockl,jl->ijco", WINOGRAD4_G, np.asarray(w, np.float64), WINOGRAD4_G)
+    return u.reshape(36, w.shape[1], w.shape[0])
+
+
+def winograd4_input(xp):
+    """``B^T d B`` of every 6x6 tile ``d`` (stride 4) of the padded window ``xp``
+    (NB, RH, WP, C), float64: ``(36, NB*TH*TW, C)``, TH = (RH - 2)//4,
+    TW = (WP - 2)//4, tiles ordered (image, ty, tx)."""
+    return _winograd_input(xp, WINOGRAD4_BT, 4)
+
+
+def winograd4_output(m, bias, relu, nb, r, ow):
+    """The convolution (NB, R, OW, O) from the tiles' products ``m`` (36, T, O)
+    (TH = ceil(R/4), TW = ceil(OW/4) tiles, the last row or column of tiles
+    partly used) plus ``bias``, ReLU'd when ``relu``, in float64."""
+    y = _winograd_outputs_of(m, nb, -(-r // 4), -(-ow // 4), WINOGRAD4_AT)[:, :r, :ow] + bias
+    return np.maximum(y, 0) if relu else y
+
+
+def winograd4_output_pool(m, bias, nb, ph, pw):
+    """:func:`bias_maxpool_relu` (2x2/2) of the tiles' outputs, (NB, PH, PW, O):
+    each 4x4 tile holds four pool windows; TH = ceil(PH/2), TW = ceil(PW/2)
+    tiles. Returns ``(y, idx)``."""
+    y = _winograd_outputs_of(m, nb, -(-ph // 2), -(-pw // 2), WINOGRAD4_AT)[:, :2 * ph, :2 * pw]
+    return bias_maxpool_relu(y, bias, 2, 2, 2, 2)
 
 
 def winograd_output_adjoint(g):

@@ -455,6 +455,77 @@ def test_winograd_kernels(geom, dtype):
     assert_close(dxp, expected, op="winograd_input_adjoint", rtol=tol, atol=tol * 16, **info)
 
 
+# ------------------------------------------------------- Winograd F(4x4, 3x3)
+# (nb, th, tw, c, o, r_short, ow_short): TH x TW tiles of 6x6 (stride 4); the outputs
+# cover all but the last r_short rows / ow_short columns of the 4*TH x 4*TW tiles
+WINO4_CASES = [(1, 1, 1, 1, 1, 0, 0), (2, 2, 3, 3, 4, 1, 3), (1, 3, 2, 2, 5, 2, 1), (3, 2, 2, 5, 6, 3, 2),
+               (1, 2, 4, 16, 32, 0, 0), (2, 1, 3, 4, 2, 3, 3)]
+
+
+def _wino4_id(g):
+    return "nb{}-{}x{}tiles-c{}-o{}-short{}x{}".format(*g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("geom", WINO4_CASES, ids=_wino4_id)
+def test_winograd4_kernels(geom, dtype):
+    """The three F(4x4, 3x3) kernels against their references, partly used last
+    tiles included; planes longer than the tiles keep their extra rows untouched.
+    The transforms' factors (up to 8, and 4 and 5 squared in B^T d B) scale the
+    rounding, hence the tolerances in units of the inputs' size."""
+    nb, th, tw, c, o, r_short, ow_short = geom
+    rng = np.random.default_rng(26)
+    t = nb * th * tw
+    tol = RTOL[np.dtype(dtype)]
+    info = dict(dtype=_dt(dtype), geometry=_wino4_id(geom))
+    xp = rng.standard_normal((nb, 4 * th + 2, 4 * tw + 2, c)).astype(dtype)
+    v = np.full((36, t + 3, c), np.nan, dtype)
+    cpu.winograd4_input(v, xp)
+    assert_close(v[:, :t], ref.winograd4_input(xp), op="winograd4_input", rtol=tol, atol=tol * 100, **info)
+    assert np.isnan(v[:, t:]).all(), f"winograd4_input [{info}]: wrote past its {t} tiles"
+    m = rng.standard_normal((36, t, o)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    r, ow = 4 * th - r_short, 4 * tw - ow_short
+    for relu in (False, True):
+        y = np.full((nb, r, ow, o), np.nan, dtype)
+        cpu.winograd4_output(y, m, b, relu)
+        assert_close(y, ref.winograd4_output(m, b, relu, nb, r, ow), op="winograd4_output", rtol=tol,
+                     atol=tol * 400, relu=relu, **info)
+    ph, pw = 2 * th - r_short // 2, 2 * tw - ow_short // 2
+    y = np.full((nb, ph, pw, o), np.nan, dtype)
+    idx = np.full(y.shape, 255, np.uint8)
+    cpu.winograd4_output_pool(y, idx, m, b)
+    y_ref, idx_ref = ref.winograd4_output_pool(m, b, nb, ph, pw)
+    assert_close(y, y_ref, op="winograd4_output_pool", rtol=tol, atol=tol * 400, **info)
+    # positions only where the maximum is clear of rounding (the products are random, not a conv)
+    z = ref.winograd4_output(m, b, False, nb, 2 * ph, 2 * pw).reshape(nb, ph, 2, pw, 2, o)
+    top2 = np.sort(z.transpose(0, 1, 3, 5, 2, 4).reshape(nb, ph, pw, o, 4), axis=-1)[..., -2:]
+    clear = (y_ref > 0) & (top2[..., 1] - top2[..., 0] > tol * 4000)
+    assert_close(np.where(clear, idx, 0), np.where(clear, idx_ref, 0), op="winograd4_output_pool argmax", **info)
+
+
+def test_winograd4_weights_match_the_reference():
+    from xraynet.backends.cpu_winograd import winograd4_weights
+
+    w = np.random.default_rng(27).standard_normal((5, 3, 3, 3))
+    assert_close(winograd4_weights(w), ref.winograd4_weights(w), op="winograd4_weights", rtol=1e-14, atol=1e-14)
+    assert winograd4_weights(w.astype(np.float32)).dtype == np.float32
+
+
+def test_winograd4_reference_is_the_convolution():
+    """The F(4x4, 3x3) matrices: B^T, G and A^T of the reference give the direct
+    convolution exactly (float64), whole tiles and a partly used last one."""
+    rng = np.random.default_rng(28)
+    x, w, b = rng.standard_normal((2, 9, 11, 3)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    want = ref.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    th, tw = 3, 3
+    xp = np.zeros((2, 4 * th + 2, 4 * tw + 2, 3))
+    xp[:, 1:10, 1:12] = x
+    m = np.matmul(ref.winograd4_input(xp), ref.winograd4_weights(w))
+    assert_close(ref.winograd4_output(m, b, False, 2, 9, 11), want, op="F(4x4, 3x3) reference", rtol=1e-12,
+                 atol=1e-12)
+
+
 @pytest.mark.parametrize("geom", WINO_CASES, ids=_wino_id)
 def test_winograd_adjoints(geom):
     """<winograd_input(x), dV> == <x, winograd_input_adjoint(dV)> and
@@ -967,6 +1038,71 @@ def test_backend_conv_winograd_equals_gemm_path(kind, c):
         results.append(_conv_stage(bk, x, w, b, kind))
     for name, a, e in zip(("y", "dx", "dw", "db"), *results):
         assert_close(a, e, op=f"winograd conv {name}", rtol=1e-12, atol=1e-12, kind=kind, c=c)
+
+
+# (n, h, w, c, o): 3x3 stride-1 convolutions, odd and even sizes, a map smaller than a tile
+EVAL_CONV_CASES = [(2, 9, 11, 3, 5), (1, 16, 16, 8, 16), (3, 7, 5, 2, 3), (1, 3, 2, 4, 2), (2, 13, 6, 5, 4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("geom", EVAL_CONV_CASES, ids=str)
+def test_backend_conv_in_evaluation_by_winograd4(monkeypatch, geom, dtype):
+    """A forward that keeps nothing (save=False: evaluation) runs 3x3 stride-1
+    convolutions by Winograd F(4x4, 3x3): conv (+ ReLU) and conv + ReLU + 2x2/2
+    pool against the float64 direct convolution, in one block and in blocks of
+    4 rows over 3 threads (bit for bit the same as 1 thread)."""
+    from xraynet.backends.cpu import CPUBackend
+    from xraynet.backends.cpu_conv import ConvEngine
+
+    n, h, w, c, o = geom
+    rng = np.random.default_rng(29)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    wt = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
+    b = (rng.standard_normal(o) * 0.3).astype(dtype)
+    want = ref.conv2d_forward(x, wt, b, (1, 1), (1, 1))
+    want_pool, _ = ref.maxpool2d_forward(np.maximum(want, 0), 2, 2, 2, 2)
+    # float32: F(4x4, 3x3) rounds a few times more than the direct sum (module docstring)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    bk = CPUBackend(direct_first_conv=False)
+    assert bk.winograd4
+    runs = []
+    for blocks, threads in (("one", 1), ("rows", 1), ("rows", 3)):
+        if blocks == "rows":
+            monkeypatch.setattr(ConvEngine, "BLOCK_BYTES", 4 * w * 9 * c * x.itemsize // 4)
+        bk._conv.set_threads(threads)
+        y, ctx = bk.conv2d_forward(x, wt, b, (1, 1), (1, 1), relu=False, save=False)
+        yr, _ = bk.conv2d_forward(x, wt, b, (1, 1), (1, 1), relu=True, save=False)
+        pooled, pctx = bk.conv2d_relu_pool_forward(x, wt, b, (1, 1), (1, 1), (2, 2), (2, 2), save=False)
+        assert ctx is None and pctx is None
+        info = dict(dtype=_dt(dtype), geometry=geom, blocks=blocks, threads=threads)
+        scale = float(np.abs(want).max())
+        assert_close(y, want, op="conv2d_forward (evaluation)", rtol=tol, atol=tol * scale, **info)
+        assert_close(yr, np.maximum(want, 0), op="conv2d_forward relu (evaluation)", rtol=tol, atol=tol * scale,
+                     **info)
+        assert_close(pooled, want_pool, op="conv2d_relu_pool_forward (evaluation)", rtol=tol, atol=tol * scale,
+                     **info)
+        runs.append((y, yr, pooled))
+    if h >= 8:
+        plan = bk._conv.plan(x, wt, (1, 1), (1, 1), winograd=4)
+        assert plan.r < plan.rows and plan.r % 4 == 0, plan
+    for a, e in zip(runs[2], runs[1]):
+        assert_close(a, e, op="evaluation conv on 3 threads (must be bit for bit)", geometry=geom)
+
+
+def test_backend_winograd4_off_and_training_keep_winograd2():
+    """XRAYNET_CPU_WINOGRAD4=0 (or winograd4 False) and any saving forward run F(2x2, 3x3): in
+    float64 all paths agree to rounding, and a saving forward equals the F(2x2, 3x3) one bit for bit."""
+    from xraynet.backends.cpu import CPUBackend
+
+    rng = np.random.default_rng(30)
+    x, w, b = rng.standard_normal((2, 10, 9, 3)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    bk = CPUBackend(direct_first_conv=False)
+    saved, _ = bk.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True, save=True)
+    f4, _ = bk.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True, save=False)
+    bk.winograd4 = False
+    f2, _ = bk.conv2d_forward(x, w, b, (1, 1), (1, 1), relu=True, save=False)
+    np.testing.assert_array_equal(saved, f2)
+    assert_close(f4, f2, op="F(4x4, 3x3) vs F(2x2, 3x3), float64", rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", STAGES)

@@ -19,7 +19,7 @@ import numpy as np
 from ._shared import check_update_group, dropout_mask, gradcam_maps, nchw_to_nhwc, nhwc_to_nchw, wall_clock_steps
 from .contract import AdamHyper, Backend, BatchNormStats, SGDHyper
 from .cpu_conv import ConvEngine
-from .cpu_winograd import winograd_eligible, winograd_weights
+from .cpu_winograd import winograd4_weights, winograd_eligible, winograd_weights
 from .geometry import output_hw
 from .host import cpu_model_name, keep_freed_memory
 
@@ -67,6 +67,9 @@ class CPUBackend(Backend):
         #: 3x3 stride-1 convolutions forward by Winograd F(2x2, 3x3) (cpu_conv.forward_winograd);
         #: XRAYNET_CPU_WINOGRAD=0 runs them as patch matrix x GEMM
         self.winograd = os.environ.get("XRAYNET_CPU_WINOGRAD", "1") != "0"
+        #: ... and in evaluation (save=False) by Winograd F(4x4, 3x3) (cpu_conv.forward_winograd4);
+        #: XRAYNET_CPU_WINOGRAD4=0 keeps F(2x2, 3x3) there too
+        self.winograd4 = self.winograd and os.environ.get("XRAYNET_CPU_WINOGRAD4", "1") != "0"
         keep_freed_memory()
 
     # ------------------------------------------------------------------ plumbing
@@ -134,8 +137,11 @@ class CPUBackend(Backend):
         if self._direct(x, stride):
             y = np.empty((plan.n, plan.oh, plan.ow, plan.o), x.dtype)
             self._k.conv1_plane(y, x, w, b, pad[0], pad[1], relu)
+        elif self._winograd(w, stride) and not save and self.winograd4:
+            wplan = self._conv.plan(x, w, stride, pad, winograd=4)
+            y = self._conv.forward_winograd4(x, winograd4_weights(w), b, wplan, relu, pool=False)
         elif self._winograd(w, stride):
-            wplan = self._conv.plan(x, w, stride, pad, winograd=True)
+            wplan = self._conv.plan(x, w, stride, pad, winograd=2)
             y = self._conv.forward_winograd(x, winograd_weights(w), b, wplan, relu, pool=False)
         else:
             y = self._conv.forward(x, self._wmat(w), b, plan, relu)
@@ -179,8 +185,11 @@ class CPUBackend(Backend):
             pooled = np.empty((x.shape[0], ph, pw, plan.o), x.dtype)
             idx = np.empty(pooled.shape, np.uint8)
             self._k.conv1_plane_pool(pooled, idx, x, w, b, pad[0], pad[1], pkh, pkw, psh, psw)
+        elif (pkh, pkw, psh, psw) == (2, 2, 2, 2) and self._winograd(w, stride) and not save and self.winograd4:
+            plan = self._conv.plan(x, w, stride, pad, pool_rows=2, winograd=4)
+            pooled, idx = self._conv.forward_winograd4(x, winograd4_weights(w), b, plan, True, pool=True)
         elif (pkh, pkw, psh, psw) == (2, 2, 2, 2) and self._winograd(w, stride):
-            plan = self._conv.plan(x, w, stride, pad, pool_rows=2, winograd=True)
+            plan = self._conv.plan(x, w, stride, pad, pool_rows=2, winograd=2)
             pooled, idx = self._conv.forward_winograd(x, winograd_weights(w), b, plan, True, pool=True)
         elif (pkh, pkw) == (psh, psw):
             plan = self._conv.plan(x, w, stride, pad, pool_rows=pkh)

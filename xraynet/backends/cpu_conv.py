@@ -66,13 +66,18 @@ class ConvEngine(WinogradConv):
             self._pool = None
         self.threads = threads
 
-    def plan(self, x, w, stride, pad, pool_rows: int = 0, winograd: bool = False) -> ConvPlan:
-        """Blocks of a convolution of x by w; ``winograd``: for forward_winograd
-        (blocks of whole tile rows; its transformed input is 16/9 of a patch
-        matrix's 9 taps per 4 outputs, so the same bytes hold 9/4 the rows)."""
+    def plan(self, x, w, stride, pad, pool_rows: int = 0, winograd: int = 0) -> ConvPlan:
+        """Blocks of a convolution of x by w. ``winograd`` 2: for forward_winograd
+        (blocks of whole 2-row tile rows; its transformed input is 16/9 of a patch
+        matrix's 9 taps per 4 outputs, so the same bytes hold 9/4 the rows); 4:
+        for forward_winograd4 (4-row tile rows; 36 values per 16 outputs, 4x the
+        rows). With a 2x2/2 ``pool_rows``, only the rows the pool reads."""
         if winograd:
-            p = make_plan(x.shape, w.shape, stride, pad, self.BLOCK_BYTES * 9 // 4, x.itemsize, 2)
-            return p if pool_rows else dataclasses.replace(p, rows=p.oh)
+            block_bytes = self.BLOCK_BYTES * 9 // 4 if winograd == 2 else self.BLOCK_BYTES * 4
+            p = make_plan(x.shape, w.shape, stride, pad, block_bytes, x.itemsize, winograd)
+            rows = p.oh // 2 * 2 if pool_rows else p.oh
+            # whole tile rows per block, also where the map is shorter than a tile (p.rows == 0)
+            return dataclasses.replace(p, rows=rows, r=max(p.r, winograd))
         return make_plan(x.shape, w.shape, stride, pad, self.BLOCK_BYTES, x.itemsize, pool_rows)
 
     def _run(self, worker, units: int) -> list:
