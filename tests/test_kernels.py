@@ -509,7 +509,10 @@ def test_winograd4_weights_match_the_reference():
 
     w = np.random.default_rng(27).standard_normal((5, 3, 3, 3))
     assert_close(winograd4_weights(w), ref.winograd4_weights(w), op="winograd4_weights", rtol=1e-14, atol=1e-14)
-    assert winograd4_weights(w.astype(np.float32)).dtype == np.float32
+    w32 = w.astype(np.float32)
+    assert winograd4_weights(w32).dtype == np.float32
+    assert_close(winograd4_weights(w32), ref.winograd4_weights(w32), op="winograd4_weights float32", rtol=1e-6,
+                 atol=1e-6)
 
 
 def test_winograd4_reference_is_the_convolution():
