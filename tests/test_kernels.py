@@ -1071,7 +1071,7 @@ def test_backend_conv_in_evaluation_by_winograd4(monkeypatch, geom, dtype):
     runs = []
     for blocks, threads in (("one", 1), ("rows", 1), ("rows", 3)):
         if blocks == "rows":
-            monkeypatch.setattr(ConvEngine, "BLOCK_BYTES", 4 * w * 9 * c * x.itemsize // 4)
+            monkeypatch.setattr(ConvEngine, "WINOGRAD4_BLOCK_BYTES", 4 * w * 9 * c * x.itemsize)
         bk._conv.set_threads(threads)
         y, ctx = bk.conv2d_forward(x, wt, b, (1, 1), (1, 1), relu=False, save=False)
         yr, _ = bk.conv2d_forward(x, wt, b, (1, 1), (1, 1), relu=True, save=False)

@@ -51,6 +51,11 @@ class ConvEngine(WinogradConv):
     #: (Python, GEMM set-up) less often, up to where they spill the L3.
     BLOCK_BYTES = 4 << 20
     BACKWARD_BLOCK_BYTES = 1 << 20
+    #: patch-matrix-equivalent bytes per block of forward_winograd4 (its transformed
+    #: input, a quarter of that, then fits a core's 1 MB L2). The bundled model's
+    #: evaluation on the EPYC, one thread, ms per image at 2/3/4/6/16 MB: 1.79 /
+    #: 1.69 / 1.61 / 2.00 / 2.42 (batches of 32), 1.63 / 1.64 / 1.59 / 1.66 / 2.13 (64)
+    WINOGRAD4_BLOCK_BYTES = 4 << 20
 
     def __init__(self, kernels, threads: int):
         self._k = kernels
@@ -73,7 +78,7 @@ class ConvEngine(WinogradConv):
         for forward_winograd4 (4-row tile rows; 36 values per 16 outputs, 4x the
         rows). With a 2x2/2 ``pool_rows``, only the rows the pool reads."""
         if winograd:
-            block_bytes = self.BLOCK_BYTES * 9 // 4 if winograd == 2 else self.BLOCK_BYTES * 4
+            block_bytes = self.BLOCK_BYTES * 9 // 4 if winograd == 2 else self.WINOGRAD4_BLOCK_BYTES
             p = make_plan(x.shape, w.shape, stride, pad, block_bytes, x.itemsize, winograd)
             rows = p.oh // 2 * 2 if pool_rows else p.oh
             # whole tile rows per block, also where the map is shorter than a tile (p.rows == 0)
