@@ -179,11 +179,20 @@ class ConvEngine(WinogradConv):
         # Every output row, blocks of whole rows: the fused and the unfused stage
         # then cut dW's sum identically (a pool's dropped rows add zeros).
         p = resize_plan(dataclasses.replace(p, rows=p.oh, step=1), self.BACKWARD_BLOCK_BYTES, x.itemsize)
+        return self._by_lanes(self._backward_group, (grad_rows, x, np.ascontiguousarray(wmat.T), p), need_dx)
+
+    def _by_lanes(self, group_fn, job, need_dx: bool):
+        """``(dx or None, dW (K, O))`` of a backward pass whose work is
+        ``group_fn(scratch, job, group, (lane dW, scratch of its shape), dx)`` per
+        image group (``job`` = (grad_rows, x, weights, plan)): the groups dealt to
+        :data:`~.cpu_plan.LANES` lanes, lanes run on the worker threads, each
+        summing its groups in order, then the lanes added in order -- the same
+        float32 sum whatever the thread count."""
+        x, p = job[1], job[3]
         lanes = lanes_of(p.groups())
         nlanes = len(lanes)
         partial = np.zeros((nlanes, p.k, p.o), x.dtype)
         dx = np.empty(x.shape, x.dtype) if need_dx else None
-        wmat_t = np.ascontiguousarray(wmat.T)
         counter = itertools.count()
 
         def worker():
@@ -191,7 +200,7 @@ class ConvEngine(WinogradConv):
             tmp = np.empty((p.k, p.o), x.dtype)
             for i in claim(counter, nlanes):
                 for group in lanes[i]:
-                    self._backward_group(scratch, (grad_rows, x, wmat_t, p), group, (partial[i], tmp), dx)
+                    group_fn(scratch, job, group, (partial[i], tmp), dx)
 
         self._run(worker, nlanes)
         return dx, partial.sum(axis=0) if nlanes > 1 else partial[0]

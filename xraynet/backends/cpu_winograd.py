@@ -23,7 +23,7 @@ import itertools
 
 import numpy as np
 
-from .cpu_plan import ConvPlan, Scratch, claim, lanes_of, resize_plan
+from .cpu_plan import ConvPlan, Scratch, claim, resize_plan
 
 #: Winograd F(2x2, 3x3) weight transform G (4 x 3): u = G g G^T, g a 3x3 filter.
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -87,7 +87,7 @@ def _unaliased(rows: int, row_bytes: int) -> int:
 
 class WinogradConv:
     """The Winograd paths of :class:`.cpu_conv.ConvEngine` (which supplies
-    ``_k``, ``_run`` and the block sizes)."""
+    ``_k``, ``_run``, ``_by_lanes`` and the block sizes)."""
 
     def forward_winograd(self, x, u, b, p: ConvPlan, relu: bool, pool: bool):
         """A 3x3 stride-1 conv by Winograd F(2x2, 3x3) (kernels.cpu.winograd_input):
@@ -179,22 +179,8 @@ class WinogradConv:
         and Adam's first step moves such a weight by up to lr where PyTorch and
         the patch matrix leave it alone (the PyTorch cross-check caught it)."""
         p = resize_plan(dataclasses.replace(p, rows=p.oh, step=2), self.BACKWARD_BLOCK_BYTES, x.itemsize)
-        lanes = lanes_of(p.groups())
-        nlanes = len(lanes)
-        partial = np.zeros((nlanes, p.k, p.o), x.dtype)
-        dx = np.empty(x.shape, x.dtype) if need_dx else None
-        u_t = np.ascontiguousarray(u.transpose(0, 2, 1))
-        counter = itertools.count()
-
-        def worker():
-            scratch = Scratch(x.dtype)
-            tmp = np.empty((p.k, p.o), x.dtype)
-            for i in claim(counter, nlanes):
-                for group in lanes[i]:
-                    self._winograd_group(scratch, (grad_rows, x, u_t, p), group, (partial[i], tmp), dx)
-
-        self._run(worker, nlanes)
-        return dx, partial.sum(axis=0) if nlanes > 1 else partial[0]
+        return self._by_lanes(self._winograd_group, (grad_rows, x, np.ascontiguousarray(u.transpose(0, 2, 1)), p),
+                              need_dx)
 
     def _winograd_group(self, scratch, job, group, acc, dx):
         """One image group of backward_winograd: its blocks added to the lane's
