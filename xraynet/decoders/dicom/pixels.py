@@ -1,8 +1,9 @@
 """The pixels of a DICOM dataset read by pydicom (:func:`decode_dataset`):
 the checks before any pixel is decoded (Pixel Data present, transfer syntax,
 Rows x Columns and bytes per frame, a decoder installed, the first frame
-complete and declaring the header's size), then the first frame decoded and
-turned into grayscale in [0, 1] (:mod:`.display` for monochrome images)."""
+complete and declaring the header's size), then the first frame decoded
+(at reduced size where :mod:`.reduced` can) and turned into grayscale in
+[0, 1] (:mod:`.display` for monochrome images)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from .codestream import declared_sizes, ends_early, items_end_early
 from .detect import UNDEFINED_LENGTH
 from .display import grayscale, stretch
 from .header import header_warnings
+from .reduced import decode_reduced
 
 # What to install for each compressed transfer syntax: the pylibjpeg plugins
 # that pydicom 3 uses (core dependencies of xraynet).
@@ -128,17 +130,21 @@ class _Stored:
 
 
 def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_content: bool, head: bytes,
-                   size: int):
+                   size: int, reduce=None):
     """The part of :func:`~xraynet.decoders.dicom.decode_dicom` after reading ``ds``; returns
     what it returns. ``inferred``: the encoding :func:`~.detect.raw_encoding` read from a bare
     dataset's first elements, else None; ``ended_early``: pydicom's end-of-file warning, or "";
-    ``dicom_content``: whether the content (not just the name) says DICOM."""
+    ``dicom_content``: whether the content (not just the name) says DICOM; ``reduce``: a
+    :class:`~xraynet.decoders.Reduction` or None (:func:`.reduced.decode_reduced`)."""
     pixel_keyword = _pixel_keyword(path, ds, ended_early, dicom_content, head, size)
     ts = _transfer_syntax(path, ds, inferred)
     geometry = _geometry(path, ds)
     decoder = _installed_decoder(path, ts)
     stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
-    arr = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
+    # Every check above has run on the whole frame; only the decoding itself may be smaller.
+    arr = None if stored.cut_short or ended_early else decode_reduced(stored.frame, ts, ds, reduce)
+    if arr is None:
+        arr = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
     gray = _to_gray(path, arr, ds, geometry.photometric)
     return gray, "dicom", geometry.photometric, geometry.bits, header_warnings(ds)
 

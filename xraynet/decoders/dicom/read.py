@@ -87,8 +87,10 @@ def decode_dicom(path, fh, head: bytes, size: int, reduce=None) -> tuple[np.ndar
     ``pixels`` float32 (Rows, Columns) in [0, 1], 0 = black; ``warnings`` the codes
     of :func:`~.header.header_warnings`. Library warnings are left to the caller's
     :func:`~xraynet.decoders.library_warnings`. ``reduce`` (a
-    :class:`~xraynet.decoders.Reduction`) is accepted for the common decoder signature:
-    the frame is decoded at full size (the caller's area reduction follows).
+    :class:`~xraynet.decoders.Reduction`, or None): a monochrome JPEG 2000 or 8-bit
+    JPEG frame is decoded at a power-of-two fraction of its size
+    (:mod:`.reduced`; ``reduce.full_size`` and ``scale`` then say so), any other at
+    full size; the caller's area reduction does the rest.
 
     Reading: a file with the ``DICM`` marker normally; a bare dataset (no preamble
     or file meta, :func:`raw_encoding`) with the transfer syntax its first elements
@@ -120,7 +122,7 @@ def decode_dicom(path, fh, head: bytes, size: int, reduce=None) -> tuple[np.ndar
     # (always explicit VR) says nothing about the dataset after it.
     inferred = bare if bare is not None and head[:2] != b"\x02\x00" else None
     try:
-        return decode_dataset(path, ds, inferred, ended_early, has_magic or bare is not None, head, size)
+        return decode_dataset(path, ds, inferred, ended_early, has_magic or bare is not None, head, size, reduce)
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 -- pydicom converts header values lazily and raises on corrupt ones

@@ -1,0 +1,185 @@
+"""Compressed DICOM frames decoded at reduced size (xraynet.decoders.dicom.reduced):
+8-bit JPEG frames give the same film as the full-size decode followed by area
+means, to within what a scaled inverse DCT differs from a block mean; the
+stored size is still reported; JPEG 2000 and the rest stay full size; and
+every file the full-size path refuses is refused with the same reason (cut,
+corrupt)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pydicom = pytest.importorskip("pydicom")
+from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.encaps import encapsulate, get_frame  # noqa: E402
+from pydicom.pixels import get_encoder, set_pixel_data  # noqa: E402
+from pydicom.uid import (DigitalXRayImageStorageForPresentation, JPEG2000Lossless, JPEGBaseline8Bit,  # noqa: E402
+                         generate_uid)
+
+import xraynet.decoders.dicom.pixels as dicom_pixels  # noqa: E402
+from xraynet.decoders import Reduction  # noqa: E402
+from xraynet.decoders.dicom.reduced import decode_reduced  # noqa: E402
+from xraynet.errors import ImageError  # noqa: E402
+from xraynet.imaging import decode  # noqa: E402
+
+ROWS, COLS = 200, 168
+
+
+def film(rows=ROWS, cols=COLS, seed=0) -> np.ndarray:
+    """A smooth chest-like film in [0, 1] with a little noise."""
+    y, x = (np.mgrid[0:rows, 0:cols] + 0.5) / np.array([rows, cols])[:, None, None]
+    img = 0.1 + 0.1 * y
+    img = np.where(((x - 0.5) / 0.45) ** 2 + ((y - 0.55) / 0.5) ** 2 < 1, 0.7 - 0.2 * np.abs(x - 0.5), img)
+    for cx in (0.3, 0.7):
+        img = np.where(((x - cx) / 0.13) ** 2 + ((y - 0.5) / 0.25) ** 2 < 1, 0.25 + 0.2 * y, img)
+    return np.clip(img + np.random.default_rng(seed).normal(0, 0.01, img.shape), 0, 1)
+
+
+def dx(stored: np.ndarray, bits: int) -> Dataset:
+    ds = Dataset()
+    set_pixel_data(ds, stored, "MONOCHROME2", bits)
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality = "DX"
+    return ds
+
+
+def stored_values(bits: int, signed: bool, rows=ROWS, cols=COLS) -> np.ndarray:
+    lo = -(1 << (bits - 1)) if signed else 0
+    values = np.round(lo + film(rows, cols) * ((1 << bits) - 1))
+    return values.astype(f"{'i' if signed else 'u'}{2 if bits > 8 else 1}")
+
+
+def j2k_file(path, bits=12, signed=False, rows=ROWS, cols=COLS):
+    if not get_encoder(JPEG2000Lossless).is_available:
+        pytest.skip("no JPEG 2000 encoder installed here")
+    ds = dx(stored_values(bits, signed, rows, cols), bits)
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def jpeg_file(path, rows=ROWS, cols=COLS, frame: bytes | None = None):
+    if frame is None:
+        buf = io.BytesIO()
+        Image.fromarray(stored_values(8, False, rows, cols)).save(buf, "JPEG", quality=95)
+        frame = buf.getvalue()
+    ds = dx(np.zeros((rows, cols), np.uint8), 8)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the scale of every frame the reduced decoder took (None: left to the full path)."""
+    taken = []
+
+    def recording(frame, ts, ds, reduce):
+        arr = decode_reduced(frame, ts, ds, reduce)
+        taken.append(None if arr is None else reduce.scale)
+        return arr
+
+    monkeypatch.setattr(dicom_pixels, "decode_reduced", recording)
+    return taken
+
+
+def assert_same_film(got, want, mean=0.02, worst=0.3):
+    """The reduced film against the full-size one: the same picture. Compared after stretching
+    each to its own [min, max], as the display pipeline does (a film without a VOI window is
+    stretched to its extremes, which a reduction moves: full-size noise reaches further than
+    block means); histogram equalisation, the next step for the network, does not see such
+    an affine change at all."""
+    a, b = (np.asarray(x, np.float64) for x in (got, want))
+    assert a.shape == b.shape
+    a, b = ((x - x.min()) / (x.max() - x.min()) for x in (a, b))
+    diff = np.abs(a - b)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    assert diff.mean() < mean and diff.max() < worst, (diff.mean(), diff.max())
+
+
+def full_then_area(monkeypatch, path, min_side):
+    """What decode(path, min_side) gave before: the frame at full size, then area means."""
+    with monkeypatch.context() as m:
+        m.setattr(dicom_pixels, "decode_reduced", lambda *a, **k: None)
+        return decode(path, min_side=min_side)
+
+
+def test_jpeg_baseline_reduced_matches_full_size_then_area_means(tmp_path, monkeypatch, spy):
+    path = jpeg_file(tmp_path / "jpeg.dcm")
+    got = decode(path, min_side=40)
+    want = full_then_area(monkeypatch, path, 40)
+    assert spy == [4]
+    assert (got.width, got.height) == (COLS, ROWS) and got.pixels.shape == want.pixels.shape
+    assert_same_film(got.pixels, want.pixels)
+
+
+def test_full_size_decode_is_unchanged(tmp_path, spy):
+    # decode() without min_side (thumbnails, the review page) never reduces.
+    path = jpeg_file(tmp_path / "jpeg.dcm")
+    assert decode(path).pixels.shape == (ROWS, COLS)
+    assert spy == [None]
+
+
+@pytest.mark.parametrize("bits, signed", [(12, False), (16, True), (8, False)])
+def test_j2k_and_native_frames_stay_full_size_then_area_means(tmp_path, monkeypatch, spy, bits, signed):
+    path = j2k_file(tmp_path / "j2k.dcm", bits, signed)
+    got = decode(path, min_side=20)
+    ds = dx(stored_values(bits, signed), bits)
+    ds.save_as(tmp_path / "native.dcm", enforce_file_format=True)
+    native = decode(tmp_path / "native.dcm", min_side=20)
+    assert spy == [None, None]
+    np.testing.assert_array_equal(got.pixels, native.pixels)  # lossless: the same film, reduced alike
+    assert (got.width, got.height) == (COLS, ROWS) and got.pixels.shape == (25, 21)
+
+
+def test_small_films_and_colour_are_not_reduced(tmp_path, spy):
+    decode(jpeg_file(tmp_path / "small.dcm", rows=60, cols=50), min_side=40)  # 50 // 40 = 1
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([stored_values(8, False)] * 3, axis=-1)).save(buf, "JPEG", quality=95)
+    ds = pydicom.dcmread(jpeg_file(tmp_path / "gray.dcm"))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    frame = buf.getvalue()
+    assert decode_reduced(frame, ds.file_meta.TransferSyntaxUID, ds, Reduction(20)) is None
+    assert spy == [None]
+
+
+@pytest.mark.parametrize("kind", ["j2k", "jpeg"])
+def test_cut_and_corrupt_frames_keep_their_reasons(tmp_path, kind):
+    path = j2k_file(tmp_path / "full.dcm") if kind == "j2k" else jpeg_file(tmp_path / "full.dcm")
+    raw = path.read_bytes()
+    ds = pydicom.dcmread(path)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    cases = {"truncated": [raw[:len(raw) // 2], raw[:len(raw) - 9]]}
+    corrupt = frame[:len(frame) // 2] + b"\xff\xd9"  # ends with its end marker: complete but broken
+    bad = tmp_path / "corrupt.dcm"
+    if kind == "j2k":
+        ds.PixelData = encapsulate([corrupt])
+        ds.save_as(bad, enforce_file_format=True)
+    else:
+        jpeg_file(bad, frame=corrupt)
+    for reason, blobs in cases.items():
+        for blob in blobs:
+            cut = tmp_path / "cut.dcm"
+            cut.write_bytes(blob)
+            for min_side in (None, 20):
+                with pytest.raises(ImageError) as ei:
+                    decode(cut, min_side=min_side)
+                assert ei.value.reason == reason, (min_side, str(ei.value))
+    outcomes = []
+    for min_side in (None, 20):
+        try:
+            decode(bad, min_side=min_side)
+            outcomes.append("ok")
+        except ImageError as e:
+            outcomes.append(e.reason)
+    assert outcomes[0] == outcomes[1], outcomes
+    if kind == "j2k":
+        assert outcomes[0] == "damaged"
