@@ -228,3 +228,52 @@ def test_cli_pool_option(tmp_path, model_file):
     assert res.exit_code == 0 and json.loads(res.stdout)["decode_pool"] == "threads"
     res = CliRunner().invoke(app, base + ["--out", str(tmp_path / "x.csv"), "--pool", "fork"])
     assert res.exit_code == 2 and not (tmp_path / "x.csv").exists()
+
+
+class _RecordingBackend:
+    def __init__(self, threads):
+        self.threads, self.calls = threads, []
+
+    def set_threads(self, threads):
+        before, self.threads = self.threads, threads
+        self.calls.append(threads)
+        return before
+
+
+class _Result:
+    def __init__(self, network_seconds, decode_seconds):
+        self.network_seconds, self.decode_seconds = network_seconds, decode_seconds
+
+
+@pytest.mark.parametrize("cores, network_cpu_s, decode_s, expected", [
+    (2, 0.05, [0.013] * 32, 1),   # the bundled model on 2 cores: a tenth of the work -> 1 thread
+    (16, 0.05, [0.013] * 32, 2),  # the same on 16 cores
+    (2, 0.4, [0.002] * 32, 2),    # tiny films, a network that dominates: both cores
+    (8, 0.0, [0.0] * 4, 1),       # nothing measured yet
+])
+def test_network_threads_follow_the_network_share_of_the_work(cores, network_cpu_s, decode_s, expected):
+    bk = _RecordingBackend(threads=cores)
+    share = decodepool.NetworkThreads(bk, cores)
+    assert bk.threads == 1  # the first batch on one thread
+    for _ in range(4):  # a batch's network time: its CPU time spread over the threads it had
+        share.update(_Result(network_cpu_s / share.threads, decode_s))
+    assert share.threads == bk.threads == expected
+    share.restore()
+    assert bk.threads == cores  # the caller's count is back
+
+
+def test_screening_puts_the_backend_threads_back(tmp_path, model_file):
+    from xraynet.backends import get_backend
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_film(folder / f"film{i}.png", synthetic_film(rng, opacity=i == 1), "png")
+    bk = get_backend("cpu")
+    before = bk.set_threads(2)
+    try:
+        screen(folder, tmp_path / "report.csv", model_path=model_file, workers=1, pool="threads")
+        assert bk.set_threads(2) == 2
+    finally:
+        bk.set_threads(before)

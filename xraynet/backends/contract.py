@@ -130,8 +130,10 @@ class Backend(Protocol):
 
     # ------------------------------------------------------------- execution
     @abstractmethod
-    def set_threads(self, threads: int) -> None:
-        """Use ``threads`` host threads for the ops (Numba and BLAS on the CPU)."""
+    def set_threads(self, threads: int) -> int:
+        """Use ``threads`` host threads for the ops (Numba and BLAS on the CPU).
+        Returns the number set before, so that a caller can put it back (a GPU
+        backend, whose ops run no host threads, keeps and returns the number)."""
 
     @abstractmethod
     def synchronize(self) -> None:

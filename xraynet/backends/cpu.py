@@ -98,14 +98,17 @@ class CPUBackend(Backend):
         return nhwc_to_nchw(np, x)
 
     # ----------------------------------------------------------------- execution
-    def set_threads(self, threads: int) -> None:
+    def set_threads(self, threads: int) -> int:
         """Use ``threads`` threads: Numba's, and the backend's own workers, each
-        of which calls BLAS single-threaded (see :mod:`.cpu_conv`)."""
+        of which calls BLAS single-threaded (see :mod:`.cpu_conv`). Returns the
+        number before."""
         import numba
 
+        before = self._conv.threads
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         self._conv.set_threads(threads)
         _single_threaded_blas()
+        return before
 
     def synchronize(self) -> None:
         """Nothing to wait for: every op has finished when it returns."""

@@ -71,6 +71,7 @@ class CUDABackend(Backend):
         if direct_first_conv is None:
             direct_first_conv = os.environ.get("XRAYNET_GPU_DIRECT_CONV", "1") != "0"
         self.direct_first_conv = bool(direct_first_conv)
+        self._host_threads = 1  # recorded for set_threads; the GPU's ops run no host threads
         if xp is None:
             xp = cupy_module()
             compile_fn = compile_fn or cupy_compile
@@ -133,8 +134,11 @@ class CUDABackend(Backend):
         return nhwc_to_nchw(self._xp, x)
 
     # ----------------------------------------------------------------- execution
-    def set_threads(self, threads: int) -> None:
-        """Nothing to set: host threads only matter to the CPU backend."""
+    def set_threads(self, threads: int) -> int:
+        """Nothing to set: host threads only matter to the CPU backend. The number
+        is kept, and the one before returned, as the contract asks."""
+        before, self._host_threads = self._host_threads, int(threads)
+        return before
 
     def synchronize(self) -> None:
         """Waits for the current CUDA stream; under the emulator every launch has
