@@ -79,21 +79,6 @@ def write_jpeg(path: Path, film: np.ndarray) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def _sample(data: Path, n: int, min_side: int, seed: int = 0) -> list[Path]:
-    from xraynet.discovery import find_images
-
-    big = []
-    for _, path in find_images(data).files:
-        try:
-            with Image.open(path) as im:
-                if min(im.size) >= min_side:
-                    big.append(path)
-        except Exception:  # noqa: BLE001 -- DICOM or unreadable: not sampled
-            continue
-    rng = np.random.default_rng(seed)
-    return [big[i] for i in sorted(rng.choice(len(big), size=min(n, len(big)), replace=False))]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", nargs="?", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cxr")
@@ -103,6 +88,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import xraynet.decoders.dicom.pixels as pixels
+    from screen_bench import large_films  # this folder is on sys.path when the script runs
     from xraynet.backends import get_backend
     from xraynet.imaging import Preprocessing
     from xraynet.modelfile import bundled_model_path, load_model
@@ -116,7 +102,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         files = {"j2k": [], "jpeg": []}
-        for i, src in enumerate(_sample(args.data, args.files, args.min_side)):
+        for i, (_, src) in enumerate(large_films(args.data, args.files, args.min_side)):
             with Image.open(src) as im:
                 im = im.convert("L")
                 if args.upscale > 1:

@@ -65,9 +65,9 @@ def make_films(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def link_films(source: Path, folder: Path, n: int, min_side: int, seed: int = 0) -> list[Path]:
-    """Symlinks in ``folder`` to a seeded sample of ``n`` films under ``source`` whose
-    header says the short side is >= ``min_side``."""
+def large_films(source: Path, n: int, min_side: int, seed: int = 0) -> list[tuple[int, Path]]:
+    """A seeded sample of ``n`` films under ``source`` whose header says the short side is
+    >= ``min_side``: [(index among those films, path)], in their sorted order."""
     from xraynet.discovery import find_images
 
     big = []
@@ -80,11 +80,15 @@ def link_films(source: Path, folder: Path, n: int, min_side: int, seed: int = 0)
             continue
     big.sort()
     rng = np.random.default_rng(seed)
-    pick = sorted(rng.choice(len(big), size=min(n, len(big)), replace=False))
+    return [(int(i), big[i]) for i in sorted(rng.choice(len(big), size=min(n, len(big)), replace=False))]
+
+
+def link_films(source: Path, folder: Path, n: int, min_side: int, seed: int = 0) -> list[Path]:
+    """Symlinks in ``folder`` to :func:`large_films` (nothing copied)."""
     paths = []
-    for i in pick:
-        link = folder / f"{i:05d}_{os.path.basename(big[i])}"
-        link.symlink_to(os.path.abspath(big[i]))
+    for i, path in large_films(source, n, min_side, seed):
+        link = folder / f"{i:05d}_{os.path.basename(path)}"
+        link.symlink_to(os.path.abspath(path))
         paths.append(link)
     return paths
 

@@ -214,7 +214,15 @@ def test_model_conv_relu_pool_stage(bk, fuse):
             p[...] = bk.asarray(rng.standard_normal(p.shape) * 0.1)
     x = bk.asarray(rng.standard_normal((2, 2, 9, 11)))
     r = bk.asarray(rng.standard_normal((2, 3)))
-    model.forward(x, training=True)
+    _check_model(model, x, r, dict(training=True), "fused" if fuse else "unfused")
+
+
+def _check_model(model, x, r, forward_options: dict, what: str):
+    """Gradcheck a whole model (float64) at input ``x`` for the loss sum(r * logits): the
+    gradients of one forward with ``forward_options`` and backward, against differences of
+    the evaluation forward, for the input and every parameter."""
+    bk = model.bk
+    model.forward(x, **forward_options)
     dx = bk.to_numpy(model.backward(r.copy(), input_grad=True)).copy()
     grads = {k: bk.to_numpy(v).copy() for k, v in model.named_grads().items()}
     assert sorted(grads) == sorted(n for n, _ in model.named_parameters())
@@ -222,7 +230,6 @@ def test_model_conv_relu_pool_stage(bk, fuse):
     def loss():
         return float(bk.to_numpy((model.forward(x, training=False) * r).sum()))
 
-    what = "fused" if fuse else "unfused"
     directional_grad_check(loss, x, dx, what=f"model ({what}) input", to_backend=bk.asarray)
     for name, p in model.named_parameters():
         directional_grad_check(loss, p, grads[name], what=f"model ({what}) {name}", to_backend=bk.asarray)
@@ -257,17 +264,7 @@ def test_model_conv_batchnorm_relu_stage_in_evaluation(bk, fuse):
         b[...] = bk.asarray(base)
     x = bk.asarray(rng.standard_normal((2, 2, 8, 10)))
     r = bk.asarray(rng.standard_normal((2, 3)))
-    model.forward(x, training=False, keep=True)
-    dx = bk.to_numpy(model.backward(r.copy(), input_grad=True)).copy()
-    grads = {k: bk.to_numpy(v).copy() for k, v in model.named_grads().items()}
-
-    def loss():
-        return float(bk.to_numpy((model.forward(x, training=False) * r).sum()))
-
-    what = "fused" if fuse else "unfused"
-    directional_grad_check(loss, x, dx, what=f"batch-norm model ({what}) input", to_backend=bk.asarray)
-    for name, p in model.named_parameters():
-        directional_grad_check(loss, p, grads[name], what=f"batch-norm model ({what}) {name}", to_backend=bk.asarray)
+    _check_model(model, x, r, dict(training=False, keep=True), "batch norm, " + ("fused" if fuse else "unfused"))
 
 
 # -------------------------------------------------------------------- losses

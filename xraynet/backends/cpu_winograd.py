@@ -94,38 +94,7 @@ class WinogradConv:
         ``u`` (16, C, O) from :func:`winograd_weights`. ``pool``: returns (pooled,
         idx) of bias + ReLU + 2x2/2 max pool (``p`` planned with pool_rows=2);
         else y (N, OH, OW, O) = conv + b, ReLU'd if ``relu``."""
-        tw = p.ow // 2 if pool else (p.ow + 1) // 2
-        if pool:
-            out = np.empty((p.n, p.rows // 2, tw, p.o), x.dtype)
-            idx = np.empty(out.shape, np.uint8)
-        else:
-            out, idx = np.empty((p.n, p.oh, p.ow, p.o), x.dtype), None
-        blocks = p.blocks()
-        counter = itertools.count()
-
-        def worker():
-            scratch = Scratch(x.dtype)
-            for i in claim(counter, len(blocks)):
-                b0, nb, oy0, r = blocks[i]
-                th = (r + 1) // 2
-                xp = scratch.view("xp", (nb, 2 * th + 2, 2 * tw + 2, p.c))
-                self._k.pad_window(xp, x, b0, oy0 - p.ph, p.pw)
-                # Planes padded past the t tiles (see _unaliased); the kernels take the
-                # whole, C-contiguous arrays and use the first t rows of each plane.
-                t = nb * th * tw
-                v = scratch.view("v", (16, _unaliased(t, p.c * x.itemsize), p.c))
-                self._k.winograd_input(v, xp)
-                m = scratch.view("m", (16, _unaliased(t, p.o * x.itemsize), p.o))
-                np.matmul(v[:, :t], u, out=m[:, :t])  # 16 GEMMs, one per tile position
-                imgs = slice(b0, b0 + nb)
-                if pool:
-                    rows = slice(oy0 // 2, oy0 // 2 + th)
-                    self._k.winograd_output_pool(out[imgs, rows], idx[imgs, rows], m, b)
-                else:
-                    self._k.winograd_output(out[imgs, oy0:oy0 + r], m, b, relu)
-
-        self._run(worker, len(blocks))
-        return (out, idx) if pool else out
+        return self._forward_tiles(x, u, b, p, relu, pool, 2)
 
     def forward_winograd4(self, x, u, b, p: ConvPlan, relu: bool, pool: bool):
         """A 3x3 stride-1 conv by Winograd F(4x4, 3x3), for evaluation: ``u`` (36,
@@ -133,13 +102,24 @@ class WinogradConv:
         (blocks of whole 4-row tile rows). Returns as :meth:`forward_winograd`:
         ``(pooled, idx)`` of bias + ReLU + 2x2/2 max pool with ``pool``, else y
         (N, OH, OW, O) = conv + b, ReLU'd if ``relu``."""
+        return self._forward_tiles(x, u, b, p, relu, pool, 4)
+
+    def _forward_tiles(self, x, u, b, p: ConvPlan, relu: bool, pool: bool, tile: int):
+        """Both forwards: F(``tile`` x ``tile``, 3x3), ``tile`` 2 or 4, block by block. Each
+        block pads its window of (tile + 2)-square input tiles (stride ``tile``),
+        transforms it, runs one GEMM per tile position and transforms back into the
+        output (with ``pool``, each tile holds (tile / 2)^2 whole 2x2 pool windows)."""
+        k = self._k
+        into, out_of, out_of_pool = ((k.winograd_input, k.winograd_output, k.winograd_output_pool) if tile == 2
+                                     else (k.winograd4_input, k.winograd4_output, k.winograd4_output_pool))
+        positions = (tile + 2) ** 2
         if pool:
             out = np.empty((p.n, p.oh // 2, p.ow // 2, p.o), x.dtype)
             idx = np.empty(out.shape, np.uint8)
-            tw = (p.ow // 2 + 1) // 2
+            tw = -(-(p.ow // 2) // (tile // 2))
         else:
             out, idx = np.empty((p.n, p.oh, p.ow, p.o), x.dtype), None
-            tw = (p.ow + 3) // 4
+            tw = -(-p.ow // tile)
         blocks = p.blocks()
         counter = itertools.count()
 
@@ -147,20 +127,22 @@ class WinogradConv:
             scratch = Scratch(x.dtype)
             for i in claim(counter, len(blocks)):
                 b0, nb, oy0, r = blocks[i]
-                th = (r + 3) // 4
-                xp = scratch.view("xp", (nb, 4 * th + 2, 4 * tw + 2, p.c))
+                th = -(-r // tile)
+                xp = scratch.view("xp", (nb, tile * th + 2, tile * tw + 2, p.c))
                 self._k.pad_window(xp, x, b0, oy0 - p.ph, p.pw)
+                # Planes padded past the t tiles (see _unaliased); the kernels take the
+                # whole, C-contiguous arrays and use the first t rows of each plane.
                 t = nb * th * tw
-                v = scratch.view("v4", (36, _unaliased(t, p.c * x.itemsize), p.c))
-                self._k.winograd4_input(v, xp)
-                m = scratch.view("m4", (36, _unaliased(t, p.o * x.itemsize), p.o))
-                np.matmul(v[:, :t], u, out=m[:, :t])  # 36 GEMMs, one per tile position
+                v = scratch.view("v", (positions, _unaliased(t, p.c * x.itemsize), p.c))
+                into(v, xp)
+                m = scratch.view("m", (positions, _unaliased(t, p.o * x.itemsize), p.o))
+                np.matmul(v[:, :t], u, out=m[:, :t])  # one GEMM per tile position
                 imgs = slice(b0, b0 + nb)
                 if pool:  # r is even: blocks hold whole pool rows
                     rows = slice(oy0 // 2, (oy0 + r) // 2)
-                    self._k.winograd4_output_pool(out[imgs, rows], idx[imgs, rows], m, b)
+                    out_of_pool(out[imgs, rows], idx[imgs, rows], m, b)
                 else:
-                    self._k.winograd4_output(out[imgs, oy0:oy0 + r], m, b, relu)
+                    out_of(out[imgs, oy0:oy0 + r], m, b, relu)
 
         self._run(worker, len(blocks))
         return (out, idx) if pool else out
