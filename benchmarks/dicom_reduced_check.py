@@ -13,8 +13,10 @@ model twice, interleaved:
 * the frame decoded at full size by pydicom, then area means down to
   :func:`xraynet.imaging.reduced_side` (what xraynet did before);
 * the frame decoded at reduced size where xraynet does so
-  (:mod:`xraynet.decoders.dicom.reduced`: JPEG DCT scaling; JPEG 2000 stays
-  full size, so its line shows no change), then the rest of the area means.
+  (:mod:`xraynet.decoders.dicom.reduced`: JPEG DCT scaling; JPEG 2000
+  resolution levels, for at most half of the reduction: a 1,024-px film
+  needs 3x, so only ``--upscale`` films show it), then the rest of the area
+  means.
 
 Prints per codec: |p_covid(reduced) - p_covid(full)| (max, median, 99th
 percentile), how many flags (p_covid >= the model's threshold) change, the

@@ -76,11 +76,12 @@ the edges:
   (the largest that is at most k) in libjpeg itself (scaled inverse DCT,
   Pillow's ``draft``): the full-size image is never made; area means do the
   rest of k;
-* DICOM frames of 8-bit monochrome JPEG (Baseline, Extended) likewise
-  (:mod:`xraynet.decoders.dicom.reduced`, benchmarks/dicom_reduced_check.py);
+* DICOM frames of 8-bit monochrome JPEG (Baseline, Extended) likewise, and
+  of monochrome JPEG 2000 at 1/2 .. 1/32 scale (its resolution levels) for
+  at most half of k (:mod:`xraynet.decoders.dicom.reduced`, which says why,
+  and benchmarks/dicom_reduced_check.py);
 * every other file is decoded at full size, then area-averaged (Pillow's BOX
-  filter on float32) before any of the steps below -- JPEG 2000 too, whose
-  resolution levels are no block means (see that module).
+  filter on float32) before any of the steps below.
 
 Steps 2-6 and the warnings then run on the smaller image; ``Decoded.width`` /
 ``height`` (the report's columns, and the ``tiny`` / ``extreme_aspect``
