@@ -8,6 +8,7 @@ the same reason (cut, corrupt)."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -83,8 +84,8 @@ def spy(monkeypatch):
     """Records the scale of every frame the reduced decoder took (None: left to the full path)."""
     taken = []
 
-    def recording(frame, ts, ds, reduce):
-        arr = decode_reduced(frame, ts, ds, reduce)
+    def recording(frame, ts, ds, reduce, path=None):
+        arr = decode_reduced(frame, ts, ds, reduce, path)
         taken.append(None if arr is None else reduce.scale)
         return arr
 
@@ -210,3 +211,50 @@ def test_cut_and_corrupt_frames_keep_their_reasons(tmp_path, kind):
     assert outcomes[0] == outcomes[1], outcomes
     if kind == "j2k":
         assert outcomes[0] == "damaged"
+
+
+def _outcome(path, min_side):
+    try:
+        d = decode(path, min_side=min_side)
+        return "ok", d.pixels
+    except ImageError as e:
+        return e.reason, None
+
+
+@pytest.mark.parametrize("case", ["lower-case photometric", "16 bits allocated for 8", "6 bits stored"])
+def test_files_the_full_path_takes_otherwise_are_not_reduced(tmp_path, spy, case):
+    # What pydicom refuses (or masks) must not become a plain row because the film was big.
+    ds = pydicom.dcmread(jpeg_file(tmp_path / "jpeg.dcm"))
+    if case == "lower-case photometric":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns at once about the invalid code string
+            ds.PhotometricInterpretation = "monochrome2"
+    elif case == "16 bits allocated for 8":
+        ds.BitsAllocated = 16
+    else:
+        ds.BitsStored, ds.HighBit = 6, 5
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    reduced, full = _outcome(path, 20), _outcome(path, None)
+    assert reduced[0] == full[0], (reduced[0], full[0])
+    assert spy[0] is None
+
+
+@pytest.mark.parametrize("center, width, function, reduced", [
+    (128, 300, "LINEAR", True),     # covers every value: affine, so means and display commute
+    (140, 60, "LINEAR", False),     # clips much of the film
+    (128, 300, "SIGMOID", False),   # not affine anywhere
+])
+def test_reduced_only_where_the_display_is_affine_over_the_film(tmp_path, monkeypatch, spy, center, width, function,
+                                                               reduced):
+    ds = pydicom.dcmread(jpeg_file(tmp_path / "jpeg.dcm"))
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = center, width, function
+    path = tmp_path / "windowed.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    got = decode(path, min_side=20)
+    want = full_then_area(monkeypatch, path, 20)
+    assert (spy[0] is not None) == reduced, spy
+    if reduced:
+        assert_same_film(got.pixels, want.pixels)
+    else:
+        np.testing.assert_array_equal(got.pixels, want.pixels)

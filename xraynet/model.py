@@ -220,7 +220,8 @@ class Model:
             if end - 1 == layer:
                 return k
         raise SpecError(f"tap at layer {layer}: inside a fused stage. Expected a layer that ends a stage, "
-                        "got one fused with the next. Tap the output of a pooling or flatten layer.")
+                        "got one fused with the next. Tap the output of a pooling or flatten layer, or build "
+                        "the model with fuse=False to tap any layer.")
 
     def forward(self, x, training: bool = False, keep: bool = False, tap: int | None = None):
         """x (N, C, H, W) -> logits (N, outputs), a backend array. ``keep``: in

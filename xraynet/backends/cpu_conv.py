@@ -77,12 +77,16 @@ class ConvEngine(WinogradConv):
         matrix's 9 taps per 4 outputs, so the same bytes hold 9/4 the rows); 4:
         for forward_winograd4 (4-row tile rows; 36 values per 16 outputs, 4x the
         rows). With a 2x2/2 ``pool_rows``, only the rows the pool reads."""
-        if winograd:
-            block_bytes = self.BLOCK_BYTES * 9 // 4 if winograd == 2 else self.WINOGRAD4_BLOCK_BYTES
-            p = make_plan(x.shape, w.shape, stride, pad, block_bytes, x.itemsize, winograd)
+        if winograd == 2:
+            p = make_plan(x.shape, w.shape, stride, pad, self.BLOCK_BYTES * 9 // 4, x.itemsize, 2)
             rows = p.oh // 2 * 2 if pool_rows else p.oh
-            # whole tile rows per block, also where the map is shorter than a tile (p.rows == 0)
-            return dataclasses.replace(p, rows=rows, r=max(p.r, winograd))
+            return dataclasses.replace(p, rows=rows, r=max(p.r, 2))
+        if winograd == 4:
+            # Sized on the rows computed (a map shorter than a tile is whole images, not none)
+            p = make_plan(x.shape, w.shape, stride, pad, self.WINOGRAD4_BLOCK_BYTES, x.itemsize)
+            rows = p.oh // 2 * 2 if pool_rows else p.oh
+            p = resize_plan(dataclasses.replace(p, rows=rows, step=4), self.WINOGRAD4_BLOCK_BYTES, x.itemsize)
+            return dataclasses.replace(p, r=max(p.r, 4)) if p.r < p.rows else p
         return make_plan(x.shape, w.shape, stride, pad, self.BLOCK_BYTES, x.itemsize, pool_rows)
 
     def _run(self, worker, units: int) -> list:

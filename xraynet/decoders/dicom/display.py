@@ -74,7 +74,7 @@ def stretch(a: np.ndarray, inverted: bool) -> np.ndarray:
     return a
 
 
-def _modality(values: np.ndarray, ds, path) -> np.ndarray:
+def modality_values(values: np.ndarray, ds, path) -> np.ndarray:
     """Stage 1 (PS3.4 N.2.1.1, PS3.3 C.11.1): the Modality LUT Sequence or Rescale
     Slope/Intercept, through pydicom (float64 for a rescale)."""
     from pydicom.pixels import apply_modality_lut
@@ -117,7 +117,7 @@ def _first(value):
     return value
 
 
-def _voi_stage(ds, probe: np.ndarray):
+def voi_stage(ds, probe: np.ndarray):
     """Stage 2 (PS3.4 N.2.1.2, PS3.3 C.11.2) as a function of Modality LUT output:
     the first VOI LUT Sequence item (through pydicom; preferred when a window is
     there too, as pydicom does), else the first Window Center/Width with its VOI
@@ -158,7 +158,7 @@ def grayscale(arr: np.ndarray, ds, photometric: str, path) -> np.ndarray:
 
     Pipeline (PS3.4 N.2.1): Modality LUT Sequence or Rescale Slope/Intercept
     (PS3.3 C.11.1); VOI LUT Sequence or the first Window Center/Width with its
-    VOI LUT Function (PS3.3 C.11.2), see :func:`_voi_stage`; min-max to [0, 1];
+    VOI LUT Function (PS3.3 C.11.2), see :func:`voi_stage`; min-max to [0, 1];
     the polarity of :func:`displays_inverted`.
 
     Memory: the LUT stages compute in float64. For 8- and 16-bit samples
@@ -173,17 +173,17 @@ def grayscale(arr: np.ndarray, ds, photometric: str, path) -> np.ndarray:
         present = np.zeros(1 << (8 * arr.dtype.itemsize), dtype=bool)
         present[index] = True
         stored = np.flatnonzero(present).astype(index.dtype).view(arr.dtype)
-        values = _modality(stored, ds, path)
-        voi = _voi_stage(ds, values[:1])
+        values = modality_values(stored, ds, path)
+        voi = voi_stage(ds, values[:1])
         if voi is not None:
             values = voi(values)
         lut = np.zeros(present.size, dtype=np.float32)
         lut[present] = _to_unit(np.asarray(values, dtype=np.float64), inverted)
         return lut[index]
     out = np.empty(arr.shape, dtype=np.float32)
-    voi = _voi_stage(ds, _modality(arr[:1, :1].ravel(), ds, path))
+    voi = voi_stage(ds, modality_values(arr[:1, :1].ravel(), ds, path))
     step = max(1, _CHUNK_PIXELS // max(1, arr.shape[-1]))
     for i in range(0, arr.shape[0], step):
-        values = _modality(arr[i:i + step], ds, path)
+        values = modality_values(arr[i:i + step], ds, path)
         out[i:i + step] = voi(values) if voi is not None else values
     return stretch(out, inverted)

@@ -142,7 +142,7 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     decoder = _installed_decoder(path, ts)
     stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
     # Every check above has run on the whole frame; only the decoding itself may be smaller.
-    arr = None if stored.cut_short or ended_early else decode_reduced(stored.frame, ts, ds, reduce)
+    arr = None if stored.cut_short or ended_early else decode_reduced(stored.frame, ts, ds, reduce, path)
     if arr is None:
         arr = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
     gray = _to_gray(path, arr, ds, geometry.photometric)

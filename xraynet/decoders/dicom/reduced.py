@@ -46,31 +46,77 @@ _JPEG_DCT = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
-def decode_reduced(frame: bytes | None, ts, ds, reduce: Reduction | None) -> np.ndarray | None:
+def decode_reduced(frame: bytes | None, ts, ds, reduce: Reduction | None, path=None) -> np.ndarray | None:
     """The stored values of ``frame`` (the first frame's codestream) at 1/``scale`` of its
     size, ``(ceil(Rows / scale), ceil(Columns / scale))``, in pydicom's dtype; sets
     ``reduce.full_size`` (Columns, Rows) and ``reduce.scale``. None where the frame is to
     be decoded at full size (see the module docstring). Never raises on bad data: a frame
-    the reduced decoder cannot read is left to the full-size path, which says why."""
+    the reduced decoder cannot read is left to the full-size path, which says why.
+
+    Taken only where the full-size path would take the file as it is -- pydicom's own
+    checks of the pixel description pass, the photometric interpretation is spelled as
+    the standard spells it, Bits Allocated is the one the codestream's precision asks
+    for -- and where reducing first changes nothing but the averaging: the display
+    mapping (:func:`_display_is_affine`) is affine over the film's values."""
     if reduce is None or frame is None or str(ts) not in _J2K | _JPEG_DCT or ends_early(frame):
         return None  # a frame cut short goes to the full-size path, which reports it
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        pi = str(ds.get("PhotometricInterpretation", "")).strip()
         allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        if samples != 1 or pi not in _MONOCHROME or allocated not in (8, 16) or int(ds.get("NumberOfFrames", 1)) < 1:
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or pi not in _MONOCHROME \
+                or allocated != (8 if stored <= 8 else 16) or int(ds.get("NumberOfFrames", 1) or 1) < 1:
             return None
-        dtype = np.dtype(f"{'i' if signed else 'u'}{allocated // 8}")
+        if not _pydicom_accepts(ds, ts):
+            return None
         codec = _j2k if str(ts) in _J2K else _jpeg
         arr, scale = codec(frame, rows, cols, stored, signed, reduce)
+        if arr is None:
+            return None
+        arr = arr.astype(f"{'i' if signed else 'u'}{allocated // 8}")
+        if not _display_is_affine(ds, arr, path):
+            return None
     except Exception:  # noqa: BLE001 -- any trouble: the full-size path decodes it and reports
         return None
-    if arr is None:
-        return None
     reduce.full_size, reduce.scale = (cols, rows), scale
-    return arr.astype(dtype)
+    return arr
+
+
+def _pydicom_accepts(ds, ts) -> bool:
+    """Whether pydicom's decoder takes the dataset's pixel description (its validation,
+    run without decoding: the photometric interpretation, bit depths, sizes)."""
+    from pydicom.pixels.decoders.base import DecodeRunner
+
+    runner = DecodeRunner(ts)
+    runner.set_source(ds)
+    runner.validate()  # raises where pixel_array would
+    return True
+
+
+def _display_is_affine(ds, arr: np.ndarray, path) -> bool:
+    """Whether the display pipeline (:func:`.display.grayscale`: modality LUT or rescale, VOI
+    LUT or window, then the min-max stretch) maps stored values affinely over the range of
+    ``arr`` (the reduced film) and a margin of a tenth of it on either side, where the
+    full-size film's extremes lie. Only then do its means and the display commute: a window
+    that clips inside that range, a sigmoid or a LUT would display the mean of a block
+    otherwise than the mean of the displayed block (the full-size path's order)."""
+    from .display import modality_values, voi_stage
+
+    lo, hi = float(arr.min()), float(arr.max())
+    margin = 0.1 * (hi - lo) + 1
+    info = np.iinfo(arr.dtype)
+    probe = np.unique(np.round(np.linspace(max(info.min, lo - margin), min(info.max, hi + margin), 65)))
+    probe = probe.astype(arr.dtype)
+    values = np.asarray(modality_values(probe, ds, path), dtype=np.float64)
+    voi = voi_stage(ds, values[:1])
+    shown = np.asarray(voi(values) if voi is not None else values, dtype=np.float64)
+    x = probe.astype(np.float64)
+    if len(x) < 2:
+        return True
+    line = shown[0] + (shown[-1] - shown[0]) * (x - x[0]) / (x[-1] - x[0])
+    span = abs(shown[-1] - shown[0])
+    return span > 0 and float(np.abs(shown - line).max()) <= 1e-6 * span + 1e-9
 
 
 def _j2k_header(frame: bytes) -> tuple[int, int, int, bool] | None:
@@ -144,10 +190,11 @@ def _pillow_j2k(frame: bytes, levels: int, size: tuple[int, int], precision: int
 
 
 def _jpeg(frame: bytes, rows: int, cols: int, stored: int, signed: bool, reduce: Reduction):
-    """(stored values, scale) of an 8-bit DCT JPEG frame by libjpeg's scaled decoding, or (None, 1)."""
+    """(stored values, scale) of an 8-bit DCT JPEG frame by libjpeg's scaled decoding, or (None, 1).
+    Only 8 bits stored: pydicom masks fewer, and a scaled IDCT's means would not be masked."""
     from PIL import Image
 
-    if stored > 8 or signed:
+    if stored != 8 or signed:
         return None, 1
     scale = reduce.factor(cols, rows, (8, 4, 2))
     if scale == 1:
