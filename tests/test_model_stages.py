@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import BACKENDS, make_backend
-from kernels import reference
+from xraynet.kernels import reference
 from xraynet.model import Model
 from xraynet.optim import Adam
 
