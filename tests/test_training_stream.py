@@ -228,3 +228,44 @@ def test_fill_cache_agrees_with_decode_all_and_holds_few_films(dataset, tmp_path
             assert cache.read_into(keys[i], row)
             np.testing.assert_array_equal(row, x[i])
     assert 0 < most[0] <= 12, most[0]  # the decode window (4 per worker, plus the two in hand)
+
+
+def test_predict_items_scores_as_the_stack_does_holding_one_batch(dataset, tmp_path, monkeypatch):
+    # Evaluation scores films batch by batch as they decode: the same probabilities as the
+    # whole stack through predict(), for each variant, with a batch of films alive at a time.
+    import xraynet.imaging
+    from xraynet.data import scan_dataset
+    from xraynet.evaluate import masked_variants
+    from xraynet.imaging import Preprocessing
+    from xraynet.inference import decode_all, predict, predict_items
+    from xraynet.model import Model
+
+    from helpers import TRAIN_SPEC
+
+    root, _ = dataset
+    items = scan_dataset(root).items
+    prep = Preprocessing(image_size=32)
+    model = Model(TRAIN_SPEC, seed=0)
+    x, ok, skipped = decode_all(items, prep, None, workers=2)
+    variants = masked_variants(32, per_image=True)
+    real_load, alive, most = xraynet.imaging.load, [0], [0]
+
+    class Film(np.ndarray):
+        def __del__(self):
+            alive[0] -= 1
+
+    def counting_load(path, p):
+        film, decoded = real_load(path, p)
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        return film.view(Film), decoded
+
+    monkeypatch.setattr(xraynet.imaging, "load", counting_load)
+    proba, ok_items, skipped_items = predict_items(model, items, prep, tmp_path / "cache.h5", 2, 4, variants)
+    assert ok_items.tolist() == ok.tolist() and skipped_items == skipped
+    keep = np.flatnonzero(ok)
+    np.testing.assert_allclose(proba["full"][keep], predict(model, x[keep], 4), rtol=0, atol=1e-6)
+    for name, vary in variants.items():
+        np.testing.assert_allclose(proba[name][keep], predict(model, vary(x[keep]), 4), rtol=0, atol=1e-6)
+    assert np.isnan(proba["full"][~ok]).all()
+    assert 0 < most[0] <= 4 + 12, most[0]  # a batch of 4 plus the decode window

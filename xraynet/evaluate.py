@@ -66,29 +66,31 @@ def _restandardise(xb: np.ndarray, kept: np.ndarray) -> None:
     xb[:, kept] = ((values - mean) / std).astype(xb.dtype)
 
 
-def _masked_predictions(model, x, keep, batch_size: int, box, per_image: bool) -> dict:
-    """Probabilities of the films ``x[keep]`` with the box blanked and with
-    only the box kept, in chunks so no full copy of ``x`` is made twice.
-    ``per_image``: the model normalises each image, so the kept pixels are
-    standardised again on their own (:func:`_restandardise`)."""
-    from .inference import predict
-
-    top, bottom, left, right = box
-    inside = np.zeros(x.shape[1:], bool)
+def masked_variants(image_size: int, per_image: bool) -> dict:
+    """The shortcut check's two variants of a batch of preprocessed films (B, S, S) float32,
+    as functions returning new arrays: ``centre_blanked`` (the :func:`centre_box` region set
+    to :data:`BLANK_VALUE`) and ``centre_only`` (everything else set to it). ``per_image``:
+    the model normalises each image, so the kept pixels are standardised again on their own
+    first (:func:`_restandardise`)."""
+    top, bottom, left, right = centre_box(image_size)
+    inside = np.zeros((image_size, image_size), bool)
     inside[top:bottom, left:right] = True
-    out = {"centre_blanked": [], "centre_only": []}
-    step = max(batch_size, 256)
-    for start in range(0, len(keep), step):
-        xb = x[keep[start:start + step]]          # fancy indexing: a copy, safe to overwrite
-        only = xb.copy()
+
+    def blanked(xb):
+        xb = xb.copy()
         if per_image:
             _restandardise(xb, ~inside)
-            _restandardise(only, inside)
-        only[:, ~inside] = BLANK_VALUE
         xb[:, inside] = BLANK_VALUE
-        out["centre_blanked"].append(predict(model, xb, batch_size))
-        out["centre_only"].append(predict(model, only, batch_size))
-    return {k: np.concatenate(v) for k, v in out.items()}
+        return xb
+
+    def only(xb):
+        xb = xb.copy()
+        if per_image:
+            _restandardise(xb, inside)
+        xb[:, ~inside] = BLANK_VALUE
+        return xb
+
+    return {"centre_blanked": blanked, "centre_only": only}
 
 
 @dataclass
@@ -126,7 +128,7 @@ def evaluate(model_path, data_dir, options: EvaluationOptions | None = None) -> 
     not know, an unknown subset, no stored split for ``"val"``), DataError (an unusable
     folder, no readable image), ModelFileError, BackendError."""
     from .data import scan_dataset
-    from .inference import decode_all, predict
+    from .inference import predict_items
     from .imaging import Preprocessing
     from .metrics import evaluate_predictions
     from .source_metrics import within_source_aucs
@@ -143,13 +145,16 @@ def evaluate(model_path, data_dir, options: EvaluationOptions | None = None) -> 
     remap = np.array([classes.index(c) for c in ds.classes])
     items = [ds.items[i] for i in _chosen(model_path, loaded.metadata, ds, opts)]
     prep = Preprocessing.from_dict(loaded.preprocessing)
-    x, ok, skipped = decode_all(items, prep, opts.cache, opts.workers)
+    # the shortcut check's variants are scored in the same pass, batch by batch: no film is kept
+    variants = masked_variants(prep.image_size, prep.normalize == "per_image") if opts.shortcut_check else None
+    scored, ok, skipped = predict_items(loaded.model, items, prep, opts.cache, opts.workers, opts.batch_size,
+                                        variants)
     keep = np.flatnonzero(ok)
     if len(keep) == 0:
         raise DataError(f"{data_dir}: no readable images. Expected at least one, got 0 of {len(ds.items)}. "
                         "See the skipped files for reasons.")
     y = remap[np.array([items[i].label for i in keep])]
-    proba = predict(loaded.model, x[keep], opts.batch_size)
+    proba = scored["full"][keep]
     groups = {}
     for name, attr in (("source", "source"), ("view", "view")):
         vals = [getattr(items[i], attr) for i in keep]
@@ -165,8 +170,8 @@ def evaluate(model_path, data_dir, options: EvaluationOptions | None = None) -> 
                    "sources": None if opts.sources is None else sorted(opts.sources), "evaluated": int(len(keep))}
     doc["skipped"] = [{"file": rel, "reason": reason, "message": msg} for rel, reason, msg in skipped]
     if opts.shortcut_check:
-        films = _Scored(x=x, keep=keep, y=y, proba=proba, sources=groups.get("source"))
-        doc["shortcut_check"] = _shortcut_check(loaded.model, prep, films, classes, thr.get("class"), opts)
+        films = _Scored(probas={name: p[keep] for name, p in scored.items()}, y=y, sources=groups.get("source"))
+        doc["shortcut_check"] = _shortcut_check(prep, films, classes, thr.get("class"), opts)
     if opts.plots_dir:
         doc["plots"] = _write_plots(Path(opts.plots_dir), y, proba, classes, doc)
     return doc
@@ -194,26 +199,22 @@ def _chosen(model_path, metadata: dict, ds, opts: EvaluationOptions) -> np.ndarr
 
 @dataclass
 class _Scored:
-    """The films evaluated: ``x`` (M, S, S) every decoded film, ``keep`` (N,) indices of the
-    readable ones, their labels ``y`` (N,), probabilities ``proba`` (N, C) and ``sources``
-    (one per film, or None)."""
+    """The films evaluated, readable ones only: ``probas`` ``{"full": (N, C), variant: (N, C)}``,
+    their labels ``y`` (N,) and ``sources`` (one per film, or None)."""
 
-    x: np.ndarray
-    keep: np.ndarray
+    probas: dict
     y: np.ndarray
-    proba: np.ndarray
     sources: list | None
 
 
-def _shortcut_check(model, prep, films: _Scored, classes, screening_class, opts: EvaluationOptions) -> dict:
+def _shortcut_check(prep, films: _Scored, classes, screening_class, opts: EvaluationOptions) -> dict:
     """The document's ``shortcut_check``: AUCs of the films as they are, with the central
-    chest region blanked and with only it kept, and the verdict."""
+    chest region blanked and with only it kept (scored with the films, :func:`masked_variants`),
+    and the verdict."""
     from .source_metrics import SHORTCUT_VARIANTS, shortcut_verdict, variant_aucs
 
     box = centre_box(prep.image_size)
-    probas = {"full": films.proba, **_masked_predictions(model, films.x, films.keep, opts.batch_size, box,
-                                                         prep.normalize == "per_image")}
-    variants = {name: variant_aucs(films.y, probas[name], classes, films.sources, n_boot=opts.n_boot,
+    variants = {name: variant_aucs(films.y, films.probas[name], classes, films.sources, n_boot=opts.n_boot,
                                    seed=opts.seed)
                 for name in SHORTCUT_VARIANTS}
     return {

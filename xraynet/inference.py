@@ -2,10 +2,12 @@
 
 Training fills the on-disk decode cache once (:func:`fill_cache`) and then
 reads its films from there a batch at a time (:mod:`xraynet.training.films`),
-so its memory does not grow with the dataset. Evaluation decodes its list of
-:class:`xraynet.data.Item` into one stack (:func:`decode_all`, cache
-optional) and runs the network over it. Screening works file by file instead
-(:mod:`xraynet.screening`): its report must survive a kill at any moment.
+so its memory does not grow with the dataset. Evaluation runs the network on
+batches as their films decode (:func:`predict_items`, cache optional), keeping
+only the probabilities. :func:`decode_all` still makes one stack in memory
+(the in-memory training path the tests compare with). Screening works file by
+file instead (:mod:`xraynet.screening`): its report must survive a kill at any
+moment.
 """
 from __future__ import annotations
 
@@ -51,6 +53,52 @@ def decode_all(items, prep, cache_path, workers: int, progress: Callable[[int, i
             else:
                 skipped.append((items[i].rel, err.reason, str(err)))
     return out, ok, skipped
+
+
+def predict_items(model, items, prep, cache_path, workers: int, batch_size: int, variants: dict | None = None,
+                  progress: Callable[[int, int], None] | None = None):
+    """Class probabilities of every item's image, a batch at a time as the films decode: the
+    films themselves are never held together, so memory does not grow with the number of items.
+
+    ``model``: a :class:`~xraynet.model.Model`; ``items``, ``prep``, ``cache_path``, ``workers``
+    and ``progress`` as in :func:`decode_all`; ``batch_size``: images per network pass;
+    ``variants``: ``{name: f}`` with ``f`` taking a batch of preprocessed films (B, S, S)
+    float32 and returning another (e.g. with a region blanked), each also scored.
+
+    Returns ``(proba, ok, skipped)``: ``proba`` ``{"full": (N, C) float64, name: ...}``
+    (NaN rows where a file could not be read), ``ok`` (N,) bool and ``skipped`` as in
+    :func:`decode_all`. Raises :class:`~xraynet.errors.CacheError` when the cache file
+    cannot be used."""
+    from .decodecache import DecodeCache
+
+    n = len(items)
+    variants = {"full": None, **(variants or {})}
+    proba = {name: np.full((n, model.num_classes), np.nan) for name in variants}
+    ok = np.zeros(n, bool)
+    skipped = []
+    batch, where = [], []
+
+    def flush():
+        xb = np.stack(batch)
+        for name, vary in variants.items():
+            proba[name][where] = predict(model, xb if vary is None else vary(xb), batch_size)
+        batch.clear()
+        where.clear()
+
+    with (DecodeCache(cache_path, prep) if cache_path else _NoCache(prep)) as cache:
+        digests = _digests(items, hashed=bool(cache_path))
+        for i, arr, err in _through_cache(items, cache, digests, workers, progress):
+            if err is not None:
+                skipped.append((items[i].rel, err.reason, str(err)))
+                continue
+            ok[i] = True
+            batch.append(arr)
+            where.append(i)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    return proba, ok, skipped
 
 
 def fill_cache(items, cache, workers: int, progress: Callable[[int, int], None] | None = None):
