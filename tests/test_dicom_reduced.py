@@ -18,7 +18,8 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.encaps import encapsulate, get_frame  # noqa: E402
 from pydicom.pixels import get_encoder, set_pixel_data  # noqa: E402
-from pydicom.uid import (DigitalXRayImageStorageForPresentation, JPEG2000Lossless, JPEGBaseline8Bit,  # noqa: E402
+from pydicom.uid import (DigitalXRayImageStorageForPresentation, HTJ2KLossless, JPEG2000Lossless,  # noqa: E402
+                         JPEGBaseline8Bit,
                          generate_uid)
 
 import xraynet.decoders.dicom.pixels as dicom_pixels  # noqa: E402
@@ -258,3 +259,35 @@ def test_reduced_only_where_the_display_is_affine_over_the_film(tmp_path, monkey
         assert_same_film(got.pixels, want.pixels)
     else:
         np.testing.assert_array_equal(got.pixels, want.pixels)
+
+
+def test_j2k_under_8_bits_and_htj2k_are_left_to_the_full_path(tmp_path, monkeypatch, spy):
+    # Under 8 bits Pillow widens the samples in mode L; HTJ2K's block decoder fails on damage in
+    # the levels a reduced decode skips (a damaged file would become a plain row).
+    path = j2k_file(tmp_path / "six.dcm", bits=6, rows=400, cols=336)
+    got = decode(path, min_side=40)
+    np.testing.assert_array_equal(got.pixels, full_then_area(monkeypatch, path, 40).pixels)
+    ds = pydicom.dcmread(path)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    assert decode_reduced(frame, HTJ2KLossless, ds, Reduction(40)) is None
+    assert spy == [None]
+
+
+def test_voi_lut_bending_between_any_two_values_goes_to_the_full_path(tmp_path, monkeypatch, spy):
+    # Every stored value in the film's range is probed: a narrow band of values sent to white
+    # would otherwise show as block means of stored values instead of means of displayed ones.
+    from pydicom.sequence import Sequence
+
+    path = j2k_file(tmp_path / "j2k.dcm", bits=12, rows=400, cols=336)
+    ds = pydicom.dcmread(path)
+    lut = np.arange(4096)
+    lut[2001:2004] = 4095
+    item = Dataset()
+    item.LUTDescriptor, item.LUTData = [4096, 0, 12], lut.astype("<u2").tobytes()
+    ds.VOILUTSequence = Sequence([item])
+    banded = tmp_path / "banded.dcm"
+    ds.save_as(banded, enforce_file_format=True)
+    got = decode(banded, min_side=40)
+    assert spy == [None]
+    np.testing.assert_array_equal(got.pixels, full_then_area(monkeypatch, banded, 40).pixels)

@@ -7,7 +7,7 @@ means (:func:`xraynet.decoders.area_reduce`) do the rest of the reduction.
   JPEG files do: each pixel is then its block's mean up to the DCT's
   rounding, and the entropy-coded data is still read whole, so a damaged
   frame fails as at full size.
-* JPEG 2000 (PS3.5 A.4.4, A.4.10-A.4.11) holds the image at every
+* JPEG 2000 (PS3.5 A.4.4; not HTJ2K, see ``_J2K``) holds the image at every
   power-of-two scale (its resolution levels): OpenJPEG, through Pillow's
   ``reduce``, skips the finest levels and never makes the film whole. Its
   low-pass samples are no block means, though -- they ring at sharp edges and
@@ -16,8 +16,8 @@ means (:func:`xraynet.decoders.area_reduce`) do the rest of the reduction.
   Measured with the bundled model on 20 films of ../shared/data/cxr written
   as 12-bit JPEG 2000 DICOM at 3x their size (about 3000 px;
   benchmarks/dicom_reduced_check.py --upscale 3): p(covid) moved by a median
-  of 0.002, at most 0.026, no flag changed, and a film loaded in 73 instead of
-  924 ms. Skipping every level the reduction allows moved it by up to 0.055
+  of 0.002, at most 0.026, no flag changed, and a film loaded in 75 instead of
+  919 ms. Skipping every level the reduction allows moved it by up to 0.055
   and changed 2 flags (25 ms a film): not taken.
 
 Anything else -- other codecs, colour, a frame whose header says other than
@@ -37,10 +37,10 @@ import numpy as np
 from .. import Reduction
 from .codestream import ends_early
 
-# JPEG 2000 transfer syntaxes (PS3.5 A.4.4, A.4.10, A.4.11): Lossless Only, JPEG 2000, HTJ2K
-# Lossless, HTJ2K Lossless RPCL, HTJ2K (Pillow's OpenJPEG 2.5 decodes HTJ2K too).
-_J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
-        "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+# JPEG 2000 transfer syntaxes (PS3.5 A.4.4): Lossless Only and JPEG 2000. Not HTJ2K (A.4.10-A.4.11):
+# its block decoder fails on damaged code-blocks of the finest levels, which a reduced decode
+# skips, so a frame the full-size path calls damaged would become a plain row.
+_J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
 # 8-bit DCT JPEG: Baseline (Process 1) and Extended (Process 2 & 4), the latter only with 8 bits.
 _JPEG_DCT = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -96,18 +96,18 @@ def _pydicom_accepts(ds, ts) -> bool:
 
 def _display_is_affine(ds, arr: np.ndarray, path) -> bool:
     """Whether the display pipeline (:func:`.display.grayscale`: modality LUT or rescale, VOI
-    LUT or window, then the min-max stretch) maps stored values affinely over the range of
-    ``arr`` (the reduced film) and a margin of a tenth of it on either side, where the
+    LUT or window, then the min-max stretch) maps every stored value affinely over the range
+    of ``arr`` (the reduced film) and a margin of a tenth of it on either side, where the
     full-size film's extremes lie. Only then do its means and the display commute: a window
     that clips inside that range, a sigmoid or a LUT would display the mean of a block
     otherwise than the mean of the displayed block (the full-size path's order)."""
     from .display import modality_values, voi_stage
 
-    lo, hi = float(arr.min()), float(arr.max())
-    margin = 0.1 * (hi - lo) + 1
+    lo, hi = int(arr.min()), int(arr.max())
+    margin = (hi - lo) // 10 + 1
     info = np.iinfo(arr.dtype)
-    probe = np.unique(np.round(np.linspace(max(info.min, lo - margin), min(info.max, hi + margin), 65)))
-    probe = probe.astype(arr.dtype)
+    # every stored value in the range (at most 65,536): a LUT may bend between any two of them
+    probe = np.arange(max(info.min, lo - margin), min(info.max, hi + margin) + 1).astype(arr.dtype)
     values = np.asarray(modality_values(probe, ds, path), dtype=np.float64)
     voi = voi_stage(ds, values[:1])
     shown = np.asarray(voi(values) if voi is not None else values, dtype=np.float64)
@@ -145,7 +145,9 @@ def _j2k(frame: bytes, rows: int, cols: int, stored: int, signed: bool, reduce: 
     if header is None:
         return None, 1
     width, height, precision, j2k_signed = header
-    if (width, height) != (cols, rows) or precision != stored or j2k_signed != signed or precision > 16:
+    # 8 bits (Pillow's mode L, as stored) or 9-16 (mode I;16, widened; undone below). Fewer than 8
+    # Pillow widens in mode L too: left to the full-size path.
+    if (width, height) != (cols, rows) or precision != stored or j2k_signed != signed or not 8 <= precision <= 16:
         return None, 1
     whole = reduce.factor(cols, rows)
     for scale in (32, 16, 8, 4, 2):
@@ -167,7 +169,7 @@ def _pillow_j2k(frame: bytes, levels: int, size: tuple[int, int], precision: int
     from PIL import Image
 
     with Image.open(io.BytesIO(frame)) as img:
-        if img.format != "JPEG2000" or img.mode not in ("L", "I;16"):
+        if img.format != "JPEG2000" or img.mode != ("L" if precision == 8 else "I;16"):
             return None
         img.reduce = levels
         try:
