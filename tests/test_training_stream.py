@@ -194,19 +194,14 @@ def test_entry_gone_bad_of_a_changed_file_stops_the_run(dataset, tmp_path):
     DecodeCache(opts.cache, opts.preprocessing(32)).close()  # the run let go of the cache file
 
 
-def test_fill_cache_agrees_with_decode_all_and_holds_few_films(dataset, tmp_path, monkeypatch):
+def _count_live_films(monkeypatch) -> list:
+    """Make xraynet.imaging.load count the decoded films alive at once; returns a one-element
+    list holding the most seen so far."""
     import xraynet.imaging
-    from xraynet.data import scan_dataset
-    from xraynet.imaging import Preprocessing
-    from xraynet.inference import decode_all, fill_cache
 
-    root, _ = dataset
-    items = scan_dataset(root).items
-    prep = Preprocessing(image_size=32)
-    x, ok, skipped = decode_all(items, prep, None, workers=2)
     real_load, alive, most = xraynet.imaging.load, [0], [0]
 
-    class Film(np.ndarray):  # counts the decoded films alive at once
+    class Film(np.ndarray):
         def __del__(self):
             alive[0] -= 1
 
@@ -217,6 +212,19 @@ def test_fill_cache_agrees_with_decode_all_and_holds_few_films(dataset, tmp_path
         return film.view(Film), decoded
 
     monkeypatch.setattr(xraynet.imaging, "load", counting_load)
+    return most
+
+
+def test_fill_cache_agrees_with_decode_all_and_holds_few_films(dataset, tmp_path, monkeypatch):
+    from xraynet.data import scan_dataset
+    from xraynet.imaging import Preprocessing
+    from xraynet.inference import decode_all, fill_cache
+
+    root, _ = dataset
+    items = scan_dataset(root).items
+    prep = Preprocessing(image_size=32)
+    x, ok, skipped = decode_all(items, prep, None, workers=2)
+    most = _count_live_films(monkeypatch)
     with DecodeCache(tmp_path / "cache.h5", prep) as cache:
         real_put = cache.put
         # A store slower than decoding: decoded films would pile up without the window.
@@ -233,7 +241,6 @@ def test_fill_cache_agrees_with_decode_all_and_holds_few_films(dataset, tmp_path
 def test_predict_items_scores_as_the_stack_does_holding_one_batch(dataset, tmp_path, monkeypatch):
     # Evaluation scores films batch by batch as they decode: the same probabilities as the
     # whole stack through predict(), for each variant, with a batch of films alive at a time.
-    import xraynet.imaging
     from xraynet.data import scan_dataset
     from xraynet.evaluate import masked_variants
     from xraynet.imaging import Preprocessing
@@ -248,19 +255,7 @@ def test_predict_items_scores_as_the_stack_does_holding_one_batch(dataset, tmp_p
     model = Model(TRAIN_SPEC, seed=0)
     x, ok, skipped = decode_all(items, prep, None, workers=2)
     variants = masked_variants(32, per_image=True)
-    real_load, alive, most = xraynet.imaging.load, [0], [0]
-
-    class Film(np.ndarray):
-        def __del__(self):
-            alive[0] -= 1
-
-    def counting_load(path, p):
-        film, decoded = real_load(path, p)
-        alive[0] += 1
-        most[0] = max(most[0], alive[0])
-        return film.view(Film), decoded
-
-    monkeypatch.setattr(xraynet.imaging, "load", counting_load)
+    most = _count_live_films(monkeypatch)
     proba, ok_items, skipped_items = predict_items(model, items, prep, tmp_path / "cache.h5", 2, 4, variants)
     assert ok_items.tolist() == ok.tolist() and skipped_items == skipped
     keep = np.flatnonzero(ok)
