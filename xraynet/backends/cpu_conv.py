@@ -123,6 +123,20 @@ class ConvEngine(WinogradConv):
 
         self._run(worker, parts)
 
+    def _each_block(self, p: ConvPlan, dtype, block) -> None:
+        """``block(scratch, b0, nb, oy0, r)`` for every forward block of ``p``, the blocks
+        dealt to the worker threads from a shared counter, each worker with its own
+        :class:`~.cpu_plan.Scratch` of ``dtype``."""
+        blocks = p.blocks()
+        counter = itertools.count()
+
+        def worker():
+            scratch = Scratch(dtype)
+            for i in claim(counter, len(blocks)):
+                block(scratch, *blocks[i])
+
+        self._run(worker, len(blocks))
+
     # -------------------------------------------------------------- forward
     def _patches(self, scratch, x, p: ConvPlan, block):
         """The patch matrix (nb*r*OW, K) of one block, in ``scratch``."""
@@ -137,20 +151,15 @@ class ConvEngine(WinogradConv):
         """y (N, OH, OW, O) = conv(x) + b, ReLU'd if ``relu``; ``wmat`` (K, O)."""
         y = np.empty((p.n, p.oh, p.ow, p.o), x.dtype)
         y2d = y.reshape(-1, p.o)
-        blocks = p.blocks()
-        counter = itertools.count()
         epilogue = self._k.bias_relu if relu else self._k.add_bias
 
-        def worker():
-            scratch = Scratch(x.dtype)
-            for i in claim(counter, len(blocks)):
-                b0, nb, oy0, r = blocks[i]
-                start = (b0 * p.oh + oy0) * p.ow
-                out = y2d[start:start + nb * r * p.ow]
-                np.matmul(self._patches(scratch, x, p, blocks[i]), wmat, out=out)
-                epilogue(out, b)
+        def block(scratch, b0, nb, oy0, r):
+            start = (b0 * p.oh + oy0) * p.ow
+            out = y2d[start:start + nb * r * p.ow]
+            np.matmul(self._patches(scratch, x, p, (b0, nb, oy0, r)), wmat, out=out)
+            epilogue(out, b)
 
-        self._run(worker, len(blocks))
+        self._each_block(p, x.dtype, block)
         return y
 
     def forward_pool(self, x, wmat, b, p: ConvPlan, pool: int, pool_w: int):
@@ -159,20 +168,15 @@ class ConvEngine(WinogradConv):
         ph, pw = p.rows // pool, p.ow // pool_w
         pooled = np.empty((p.n, ph, pw, p.o), x.dtype)
         idx = np.empty((p.n, ph, pw, p.o), np.uint8)
-        blocks = p.blocks()
-        counter = itertools.count()
 
-        def worker():
-            scratch = Scratch(x.dtype)
-            for i in claim(counter, len(blocks)):
-                b0, nb, oy0, r = blocks[i]
-                pre = scratch.view("pre", (nb * r * p.ow, p.o))
-                np.matmul(self._patches(scratch, x, p, blocks[i]), wmat, out=pre)
-                rows = slice(oy0 // pool, (oy0 + r) // pool)
-                self._k.bias_maxpool_relu_tiled(pooled[b0:b0 + nb, rows], idx[b0:b0 + nb, rows],
-                                                pre.reshape(nb, r, p.ow, p.o), b, pool, pool_w)
+        def block(scratch, b0, nb, oy0, r):
+            pre = scratch.view("pre", (nb * r * p.ow, p.o))
+            np.matmul(self._patches(scratch, x, p, (b0, nb, oy0, r)), wmat, out=pre)
+            rows = slice(oy0 // pool, (oy0 + r) // pool)
+            self._k.bias_maxpool_relu_tiled(pooled[b0:b0 + nb, rows], idx[b0:b0 + nb, rows],
+                                            pre.reshape(nb, r, p.ow, p.o), b, pool, pool_w)
 
-        self._run(worker, len(blocks))
+        self._each_block(p, x.dtype, block)
         return pooled, idx
 
     # ------------------------------------------------------------- backward

@@ -19,11 +19,10 @@ GEMMs 1.78x smaller than F(2x2, 3x3)'s, at a few times its float32 rounding.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 
-from .cpu_plan import ConvPlan, Scratch, claim, resize_plan
+from .cpu_plan import ConvPlan, resize_plan
 
 #: Winograd F(2x2, 3x3) weight transform G (4 x 3): u = G g G^T, g a 3x3 filter.
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -39,13 +38,19 @@ def winograd_weights(w) -> np.ndarray:
     row 4*i + j holding tile position (i, j), in w's dtype (G's halves are
     exact). Whole-array sums: a batched matmul of the 3x3 pieces took 6 ms for
     256 x 128 filters, this about 2."""
+    return _transform_filters(w, _apply_g, 4)
+
+
+def _transform_filters(w, apply_g, a: int) -> np.ndarray:
+    """U (a*a, C, O) = ``G g G^T`` of every 3x3 filter of w (O, C, 3, 3), G (a x 3) given
+    as ``apply_g`` (three slices along an axis -> a slices), in w's dtype."""
     o, c, _, _ = w.shape
     wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # (ky, kx, C, O)
-    u = np.empty((4, 4, c, o), w.dtype)
-    for i, rows in enumerate(_apply_g(wt[0], wt[1], wt[2])):  # along ky
-        for j, part in enumerate(_apply_g(rows[0], rows[1], rows[2])):  # along kx
+    u = np.empty((a, a, c, o), w.dtype)
+    for i, rows in enumerate(apply_g(wt[0], wt[1], wt[2])):  # along ky
+        for j, part in enumerate(apply_g(rows[0], rows[1], rows[2])):  # along kx
             u[i, j] = part
-    return u.reshape(16, c, o)
+    return u.reshape(a * a, c, o)
 
 
 def _apply_g4(a0, a1, a2):
@@ -62,13 +67,7 @@ def winograd4_weights(w) -> np.ndarray:
     exact, its sixths, twelfths and 24ths round there). Whole-array sums as
     :func:`winograd_weights`: 1.75 ms for 256 x 128 filters, against 2.9 for a
     float64 tensordot; evaluation transforms the weights for every batch."""
-    o, c, _, _ = w.shape
-    wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # (ky, kx, C, O)
-    u = np.empty((6, 6, c, o), w.dtype)
-    for i, rows in enumerate(_apply_g4(wt[0], wt[1], wt[2])):  # along ky
-        for j, part in enumerate(_apply_g4(rows[0], rows[1], rows[2])):  # along kx
-            u[i, j] = part
-    return u.reshape(36, c, o)
+    return _transform_filters(w, _apply_g4, 6)
 
 
 def winograd_eligible(w_shape, stride) -> bool:
@@ -87,7 +86,7 @@ def _unaliased(rows: int, row_bytes: int) -> int:
 
 class WinogradConv:
     """The Winograd paths of :class:`.cpu_conv.ConvEngine` (which supplies
-    ``_k``, ``_run``, ``_by_lanes`` and the block sizes)."""
+    ``_k``, ``_each_block``, ``_by_lanes`` and the block sizes)."""
 
     def forward_winograd(self, x, u, b, p: ConvPlan, relu: bool, pool: bool):
         """A 3x3 stride-1 conv by Winograd F(2x2, 3x3) (kernels.cpu.winograd_input):
@@ -120,31 +119,26 @@ class WinogradConv:
         else:
             out, idx = np.empty((p.n, p.oh, p.ow, p.o), x.dtype), None
             tw = -(-p.ow // tile)
-        blocks = p.blocks()
-        counter = itertools.count()
 
-        def worker():
-            scratch = Scratch(x.dtype)
-            for i in claim(counter, len(blocks)):
-                b0, nb, oy0, r = blocks[i]
-                th = -(-r // tile)
-                xp = scratch.view("xp", (nb, tile * th + 2, tile * tw + 2, p.c))
-                self._k.pad_window(xp, x, b0, oy0 - p.ph, p.pw)
-                # Planes padded past the t tiles (see _unaliased); the kernels take the
-                # whole, C-contiguous arrays and use the first t rows of each plane.
-                t = nb * th * tw
-                v = scratch.view("v", (positions, _unaliased(t, p.c * x.itemsize), p.c))
-                into(v, xp)
-                m = scratch.view("m", (positions, _unaliased(t, p.o * x.itemsize), p.o))
-                np.matmul(v[:, :t], u, out=m[:, :t])  # one GEMM per tile position
-                imgs = slice(b0, b0 + nb)
-                if pool:  # r is even: blocks hold whole pool rows
-                    rows = slice(oy0 // 2, (oy0 + r) // 2)
-                    out_of_pool(out[imgs, rows], idx[imgs, rows], m, b)
-                else:
-                    out_of(out[imgs, oy0:oy0 + r], m, b, relu)
+        def block(scratch, b0, nb, oy0, r):
+            th = -(-r // tile)
+            xp = scratch.view("xp", (nb, tile * th + 2, tile * tw + 2, p.c))
+            self._k.pad_window(xp, x, b0, oy0 - p.ph, p.pw)
+            # Planes padded past the t tiles (see _unaliased); the kernels take the
+            # whole, C-contiguous arrays and use the first t rows of each plane.
+            t = nb * th * tw
+            v = scratch.view("v", (positions, _unaliased(t, p.c * x.itemsize), p.c))
+            into(v, xp)
+            m = scratch.view("m", (positions, _unaliased(t, p.o * x.itemsize), p.o))
+            np.matmul(v[:, :t], u, out=m[:, :t])  # one GEMM per tile position
+            imgs = slice(b0, b0 + nb)
+            if pool:  # r is even: blocks hold whole pool rows
+                rows = slice(oy0 // 2, (oy0 + r) // 2)
+                out_of_pool(out[imgs, rows], idx[imgs, rows], m, b)
+            else:
+                out_of(out[imgs, oy0:oy0 + r], m, b, relu)
 
-        self._run(worker, len(blocks))
+        self._each_block(p, x.dtype, block)
         return (out, idx) if pool else out
 
     def backward_winograd(self, grad_rows, x, wmat, u, p: ConvPlan, need_dx: bool):
