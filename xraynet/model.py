@@ -29,6 +29,7 @@ import numpy as np
 
 from .archs import validate_spec
 from .backends import get_backend
+from .backends.derived import Memo
 from .errors import ShapeError, SpecError
 from .layers import BatchNorm2D, Conv2D, Layer, MaxPool2D, ReLU, layer_from_config
 
@@ -67,15 +68,19 @@ class _ConvBatchNormReLU:
     def __init__(self, conv: Conv2D, norm: BatchNorm2D, relu: ReLU, pool: MaxPool2D | None):
         self.layers = [conv, norm, relu] + ([pool] if pool is not None else [])
         self.conv, self.norm, self.pool = conv, norm, pool
+        self._folded = Memo()
 
     def folded_weights(self):
         """``(w', b')``: the convolution's weights (O, C, KH, KW) and bias (O,) with
-        the evaluation-mode batch norm folded in, in the weights' dtype."""
+        the evaluation-mode batch norm folded in, in the weights' dtype. Kept from
+        one call to the next while the six source arrays are unchanged
+        (:class:`~xraynet.backends.derived.Memo`): the same arrays come back, so the
+        backend's own derived filters are kept too. Do not write into them."""
         c, n = self.conv, self.norm
-        scale = n.params["weight"] / (n.buffers["running_var"] + n.eps) ** 0.5
-        w = c.params["weight"] * scale.reshape(-1, 1, 1, 1)
-        b = (c.params["bias"] - n.buffers["running_mean"]) * scale + n.params["bias"]
-        return w, b
+        sources = (c.params["weight"], c.params["bias"], n.params["weight"], n.params["bias"],
+                   n.buffers["running_mean"], n.buffers["running_var"])
+        return self._folded.get(sources, lambda w, b, gamma, beta, mean, var: _fold(w, b, gamma, beta, mean, var,
+                                                                                    n.eps))
 
     def forward(self, x, training, keep=False):
         if training or keep:
@@ -95,6 +100,13 @@ class _ConvBatchNormReLU:
         for k in range(len(self.layers) - 1, 0, -1):
             dy = self.layers[k].backward(dy)
         return self.conv.backward(dy, need_dx)
+
+
+def _fold(w, b, gamma, beta, mean, var, eps):
+    """(w', b') of a convolution (w (O, C, KH, KW), b (O,)) followed by an evaluation-mode
+    batch norm: ``s = gamma / sqrt(var + eps)``, ``w' = s w``, ``b' = s (b - mean) + beta``."""
+    scale = gamma / (var + eps) ** 0.5
+    return w * scale.reshape(-1, 1, 1, 1), (b - mean) * scale + beta
 
 
 class _Single:

@@ -20,6 +20,7 @@ from ._shared import check_update_group, dropout_mask, gradcam_maps, nchw_to_nhw
 from .contract import AdamHyper, Backend, BatchNormStats, SGDHyper
 from .cpu_conv import ConvEngine
 from .cpu_winograd import winograd4_weights, winograd_eligible, winograd_weights
+from .derived import DerivedWeights
 from .geometry import output_hw
 from .host import cpu_model_name, keep_freed_memory
 
@@ -70,6 +71,8 @@ class CPUBackend(Backend):
         #: ... and in evaluation (save=False) by Winograd F(4x4, 3x3) (cpu_conv.forward_winograd4);
         #: XRAYNET_CPU_WINOGRAD4=0 keeps F(2x2, 3x3) there too
         self.winograd4 = self.winograd and os.environ.get("XRAYNET_CPU_WINOGRAD4", "1") != "0"
+        #: evaluation's Winograd filters, kept while the weights are unchanged (see _filters)
+        self._derived = DerivedWeights()
         keep_freed_memory()
 
     # ------------------------------------------------------------------ plumbing
@@ -142,13 +145,21 @@ class CPUBackend(Backend):
             self._k.conv1_plane(y, x, w, b, pad[0], pad[1], relu)
         elif self._winograd(w, stride) and not save and self.winograd4:
             wplan = self._conv.plan(x, w, stride, pad, winograd=4)
-            y = self._conv.forward_winograd4(x, winograd4_weights(w), b, wplan, relu, pool=False)
+            y = self._conv.forward_winograd4(x, self._filters(w, 4, save), b, wplan, relu, pool=False)
         elif self._winograd(w, stride):
             wplan = self._conv.plan(x, w, stride, pad, winograd=2)
-            y = self._conv.forward_winograd(x, winograd_weights(w), b, wplan, relu, pool=False)
+            y = self._conv.forward_winograd(x, self._filters(w, 2, save), b, wplan, relu, pool=False)
         else:
             y = self._conv.forward(x, self._wmat(w), b, plan, relu)
         return y, ((x, plan, y if relu else None) if save else None)
+
+    def _filters(self, w, tile: int, save: bool):
+        """Winograd U of the 3x3 filters w for F(``tile`` x ``tile``, 3x3). In evaluation
+        (not ``save``) kept across batches while w's content is unchanged
+        (:class:`.derived.DerivedWeights`); in training, where w changes every step,
+        derived every call."""
+        transform = winograd4_weights if tile == 4 else winograd_weights
+        return transform(w) if save else self._derived.get(w, f"winograd{tile}", transform)
 
     def _winograd(self, w, stride) -> bool:
         return self.winograd and winograd_eligible(w.shape, stride)
@@ -190,10 +201,10 @@ class CPUBackend(Backend):
             self._k.conv1_plane_pool(pooled, idx, x, w, b, pad[0], pad[1], pkh, pkw, psh, psw)
         elif (pkh, pkw, psh, psw) == (2, 2, 2, 2) and self._winograd(w, stride) and not save and self.winograd4:
             plan = self._conv.plan(x, w, stride, pad, pool_rows=2, winograd=4)
-            pooled, idx = self._conv.forward_winograd4(x, winograd4_weights(w), b, plan, True, pool=True)
+            pooled, idx = self._conv.forward_winograd4(x, self._filters(w, 4, save), b, plan, True, pool=True)
         elif (pkh, pkw, psh, psw) == (2, 2, 2, 2) and self._winograd(w, stride):
             plan = self._conv.plan(x, w, stride, pad, pool_rows=2, winograd=2)
-            pooled, idx = self._conv.forward_winograd(x, winograd_weights(w), b, plan, True, pool=True)
+            pooled, idx = self._conv.forward_winograd(x, self._filters(w, 2, save), b, plan, True, pool=True)
         elif (pkh, pkw) == (psh, psw):
             plan = self._conv.plan(x, w, stride, pad, pool_rows=pkh)
             pooled, idx = self._conv.forward_pool(x, wmat, b, plan, pkh, pkw)

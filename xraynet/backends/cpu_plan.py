@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from .geometry import conv_output_shape
@@ -106,7 +108,7 @@ class Scratch:
         self._flat: dict[str, np.ndarray] = {}
 
     def view(self, name: str, shape) -> np.ndarray:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self._flat.get(name)
         if buf is None or buf.size < size:
             buf = self._flat[name] = np.empty(size, self.dtype)

@@ -66,7 +66,8 @@ def winograd4_weights(w) -> np.ndarray:
     row 6*i + j holding tile position (i, j), in w's dtype (G's quarters are
     exact, its sixths, twelfths and 24ths round there). Whole-array sums as
     :func:`winograd_weights`: 1.75 ms for 256 x 128 filters, against 2.9 for a
-    float64 tensordot; evaluation transforms the weights for every batch."""
+    float64 tensordot. Evaluation keeps the result while the weights are unchanged
+    (``CPUBackend._filters``)."""
     return _transform_filters(w, _apply_g4, 6)
 
 
