@@ -68,6 +68,21 @@ def test_memo_with_a_nan_derives_every_time_and_stays_right():
     np.testing.assert_array_equal(memo.get((a,), derive), [2.0, 5.0])
 
 
+def test_memo_value_belongs_to_its_copy_when_a_source_changes_while_deriving():
+    # Another thread writing into the weights during the derivation (simulated inside
+    # derive), then the weights set back: the kept value must be the one of the copy.
+    a = np.arange(4.0)
+
+    def derive(x):
+        a[:] = 100.0
+        return x * 2
+
+    memo = Memo()
+    memo.get((a,), derive)
+    a[:] = np.arange(4.0)
+    np.testing.assert_array_equal(memo.get((a,), lambda x: x * 2), np.arange(4.0) * 2)
+
+
 def test_memo_keeps_nothing_for_sources_that_are_not_numpy_arrays():
     derive = _Counted(lambda x: [v * 2 for v in x])
     memo = Memo()
@@ -182,4 +197,15 @@ def test_evaluation_follows_an_assignment_into_the_batch_norm_statistics():
     norm.buffers["running_var"][...] = 4.0  # in place, as a user restoring statistics by hand
     norm.buffers["running_mean"][2] = 0.5
     plain.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(model.predict_proba(x), plain.predict_proba(x), rtol=0, atol=2e-6)
+
+
+def test_evaluation_follows_a_changed_batch_norm_epsilon():
+    bk = make_backend("cpu")
+    x = np.random.default_rng(4).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    model = Model(_spec(), device=bk, seed=3)
+    plain = Model(_spec(), device=bk, seed=3, fuse=False)
+    model.predict_proba(x)
+    for m in (model, plain):
+        m.layers[1].eps = 1.0
     np.testing.assert_allclose(model.predict_proba(x), plain.predict_proba(x), rtol=0, atol=2e-6)

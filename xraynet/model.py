@@ -73,14 +73,13 @@ class _ConvBatchNormReLU:
     def folded_weights(self):
         """``(w', b')``: the convolution's weights (O, C, KH, KW) and bias (O,) with
         the evaluation-mode batch norm folded in, in the weights' dtype. Kept from
-        one call to the next while the six source arrays are unchanged
+        one call to the next while its sources (the six arrays and ``eps``) are unchanged
         (:class:`~xraynet.backends.derived.Memo`): the same arrays come back, so the
         backend's own derived filters are kept too. Do not write into them."""
         c, n = self.conv, self.norm
         sources = (c.params["weight"], c.params["bias"], n.params["weight"], n.params["bias"],
-                   n.buffers["running_mean"], n.buffers["running_var"])
-        return self._folded.get(sources, lambda w, b, gamma, beta, mean, var: _fold(w, b, gamma, beta, mean, var,
-                                                                                    n.eps))
+                   n.buffers["running_mean"], n.buffers["running_var"], np.array(n.eps, np.float64))
+        return self._folded.get(sources, _fold)
 
     def forward(self, x, training, keep=False):
         if training or keep:
@@ -104,8 +103,9 @@ class _ConvBatchNormReLU:
 
 def _fold(w, b, gamma, beta, mean, var, eps):
     """(w', b') of a convolution (w (O, C, KH, KW), b (O,)) followed by an evaluation-mode
-    batch norm: ``s = gamma / sqrt(var + eps)``, ``w' = s w``, ``b' = s (b - mean) + beta``."""
-    scale = gamma / (var + eps) ** 0.5
+    batch norm: ``s = gamma / sqrt(var + eps)``, ``w' = s w``, ``b' = s (b - mean) + beta``
+    (``eps`` a 0-d float64 array, applied as the Python float it holds)."""
+    scale = gamma / (var + float(eps)) ** 0.5
     return w * scale.reshape(-1, 1, 1, 1), (b - mean) * scale + beta
 
 

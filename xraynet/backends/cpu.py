@@ -154,10 +154,10 @@ class CPUBackend(Backend):
         return y, ((x, plan, y if relu else None) if save else None)
 
     def _filters(self, w, tile: int, save: bool):
-        """Winograd U of the 3x3 filters w for F(``tile`` x ``tile``, 3x3). In evaluation
-        (not ``save``) kept across batches while w's content is unchanged
-        (:class:`.derived.DerivedWeights`); in training, where w changes every step,
-        derived every call."""
+        """Winograd U of the 3x3 filters w for F(``tile`` x ``tile``, 3x3). In a forward that
+        keeps nothing for a backward pass (not ``save``: evaluation) kept across batches
+        while w's content is unchanged (:class:`.derived.DerivedWeights`); in one that
+        saves (training, where w changes every step, and Grad-CAM), derived every call."""
         transform = winograd4_weights if tile == 4 else winograd_weights
         return transform(w) if save else self._derived.get(w, f"winograd{tile}", transform)
 

@@ -9,11 +9,16 @@ the bundled model on the 2-core EPYC, 7-9% of its evaluation time.
 Why by content. Optimisers update parameters in place, tests and users assign
 into ``params[...]``, and a freed array's ``id`` can be reused, so neither
 identity nor a version counter tells that a weight changed. Each kept result
-holds a copy of the arrays it came from and is used only while every source
-still equals its copy, element for element (``numpy.array_equal``: a NaN
-never equals itself, so weights holding one are derived again every time,
-which is slow but right). The check reads each source twice, a few times less
-than deriving it: about 0.2 ms a batch for the bundled model.
+holds a copy of the arrays it came from, is derived from that copy (so a
+thread writing into the weights meanwhile cannot leave a result that does not
+belong to its copy), and is used only while every source still equals its
+copy, element for element (``numpy.array_equal``: a NaN never equals itself,
+so weights holding one are derived again every time, which is slow but
+right). A hit reads each source and its copy once, a few times less than
+deriving: about 0.2 ms a batch for the bundled model.
+
+Memory: a copy of each source plus the result. For the bundled model (2.3 MB
+of weights) 4.6 MB in the model's stages and 11.4 MB in the CPU backend.
 """
 from __future__ import annotations
 
@@ -54,8 +59,8 @@ class Memo:
             return kept[1]
         if not all(isinstance(s, np.ndarray) for s in sources):
             return derive(*sources)
-        copies = tuple(s.copy() for s in sources)  # before deriving: what the value was derived from
-        value = derive(*sources)
+        copies = tuple(s.copy() for s in sources)
+        value = derive(*copies)  # from the copies: the value belongs to them whatever happens to the sources
         self._kept = (copies, value)
         return value
 
@@ -69,9 +74,12 @@ class Memo:
 class DerivedWeights:
     """A bounded set of :class:`Memo` s, one per (weight array, kind of result):
     ``get(w, kind, derive)`` is ``derive(w)``, kept while ``w`` lives and its content
-    is unchanged. Holds at most ``max_bytes`` of copies and results (least recently
-    used first out) and no reference to ``w`` itself (a weak one: an entry whose
-    array is gone is never used again). Thread-safe."""
+    is unchanged. Holds at most ``max_bytes`` of copies and results, least recently
+    used out first, except that the entry just used is always kept (a single result
+    larger than the bound stays until the next one). No reference to ``w`` itself: a
+    weak one, and an entry whose array is gone is never used again and is dropped at
+    the next ``get`` (or :meth:`clear`). Threads may share it: the entries are
+    guarded by a lock, and a value always belongs to the copy kept with it."""
 
     def __init__(self, max_bytes: int = 128 << 20):
         self.max_bytes = int(max_bytes)
