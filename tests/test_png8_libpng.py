@@ -1,0 +1,154 @@
+"""8-bit PNG through libpng (``imagecodecs.png_decode``): the same rows as Pillow's path,
+bit for bit, for the files it takes; every other file (metadata that can turn the
+image, interlacing, a libpng warning, no imagecodecs) stays on Pillow's path with
+Pillow's reasons; image data libpng refuses is ``damaged`` even where Pillow would
+read it (rows missing, wrong checksums). See ``xraynet.decoders.raster.png``.
+Every image is generated here, small, in tmp_path."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xraynet.decoders.raster import png
+from xraynet.errors import ImageError
+from xraynet.imaging import decode
+
+imagecodecs = pytest.importorskip("imagecodecs")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _outcome(path):
+    """('ok', the Decoded's fields) or ('error', reason, message) of decoding ``path``."""
+    try:
+        d = decode(path)
+    except ImageError as e:
+        return ("error", e.reason, str(e))
+    return ("ok", {k: (v.tobytes(), v.shape, v.dtype.str) if isinstance(v, np.ndarray) else v
+                   for k, v in vars(d).items()})
+
+
+@pytest.fixture
+def libpng_calls(monkeypatch):
+    """For each file libpng read in the test, whether its samples became the film."""
+    taken = []
+    real = png._png8_pixels
+
+    def spy(*args):
+        out = real(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(png, "_png8_pixels", spy)
+    return taken
+
+
+def _pillow_only(monkeypatch, path):
+    """The outcome with libpng taken away (Pillow decodes every PNG below 16 bits)."""
+    with monkeypatch.context() as m:
+        m.setattr(png, "codec", lambda name: None)
+        return _outcome(path)
+
+
+@pytest.mark.parametrize("mode,shape", [("L", (37, 53)), ("LA", (40, 31, 2)), ("RGB", (29, 45, 3)),
+                                        ("RGBA", (33, 20, 4)), ("L", (1, 1))])
+def test_libpng_gives_what_pillow_gives_bit_for_bit(tmp_path, monkeypatch, libpng_calls, mode, shape):
+    path = tmp_path / f"{mode}.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    got = _outcome(path)
+    assert libpng_calls == [True], "the file did not go through libpng"
+    assert got[0] == "ok" and got == _pillow_only(monkeypatch, path)
+    assert got[1]["source_mode"] == mode and got[1]["bit_depth"] == 8
+
+
+def _adam7(img: np.ndarray) -> bytes:
+    """An interlaced (Adam7) 8-bit gray PNG of ``img``, every row unfiltered."""
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    raw = b"".join(b"".join(b"\0" + row.tobytes() for row in img[y0::dy, x0::dx])
+                   for x0, y0, dx, dy in passes if img[y0::dy, x0::dx].size)
+    h, w = img.shape
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 1))
+            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+
+
+def test_metadata_that_can_turn_the_film_and_interlacing_stay_on_pillow(tmp_path, monkeypatch, libpng_calls):
+    from PIL import PngImagePlugin
+
+    img = np.random.default_rng(2).integers(0, 256, (12, 20), dtype=np.uint8)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "portable film")
+    Image.fromarray(img).save(tmp_path / "text.png", pnginfo=text)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(img).save(tmp_path / "exif.png", exif=exif.tobytes())
+    (tmp_path / "adam7.png").write_bytes(_adam7(img))
+    for name in ("text.png", "exif.png", "adam7.png"):
+        assert _outcome(tmp_path / name) == _pillow_only(monkeypatch, tmp_path / name), name
+    assert libpng_calls == [], "a file with metadata or interlacing went through libpng"
+    assert decode(tmp_path / "exif.png").pixels.shape == (20, 12), "the Exif orientation was not applied"
+    np.testing.assert_array_equal(decode(tmp_path / "adam7.png").pixels, img / np.float32(255))
+
+
+def test_a_libpng_warning_sends_the_file_to_pillow(tmp_path, monkeypatch, libpng_calls, capfd):
+    # An RGB ICC profile on a gray film: libpng warns, Pillow says nothing; the row must not change.
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    path = tmp_path / "icc.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 16), dtype=np.uint8)).save(
+        path, icc_profile=profile)
+    from xraynet.decoders import library_warnings
+
+    with library_warnings() as caught:
+        imagecodecs.png_decode(path.read_bytes())
+    if not caught:
+        pytest.skip("this libpng build does not warn about an RGB profile on a gray image")
+    got = _outcome(path)
+    assert libpng_calls == [] and got == _pillow_only(monkeypatch, path)
+    assert not any(w.startswith("decoder_warning") for w in got[1]["warnings"])
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("fault", ["filter type 9", "rows missing", "checksum"])
+def test_damaged_image_data_is_damaged(tmp_path, monkeypatch, libpng_calls, fault):
+    # A complete file (IEND, right chunk CRCs) whose image data is wrong. Pillow refuses a bad
+    # filter type, but leaves missing rows black and may never read the zlib checksum:
+    # libpng refuses all three, and the file is damaged either way.
+    img = np.random.default_rng(4).integers(0, 256, (24, 30), dtype=np.uint8)
+    raw = bytearray(b"".join(b"\0" + row.tobytes() for row in img))
+    if fault == "filter type 9":
+        raw[5 * 31] = 9
+    elif fault == "rows missing":
+        raw = raw[:10 * 31]
+    data = zlib.compress(bytes(raw))
+    if fault == "checksum":
+        data = data[:-4] + bytes(b ^ 0x5A for b in data[-4:])
+    path = tmp_path / "bad.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 30, 24, 8, 0, 0, 0, 0))
+                     + _chunk(b"IDAT", data) + _chunk(b"IEND", b""))
+    got = _outcome(path)
+    assert got[:2] == ("error", "damaged") and "bad.png" in got[2], got
+    assert libpng_calls == [], "libpng accepted damaged data"
+    pillow = _pillow_only(monkeypatch, path)
+    if pillow[0] == "error":  # Pillow's own reason and message where it refuses the data too
+        assert got == pillow
+    else:
+        assert "libpng" in got[2]
+
+
+def test_without_imagecodecs_pillow_decodes_the_same(tmp_path, monkeypatch, libpng_calls):
+    path = tmp_path / "g.png"
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (9, 14), dtype=np.uint8)).save(buf, "PNG")
+    path.write_bytes(buf.getvalue())
+    with_libpng = _outcome(path)
+    monkeypatch.setattr(png, "codec", lambda name: None)
+    assert _outcome(path) == with_libpng
+    assert libpng_calls == [True], "the second decode went through libpng without imagecodecs"
