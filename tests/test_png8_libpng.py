@@ -1,9 +1,10 @@
 """8-bit PNG through libpng (``imagecodecs.png_decode``): the same rows as Pillow's path,
-bit for bit, for the files it takes; every other file (metadata that can turn the
-image, interlacing, a libpng warning, no imagecodecs) stays on Pillow's path with
-Pillow's reasons; image data libpng refuses is ``damaged`` even where Pillow would
-read it (rows missing, wrong checksums). See ``xraynet.decoders.raster.png``.
-Every image is generated here, small, in tmp_path."""
+bit for bit, for the files whose samples it gives; every other file (metadata Pillow
+acts on, APNG, chunks after the image data, interlacing, a libpng warning, sides past
+libpng's limit, no imagecodecs) stays on Pillow's path with Pillow's reasons; a file
+libpng refuses is ``damaged`` even where Pillow would read it (rows missing, wrong IDAT
+checksums, chunks out of order). See ``xraynet.decoders.raster.png``. Every image is
+generated here, small, in tmp_path."""
 from __future__ import annotations
 
 import io
@@ -78,22 +79,122 @@ def _adam7(img: np.ndarray) -> bytes:
             + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
 
 
-def test_metadata_that_can_turn_the_film_and_interlacing_stay_on_pillow(tmp_path, monkeypatch, libpng_calls):
+def _gray_png(img: np.ndarray, before_idat: bytes = b"", after_idat: bytes = b"", trailer: bytes = b"") -> bytes:
+    """An 8-bit gray PNG of ``img`` with extra chunk bytes around its one IDAT and after IEND."""
+    h, w = img.shape
+    raw = b"".join(b"\0" + row.tobytes() for row in img)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + before_idat
+            + _chunk(b"IDAT", zlib.compress(raw)) + after_idat + _chunk(b"IEND", b"") + trailer)
+
+
+def test_what_pillow_would_act_on_stays_on_pillow(tmp_path, monkeypatch, libpng_calls):
     from PIL import PngImagePlugin
 
     img = np.random.default_rng(2).integers(0, 256, (12, 20), dtype=np.uint8)
-    text = PngImagePlugin.PngInfo()
-    text.add_text("Comment", "portable film")
-    Image.fromarray(img).save(tmp_path / "text.png", pnginfo=text)
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
     Image.fromarray(img).save(tmp_path / "exif.png", exif=exif.tobytes())
+    big = exif.tobytes() + bytes(1 << 20)  # past the 1 MiB the layout keeps: still an eXIf chunk
+    (tmp_path / "exif_big.png").write_bytes(_gray_png(img, before_idat=_chunk(b"eXIf", big)))
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+                 '"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff='
+                 '"http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>')
+    Image.fromarray(img).save(tmp_path / "xmp.png", pnginfo=xmp)
     (tmp_path / "adam7.png").write_bytes(_adam7(img))
-    for name in ("text.png", "exif.png", "adam7.png"):
+    (tmp_path / "gama_after.png").write_bytes(_gray_png(img, after_idat=_chunk(b"gAMA", b"\0\1")))  # short gAMA
+    (tmp_path / "apng.png").write_bytes(_gray_png(img, before_idat=_chunk(b"acTL", struct.pack(">II", 1, 0))))
+    names = ("exif.png", "exif_big.png", "xmp.png", "adam7.png", "gama_after.png", "apng.png")
+    for name in names:
         assert _outcome(tmp_path / name) == _pillow_only(monkeypatch, tmp_path / name), name
-    assert libpng_calls == [], "a file with metadata or interlacing went through libpng"
-    assert decode(tmp_path / "exif.png").pixels.shape == (20, 12), "the Exif orientation was not applied"
+    assert libpng_calls == [], "a file Pillow acts on differently went through libpng"
+    for name in ("exif.png", "exif_big.png", "xmp.png"):
+        assert decode(tmp_path / name).pixels.shape == (20, 12), f"{name}: the orientation was not applied"
     np.testing.assert_array_equal(decode(tmp_path / "adam7.png").pixels, img / np.float32(255))
+    assert _outcome(tmp_path / "gama_after.png")[:2] == ("error", "damaged")
+
+
+def test_a_text_chunk_without_an_orientation_goes_through_libpng(tmp_path, monkeypatch, libpng_calls):
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "portable film")
+    path = tmp_path / "text.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (12, 20), dtype=np.uint8)).save(path, pnginfo=text)
+    assert _outcome(path) == _pillow_only(monkeypatch, path)
+    assert libpng_calls == [True]
+
+
+def test_bytes_after_iend_are_not_read(tmp_path, monkeypatch):
+    img = np.random.default_rng(7).integers(0, 256, (16, 16), dtype=np.uint8)
+    path = tmp_path / "tail.png"
+    path.write_bytes(_gray_png(img, trailer=bytes(8 << 20)))
+    sizes = []
+    real = png._read_through_iend
+
+    def spy(*args):
+        data = real(*args)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(png, "_read_through_iend", spy)
+    np.testing.assert_array_equal(decode(path).pixels, img / np.float32(255))
+    assert sizes and max(sizes) < 4096, sizes
+
+
+def test_a_failing_disk_is_unreadable(tmp_path):
+    import errno
+
+    img = np.random.default_rng(8).integers(0, 256, (16, 16), dtype=np.uint8)
+    path = tmp_path / "eio.png"
+    path.write_bytes(_gray_png(img))
+
+    class FailingFile(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() == 0 and (n is None or n < 0 or n > 64):
+                raise OSError(errno.EIO, "Input/output error")
+            return super().read(n)
+
+    fh = FailingFile(path.read_bytes())
+    layout = png._png_layout(path, fh, len(fh.getvalue()))
+    with pytest.raises(ImageError) as e:
+        png._libpng(path, fh, layout, imagecodecs)
+    assert e.value.reason == "unreadable"
+
+
+def test_sides_past_libpngs_limit_stay_on_pillow(tmp_path, monkeypatch):
+    # A valid 1,000,001 x 1 strip: libpng refuses its IHDR by default, Pillow reads it.
+    monkeypatch.setattr(png, "check_pixels", lambda *args: None)
+    img = np.full((1, 1_000_001), 100, np.uint8)
+    path = tmp_path / "strip.png"
+    path.write_bytes(_gray_png(img))
+    d = decode(path)
+    assert d.width == 1_000_001 and d.pixels[0, 0] == np.float32(100) / np.float32(255)
+
+
+def test_unseen_libpng_warnings_leave_the_file_to_pillow(tmp_path, monkeypatch):
+    # An application that quiets the "imagecodecs" logger hides libpng's warnings (here: a
+    # pHYs chunk with a wrong CRC, which Pillow refuses): the file must still be Pillow's.
+    img = np.random.default_rng(9).integers(0, 256, (16, 16), dtype=np.uint8)
+    phys = _chunk(b"pHYs", struct.pack(">IIB", 3780, 3780, 1))
+    path = tmp_path / "phys.png"
+    path.write_bytes(_gray_png(img, before_idat=phys[:-4] + bytes(4)))
+    pillow = _pillow_only(monkeypatch, path)
+    import logging
+
+    logger = logging.getLogger("imagecodecs")
+    before = logger.level
+    logger.setLevel(logging.ERROR)  # setLevel, not the attribute: it clears the loggers' cached levels
+    try:
+        assert _outcome(path) == pillow
+    finally:
+        logger.setLevel(before)
+
+
+def test_an_unreadable_libpng_message_is_replaced():
+    assert png._reason(UnicodeDecodeError("utf-8", b"\xf0", 0, 1, "invalid start byte")) == "no readable message"
+    assert png._reason(ValueError("")) == "no readable message"
+    assert png._reason(ValueError("Not enough image data")) == "Not enough image data"
 
 
 def test_a_libpng_warning_sends_the_file_to_pillow(tmp_path, monkeypatch, libpng_calls, capfd):

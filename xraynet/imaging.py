@@ -13,9 +13,11 @@ Pipeline
    * Raster files (:mod:`xraynet.decoders.raster`): the file's structure
      (PNG chunks, JPEG markers, TIFF strips and tiles) is read first, so that
      every declared size is checked before decoding and ``truncated`` means
-     the file really ends early. Pillow decodes 8-bit PNG, baseline JPEG and
-     the other formats; imagecodecs 16-bit PNG (gray, gray + alpha, RGB at
-     full precision) and 12-bit, lossless and JPEG-LS files; tifffile TIFF
+     the file really ends early. imagecodecs (libpng) decodes 16-bit PNG
+     (gray, gray + alpha, RGB at full precision) and most 8-bit PNG, and
+     checks the image data of every PNG (:mod:`xraynet.decoders.raster.png`);
+     Pillow the other PNG, baseline JPEG and the other formats; imagecodecs
+     12-bit, lossless and JPEG-LS files; tifffile TIFF
      (any sample format, any compression imagecodecs has). 16-bit gray
      samples are divided by 2**bits - 1, where bits is the PNG sBIT chunk's
      or else the smallest of 10, 12, 14, 16 that holds the largest sample

@@ -12,9 +12,10 @@ and whether the file is complete decides between the reasons ``truncated``
 (the file is shorter than its structure says) and ``damaged`` (complete, but
 the data does not decode).
 
-* **PNG**: the chunks are walked (IHDR, sBIT, eXIf, up to IEND). 16-bit PNGs go
-  to ``imagecodecs.png_decode`` (Pillow reduces 16-bit gray+alpha, RGB and RGBA
-  to 8 bits); the others to Pillow.
+* **PNG**: the chunks are walked (IHDR, sBIT, eXIf, text keywords, up to IEND).
+  16-bit PNGs go to ``imagecodecs.png_decode`` (Pillow reduces 16-bit gray+alpha,
+  RGB and RGBA to 8 bits); libpng also checks every other PNG's image data and
+  decodes most 8-bit ones, Pillow the rest (see :mod:`.png`).
 * **JPEG**: the marker segments are walked to the first scan (SOF, JFIF, Adobe,
   Exif), and the end-of-image marker is looked for. 8-bit DCT JPEG (baseline,
   extended, progressive, arithmetic) goes to Pillow; 12-bit, lossless (SOF3),

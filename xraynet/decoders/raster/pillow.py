@@ -1,6 +1,7 @@
 """Decoding through Pillow: every raster format without a decoder of its own
-here (BMP, GIF, WebP, JPEG 2000 files...), 8-bit DCT JPEG, PNG below 16 bits,
-and the TIFF variants tifffile cannot read. Pillow's failures become the
+here (BMP, GIF, WebP, JPEG 2000 files...), 8-bit DCT JPEG, the PNG below 16
+bits that libpng does not decode (:mod:`.png`), and the TIFF variants tifffile
+cannot read. Pillow's failures become the
 report's reasons (``truncated``, ``damaged``, ``too_large``...); its images
 become grayscale a block of rows at a time."""
 from __future__ import annotations

@@ -1,20 +1,26 @@
 """PNG: the chunks walked from the signature to IEND before any pixel is
-decoded (``truncated`` without IEND, ``damaged`` for a broken structure);
-16-bit images through ``imagecodecs.png_decode`` at full precision; 8-bit
-gray, gray + alpha, RGB and RGBA images with no metadata that could turn
-them through ``imagecodecs.png_decode`` too (libpng), because Pillow's PNG
-decoder took 1.4x as long on the same films (:func:`_libpng_takes`); the
-others, and whatever libpng warns about or refuses, through Pillow, whose
-failures name the reason. Image data that libpng refuses and Pillow reads
-anyway (rows missing, a wrong checksum) is ``damaged``."""
+decoded (``truncated`` without IEND, ``damaged`` for a broken structure).
+
+16-bit images go through ``imagecodecs.png_decode`` (libpng) at full precision.
+Below 16 bits libpng reads every file too, and a file it refuses is
+``damaged`` even where Pillow would read it (image data that ends rows early,
+which Pillow filled with black rows; a wrong IDAT checksum; chunks out of
+order). Its samples become the film for 8-bit gray, gray + alpha, RGB and RGBA
+images that are not interlaced and carry nothing Pillow would act on
+differently (:func:`_libpng_takes`), because Pillow's PNG decoder took 1.4x as
+long on the same films; they come out as Pillow's path makes them, bit for
+bit. The others, and files libpng warns about, are decoded by Pillow, whose
+failures name the reason.
+"""
 from __future__ import annotations
 
+import logging
 import struct
 from typing import NamedTuple
 
 import numpy as np
 
-from .. import COPY_AGAIN, check_pixels, image_error, library_warnings, short, warning_entry
+from .. import COPY_AGAIN, check_pixels, image_error, library_warnings, os_error, short, warning_entry
 from .pillow import decode_pillow
 from .samples import codec, exif_orientation, luma_scaled, orient, scaled, stored_bits, tail
 
@@ -23,9 +29,12 @@ _PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk type and its (constant) CRC
 
 
 class _PngLayout(NamedTuple):
-    """What the chunks say: IHDR's size, depth, colour type and interlace method, sBIT and
-    eXIf, and whether the file holds text chunks (tEXt, zTXt, iTXt: where Pillow also looks for an
-    orientation, in Exif or XMP text)."""
+    """What the chunks say: IHDR's size, depth, colour type and interlace method, sBIT,
+    eXIf (up to 1 MiB), where the file ends (``end``: the byte after IEND), and whether
+    libpng's samples may become the film as they are (``plain``, see :func:`_libpng_takes`):
+    no eXIf chunk of any size, no text chunk Pillow reads an orientation from (Exif or XMP
+    text), no APNG chunk, and nothing but image data between the first IDAT and IEND (the
+    chunks Pillow still reads after the image, which libpng skips)."""
 
     width: int
     height: int
@@ -34,17 +43,21 @@ class _PngLayout(NamedTuple):
     interlace: int
     sbit: tuple[int, ...] | None
     exif: bytes | None
-    text: bool
+    end: int
+    plain: bool
 
+
+#: Text chunk keywords Pillow takes an orientation from (``Image.getexif``: Exif, XMP).
+_ORIENTATION_TEXT = (b"Raw profile type exif", b"XML:com.adobe.xmp")
 
 _PNG_COLOR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
 
 
 def _png_layout(path, fh, size: int) -> _PngLayout:
     """Walk the chunks of a PNG file from the signature to IEND (PNG specification 5.3),
-    reading IHDR, sBIT and eXIf. Raises ``truncated`` when the file ends before
-    IEND, ``damaged`` when the chunk structure is broken or IHDR is missing."""
-    pos, ihdr, sbit, exif, text = 8, None, None, None, False
+    reading IHDR, sBIT, eXIf and text keywords. Raises ``truncated`` when the file ends
+    before IEND, ``damaged`` when the chunk structure is broken or IHDR is missing."""
+    pos, ihdr, sbit, exif, plain, image_seen = 8, None, None, None, True, False
     while True:
         fh.seek(pos)
         header = fh.read(8)
@@ -57,6 +70,9 @@ def _png_layout(path, fh, size: int) -> _PngLayout:
                               COPY_AGAIN, "damaged")
         if pos + 12 + length > size:
             break
+        if image_seen and kind not in (b"IDAT", b"IEND"):
+            plain = False
+        image_seen = image_seen or kind == b"IDAT"
         if kind == b"IHDR":
             data = fh.read(length)
             if length != 13:
@@ -64,10 +80,15 @@ def _png_layout(path, fh, size: int) -> _PngLayout:
             ihdr = struct.unpack(">IIBBxxB", data)  # width, height, depth, colour type, interlace
         elif kind == b"sBIT" and length <= 4:
             sbit = tuple(fh.read(length))
-        elif kind == b"eXIf" and length <= 1 << 20:
-            exif = fh.read(length)
+        elif kind == b"eXIf":
+            plain = False
+            if length <= 1 << 20:
+                exif = fh.read(length)
         elif kind in (b"tEXt", b"zTXt", b"iTXt"):
-            text = True
+            if fh.read(min(length, 80)).split(b"\0", 1)[0] in _ORIENTATION_TEXT:
+                plain = False
+        elif kind in (b"acTL", b"fcTL", b"fdAT"):
+            plain = False
         elif kind == b"IEND":
             if ihdr is None:
                 raise image_error(path, "the PNG file has no IHDR header chunk", "a PNG file that starts with IHDR",
@@ -77,7 +98,7 @@ def _png_layout(path, fh, size: int) -> _PngLayout:
                 raise image_error(path, f"the PNG header (IHDR) is invalid (bit depth {depth}, colour type {color})",
                                   "bit depth 1-16 and colour type 0, 2, 3, 4 or 6",
                                   f"bit depth {depth}, colour type {color}", COPY_AGAIN, "damaged")
-            return _PngLayout(w, h, depth, color, interlace, sbit, exif, text)
+            return _PngLayout(w, h, depth, color, interlace, sbit, exif, pos + 12 + length, plain)
         pos += 12 + length
     if _PNG_IEND in tail(fh, size, 64):
         # The file does end with IEND, so it is complete; a chunk in the middle is corrupt.
@@ -104,10 +125,10 @@ def decode_png(path, fh, head: bytes, size: int):
             return pixels, fmt, mode, depth, notes
     refusal = None
     ic = codec("imagecodecs")
-    if ic is not None and hasattr(ic, "png_decode"):
+    if ic is not None and hasattr(ic, "png_decode") and max(layout.width, layout.height) <= _LIBPNG_MAX_SIDE:
         # libpng reads every file, also those Pillow decodes: it is the one of the two that
         # refuses image data which ends rows early or fails its checksums.
-        samples, refusal = _libpng(fh, ic)
+        samples, refusal = _libpng(path, fh, layout, ic)
         decoded = _png8_pixels(samples, layout) if samples is not None and _libpng_takes(layout) else None
         del samples
         if decoded is not None:
@@ -115,46 +136,68 @@ def decode_png(path, fh, head: bytes, size: int):
     sbit = layout.sbit[0] if layout.sbit and layout.color_type == 0 else None
     result = decode_pillow(path, fh, head, size, complete=True, sbit=sbit)
     if refusal is not None:
-        # Pillow read what libpng refused: image data that ends rows early (Pillow leaves
-        # the missing rows black), a wrong zlib or IDAT checksum. Not a film to screen.
-        raise image_error(path, f"the PNG image data does not decode (libpng: {short(refusal)})",
-                          "complete PNG image data", f"{size:,} bytes whose image data is damaged or cut short",
-                          COPY_AGAIN, "damaged")
+        # Pillow read what libpng, the reference decoder, refuses: image data that ends
+        # rows early (Pillow leaves them black), a wrong IDAT checksum, chunks out of
+        # order, an unknown critical chunk. Not a film to screen.
+        raise image_error(path, f"the PNG does not decode (libpng: {_reason(refusal)})",
+                          "a valid PNG file", f"{size:,} bytes that libpng refuses", COPY_AGAIN, "damaged")
     return result
 
 
-#: 8-bit colour types :func:`_decode_png8` takes: (Pillow's mode, channels libpng returns; 0: a 2-D array)
+#: 8-bit colour types :func:`_libpng_takes` takes: (Pillow's mode, channels libpng returns; 0: a 2-D array)
 _PNG8_MODES = {0: ("L", 0), 4: ("LA", 2), 2: ("RGB", 3), 6: ("RGBA", 4)}
 
+#: libpng's default limit on each side (PNG_USER_WIDTH_MAX / PNG_USER_HEIGHT_MAX); larger
+#: valid films (within MAX_PIXELS: a long thin strip) are Pillow's alone.
+_LIBPNG_MAX_SIDE = 1_000_000
 
-def _libpng(fh, ic) -> tuple[np.ndarray | None, Exception | None]:
-    """``imagecodecs.png_decode`` (libpng) of the whole file: ``(samples, None)``;
-    ``(None, the exception)`` when libpng refuses the data; ``(None, None)`` when it
-    decodes but warns (an ICC profile that does not fit the image, say: Pillow, which
-    says nothing of it, then decodes the file, so that the row's warnings stay as they
-    were)."""
+
+def _read_through_iend(path, fh, layout: _PngLayout) -> bytes:
+    """The file's bytes up to the end of its IEND chunk (nothing appended after it is
+    read); a failing disk is ``unreadable``."""
     fh.seek(0)
-    data = fh.read()
+    try:
+        return fh.read(layout.end)
+    except OSError as e:
+        raise os_error(path, e) from None
+
+
+def _reason(e: Exception) -> str:
+    """libpng's message, or a plain word where imagecodecs could not read one (its text
+    then comes from a freed buffer and changes from run to run)."""
+    text = "" if isinstance(e, UnicodeError) else short(e).strip()
+    return text or "no readable message"
+
+
+def _libpng(path, fh, layout: _PngLayout, ic) -> tuple[np.ndarray | None, Exception | None]:
+    """``imagecodecs.png_decode`` (libpng) of the file: ``(samples, None)``;
+    ``(None, the exception)`` when libpng refuses it; ``(None, None)`` when it decodes
+    but warns (an ICC profile that does not fit the image, a bad ancillary chunk CRC:
+    Pillow then decodes the file, so that the row stays what Pillow made of it), and
+    when its warnings could not be seen (the "imagecodecs" logger set above WARNING)."""
+    data = _read_through_iend(path, fh, layout)
     try:
         with library_warnings() as caught:
             samples = ic.png_decode(data)
     except MemoryError:
         raise
-    except Exception as e:  # noqa: BLE001 -- libpng's refusal of damaged data
+    except Exception as e:  # noqa: BLE001 -- libpng's refusal of the file
         return None, e
-    return (None, None) if caught else (samples, None)
+    heard = logging.getLogger("imagecodecs").isEnabledFor(logging.WARNING)
+    return (samples, None) if heard and not caught else (None, None)
 
 
 def _libpng_takes(layout: _PngLayout) -> bool:
     """Whether libpng's samples become the film (:func:`_png8_pixels`): 8-bit gray, gray +
-    alpha, RGB or RGBA, not interlaced, without eXIf or text chunks (they can carry an
-    orientation that Pillow applies). The others are Pillow's to decode.
+    alpha, RGB or RGBA, not interlaced, and ``layout.plain`` (no orientation Pillow would
+    apply, no APNG, nothing after the image data that Pillow would still check). The
+    others are Pillow's to decode.
 
     Why. libpng inflates the image data in larger pieces than Pillow's decoder: 7.4
     against 10.4 ms a film on the 1024-px PNG films of ../shared/data/cxr (AMD EPYC, one
     thread), the largest part of decoding them."""
     return (layout.bit_depth == 8 and layout.color_type in _PNG8_MODES and layout.interlace == 0
-            and layout.exif is None and not layout.text)
+            and layout.plain)
 
 
 def _png8_pixels(samples: np.ndarray, layout: _PngLayout):
@@ -178,8 +221,7 @@ def _png8_pixels(samples: np.ndarray, layout: _PngLayout):
 
 def _decode_png16(path, fh, layout: _PngLayout, ic):
     """16-bit PNG through imagecodecs.png_decode, at full precision."""
-    fh.seek(0)
-    data = fh.read()
+    data = _read_through_iend(path, fh, layout)
     try:
         a = ic.png_decode(data)
     except MemoryError:
