@@ -94,6 +94,17 @@ SOURCES_SPEC = {
                {"type": "batchnorm2d"}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
                {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 2}],
 }
+# The execution plan and its kept weights (test_model_stages, test_derived_weights): the bundled
+# model's pattern, small: a strided 5x5 conv, blocks of conv + batch norm + ReLU with and without a
+# pool, a conv + ReLU without batch norm, GAP and a softmax head.
+STAGES_SPEC = {
+    "name": "stages", "input_shape": [1, 24, 20], "output": "softmax",
+    "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 5, "stride": 2, "padding": 2},
+               {"type": "batchnorm2d"}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2, "stride": 2},
+               {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": "same"}, {"type": "batchnorm2d"},
+               {"type": "relu"}, {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": "same"},
+               {"type": "relu"}, {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 3}],
+}
 # The feature tap's gradient check: 8x8, small enough for float64 finite differences.
 TAP_SPEC = {
     "name": "t", "input_shape": [1, 8, 8], "output": "softmax",

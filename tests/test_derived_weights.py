@@ -10,7 +10,7 @@ import gc
 import numpy as np
 import pytest
 
-from helpers import BACKENDS, make_backend
+from helpers import BACKENDS, STAGES_SPEC, make_backend
 from xraynet.backends.derived import DerivedWeights, Memo
 from xraynet.kernels import reference
 from xraynet.model import Model
@@ -151,17 +151,9 @@ def test_cpu_evaluation_convolution_follows_weights_changed_in_place(pool):
 
 # ------------------------------------------------------------------ the model
 def _spec():
-    return {"name": "kept", "input_shape": [1, 16, 16], "output": "softmax", "layers": [
-        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "same"},
-        {"type": "batchnorm2d"},
-        {"type": "relu"},
-        {"type": "maxpool2d", "kernel_size": 2, "stride": 2},
-        {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": "same"},
-        {"type": "batchnorm2d"},
-        {"type": "relu"},
-        {"type": "global_avg_pool2d"},
-        {"type": "dense", "out_features": 3},
-    ]}
+    # conv + batch norm (folded, two stages) and a conv + ReLU without one (its own weights
+    # go to the backend's kept filters); see helpers.STAGES_SPEC
+    return STAGES_SPEC
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -171,7 +163,7 @@ def test_evaluation_between_training_steps_uses_the_current_weights(backend):
     # nothing kept) with the weights of that moment.
     bk = make_backend(backend)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((6, 1, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((6, 1, 24, 20)).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1, 2])
     model = Model(_spec(), device=bk, seed=1)
     plain = Model(_spec(), device=bk, seed=1, fuse=False)
@@ -189,7 +181,7 @@ def test_evaluation_between_training_steps_uses_the_current_weights(backend):
 
 def test_evaluation_follows_an_assignment_into_the_batch_norm_statistics():
     bk = make_backend("cpu")
-    x = np.random.default_rng(1).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((4, 1, 24, 20)).astype(np.float32)
     model = Model(_spec(), device=bk, seed=2)
     plain = Model(_spec(), device=bk, seed=2, fuse=False)
     model.predict_proba(x)  # folds and keeps
@@ -202,7 +194,7 @@ def test_evaluation_follows_an_assignment_into_the_batch_norm_statistics():
 
 def test_evaluation_follows_a_changed_batch_norm_epsilon():
     bk = make_backend("cpu")
-    x = np.random.default_rng(4).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal((4, 1, 24, 20)).astype(np.float32)
     model = Model(_spec(), device=bk, seed=3)
     plain = Model(_spec(), device=bk, seed=3, fuse=False)
     model.predict_proba(x)

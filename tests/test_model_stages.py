@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import BACKENDS, make_backend
+from helpers import BACKENDS, STAGES_SPEC, make_backend
 from xraynet.kernels import reference
 from xraynet.model import Model
 from xraynet.optim import Adam
@@ -23,21 +23,7 @@ def bk(request):
 
 
 def _spec():
-    """The bundled model's pattern, small: a strided 5x5 conv, blocks of conv +
-    batch norm + ReLU with and without a pool, GAP and a softmax head."""
-    return {"name": "stages", "input_shape": [1, 24, 20], "output": "softmax", "layers": [
-        {"type": "conv2d", "out_channels": 4, "kernel_size": 5, "stride": 2, "padding": 2},
-        {"type": "batchnorm2d"},
-        {"type": "relu"},
-        {"type": "maxpool2d", "kernel_size": 2, "stride": 2},
-        {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": "same"},
-        {"type": "batchnorm2d"},
-        {"type": "relu"},
-        {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": "same"},
-        {"type": "relu"},
-        {"type": "global_avg_pool2d"},
-        {"type": "dense", "out_features": 3},
-    ]}
+    return STAGES_SPEC
 
 
 def _trained_pair(bk, dtype=np.float32, steps=3):
