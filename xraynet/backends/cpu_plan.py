@@ -5,9 +5,8 @@ gradient's sum independent of the threads, and a worker's scratch buffers.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
