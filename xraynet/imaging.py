@@ -396,16 +396,21 @@ def equalize_histogram(pixels: np.ndarray, bins: int = EQUALIZE_BINS) -> np.ndar
     flat_in = p.reshape(p.shape[0], -1)
     step = max(1, (1 << 20) // max(1, flat_in.shape[1]))
     hist = np.zeros(bins, np.int64)
+    kept = None  # an image of one block keeps its bin positions for the mapping (a film at working size)
     for r in range(0, flat_in.shape[0], step):
-        hist += np.bincount(_bin_positions(flat_in[r:r + step], lo, scale, bins)[0].ravel(), minlength=bins)
+        positions = _bin_positions(flat_in[r:r + step], lo, scale, bins)
+        hist += np.bincount(positions[0].ravel(), minlength=bins)
+        kept = positions if step >= flat_in.shape[0] else None
     cdf = np.concatenate([[0.0], np.cumsum(hist, dtype=np.float64)])
     cdf /= cdf[-1]  # cdf[0] = 0 and cdf[-1] = 1: the result spans [0, 1] with no further stretch
     slope = np.diff(cdf)
     out = np.empty(p.shape, np.float32)
     flat_out = out.reshape(out.shape[0], -1)
     for r in range(0, flat_in.shape[0], step):
-        i, t = _bin_positions(flat_in[r:r + step], lo, scale, bins)
-        flat_out[r:r + step] = cdf[i] + t * slope[i]
+        i, t = kept if kept is not None else _bin_positions(flat_in[r:r + step], lo, scale, bins)
+        t *= slope[i]  # in place: cdf[i] + t * slope[i], the same roundings in float64
+        t += cdf[i]
+        flat_out[r:r + step] = t
     return out
 
 
