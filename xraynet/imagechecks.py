@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from .decoders import resize_float
+
 __all__ = ["image_warnings", "TINY_SIDE", "MAX_ASPECT", "NEARLY_UNIFORM_STD", "INVERTED_MARGIN"]
 
 TINY_SIDE = 128
@@ -49,8 +51,7 @@ def _inverted_score(pixels: np.ndarray) -> float:
     """Lung boxes minus mediastinum box on a 64x64 thumbnail (see INVERTED_MARGIN),
     with the thumbnail stretched to its own [min, max]: the film's polarity does not
     depend on how much of the stored range its values happen to use."""
-    a = np.asarray(Image.fromarray(np.ascontiguousarray(_block_mean(pixels), dtype=np.float32))
-                   .resize((64, 64), _THUMBNAIL_RESAMPLE))
+    a = resize_float(_block_mean(pixels), (64, 64), _THUMBNAIL_RESAMPLE)
     lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
         return 0.0

@@ -125,7 +125,7 @@ import numpy as np
 from PIL import Image
 
 from .decoders import (HEAD_BYTES, MAX_PIXELS, Reduction, area_reduce, image_error, library_warnings, os_error,
-                       warning_entry)
+                       resize_float, warning_entry)
 from .decoders.dicom import decode_dicom, looks_like_dicom
 from .decoders.raster import decode_raster
 from .errors import ImageError, ShapeError, SpecError
@@ -357,8 +357,7 @@ class Preprocessing:
 
 def _resize(pixels: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
     """Resize a float32 (h, w) array to size = (width, height); box = (x0, y0, x1, y1) source region."""
-    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))  # mode "F"
-    return np.asarray(img.resize(size, _RESAMPLE, box=box), dtype=np.float32)
+    return resize_float(pixels, size, _RESAMPLE, box)
 
 
 def _bin_positions(rows: np.ndarray, lo: float, scale: float, bins: int) -> tuple[np.ndarray, np.ndarray]:

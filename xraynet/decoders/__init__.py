@@ -68,15 +68,24 @@ def area_reduce(pixels: np.ndarray, full_size: tuple[int, int], factor: int, sca
     divides the size). The image's extent maps exactly onto the result, so nothing shifts
     or stretches at the far edges. ``pixels`` itself when it already has that size and
     extent."""
+    from PIL import Image
+
     w, h = full_size
     size = (max(1, round(w / factor)), max(1, round(h / factor)))
     box = (0.0, 0.0, w / scale, h / scale)
     if size == (pixels.shape[1], pixels.shape[0]) and box[2:] == size:
         return pixels
+    return resize_float(pixels, size, Image.Resampling.BOX, box)
+
+
+def resize_float(pixels: np.ndarray, size: tuple[int, int], resample, box=None) -> np.ndarray:
+    """float32 (h, w) ``pixels`` resized to ``size`` = (width, height) by Pillow on a 32-bit
+    float ("F") image with the filter ``resample``; ``box`` = (x0, y0, x1, y1): the source
+    region (default: all of it). Returns float32 (height, width)."""
     from PIL import Image
 
     img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))  # mode "F"
-    return np.asarray(img.resize(size, Image.Resampling.BOX, box=box), dtype=np.float32)
+    return np.asarray(img.resize(size, resample, box=box), dtype=np.float32)
 
 
 def image_error(path, what: str, expected: str, got: str, todo: str, reason: str) -> ImageError:

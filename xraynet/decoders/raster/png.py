@@ -113,9 +113,10 @@ def decode_png(path, fh, head: bytes, size: int):
     """A PNG file; returns what :func:`~xraynet.decoders.raster.decode_raster` returns."""
     layout = _png_layout(path, fh, size)
     check_pixels(path, layout.width, layout.height, "the PNG header (IHDR)")
+    ic = codec("imagecodecs")
+    libpng = ic is not None and hasattr(ic, "png_decode")
     if layout.bit_depth == 16:
-        ic = codec("imagecodecs")
-        if ic is not None and hasattr(ic, "png_decode"):
+        if libpng:
             return _decode_png16(path, fh, layout, ic)
         if layout.color_type != 0:
             # Pillow reads these at 8 bits only: still a usable film, but say so.
@@ -124,8 +125,7 @@ def decode_png(path, fh, head: bytes, size: int):
                                               "(pip install imagecodecs)"))
             return pixels, fmt, mode, depth, notes
     refusal = None
-    ic = codec("imagecodecs")
-    if ic is not None and hasattr(ic, "png_decode") and max(layout.width, layout.height) <= _LIBPNG_MAX_SIDE:
+    if libpng and max(layout.width, layout.height) <= _LIBPNG_MAX_SIDE:
         # libpng reads every file, also those Pillow decodes: it is the one of the two that
         # refuses image data which ends rows early or fails its checksums.
         samples, refusal = _libpng(path, fh, layout, ic)
