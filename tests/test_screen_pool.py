@@ -114,6 +114,12 @@ def test_a_dead_worker_process_falls_back_to_threads(tmp_path):
         first = [pool.result(p) for p in [pool.submit(f, prep) for f in files[:4]]]
         victim = next(iter(pool._executor._processes))  # a worker process, as the OOM killer would pick
         os.kill(victim, signal.SIGKILL)
+        # The executor learns of the death from its manager thread; until then the other worker
+        # may take every remaining file and nothing fails. Wait for it, so that the fallback
+        # is what is tested (about 1 run in 10 raced past it before).
+        deadline = time.monotonic() + 60
+        while not pool._executor._broken and time.monotonic() < deadline:
+            time.sleep(0.005)
         rest = [pool.result(p) for p in [pool.submit(f, prep) for f in files[4:]]]
     assert pool.kind == "threads" and len(pool.warnings) == 1
     assert "a worker process stopped" in pool.warnings[0] and "Expected 2 worker processes" in pool.warnings[0]
