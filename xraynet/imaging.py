@@ -140,8 +140,9 @@ __all__ = ["ImageError", "Decoded", "Preprocessing", "decode", "preprocess", "lo
 #: Preprocessing.key() stop matching old results.
 #: 2: the field-input decoders (bit depths, polarity, orientation); 3: reduced-size decoding (load),
 #: and histogram equalisation finding bins by arithmetic (a value on a bin edge may change bins);
-#: 4: a PNG that libpng refuses is an error (image data ending early was a film with black rows).
-PIPELINE_VERSION = 4
+#: 4: a PNG that libpng refuses is an error (image data ending early was a film with black rows);
+#: 5: a JPEG stream whose scans lack image data is an error (it was a film filled in with gray).
+PIPELINE_VERSION = 5
 
 #: Whether :func:`load` decodes films at reduced size (see "Reduced-size decoding"
 #: in the module docstring), and by how much the kept short side exceeds the

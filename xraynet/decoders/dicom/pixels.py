@@ -2,15 +2,20 @@
 the checks before any pixel is decoded (Pixel Data present, transfer syntax,
 Rows x Columns and bytes per frame, a decoder installed, the first frame
 complete and declaring the header's size), then the first frame decoded
-(at reduced size where :mod:`.reduced` can) and turned into grayscale in
-[0, 1] (:mod:`.display` for monochrome images)."""
+(at reduced size where :mod:`.reduced` can), a DCT JPEG frame checked for
+image data its decoder filled in (:mod:`xraynet.decoders.jpegscan`), and
+the frame turned into grayscale in [0, 1] (:mod:`.display` for monochrome
+images)."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import COPY_AGAIN, MAX_PIXELS, check_pixels, describe, image_error, luma, short
+from ..jpegscan import check_decoded
+from ..raster.jpeg import jpeg_layout
 from .codestream import declared_sizes, ends_early, items_end_early
 from .detect import UNDEFINED_LENGTH
 from .display import grayscale, stretch
@@ -143,8 +148,16 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
     # Every check above has run on the whole frame; only the decoding itself may be smaller.
     arr = None if stored.cut_short or ended_early else decode_reduced(stored.frame, ts, ds, reduce, path)
+    # The reduced path decodes JPEG with libjpeg-turbo (Pillow), whose fill value the check
+    # knows; pydicom's plugins (pylibjpeg-libjpeg first) fill otherwise.
+    libjpeg_turbo = arr is not None
     if arr is None:
         arr = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
+    frame = stored.frame
+    if frame is not None and frame.startswith(b"\xff\xd8") and arr.size:
+        layout = jpeg_layout(io.BytesIO(frame), len(frame))
+        check_decoded(path, frame, layout.sof or 0, layout.precision, arr[-1, -1] if libjpeg_turbo else None,
+                      where="its first frame: ", todo=EXPORT_AGAIN)
     gray = _to_gray(path, arr, ds, geometry.photometric)
     return gray, "dicom", geometry.photometric, geometry.bits, header_warnings(ds)
 

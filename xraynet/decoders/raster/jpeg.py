@@ -2,7 +2,9 @@
 Exif) and the end-of-image marker looked for before any pixel is decoded;
 8-bit DCT JPEG through Pillow, 12-bit, lossless, hierarchical and JPEG-LS
 ones -- and 8-bit ones Pillow fails on -- through imagecodecs, then
-pylibjpeg-libjpeg."""
+pylibjpeg-libjpeg. After decoding, a film that looks filled in, or any
+progressive one, has its scans checked for missing image data
+(:mod:`xraynet.decoders.jpegscan`)."""
 from __future__ import annotations
 
 import struct
@@ -11,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import COPY_AGAIN, check_pixels, image_error, short, warning_entry
+from ..jpegscan import check_decoded
 from .pillow import decode_pillow
 from .samples import codec, exif_orientation, int_gray, luma_scaled, orient, tail
 
@@ -190,13 +193,23 @@ def decode_jpeg(path, fh, head: bytes, size: int, reduce=None):
                           COPY_AGAIN, "truncated")
     pillow_error = None
     if layout.precision == 8 and layout.sof in _PILLOW_SOF:
+        corner = []
         try:
-            return decode_pillow(path, fh, head, size, complete=True, reduce=reduce)
+            decoded = decode_pillow(path, fh, head, size, complete=True, reduce=reduce,
+                                    inspect=lambda img: corner.append(img.getpixel((img.width - 1, img.height - 1))))
         except Exception as e:  # noqa: BLE001 -- any Pillow failure: the codecs below get their turn
             if getattr(e, "reason", None) in ("too_large", "unreadable"):
                 raise
             pillow_error = e
+        else:
+            check_decoded(path, lambda: _read_all(fh), layout.sof, 8, corner[0])
+            return decoded
     return _decode_jpeg_codecs(path, fh, size, layout, pillow_error)
+
+
+def _read_all(fh) -> bytes:
+    fh.seek(0)
+    return fh.read()
 
 
 def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
@@ -220,6 +233,7 @@ def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
     for name, decode in decoders:
         try:
             a = np.asarray(decode(data))
+            turbo = name == "imagecodecs.jpeg8_decode"  # libjpeg-turbo, whose fill the scan check knows
             break
         except MemoryError:
             raise
@@ -235,6 +249,8 @@ def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
     if a.shape[:2] != (layout.height, layout.width) and layout.height:
         raise image_error(path, "the decoded JPEG does not match its frame header",
                           f"{layout.height}x{layout.width} pixels", f"shape {a.shape}", COPY_AGAIN, "damaged")
+    if a.size:
+        check_decoded(path, lambda: _read_all(fh), layout.sof, layout.precision, a[-1, -1] if turbo else None)
     depth = layout.precision
     if a.ndim == 2:
         # A 16-bit frame is a container like a 16-bit PNG: it often holds 12-bit data.

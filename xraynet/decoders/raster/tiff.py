@@ -13,6 +13,7 @@ import numpy as np
 
 from ...errors import ImageError
 from .. import COPY_AGAIN, check_pixels, image_error, luma, minmax, os_error, row_blocks, short
+from ..jpegscan import scan_shortfall
 from .jpeg import jpeg_layout
 from .pillow import decode_pillow
 from .samples import codec, float_gray, int_gray, luma_scaled, orient, stored_bits
@@ -21,6 +22,7 @@ TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Compressions tifffile decodes without imagecodecs (zlib, deflate, packbits, LZMA).
 _TIFF_WITHOUT_IMAGECODECS = {1, 8, 32946, 50013, 32773, 34925}
 _TIFF_JPEG = {6, 7, 33007, 34892}
+_TIFF_JPEG_STREAMS = {7, 34892}  # new-style JPEG (Technical Note 2) and DNG lossy JPEG: one JPEG stream a strip
 _TIFF_JPEG2000 = {33003, 33004, 33005, 34712}
 _PHOTOMETRIC_NAMES = {4: "MASK", 8: "LAB", 9: "LAB", 10: "LAB", 32803: "CFA", 32844: "LOGL", 32845: "LOGLUV",
                       34892: "LINEAR_RAW", 51177: "DEPTH", 52527: "SEMANTIC_MASK"}
@@ -94,6 +96,33 @@ def _check_tiff_segments(path, fh, page, size: int) -> None:
             raise image_error(path, f"TIFF strip or tile {index} holds a {kind} stream whose frame header is not "
                                     "within its first 1 MiB", f"a {kind} frame header the size can be read from",
                               "none found", COPY_AGAIN, "damaged")
+    if compression in _TIFF_JPEG_STREAMS:
+        _check_jpeg_streams(path, fh, page, offsets.tolist(), counts.tolist())
+
+
+def _check_jpeg_streams(path, fh, page, offsets: list, counts: list) -> None:
+    """Each strip or tile of a JPEG-compressed TIFF (TIFF Technical Note 2) is a JPEG stream,
+    abbreviated when the JPEGTables tag holds its tables. libjpeg decodes one that stops early
+    without an error, filling the rest of the strip with gray: "truncated" (or "damaged") when
+    a stream lacks its end-of-image marker, or its scans lack image data
+    (:func:`~xraynet.decoders.jpegscan.scan_shortfall`)."""
+    tables = bytes(page.jpegtables or b"")
+    prefix = tables[:-2] if tables.startswith(b"\xff\xd8") and tables.endswith(b"\xff\xd9") else b""
+    for index, (offset, count) in enumerate(zip(offsets, counts)):
+        if count <= 0:
+            continue
+        fh.seek(offset)
+        data = fh.read(count)
+        where = f"TIFF strip or tile {index}"
+        if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            raise image_error(path, f"{where} holds a JPEG stream that ends early (no end-of-image marker)",
+                              "a complete JPEG stream in every strip or tile", f"{count:,} bytes without one",
+                              COPY_AGAIN, "truncated")
+        found = scan_shortfall(prefix + data[2:] if prefix and data.startswith(b"\xff\xd8") else data)
+        if found is not None:
+            raise image_error(path, f"{where}: {found.what}", "a complete JPEG stream in every strip or tile",
+                              "part of the strip's image data, which decoders fill in without an error",
+                              COPY_AGAIN, found.reason)
 
 
 def _tiff_mode(dtype: np.dtype, channels: int, photometric: int) -> str:

@@ -1,0 +1,302 @@
+"""JPEG streams whose image data stops early (xraynet.decoders.jpegscan).
+
+libjpeg decodes a JPEG cut short and closed with an end-of-image marker
+without an error, filling the rest with gray: these tests check that the
+scan walker counts every scan's MCUs right (complete streams of every
+Huffman DCT variant pass; for baseline cuts the count agrees with where
+libjpeg-turbo's fill starts), and that files, DICOM frames and TIFF strips
+cut this way become "truncated" rows.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import assert_reason
+from xraynet.decoders import jpegscan
+from xraynet.decoders.jpegscan import looks_filled, scan_shortfall
+from xraynet.errors import ImageError
+from xraynet.imaging import decode
+
+EOI = b"\xff\xd9"
+
+
+def film(h=250, w=198, seed=0) -> np.ndarray:
+    """A textured 8-bit film (enough entropy-coded data for a cut to land anywhere)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = 120 + 60 * np.sin(6 * x) * np.cos(4 * y) + 25 * rng.standard_normal((h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def rgb_film(h=250, w=198) -> np.ndarray:
+    return np.stack([film(h, w, 0), film(h, w, 1), film(h, w, 2)], -1)
+
+
+def jpeg(a: np.ndarray, mode: str | None = None, **kw) -> bytes:
+    img = Image.fromarray(a)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def variants() -> dict:
+    gray, rgb = film(), rgb_film()
+    return {
+        "gray": jpeg(gray, quality=90),
+        "gray optimized tables": jpeg(gray, quality=90, optimize=True),
+        "gray progressive": jpeg(gray, quality=90, progressive=True),
+        "rgb 4:2:0": jpeg(rgb, quality=85),
+        "rgb 4:2:2": jpeg(rgb, quality=85, subsampling=1),
+        "rgb 4:4:4": jpeg(rgb, quality=85, subsampling=0),
+        "rgb progressive": jpeg(rgb, quality=85, progressive=True),
+        "gray restart every 7 MCUs": jpeg(gray, restart_marker_blocks=7),
+        "rgb restart every 2 MCU rows": jpeg(rgb, restart_marker_rows=2),
+        "rgb progressive restart": jpeg(rgb, progressive=True, restart_marker_blocks=3),
+        "cmyk": jpeg(rgb, "CMYK"),
+        "cmyk progressive": jpeg(rgb, "CMYK", progressive=True),
+        "one MCU": jpeg(film(5, 7)),
+    }
+
+
+VARIANTS = variants()
+
+
+def cut(data: bytes, fraction: float) -> bytes:
+    return data[:int(len(data) * fraction)] + EOI
+
+
+def scan_starts(data: bytes) -> list[int]:
+    """Offsets of the SOS markers, from the segment structure (not a byte search)."""
+    out, pos = [], 2
+    while pos < len(data) and data[pos + 1] != 0xD9:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            out.append(pos)
+            pos = jpegscan._END_OF_SCAN.search(data, pos + 2 + length).start()
+        else:
+            pos += 2 + length
+    return out
+
+
+# ------------------------------------------------------------------ the walker
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_complete_streams_pass(name):
+    assert scan_shortfall(VARIANTS[name]) is None
+    assert scan_shortfall(VARIANTS[name], walk=False) is None
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if n != "one MCU"])
+@pytest.mark.parametrize("fraction", [0.15, 0.5, 0.97])
+def test_streams_cut_then_closed_are_truncated(name, fraction):
+    found = scan_shortfall(cut(VARIANTS[name], fraction))
+    assert found is not None and found.reason == "truncated", found
+    assert "then the end-of-image marker follows" in found.what
+
+
+@pytest.mark.parametrize("name", ["gray", "gray optimized tables", "rgb 4:2:0", "rgb 4:4:4",
+                                  "gray restart every 7 MCUs", "rgb restart every 2 MCU rows"])
+def test_mcu_count_agrees_with_where_libjpeg_fills(name):
+    """libjpeg-turbo decodes the MCU in which the data ran out from zero bits and gives every
+    later MCU zero coefficients (flat 128 luma): the walker's count of complete MCUs must be
+    where that flat run starts, or one before it."""
+    data = VARIANTS[name]
+    layer = Image.open(io.BytesIO(data)).layer  # (component id, H, V, quantisation table) each
+    one = len(layer) == 1  # a single-component scan's MCU is one 8x8 block (T.81 A.2.2)
+    mcu_w, mcu_h = (8, 8) if one else (8 * max(c[1] for c in layer), 8 * max(c[2] for c in layer))
+    rng = np.random.default_rng(7)
+    for fraction in rng.uniform(0.1, 0.95, 6):
+        img = Image.open(io.BytesIO(cut(data, fraction)))
+        if img.mode == "RGB":
+            img.draft("YCbCr", img.size)  # luma only: upsampled chroma blends across MCU edges
+        a = np.asarray(img).astype(int)
+        a = a[..., 0] if a.ndim == 3 else a
+        found = scan_shortfall(cut(data, fraction))
+        done = int(found.what.split(" holds ")[1].split(" of ")[0].replace(",", ""))
+        wide = -(-a.shape[1] // mcu_w)
+        flat = [bool(np.all(a[r * mcu_h:(r + 1) * mcu_h, c * mcu_w:(c + 1) * mcu_w] == 128))
+                for r in range(-(-a.shape[0] // mcu_h)) for c in range(wide)]
+        first_flat_run = len(flat) - next(i for i, f in enumerate(reversed(flat)) if not f)
+        assert first_flat_run in (done, done + 1), (name, fraction, done, first_flat_run)
+
+
+def test_progressive_cut_between_scans_is_found_from_the_headers():
+    data = VARIANTS["rgb progressive"]
+    starts = scan_starts(data)
+    assert len(starts) >= 6
+    short = data[:starts[4]] + EOI  # scans 1-4 whole, the rest gone
+    for walk in (True, False):
+        found = scan_shortfall(short, walk=walk)
+        assert found is not None and found.reason == "truncated"
+        assert "ends after scan 4" in found.what and "full precision" in found.what
+
+
+def test_sequential_component_never_coded_is_truncated():
+    """A non-interleaved sequential JPEG (one scan a component) cut after its first scan."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    gray_only = imagecodecs.jpeg8_encode(film(), level=90)
+    assert scan_shortfall(gray_only) is None
+    # A 3-component frame header whose only scan codes component 1.
+    sof = gray_only.index(b"\xff\xc0")
+    length = int.from_bytes(gray_only[sof + 2:sof + 4], "big")
+    header = gray_only[sof + 4:sof + 2 + length]
+    frame3 = header[:5] + b"\x03" + header[6:9] + b"\x02\x11\x00\x03\x11\x00"
+    three = gray_only[:sof] + b"\xff\xc0" + (len(frame3) + 2).to_bytes(2, "big") + frame3 + \
+        gray_only[sof + 2 + length:]
+    found = scan_shortfall(three)
+    assert found is not None and found.reason == "truncated" and "never coded" in found.what
+
+
+def test_missing_restart_marker_and_bad_code_are_damaged():
+    data = bytearray(VARIANTS["gray restart every 7 MCUs"])
+    rst = data.index(b"\xff\xd3", scan_starts(bytes(data))[0])
+    data[rst + 1] = 0x00  # RST3 becomes a stuffed FF data byte
+    found = scan_shortfall(bytes(data))
+    assert found is not None and found.reason == "damaged" and "restart marker" in found.what
+
+    # The DC table replaced by one with a single 1-bit code ('0'): the first '1' where a DC
+    # code belongs is a code the table lacks.
+    data = VARIANTS["gray"]
+    pos, out = 2, bytearray(data[:2])
+    while True:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        body = data[pos + 4:pos + 2 + length]
+        if marker == 0xC4 and body[0] == 0x00:
+            table = b"\x00" + b"\x01" + b"\x00" * 15 + b"\x00"
+            rest = body[17 + sum(body[1:17]):]
+            body = table + rest
+        out += bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+        if marker == 0xDA:
+            out += data[pos + 2 + length:]
+            break
+        pos += 2 + length
+    found = scan_shortfall(bytes(out))
+    assert found is not None and found.reason == "damaged" and "Huffman table" in found.what
+
+
+def test_variants_it_does_not_check_give_none():
+    imagecodecs = pytest.importorskip("imagecodecs")
+    a = film(40, 30)
+    assert scan_shortfall(cut(imagecodecs.jpeg8_encode(a, lossless=True), 0.5)) is None
+    if getattr(getattr(imagecodecs, "JPEGLS", None), "available", False):
+        assert scan_shortfall(cut(imagecodecs.jpegls_encode(a), 0.5)) is None
+    assert scan_shortfall(b"not a jpeg") is None
+    assert scan_shortfall(VARIANTS["gray"][:-2]) is None  # no EOI: the decoder's own check reports it
+    found = scan_shortfall(VARIANTS["gray"][:200])  # cut inside the frame header
+    assert found.reason == "truncated" and "before its first scan" in found.what
+
+
+def test_cut_inside_the_segment_between_two_scans_is_truncated():
+    """A cut inside the DHT before a progressive scan, closed with EOI: the EOI is swallowed by
+    the segment's declared length, and the stream ends inside it."""
+    data = VARIANTS["gray progressive"]
+    sos = scan_starts(data)[3]
+    dht = data.rindex(b"\xff\xc4", 0, sos)
+    found = scan_shortfall(data[:dht + 10] + EOI)
+    assert found is not None and found.reason == "truncated" and "0xFFC4" in found.what
+
+
+def test_twelve_bit_extended():
+    imagecodecs = pytest.importorskip("imagecodecs")
+    a12 = (film().astype(np.uint16) * 16).astype(np.uint16)
+    data = imagecodecs.jpeg8_encode(a12, level=90, bitspersample=12)
+    assert scan_shortfall(data) is None
+    found = scan_shortfall(cut(data, 0.5))
+    assert found is not None and found.reason == "truncated"
+
+
+def test_looks_filled():
+    assert looks_filled(128) and looks_filled(127) and looks_filled((128, 128, 128))
+    assert looks_filled((127, 127, 127, 127))  # inverted Adobe CMYK
+    assert not looks_filled(0) and not looks_filled((128, 128, 0)) and not looks_filled(129)
+    assert looks_filled(np.uint16(2048), 12) and not looks_filled(np.uint16(128), 12)
+    assert looks_filled(np.int16(-2048), 12)  # the same 12 bits read as signed
+
+
+# ------------------------------------------------------------------ through decode()
+@pytest.mark.parametrize("name", ["gray", "rgb 4:2:0", "gray progressive", "cmyk"])
+@pytest.mark.parametrize("min_side", [None, 32])
+def test_cut_jpeg_files_are_truncated_rows(tmp_path, name, min_side):
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(cut(VARIANTS[name], 0.4))
+    with pytest.raises(ImageError) as ei:
+        decode(path, min_side=min_side)
+    msg = str(ei.value)
+    assert ei.value.reason == "truncated", msg
+    assert msg.startswith(str(path)) and "Expected" in msg and "Copy the file again" in msg
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(VARIANTS[name])
+    decode(whole, min_side=min_side)
+
+
+def test_twelve_bit_jpeg_file_cut_is_truncated(tmp_path):
+    imagecodecs = pytest.importorskip("imagecodecs")
+    a12 = (film().astype(np.uint16) * 16).astype(np.uint16)
+    path = tmp_path / "x12.jpg"
+    path.write_bytes(cut(imagecodecs.jpeg8_encode(a12, level=90, bitspersample=12), 0.5))
+    assert_reason(path, "truncated")
+
+
+@pytest.mark.parametrize("min_side", [None, 32])
+def test_dicom_jpeg_frame_cut_is_truncated(tmp_path, min_side):
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder, set_pixel_data
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    if not get_decoder(JPEGBaseline8Bit).is_available:
+        pytest.skip("no pydicom decoder for JPEG Baseline installed here")
+
+    def dicom(frame: bytes, path):
+        ds = Dataset()
+        set_pixel_data(ds, np.zeros((250, 198), np.uint8), "MONOCHROME2", 8)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.Modality = "DX"
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    whole = dicom(VARIANTS["gray"], tmp_path / "whole.dcm")
+    decode(whole, min_side=min_side)
+    path = dicom(cut(VARIANTS["gray"], 0.5), tmp_path / "cut.dcm")
+    with pytest.raises(ImageError) as ei:
+        decode(path, min_side=min_side)
+    assert ei.value.reason == "truncated", ei.value
+    assert "its first frame: the JPEG image data stops early" in str(ei.value)
+
+
+@pytest.mark.parametrize("tables", [False, True], ids=["full streams", "JPEGTables"])
+def test_tiff_jpeg_strip_cut_or_zero_filled_is_truncated(tmp_path, tables):
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("imagecodecs")
+    buf = io.BytesIO()
+    if tables:  # libtiff (through Pillow) writes abbreviated streams and a JPEGTables tag
+        Image.fromarray(film()).save(buf, "TIFF", compression="jpeg")
+    else:
+        tifffile.imwrite(buf, film(), compression="jpeg", rowsperstrip=64)
+    data = bytearray(buf.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        page = tif.pages[0]
+        assert (page.jpegtables is not None) == tables
+        offset, count = page.dataoffsets[-1], page.databytecounts[-1]
+    whole = tmp_path / "whole.tif"
+    whole.write_bytes(data)
+    decode(whole)
+    strip = bytes(data[offset:offset + count])
+    for name, damaged in [("cut_eoi", strip[:count // 2] + EOI), ("zero_filled", strip[:count // 2])]:
+        data[offset:offset + count] = damaged + b"\0" * (count - len(damaged))
+        path = tmp_path / f"{name}.tif"
+        path.write_bytes(data)
+        e = assert_reason(path, "truncated")
+        assert "TIFF strip or tile" in str(e)
