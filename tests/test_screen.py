@@ -25,6 +25,7 @@ from xraynet.errors import ReportLockedError, ScreenError
 from xraynet.modelfile import bundled_model_path, read_info
 from xraynet.discovery import find_images
 from xraynet.screening import screen
+from xraynet.screening.writer import ROW_VERSION
 from xraynet.cli.main import app
 
 from helpers import REPORT_COLUMNS as COLUMNS
@@ -81,7 +82,7 @@ def test_schema_order_and_one_row_per_file_with_odd_names(tmp_path, model_file):
         r = by_path[neutral.get(rel, rel)]
         assert r["sha256"] == file_sha256(folder / rel)
         assert r["model"] == "tiny (tiny.h5)" and r["model_sha256"] == info["weights_sha256"]
-        assert r["xraynet_version"] == __version__ and r["screened_at"].endswith("Z") and "T" in r["screened_at"]
+        assert r["xraynet_version"] == ROW_VERSION and r["screened_at"].endswith("Z") and "T" in r["screened_at"]
         assert r["threshold"] == "0.5"
         if rel == "sub/IM0001":
             assert r["status"] == "error" and r["flagged"] == r["label"] == r["p_covid"] == ""
@@ -135,6 +136,38 @@ def test_rerun_skips_unchanged_then_rescreens_modified_and_drops_deleted(tmp_pat
     # Another threshold or model is not "unchanged": every row is screened again, once.
     s = screen(folder, report, model_path=model_file, threshold=0.0)
     assert s.screened == 5 and all(r["flagged"] == "1" and r["threshold"] == "0" for r in _check_whole(report))
+
+
+def test_rows_of_another_xraynet_version_are_screened_again_once(tmp_path, model_file):
+    """After an upgrade, a file the old version took (here a JPEG cut short and closed with an
+    end-of-image marker, which decoded to a gray-filled film before decode pipeline 5) gets
+    the new version's row; the report never keeps rows of two versions."""
+    assert ROW_VERSION.startswith(__version__ + "+decode")
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    for i in range(3):
+        _png(folder / f"f{i}.png", i)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 100), dtype=np.uint8)).save(buf, "JPEG")
+    (folder / "cut.jpg").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2] + b"\xff\xd9")
+    screen(folder, report, model_path=model_file)
+    with open(report, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    head = rows[0]
+    for r in rows[1:]:  # as 0.1.0 wrote them: the cut JPEG an ok row
+        r[head.index("xraynet_version")] = "0.1.0"
+        if r[0] == "cut.jpg":
+            for name, value in (("status", "ok"), ("error", ""), ("label", "normal"), ("p_covid", "0.25"),
+                                ("p_normal", "0.75"), ("flagged", "0"), ("width", "100"), ("height", "120")):
+                r[head.index(name)] = value
+    with open(report, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\r\n").writerows(rows)
+    s = screen(folder, report, model_path=model_file)
+    assert (s.screened, s.skipped_unchanged, s.files) == (4, 0, 4)
+    rows = {r["path"]: r for r in _check_whole(report)}
+    assert {r["xraynet_version"] for r in rows.values()} == {ROW_VERSION}
+    assert rows["cut.jpg"]["status"] == "error" and rows["cut.jpg"]["error"].startswith("truncated: cut.jpg: ")
+    s = screen(folder, report, model_path=model_file)
+    assert (s.screened, s.skipped_unchanged) == (0, 4)
 
 
 def test_incomplete_last_record_is_repaired(tmp_path, model_file):

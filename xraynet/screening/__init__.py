@@ -57,7 +57,8 @@ Report columns (in this order)
 ``height``          decoded image height in pixels (empty on errors)
 ``model``           ``<architecture name> (<model file name>)``
 ``model_sha256``    the model file's ``weights_sha256``
-``xraynet_version`` the xraynet that wrote the row
+``xraynet_version`` the xraynet that wrote the row and its decode pipeline,
+                    e.g. ``0.1.0+decode5``
 ``screened_at``     UTC time of screening, ISO 8601 with ``Z``
 ``heatmap``         with ``heatmaps=DIR``: the Grad-CAM overlay PNG written
                     for a flagged image (``DIR/<path>.png``, DIR made
@@ -95,9 +96,13 @@ Crash safety
   incomplete or malformed record on, the file is truncated back to the end
   of the last good record. Those files are simply screened again.
 * A file is skipped when the report has a row for its path with the same
-  ``sha256``, ``model_sha256`` and ``threshold`` (error rows whose reason
-  depends on the machine, not the bytes -- ``unreadable``,
-  ``dicom_needs_pydicom``, ``unsupported_codec`` -- are always retried).
+  ``sha256``, ``model_sha256``, ``threshold`` and ``xraynet_version`` (the
+  xraynet version and decode pipeline that wrote the row,
+  :data:`~xraynet.screening.writer.ROW_VERSION`: after an upgrade that
+  changes what decoding gives, every file is screened once more, so no report
+  mixes rows of two pipelines). Error rows whose reason depends on the
+  machine, not the bytes -- ``unreadable``, ``dicom_needs_pydicom``,
+  ``unsupported_codec`` -- are always retried.
   When any existing row must go (its file changed, was deleted, or is a
   duplicate), the kept rows are first written to ``<report>.tmp``, synced and
   ``os.replace``-d over the report (*compaction*); only then are new rows

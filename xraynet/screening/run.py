@@ -25,7 +25,7 @@ from .decodepool import POOL_KINDS, DecodePool, pool_kind, refuse_in_starting_wo
 from .report import (ExistingReport, ReportFiles, ReportLock, cell, file_identity, format_number, read_report,
                      repair_report, replace_report, report_columns, uncell, write_error)
 from .summary import EXIT_UNLISTED, Summary
-from .writer import BatchWriter
+from .writer import ROW_VERSION, BatchWriter
 
 if TYPE_CHECKING:
     from .cluster import ClusterSpec
@@ -252,7 +252,7 @@ class _Run:
     def __post_init__(self):
         self.columns = report_columns(self.settings.classes)
         self.col = {name: self.columns.index(name) for name in
-                    ("sha256", "status", "error", "model_sha256", "threshold", "flagged")}
+                    ("sha256", "status", "error", "model_sha256", "threshold", "flagged", "xraynet_version")}
 
     def execute(self, t_start: float) -> Summary:
         job, files, summary = self.job, self.files, self.summary
@@ -309,8 +309,9 @@ class _Run:
 
     def _plan(self, pool, images, first: dict, frozen: dict) -> tuple[dict, list]:
         """(rows kept: path cell -> row, [(ImageFile, sha256)] to screen). A file keeps the first row
-        of its path when its bytes, the model and the threshold match, unless that row is an error
-        whose reason depends on the machine (:data:`RETRY_REASONS`)."""
+        of its path when its bytes, the model, the threshold and the xraynet that wrote it
+        (:data:`~.writer.ROW_VERSION`) match, unless that row is an error whose reason depends on
+        the machine (:data:`RETRY_REASONS`)."""
         t0 = time.perf_counter()
         hashes = list(pool.map(_hash_one, images))
         self.summary.hash_seconds = time.perf_counter() - t0
@@ -323,6 +324,7 @@ class _Run:
             reusable = (row is not None and digest and row[col["sha256"]] == digest
                         and row[col["model_sha256"]] == self.settings.model_sha256
                         and row[col["threshold"]] == thr_text
+                        and row[col["xraynet_version"]] == ROW_VERSION
                         and not (row[col["status"]] == "error"
                                  and row[col["error"]].split(":", 1)[0] in RETRY_REASONS))
             if reusable:

@@ -8,11 +8,17 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
+from ..imaging import PIPELINE_VERSION
 from .batch import BatchResult, BatchSettings, heatmap_path
 from .report import append_rows, cell, format_number, utc_now
 from .summary import Summary
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchWriter", "ROW_VERSION"]
+
+#: The report's ``xraynet_version`` cell: the version and the decode pipeline
+#: (:data:`xraynet.imaging.PIPELINE_VERSION`) that made the row, as a PEP 440 local
+#: version ("0.1.0+decode5"). A row is reused only when it matches (the skip rule).
+ROW_VERSION = f"{__version__}+decode{PIPELINE_VERSION}"
 
 
 @dataclass
@@ -47,7 +53,7 @@ class BatchWriter:
         if res.error[i] is not None:
             s.errors_new += 1
             return [cell(key), digest, "error", cell(res.error[i]), "", *([""] * len(classes)), "",
-                    self._threshold_text, "", "", "", self._model_text, st.model_sha256, __version__, now, ""]
+                    self._threshold_text, "", "", "", self._model_text, st.model_sha256, ROW_VERSION, now, ""]
         p = res.proba[i]
         label = classes[int(np.argmax(p))]
         flagged = int(p[st.class_index] >= st.threshold)
@@ -57,7 +63,7 @@ class BatchWriter:
         s.labels_new[label] = s.labels_new.get(label, 0) + 1
         return [cell(key), digest, "ok", "", cell(label), *(format_number(v) for v in p), str(flagged),
                 self._threshold_text, cell(";".join(warns)), str(w), str(h), self._model_text, st.model_sha256,
-                __version__, now, cell(heat)]
+                ROW_VERSION, now, cell(heat)]
 
     def append(self, batch, res: BatchResult) -> None:
         """Write ``batch``'s rows durably (:func:`~xraynet.screening.report.append_rows`), then
