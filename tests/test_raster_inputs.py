@@ -651,3 +651,21 @@ def test_a_jpeg_tile_without_a_frame_header_in_its_first_mib_is_refused(tmp_path
     with pytest.raises(ImageError) as e:
         decode(tmp_path / "late.tif")
     assert e.value.reason == "damaged" and "frame header" in str(e.value)
+
+
+@pytest.mark.parametrize("kw", [dict(lossless=True), dict(quality=90)], ids=["lossless", "lossy"])
+def test_webp_with_a_zero_filled_tail_is_truncated(tmp_path, kw):
+    """An interrupted copy padded with zeros to the full size keeps the RIFF length right, and
+    libwebp decodes the zeros without an error; a film black throughout is not mistaken."""
+    rng = np.random.default_rng(4)
+    img = np.clip(film(400, 300) * 255 + rng.normal(0, 8, (400, 300)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "WEBP", **kw)
+    data = buf.getvalue()
+    padded = write(tmp_path / "padded.webp", data[:len(data) // 2] + bytes(len(data) - len(data) // 2))
+    e = assert_reason(padded, "truncated")
+    assert "zero bytes where its compressed data belongs" in str(e)
+    assert decode(write(tmp_path / "whole.webp", data)).pixels.shape == (400, 300)
+    black = io.BytesIO()
+    Image.fromarray(np.zeros((2048, 2048), np.uint8)).save(black, "WEBP", **kw)  # ends in hundreds of zeros
+    assert decode(write(tmp_path / "black.webp", black.getvalue())).pixels.max() < 0.01

@@ -89,9 +89,38 @@ def decode_raster(path, fh, head: bytes, size: int, reduce: Reduction | None = N
         return decode_jpeg(path, fh, head, size, reduce)
     if head.startswith(TIFF_SIGNATURES):
         return decode_tiff(path, fh, head, size)
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and int.from_bytes(head[4:8], "little") + 8 > size:
-        # The RIFF header gives the file's length; Pillow only says it cannot decode.
-        raise image_error(path, "the WebP file ends early (shorter than its RIFF header says)",
-                          f"{int.from_bytes(head[4:8], 'little') + 8:,} bytes", f"{size:,} bytes", COPY_AGAIN,
-                          "truncated")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        if int.from_bytes(head[4:8], "little") + 8 > size:
+            # The RIFF header gives the file's length; Pillow only says it cannot decode.
+            raise image_error(path, "the WebP file ends early (shorter than its RIFF header says)",
+                              f"{int.from_bytes(head[4:8], 'little') + 8:,} bytes", f"{size:,} bytes", COPY_AGAIN,
+                              "truncated")
+        zeros = _zero_tail(fh, size)
+        if zeros >= max(_ZERO_TAIL_MIN, size // _ZERO_TAIL_PART):
+            # libwebp decodes zero bytes in place of its compressed data without an error.
+            raise image_error(path, f"the WebP file ends in {zeros:,} zero bytes where its compressed data "
+                                    f"belongs (a copy that stopped early and was padded)",
+                              "compressed image data to the end of the file", f"{size:,} bytes", COPY_AGAIN,
+                              "truncated")
     return decode_pillow(path, fh, head, size)
+
+
+# A WebP ending in at least this many zero bytes, and at least this part of the file, is cut.
+# Valid encoders end their data in a few zero bytes, up to about 100 per megapixel of black
+# (5% of the file for a film black throughout, lossy).
+_ZERO_TAIL_MIN = 1024
+_ZERO_TAIL_PART = 8
+
+
+def _zero_tail(fh, size: int) -> int:
+    """How many zero bytes end the open file of ``size`` bytes."""
+    zeros, block = 0, 1 << 16
+    while zeros < size:
+        n = min(block, size - zeros)
+        fh.seek(size - zeros - n)
+        data = fh.read(n)
+        kept = len(data.rstrip(b"\0"))
+        zeros += len(data) - kept
+        if kept:
+            break
+    return zeros
