@@ -190,3 +190,15 @@ def test_client_killed_9_with_a_local_cluster_then_rerun_every_file_once(tmp_pat
     current = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
     assert [r["path"] for r in rows] == current
     assert all(r["sha256"] == file_sha256(folder / r["path"]) and r["status"] == "ok" for r in rows)
+
+
+def test_a_worker_on_another_xraynet_version_stops_the_run(tmp_path, model_file, dask_cluster, monkeypatch):
+    """The rows carry the client's xraynet_version; a worker that would decode with another
+    pipeline must not write rows under that name."""
+    from xraynet.screening import run
+
+    monkeypatch.setattr(run, "ROW_VERSION", "0.0.1+decode1")  # the client claims an older version
+    folder = _folder(tmp_path / "in", 4)
+    with pytest.raises(ScreenError) as e:
+        screen(folder, tmp_path / "r.csv", model_path=model_file, cluster=dask_cluster.scheduler_address)
+    assert "runs xraynet" in str(e.value) and "0.0.1+decode1" in str(e.value)

@@ -172,7 +172,8 @@ are shared with the local path
 (:class:`~xraynet.screening.writer.BatchWriter`). Tasks carry paths, not pixels:
 workers must see the folder, the model file and the ``heatmaps`` folder at
 the same absolute paths (shared file system); a worker whose model file has
-another ``weights_sha256`` fails the run. At most two batches per worker are
+another ``weights_sha256``, or that runs another xraynet than the client
+(:data:`~xraynet.screening.writer.ROW_VERSION`), fails the run. At most two batches per worker are
 in flight. Batches complete out of order, so rows are appended out of order
 and the final sorted rewrite restores path order. A worker that dies has its
 task re-run elsewhere; a batch's rows are written once, when its result

@@ -42,7 +42,9 @@ class BatchSettings:
     class names in output order; ``screening_class`` and ``threshold``: a file
     is flagged when ``p[screening_class] >= threshold``; ``device``: where the
     network runs ('auto', 'cpu', 'gpu'); ``heatmaps``: the absolute folder for
-    the Grad-CAM overlays of flagged images, or None."""
+    the Grad-CAM overlays of flagged images, or None; ``row_version``: the
+    report's ``xraynet_version`` for the rows (:data:`~.writer.ROW_VERSION` of
+    the process that writes them), which a Dask worker must share."""
 
     model_path: Path | str
     model_sha256: str
@@ -52,6 +54,7 @@ class BatchSettings:
     threshold: float
     device: str = "cpu"
     heatmaps: str | None = None
+    row_version: str = ""
 
     @property
     def class_index(self) -> int:

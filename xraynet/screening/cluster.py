@@ -15,7 +15,9 @@ file, its ``weights_sha256``, the device, the screening class and threshold,
 the heatmap folder). No pixels travel: **workers must see the folder, the
 model file (and the heatmap folder) at the same absolute paths** (a shared
 file system, or ``local:N``). A worker checks the model file's
-``weights_sha256`` against the client's and fails the run when they differ.
+``weights_sha256`` against the client's, and its own xraynet version and
+decode pipeline (``row_version``) against the client's, and fails the run
+when either differs.
 The answer is a small :class:`~xraynet.screening.batch.BatchResult`
 (probabilities, width/height/warnings or the error text, decode and network
 seconds, indices with a heatmap); the SHA-256 of each file is computed by the
@@ -147,7 +149,15 @@ def _load(settings: BatchSettings):
 
 
 def run_batch_on_worker(settings: BatchSettings, files: list[ImageFile]):
-    """Worker task: :func:`~xraynet.screening.batch.screen_batch` with this worker's cached model."""
+    """Worker task: :func:`~xraynet.screening.batch.screen_batch` with this worker's cached model.
+    :class:`ScreenError` when this worker runs another xraynet or decode pipeline than the
+    client, whose version the rows will carry."""
+    from .writer import ROW_VERSION
+
+    if settings.row_version and settings.row_version != ROW_VERSION:
+        raise ScreenError(f"a Dask worker runs xraynet {ROW_VERSION}, the client {settings.row_version}. Expected "
+                          f"the same version on every worker (the report's xraynet_version says which one "
+                          f"decoded each file), got another. Install the client's version on the workers.")
     model, prep = _load(settings)
     return screen_batch(model, prep, settings, files)
 

@@ -195,7 +195,8 @@ def _read_model(job: ScreenJob, device: str, heatmaps: str | None) -> BatchSetti
     classes = tuple(info["classes"])
     cls, thr = _resolve_threshold(info, job.threshold, job.screening_class, model_file)
     name = f"{info['architecture'].get('name', 'model')} ({model_file.name})"
-    return BatchSettings(model_file, info["weights_sha256"], name, classes, cls, thr, device, heatmaps)
+    return BatchSettings(model_file, info["weights_sha256"], name, classes, cls, thr, device, heatmaps,
+                         row_version=ROW_VERSION)
 
 
 def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tuple[str, float]:
