@@ -3,13 +3,15 @@
 libjpeg decodes a JPEG cut short and closed with an end-of-image marker
 without an error, filling the rest with gray: these tests check that the
 scan walker counts every scan's MCUs right (complete streams of every
-Huffman DCT variant pass; for baseline cuts the count agrees with where
-libjpeg-turbo's fill starts), and that files, DICOM frames and TIFF strips
-cut this way become "truncated" rows.
+Huffman DCT and lossless variant pass; for baseline cuts the count agrees
+with where libjpeg-turbo's fill starts), that files, DICOM frames and TIFF
+strips cut this way become "truncated" rows, and that a cut JPEG-LS stream,
+which cannot be walked, is refused where CharLS refuses it.
 """
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -182,7 +184,6 @@ def test_missing_restart_marker_and_bad_code_are_damaged():
 def test_variants_it_does_not_check_give_none():
     imagecodecs = pytest.importorskip("imagecodecs")
     a = film(40, 30)
-    assert scan_shortfall(cut(imagecodecs.jpeg8_encode(a, lossless=True), 0.5)) is None
     if getattr(getattr(imagecodecs, "JPEGLS", None), "available", False):
         assert scan_shortfall(cut(imagecodecs.jpegls_encode(a), 0.5)) is None
     assert scan_shortfall(b"not a jpeg") is None
@@ -199,6 +200,97 @@ def test_cut_inside_the_segment_between_two_scans_is_truncated():
     dht = data.rindex(b"\xff\xc4", 0, sos)
     found = scan_shortfall(data[:dht + 10] + EOI)
     assert found is not None and found.reason == "truncated" and "0xFFC4" in found.what
+
+
+def lossless_variants() -> dict:
+    imagecodecs = pytest.importorskip("imagecodecs")
+    gray = film()
+    a12 = gray.astype(np.uint16) * 16
+    return {
+        "8-bit": imagecodecs.jpeg8_encode(gray, lossless=True),
+        "12-bit": imagecodecs.jpeg8_encode(a12, lossless=True, bitspersample=12),
+        "16-bit": imagecodecs.jpeg8_encode(a12 * 16 + 7, lossless=True, bitspersample=16),
+        "predictor 7": imagecodecs.jpeg8_encode(gray, lossless=True, predictor=7),
+        "odd size": imagecodecs.jpeg8_encode(film(33, 51), lossless=True),
+        "rgb": imagecodecs.jpeg8_encode(rgb_film(), lossless=True),
+    }
+
+
+def test_lossless_streams_complete_and_cut():
+    """SOF3 (T.81 H.1): every sample a Huffman-coded difference, category 16 without extra bits."""
+    for name, data in lossless_variants().items():
+        assert data[:200].find(b"\xff\xc3") > 0, name
+        assert scan_shortfall(data) is None, name
+        for fraction in (0.1, 0.5, 0.98):
+            found = scan_shortfall(cut(data, fraction))
+            assert found is not None and found.reason == "truncated", (name, fraction, found)
+    # 16-bit differences of +-32768 are category 16: a frame of alternating 0 / 32768 columns
+    a = np.zeros((16, 16), np.uint16)
+    a[:, 1::2] = 32768
+    imagecodecs = pytest.importorskip("imagecodecs")
+    data = imagecodecs.jpeg8_encode(a, lossless=True, bitspersample=16, predictor=1)
+    assert scan_shortfall(data) is None
+    assert scan_shortfall(cut(data, 0.6)).reason == "truncated"
+
+
+@pytest.mark.parametrize("decoder", ["imagecodecs", "libjpeg"])
+def test_cut_lossless_jpeg_files_are_truncated_whatever_decodes_them(tmp_path, monkeypatch, decoder):
+    """libjpeg-turbo fills a cut lossless stream from 2^(P-1), pylibjpeg-libjpeg repeats the
+    last sample: both end flat, which is what sends the stream to the walker."""
+    variants = lossless_variants()
+    if decoder == "libjpeg":
+        pytest.importorskip("libjpeg")
+        monkeypatch.setitem(sys.modules, "imagecodecs", None)
+    for name in ("8-bit", "12-bit"):
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(cut(variants[name], 0.5))
+        assert_reason(path, "truncated")
+        path.write_bytes(variants[name])
+        decode(path)
+
+
+def test_cut_jpegls_is_damaged_although_libjpeg_decodes_it(tmp_path):
+    """JPEG-LS cannot be walked; CharLS refuses a cut stream, pylibjpeg-libjpeg returns an image.
+    The file is refused, and so is a DICOM frame pydicom decoded through pylibjpeg."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    if not getattr(getattr(imagecodecs, "JPEGLS", None), "available", False):
+        pytest.skip("imagecodecs here has no CharLS")
+    a12 = film().astype(np.uint16) * 16
+    data = imagecodecs.jpegls_encode(a12)
+    short = cut(data, 0.5)
+    libjpeg = pytest.importorskip("libjpeg")
+    assert libjpeg.decode(short).shape == a12.shape  # the decoder that would have taken it
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(short)
+    e = assert_reason(path, "damaged")
+    assert "Invalid JPEG-LS stream" in str(e)
+    path.write_bytes(data)
+    np.testing.assert_allclose(decode(path).pixels, a12 / 4095, atol=1e-6)
+
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder, set_pixel_data
+    from pydicom.uid import JPEGLSLossless, generate_uid
+
+    if not get_decoder(JPEGLSLossless).is_available:
+        pytest.skip("no pydicom decoder for JPEG-LS installed here")
+    ds = Dataset()
+    set_pixel_data(ds, np.zeros(a12.shape, np.uint16), "MONOCHROME2", 12)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.Modality = "DX"
+    for frame, reason in ((data, None), (short, "damaged")):
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(tmp_path / "ls.dcm", enforce_file_format=True)
+        if reason is None:
+            decode(tmp_path / "ls.dcm")
+        else:
+            assert "its first frame: the JPEG-LS data" in str(assert_reason(tmp_path / "ls.dcm", reason))
 
 
 def test_twelve_bit_extended():
@@ -242,34 +334,38 @@ def test_twelve_bit_jpeg_file_cut_is_truncated(tmp_path):
     assert_reason(path, "truncated")
 
 
-@pytest.mark.parametrize("min_side", [None, 32])
-def test_dicom_jpeg_frame_cut_is_truncated(tmp_path, min_side):
+@pytest.mark.parametrize("kind", ["baseline", "baseline reduced", "lossless SV1 12-bit"])
+def test_dicom_jpeg_frame_cut_is_truncated(tmp_path, kind):
     pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset
     from pydicom.encaps import encapsulate
     from pydicom.pixels import get_decoder, set_pixel_data
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
 
-    if not get_decoder(JPEGBaseline8Bit).is_available:
-        pytest.skip("no pydicom decoder for JPEG Baseline installed here")
+    if kind.startswith("baseline"):
+        ts, bits, frame, min_side = JPEGBaseline8Bit, 8, VARIANTS["gray"], 32 if "reduced" in kind else None
+    else:
+        ts, bits, frame, min_side = JPEGLosslessSV1, 12, lossless_variants()["12-bit"], None
+    if not get_decoder(ts).is_available:
+        pytest.skip(f"no pydicom decoder for {ts.name} installed here")
 
     def dicom(frame: bytes, path):
         ds = Dataset()
-        set_pixel_data(ds, np.zeros((250, 198), np.uint8), "MONOCHROME2", 8)
+        set_pixel_data(ds, np.zeros((250, 198), np.uint8 if bits == 8 else np.uint16), "MONOCHROME2", bits)
         ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.file_meta.TransferSyntaxUID = ts
         ds.Modality = "DX"
         ds.PixelData = encapsulate([frame])
         ds["PixelData"].VR = "OB"
         ds.save_as(path, enforce_file_format=True)
         return path
 
-    whole = dicom(VARIANTS["gray"], tmp_path / "whole.dcm")
+    whole = dicom(frame, tmp_path / "whole.dcm")
     decode(whole, min_side=min_side)
-    path = dicom(cut(VARIANTS["gray"], 0.5), tmp_path / "cut.dcm")
+    path = dicom(cut(frame, 0.5), tmp_path / "cut.dcm")
     with pytest.raises(ImageError) as ei:
         decode(path, min_side=min_side)
     assert ei.value.reason == "truncated", ei.value

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .jpegscan import (_AC_FIRST, _AC_REFINE, _BAD_CODE, _DC_FIRST, _DC_REFINE, _LOOKAHEAD, _NO_RESTART, _OK,
-                       _SEQ, _SHORT)
+from .jpegscan import (_AC_FIRST, _AC_REFINE, _BAD_CODE, _DC_FIRST, _DC_REFINE, _LOOKAHEAD, _LOSSLESS,
+                       _NO_RESTART, _OK, _SEQ, _SHORT)
 
 __all__ = ["walk_scan"]
 
@@ -18,7 +18,8 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
     """Walk one scan's entropy-coded data ``seg`` (uint8, from the byte after the SOS header)
     for ``n_mcus`` MCUs of the blocks whose DC and AC table rows are ``dc_tables`` and
     ``ac_tables`` (one entry per block of an MCU). ``mode``: _SEQ, _DC_FIRST, _DC_REFINE,
-    _AC_FIRST or _AC_REFINE; ``ss``, ``se``: the spectral band; ``nz``: for AC scans (one
+    _AC_FIRST, _AC_REFINE or _LOSSLESS (then a "block" is one sample, coded as a DC
+    difference is, T.81 H.1.2.2); ``ss``, ``se``: the spectral band; ``nz``: for AC scans (one
     block per MCU), a uint64 per block of the coefficients (zig-zag index) already nonzero,
     updated here. The tables are :class:`~xraynet.decoders.jpegscan._Tables`' arrays.
     Returns (outcome, MCUs complete, byte position reached)."""
@@ -115,11 +116,11 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
             pos, acc, nbits, stopped = p + 2, np.int64(0), np.int64(0), np.int64(0)
             eobrun = 0
         for j in range(dc_tables.size):
-            if mode == _SEQ or mode == _DC_FIRST:
+            if mode == _SEQ or mode == _DC_FIRST or mode == _LOSSLESS:
                 s, pos, acc, nbits, stopped = symbol(pos, acc, nbits, stopped, dc_tables[j])
                 if s < 0:
                     return (_SHORT if s == -1 else _BAD_CODE), mcu, pos
-                if s > 15:
+                if s > (16 if mode == _LOSSLESS else 15):  # category 16 (no extra bits) is lossless only
                     return _BAD_CODE, mcu, pos
             elif mode == _DC_REFINE:
                 v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, 1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import COPY_AGAIN, MAX_PIXELS, check_pixels, describe, image_error, luma, short
-from ..jpegscan import check_decoded
+from ..jpegscan import check_decoded, check_jpegls
 from ..raster.jpeg import jpeg_layout
 from .codestream import declared_sizes, ends_early, items_end_early
 from .detect import UNDEFINED_LENGTH
@@ -156,8 +156,10 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     frame = stored.frame
     if frame is not None and frame.startswith(b"\xff\xd8") and arr.size:
         layout = jpeg_layout(io.BytesIO(frame), len(frame))
-        check_decoded(path, frame, layout.sof or 0, layout.precision, arr[-1, -1] if libjpeg_turbo else None,
+        check_decoded(path, frame, layout.sof or 0, layout.precision, arr[-2:, -2:], turbo=libjpeg_turbo,
                       where="its first frame: ", todo=EXPORT_AGAIN)
+        if layout.sof == 0xF7:
+            check_jpegls(path, frame, where="its first frame: ", todo=EXPORT_AGAIN)
     gray = _to_gray(path, arr, ds, geometry.photometric)
     return gray, "dicom", geometry.photometric, geometry.bits, header_warnings(ds)
 

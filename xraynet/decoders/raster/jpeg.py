@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import COPY_AGAIN, check_pixels, image_error, short, warning_entry
-from ..jpegscan import check_decoded
+from ..jpegscan import charls_refuses, check_decoded
 from .pillow import decode_pillow
 from .samples import codec, exif_orientation, int_gray, luma_scaled, orient, tail
 
@@ -196,13 +196,14 @@ def decode_jpeg(path, fh, head: bytes, size: int, reduce=None):
         corner = []
         try:
             decoded = decode_pillow(path, fh, head, size, complete=True, reduce=reduce,
-                                    inspect=lambda img: corner.append(img.getpixel((img.width - 1, img.height - 1))))
+                                    inspect=lambda img: corner.append(np.asarray(img.crop(
+                                        (max(0, img.width - 2), max(0, img.height - 2), img.width, img.height)))))
         except Exception as e:  # noqa: BLE001 -- any Pillow failure: the codecs below get their turn
             if getattr(e, "reason", None) in ("too_large", "unreadable"):
                 raise
             pillow_error = e
         else:
-            check_decoded(path, lambda: _read_all(fh), layout.sof, 8, corner[0])
+            check_decoded(path, lambda: _read_all(fh), layout.sof, 8, corner[0], turbo=True)
             return decoded
     return _decode_jpeg_codecs(path, fh, size, layout, pillow_error)
 
@@ -239,6 +240,10 @@ def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
             raise
         except Exception as e:  # noqa: BLE001 -- codec libraries raise their own types on corrupt data
             failures.append(f"{name}: {short(e)}")
+            if name == "imagecodecs.jpegls_decode" and charls_refuses(e):
+                # pylibjpeg-libjpeg decodes JPEG-LS data CharLS finds invalid (a stream cut and
+                # closed again) without an error: its image would be made up.
+                break
     del data
     if a is None:
         raise image_error(path, f"the {variant} data does not decode ({'; '.join(failures)})",
@@ -250,7 +255,7 @@ def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
         raise image_error(path, "the decoded JPEG does not match its frame header",
                           f"{layout.height}x{layout.width} pixels", f"shape {a.shape}", COPY_AGAIN, "damaged")
     if a.size:
-        check_decoded(path, lambda: _read_all(fh), layout.sof, layout.precision, a[-1, -1] if turbo else None)
+        check_decoded(path, lambda: _read_all(fh), layout.sof, layout.precision, a[-2:, -2:], turbo=turbo)
     depth = layout.precision
     if a.ndim == 2:
         # A 16-bit frame is a container like a 16-bit PNG: it often holds 12-bit data.
