@@ -141,7 +141,8 @@ __all__ = ["ImageError", "Decoded", "Preprocessing", "decode", "preprocess", "lo
 #: 2: the field-input decoders (bit depths, polarity, orientation); 3: reduced-size decoding (load),
 #: and histogram equalisation finding bins by arithmetic (a value on a bin edge may change bins);
 #: 4: a PNG that libpng refuses is an error (image data ending early was a film with black rows);
-#: 5: a JPEG stream whose scans lack image data is an error (it was a film filled in with gray).
+#: 5: a JPEG stream whose scans lack image data (DCT, lossless; JPEG-LS that CharLS refuses) and a
+#: WebP padded with zeros are errors (they were films filled in by the decoder).
 PIPELINE_VERSION = 5
 
 #: Whether :func:`load` decodes films at reduced size (see "Reduced-size decoding"
