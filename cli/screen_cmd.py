@@ -51,7 +51,8 @@ the --html page or a thumbnail could not be written (the report is complete)
 
 
 def screen(
-    folder: str = typer.Argument(..., help="Folder of images (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM)."),
+    folder: str = typer.Argument(..., help="Folder of images (PNG, JPEG incl. lossless and JPEG-LS, JPEG 2000, "
+                                           "TIFF, BMP, GIF, WebP, DICOM)."),
     out: str = typer.Option(..., "--out", help="CSV report to create or bring up to date."),
     model: Optional[str] = typer.Option(None, help="Model file (HDF5); default: the bundled model."),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
@@ -62,7 +63,8 @@ def screen(
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Descend into subfolders."),
     on_lock: OnLock = typer.Option(OnLock.fail, "--on-lock",
                                    help="When another run holds the report: fail (exit 3) or wait."),
-    quiet: bool = typer.Option(False, help="No progress bar and no summary table."),
+    quiet: bool = typer.Option(False, help="No progress bar and no summary table. Still one line on stderr when new "
+                                           "files are error rows, and the message of any failure."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be screened; write nothing."),
     heatmaps: Optional[str] = typer.Option(None, help="Write a Grad-CAM overlay PNG for each flagged image into "

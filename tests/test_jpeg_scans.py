@@ -47,6 +47,11 @@ def jpeg(a: np.ndarray, mode: str | None = None, **kw) -> bytes:
     return buf.getvalue()
 
 
+def write_to(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 def variants() -> dict:
     gray, rgb = film(), rgb_film()
     return {
@@ -90,7 +95,7 @@ def scan_starts(data: bytes) -> list[int]:
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_complete_streams_pass(name):
     assert scan_shortfall(VARIANTS[name]) is None
-    assert scan_shortfall(VARIANTS[name], walk=False) is None
+    assert scan_shortfall(VARIANTS[name] + b"\0\xff trailing bytes") is None  # anything after EOI is ignored
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != "one MCU"])
@@ -127,15 +132,42 @@ def test_mcu_count_agrees_with_where_libjpeg_fills(name):
         assert first_flat_run in (done, done + 1), (name, fraction, done, first_flat_run)
 
 
-def test_progressive_cut_between_scans_is_found_from_the_headers():
+def test_progressive_stream_ending_between_scans_is_valid():
+    """A scan script may stop before full precision (cjpeg -scans; djpeg reads such files without
+    a warning), so a stream that ends with EOI right after a whole scan is not refused -- the
+    same bytes as a stream cut exactly there. A cut anywhere else is found."""
     data = VARIANTS["rgb progressive"]
     starts = scan_starts(data)
     assert len(starts) >= 6
-    short = data[:starts[4]] + EOI  # scans 1-4 whole, the rest gone
-    for walk in (True, False):
-        found = scan_shortfall(short, walk=walk)
-        assert found is not None and found.reason == "truncated"
-        assert "ends after scan 4" in found.what and "full precision" in found.what
+    tables = data.rindex(b"\xff\xc4", 0, starts[4])  # scan 5's Huffman tables, right before it
+    assert scan_shortfall(data[:tables] + EOI) is None  # scans 1-4 whole: a valid, coarser image
+    found = scan_shortfall(data[:starts[4]] + EOI)  # scan 5's tables, then no scan 5
+    assert found is not None and found.reason == "truncated" and "Huffman tables" in found.what
+    found = scan_shortfall(data[:starts[4] - 3] + EOI)  # inside the DHT before scan 5
+    assert found is not None and found.reason == "truncated"
+    found = scan_shortfall(data[:starts[4] + 40] + EOI)  # inside scan 5
+    assert found is not None and found.reason == "truncated"
+
+
+@pytest.mark.parametrize("back", [1, 2, 3])
+def test_eoi_swallowed_by_a_segment_between_scans_is_truncated(back):
+    """A cut a byte or two before a DHT's end, closed with FF D9: the marker becomes the table's
+    last bytes, the segment looks whole, and the stream ends without EOI after it."""
+    data = VARIANTS["gray progressive"]
+    sos = scan_starts(data)[3]
+    dht = data.rindex(b"\xff\xc4", 0, sos)
+    end = dht + 2 + int.from_bytes(data[dht + 2:dht + 4], "big")
+    found = scan_shortfall(data[:end - back] + EOI)
+    assert found is not None and found.reason == "truncated", found
+
+
+def test_data_where_a_marker_belongs_is_damaged():
+    """Bytes of a scan header deleted: the decoder skips what it cannot parse ("extraneous bytes
+    before marker") and the scan after it is lost."""
+    data = VARIANTS["gray progressive"]
+    sos = scan_starts(data)[2]
+    found = scan_shortfall(data[:sos] + data[sos + 6:])
+    assert found is not None and found.reason == "damaged", found
 
 
 def test_sequential_component_never_coded_is_truncated():
@@ -187,7 +219,8 @@ def test_variants_it_does_not_check_give_none():
     if getattr(getattr(imagecodecs, "JPEGLS", None), "available", False):
         assert scan_shortfall(cut(imagecodecs.jpegls_encode(a), 0.5)) is None
     assert scan_shortfall(b"not a jpeg") is None
-    assert scan_shortfall(VARIANTS["gray"][:-2]) is None  # no EOI: the decoder's own check reports it
+    found = scan_shortfall(VARIANTS["gray"][:-2])  # every MCU there, but no EOI
+    assert found.reason == "truncated" and "no end-of-image marker" in found.what
     found = scan_shortfall(VARIANTS["gray"][:200])  # cut inside the frame header
     assert found.reason == "truncated" and "before its first scan" in found.what
 
@@ -305,7 +338,8 @@ def test_twelve_bit_extended():
 def test_looks_filled():
     assert looks_filled(128) and looks_filled(127) and looks_filled((128, 128, 128))
     assert looks_filled((127, 127, 127, 127))  # inverted Adobe CMYK
-    assert not looks_filled(0) and not looks_filled((128, 128, 0)) and not looks_filled(129)
+    assert looks_filled(132) and looks_filled((126, 131, 128))  # upsampled chroma near a cut
+    assert not looks_filled(0) and not looks_filled((128, 128, 0)) and not looks_filled(133)
     assert looks_filled(np.uint16(2048), 12) and not looks_filled(np.uint16(128), 12)
     assert looks_filled(np.int16(-2048), 12)  # the same 12 bits read as signed
 
@@ -324,6 +358,49 @@ def test_cut_jpeg_files_are_truncated_rows(tmp_path, name, min_side):
     whole = tmp_path / "whole.jpg"
     whole.write_bytes(VARIANTS[name])
     decode(whole, min_side=min_side)
+
+
+def test_damage_that_leaves_no_filled_end_is_found_where_it_can_hide(tmp_path):
+    """Streams walked whatever their last pixel: restart markers (libjpeg resynchronises at the
+    next, leaving a band), several scans (a later scan paints over the filled end), and
+    small images (a cut in the last MCU row is most of them)."""
+    data = jpeg(film(400, 300), quality=90, restart_marker_rows=1)
+    k = len(data) * 3 // 10
+    sector = data[:k] + bytes(512) + data[k + 512:]  # one disk sector zeroed
+    path = tmp_path / "sector.jpg"
+    path.write_bytes(sector)
+    assert not looks_filled(np.asarray(Image.open(path))[-1, -1])  # the end decodes as it should
+    assert_reason(path, "damaged")
+
+    # Non-interleaved sequential (a scan a component): 2 KB missing inside the first scan.
+    seq = _sequential_scans(rgb_film())
+    if seq is not None:
+        first, second = scan_starts(seq)[:2]
+        spliced = seq[:first + 500] + seq[first + 2500:]
+        path.write_bytes(spliced)
+        assert_reason(path, "damaged")
+
+    small = jpeg(film(40, 56))
+    path.write_bytes(small[:len(small) - 40] + EOI)  # the last MCU row
+    assert_reason(path, "truncated")
+
+
+def _sequential_scans(a: np.ndarray) -> bytes | None:
+    """A baseline JPEG with one scan a component, from libjpeg's own encoder (cjpeg -scans),
+    or None where cjpeg is not installed."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    cjpeg = shutil.which("cjpeg")
+    if cjpeg is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src, script = f"{d}/in.ppm", f"{d}/scans.txt"
+        Image.fromarray(a).save(src)
+        with open(script, "w") as fh:
+            fh.write("0;\n1;\n2;\n")
+        return subprocess.run([cjpeg, "-scans", script, src], capture_output=True, check=True).stdout
 
 
 def test_twelve_bit_jpeg_file_cut_is_truncated(tmp_path):
@@ -370,6 +447,12 @@ def test_dicom_jpeg_frame_cut_is_truncated(tmp_path, kind):
         decode(path, min_side=min_side)
     assert ei.value.reason == "truncated", ei.value
     assert "its first frame: the JPEG image data stops early" in str(ei.value)
+    # An interrupted copy padded with zeros: no end marker at all, which pydicom's plugins accept.
+    half = len(frame) // 2
+    path = dicom(frame[:half] + bytes(len(frame) - half), tmp_path / "zero_filled.dcm")
+    with pytest.raises(ImageError) as ei:
+        decode(path, min_side=min_side)
+    assert ei.value.reason == "truncated" and "no end marker" in str(ei.value), ei.value
 
 
 @pytest.mark.parametrize("tables", [False, True], ids=["full streams", "JPEGTables"])
@@ -390,6 +473,15 @@ def test_tiff_jpeg_strip_cut_or_zero_filled_is_truncated(tmp_path, tables):
     whole.write_bytes(data)
     decode(whole)
     strip = bytes(data[offset:offset + count])
+    if not tables:  # a byte after EOI inside the strip's byte count: tifffile and libtiff read it
+        with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+            page = tif.pages[0]
+            strips = [bytes(data[o:o + c]) + b"\xff" for o, c in zip(page.dataoffsets, page.databytecounts)]
+        tail = io.BytesIO()
+        with tifffile.TiffWriter(tail) as writer:
+            writer.write(iter(strips), shape=(250, 198), dtype="uint8", compression="jpeg", rowsperstrip=64,
+                         photometric="minisblack")
+        decode(write_to(tmp_path / "strip_tail.tif", tail.getvalue()))
     for name, damaged in [("cut_eoi", strip[:count // 2] + EOI), ("zero_filled", strip[:count // 2])]:
         data[offset:offset + count] = damaged + b"\0" * (count - len(damaged))
         path = tmp_path / f"{name}.tif"

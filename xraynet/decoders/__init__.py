@@ -31,6 +31,8 @@ SIGNATURES = (  # formats whose header we can recognise even when no decoder can
     (b"BM", "BMP"),
 )
 COPY_AGAIN = "Copy the file again from its source, or remove it from the folder"
+#: What a "not_an_image" message says was expected.
+IMAGE_KINDS = "a PNG, JPEG, JPEG 2000, TIFF, BMP, GIF, WebP or DICOM file"
 
 
 @dataclass

@@ -22,7 +22,9 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
     difference is, T.81 H.1.2.2); ``ss``, ``se``: the spectral band; ``nz``: for AC scans (one
     block per MCU), a uint64 per block of the coefficients (zig-zag index) already nonzero,
     updated here. The tables are :class:`~xraynet.decoders.jpegscan._Tables`' arrays.
-    Returns (outcome, MCUs complete, byte position reached)."""
+    Returns (outcome, MCUs complete, byte position reached, bits read ahead of it and not
+    used: the refills stop at a marker, so after the last MCU these are the padding of the
+    last byte and any data the scan holds beyond its MCUs)."""
     # The bit reader is four scalars -- byte position, bit buffer (at most 56 bits), bits in
     # it, 1 once a marker or the end of the data stops the refills -- passed through the
     # inner functions below and returned by them. Inner functions, because Numba takes a
@@ -110,28 +112,28 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
             while p + 1 < size and seg[p] == 0xFF and seg[p + 1] == 0xFF:
                 p += 1  # fill bytes before a marker
             if p + 1 >= size or seg[p] != 0xFF or seg[p + 1] == 0:
-                return (_SHORT if p + 1 >= size else _NO_RESTART), mcu, p
+                return (_SHORT if p + 1 >= size else _NO_RESTART), mcu, p, nbits
             if not 0xD0 <= seg[p + 1] <= 0xD7:
-                return _SHORT, mcu, p
+                return _SHORT, mcu, p, nbits
             pos, acc, nbits, stopped = p + 2, np.int64(0), np.int64(0), np.int64(0)
             eobrun = 0
         for j in range(dc_tables.size):
             if mode == _SEQ or mode == _DC_FIRST or mode == _LOSSLESS:
                 s, pos, acc, nbits, stopped = symbol(pos, acc, nbits, stopped, dc_tables[j])
                 if s < 0:
-                    return (_SHORT if s == -1 else _BAD_CODE), mcu, pos
+                    return (_SHORT if s == -1 else _BAD_CODE), mcu, pos, nbits
                 if s > (16 if mode == _LOSSLESS else 15):  # category 16 (no extra bits) is lossless only
-                    return _BAD_CODE, mcu, pos
+                    return _BAD_CODE, mcu, pos, nbits
             elif mode == _DC_REFINE:
                 v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, 1)
                 if v < 0:
-                    return _SHORT, mcu, pos
+                    return _SHORT, mcu, pos, nbits
             if mode == _SEQ:
                 k = 1
                 while k < 64:
                     rs, pos, acc, nbits, stopped = symbol(pos, acc, nbits, stopped, ac_tables[j])
                     if rs < 0:
-                        return (_SHORT if rs == -1 else _BAD_CODE), mcu, pos
+                        return (_SHORT if rs == -1 else _BAD_CODE), mcu, pos, nbits
                     run = rs >> 4
                     if rs & 15:
                         k += run + 1
@@ -148,7 +150,7 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
                 while k <= se:
                     rs, pos, acc, nbits, stopped = symbol(pos, acc, nbits, stopped, ac_tables[j])
                     if rs < 0:
-                        return (_SHORT if rs == -1 else _BAD_CODE), mcu, pos
+                        return (_SHORT if rs == -1 else _BAD_CODE), mcu, pos, nbits
                     run = rs >> 4
                     if rs & 15:
                         k += run
@@ -161,7 +163,7 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
                         if run:
                             v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, run)
                             if v < 0:
-                                return _SHORT, mcu, pos
+                                return _SHORT, mcu, pos, nbits
                             eobrun += v
                         eobrun -= 1
                         break
@@ -174,24 +176,24 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
                     while k <= se:
                         rs, pos, acc, nbits, stopped = symbol(pos, acc, nbits, stopped, ac_tables[j])
                         if rs < 0:
-                            return (_SHORT if rs == -1 else _BAD_CODE), mcu, pos
+                            return (_SHORT if rs == -1 else _BAD_CODE), mcu, pos, nbits
                         run = rs >> 4
                         s = rs & 15
                         if s > 1:  # a refinement scan's new coefficients are +-1 (G.1.2.3)
-                            return _BAD_CODE, mcu, pos
+                            return _BAD_CODE, mcu, pos, nbits
                         if s == 0 and run != 15:
                             eobrun = 1 << run
                             if run:
                                 v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, run)
                                 if v < 0:
-                                    return _SHORT, mcu, pos
+                                    return _SHORT, mcu, pos, nbits
                                 eobrun += v
                             break
                         while k <= se:
                             if (nz[mcu] >> np.uint64(k)) & one:
                                 v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, 1)
                                 if v < 0:
-                                    return _SHORT, mcu, pos
+                                    return _SHORT, mcu, pos, nbits
                             else:
                                 if run == 0:
                                     break
@@ -205,7 +207,7 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
                         if (nz[mcu] >> np.uint64(k)) & one:
                             v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, 1)
                             if v < 0:
-                                return _SHORT, mcu, pos
+                                return _SHORT, mcu, pos, nbits
                         k += 1
                     eobrun -= 1
-    return _OK, n_mcus, pos
+    return _OK, n_mcus, pos, nbits

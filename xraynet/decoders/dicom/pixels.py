@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import COPY_AGAIN, MAX_PIXELS, check_pixels, describe, image_error, luma, short
+from .. import COPY_AGAIN, IMAGE_KINDS, MAX_PIXELS, check_pixels, describe, image_error, luma, short
 from ..jpegscan import check_decoded, check_jpegls
 from ..raster.jpeg import jpeg_layout
 from .codestream import declared_sizes, ends_early, items_end_early
@@ -146,6 +146,12 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     geometry = _geometry(path, ds)
     decoder = _installed_decoder(path, ts)
     stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
+    if stored.frame is not None and not stored.cut_short and not ended_early and ends_early(stored.frame):
+        # pydicom's JPEG plugins decode a frame that stops early (or is zero-filled after an
+        # interrupted copy) without an error; its end marker is missing.
+        raise image_error(path, "its first frame ends early: the codestream has no end marker (EOI / EOC, FF D9)",
+                          f"a complete {ts.name} frame", f"{len(stored.frame):,} bytes that stop without one",
+                          COPY_AGAIN, "truncated")
     # Every check above has run on the whole frame; only the decoding itself may be smaller.
     arr = None if stored.cut_short or ended_early else decode_reduced(stored.frame, ts, ds, reduce, path)
     # The reduced path decodes JPEG with libjpeg-turbo (Pillow), whose fill value the check
@@ -156,8 +162,8 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     frame = stored.frame
     if frame is not None and frame.startswith(b"\xff\xd8") and arr.size:
         layout = jpeg_layout(io.BytesIO(frame), len(frame))
-        check_decoded(path, frame, layout.sof or 0, layout.precision, arr[-2:, -2:], turbo=libjpeg_turbo,
-                      where="its first frame: ", todo=EXPORT_AGAIN)
+        check_decoded(path, frame, layout.sof or 0, layout.precision, arr[-1, -1], turbo=libjpeg_turbo,
+                      area=layout.width * layout.height, where="its first frame: ", todo=EXPORT_AGAIN)
         if layout.sof == 0xF7:
             check_jpegls(path, frame, where="its first frame: ", todo=EXPORT_AGAIN)
     gray = _to_gray(path, arr, ds, geometry.photometric)
@@ -174,7 +180,7 @@ def _pixel_keyword(path, ds, ended_early: str, dicom_content: bool, head: bytes,
     if not dicom_content:
         # Read with force=True: without the preamble, a dataset structure
         # or pixel data nothing says this is DICOM at all.
-        raise image_error(path, "not an image", "a PNG, JPEG, BMP, TIFF or DICOM file",
+        raise image_error(path, "not an image", IMAGE_KINDS,
                           f"a {path.suffix} name without DICOM content ({describe(head, size)})",
                           "Remove the file from the folder or convert it", "not_an_image")
     why = ("truncated", ended_early) if ended_early else _why_no_pixels(ds, size)

@@ -23,13 +23,15 @@ the data does not decode).
   imagecodecs (libjpeg-turbo 3, liblj92, CharLS), then pylibjpeg-libjpeg.
 * **TIFF**: tifffile (with imagecodecs for the compressions), which returns the
   stored samples at full precision; Pillow when tifffile cannot read the variant.
-* Everything else (BMP, GIF, WebP, JPEG 2000 files...): Pillow.
+* **WebP**: Pillow, with the RIFF length and the image chunk's tail checked
+  (:mod:`.webp`).
+* Everything else (BMP, GIF, JPEG 2000 files...): Pillow.
 
 Decoded samples become grayscale float32 a block of rows at a time, so that
 besides the source samples and the float32 result only a few MB are allocated
 (no float copy of all channels, no float64 image).
 
-Modules: :mod:`.png`, :mod:`.jpeg` and :mod:`.tiff` read their format's
+Modules: :mod:`.png`, :mod:`.jpeg`, :mod:`.tiff` and :mod:`.webp` read their format's
 structure and pick its decoder; :mod:`.pillow` decodes the rest and is the
 fallback of the others; :mod:`.samples` turns samples of any depth into
 grayscale and applies the Orientation tag.
@@ -38,12 +40,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import COPY_AGAIN, Reduction, image_error
+from .. import Reduction
 from .jpeg import decode_jpeg
 from .pillow import decode_pillow
 from .png import PNG_SIGNATURE, decode_png
 from .samples import STORED_BITS, orient, stored_bits
 from .tiff import TIFF_SIGNATURES, decode_tiff
+from .webp import WEBP_SIGNATURE, decode_webp
 
 __all__ = ["STORED_BITS", "decode_raster", "orient", "stored_bits"]
 
@@ -89,38 +92,7 @@ def decode_raster(path, fh, head: bytes, size: int, reduce: Reduction | None = N
         return decode_jpeg(path, fh, head, size, reduce)
     if head.startswith(TIFF_SIGNATURES):
         return decode_tiff(path, fh, head, size)
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        if int.from_bytes(head[4:8], "little") + 8 > size:
-            # The RIFF header gives the file's length; Pillow only says it cannot decode.
-            raise image_error(path, "the WebP file ends early (shorter than its RIFF header says)",
-                              f"{int.from_bytes(head[4:8], 'little') + 8:,} bytes", f"{size:,} bytes", COPY_AGAIN,
-                              "truncated")
-        zeros = _zero_tail(fh, size)
-        if zeros >= max(_ZERO_TAIL_MIN, size // _ZERO_TAIL_PART):
-            # libwebp decodes zero bytes in place of its compressed data without an error.
-            raise image_error(path, f"the WebP file ends in {zeros:,} zero bytes where its compressed data "
-                                    f"belongs (a copy that stopped early and was padded)",
-                              "compressed image data to the end of the file", f"{size:,} bytes", COPY_AGAIN,
-                              "truncated")
+    if head[:4] == WEBP_SIGNATURE[0] and head[8:12] == WEBP_SIGNATURE[1]:
+        return decode_webp(path, fh, head, size)
     return decode_pillow(path, fh, head, size)
 
-
-# A WebP ending in at least this many zero bytes, and at least this part of the file, is cut.
-# Valid encoders end their data in a few zero bytes, up to about 100 per megapixel of black
-# (5% of the file for a film black throughout, lossy).
-_ZERO_TAIL_MIN = 1024
-_ZERO_TAIL_PART = 8
-
-
-def _zero_tail(fh, size: int) -> int:
-    """How many zero bytes end the open file of ``size`` bytes."""
-    zeros, block = 0, 1 << 16
-    while zeros < size:
-        n = min(block, size - zeros)
-        fh.seek(size - zeros - n)
-        data = fh.read(n)
-        kept = len(data.rstrip(b"\0"))
-        zeros += len(data) - kept
-        if kept:
-            break
-    return zeros

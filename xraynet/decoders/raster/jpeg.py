@@ -196,14 +196,14 @@ def decode_jpeg(path, fh, head: bytes, size: int, reduce=None):
         corner = []
         try:
             decoded = decode_pillow(path, fh, head, size, complete=True, reduce=reduce,
-                                    inspect=lambda img: corner.append(np.asarray(img.crop(
-                                        (max(0, img.width - 2), max(0, img.height - 2), img.width, img.height)))))
+                                    inspect=lambda img: corner.append(img.getpixel((img.width - 1, img.height - 1))))
         except Exception as e:  # noqa: BLE001 -- any Pillow failure: the codecs below get their turn
             if getattr(e, "reason", None) in ("too_large", "unreadable"):
                 raise
             pillow_error = e
         else:
-            check_decoded(path, lambda: _read_all(fh), layout.sof, 8, corner[0], turbo=True)
+            check_decoded(path, lambda: _read_all(fh), layout.sof, 8, corner[0], turbo=True,
+                          area=layout.width * layout.height)
             return decoded
     return _decode_jpeg_codecs(path, fh, size, layout, pillow_error)
 
@@ -255,7 +255,8 @@ def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
         raise image_error(path, "the decoded JPEG does not match its frame header",
                           f"{layout.height}x{layout.width} pixels", f"shape {a.shape}", COPY_AGAIN, "damaged")
     if a.size:
-        check_decoded(path, lambda: _read_all(fh), layout.sof, layout.precision, a[-2:, -2:], turbo=turbo)
+        check_decoded(path, lambda: _read_all(fh), layout.sof, layout.precision, a[-1, -1], turbo=turbo,
+                      area=layout.width * layout.height)
     depth = layout.precision
     if a.ndim == 2:
         # A 16-bit frame is a container like a 16-bit PNG: it often holds 12-bit data.

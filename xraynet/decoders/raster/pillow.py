@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .. import (COPY_AGAIN, MAX_PIXELS, SIGNATURES, Reduction, check_pixels, describe, image_error, luma, os_error,
-               row_blocks, short)
+from .. import (COPY_AGAIN, IMAGE_KINDS, MAX_PIXELS, SIGNATURES, Reduction, check_pixels, describe, image_error, luma,
+               os_error, row_blocks, short)
 from .samples import float_gray, int_gray, orient
 
 _PILLOW_BLOCK_MODES = {"1": 1, "L": 8, "LA": 8, "La": 8, "RGB": 8, "RGBA": 8, "RGBX": 8, "RGBa": 8, "P": 8,
@@ -133,7 +133,7 @@ def _open(path, fh, head: bytes, size: int, complete: bool | None) -> Image.Imag
                           "too_large") from None
     except UnidentifiedImageError:
         if known is None:
-            raise image_error(path, "not an image", "a PNG, JPEG, BMP, TIFF or DICOM file",
+            raise image_error(path, "not an image", IMAGE_KINDS,
                               describe(head, size), "Remove the file from the folder or convert it",
                               "not_an_image") from None
         cut = not complete and size < 64

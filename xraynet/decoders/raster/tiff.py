@@ -104,8 +104,9 @@ def _check_jpeg_streams(path, fh, page, offsets: list, counts: list) -> None:
     """Each strip or tile of a JPEG-compressed TIFF (TIFF Technical Note 2) is a JPEG stream,
     abbreviated when the JPEGTables tag holds its tables. libjpeg decodes one that stops early
     without an error, filling the rest of the strip with gray: "truncated" (or "damaged") when
-    a stream lacks its end-of-image marker, or its scans lack image data
-    (:func:`~xraynet.decoders.jpegscan.scan_shortfall`)."""
+    its scans lack image data or it lacks its end-of-image marker
+    (:func:`~xraynet.decoders.jpegscan.scan_shortfall`; bytes after the marker, inside the
+    strip's byte count, are allowed)."""
     tables = bytes(page.jpegtables or b"")
     prefix = tables[:-2] if tables.startswith(b"\xff\xd8") and tables.endswith(b"\xff\xd9") else b""
     for index, (offset, count) in enumerate(zip(offsets, counts)):
@@ -114,10 +115,6 @@ def _check_jpeg_streams(path, fh, page, offsets: list, counts: list) -> None:
         fh.seek(offset)
         data = fh.read(count)
         where = f"TIFF strip or tile {index}"
-        if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-            raise image_error(path, f"{where} holds a JPEG stream that ends early (no end-of-image marker)",
-                              "a complete JPEG stream in every strip or tile", f"{count:,} bytes without one",
-                              COPY_AGAIN, "truncated")
         found = scan_shortfall(prefix + data[2:] if prefix and data.startswith(b"\xff\xd8") else data)
         if found is not None:
             raise image_error(path, f"{where}: {found.what}", "a complete JPEG stream in every strip or tile",
