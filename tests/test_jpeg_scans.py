@@ -47,6 +47,27 @@ def jpeg(a: np.ndarray, mode: str | None = None, **kw) -> bytes:
     return buf.getvalue()
 
 
+def dicom_file(path, frame: bytes, ts, shape, bits: int):
+    """A DX DICOM file whose pixel data is the one encapsulated frame ``frame``."""
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import set_pixel_data
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    set_pixel_data(ds, np.zeros(shape, np.uint8 if bits <= 8 else np.uint16), "MONOCHROME2", bits)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.Modality = "DX"
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def write_to(path, data: bytes):
     path.write_bytes(data)
     return path
@@ -301,29 +322,14 @@ def test_cut_jpegls_is_damaged_although_libjpeg_decodes_it(tmp_path):
     np.testing.assert_allclose(decode(path).pixels, a12 / 4095, atol=1e-6)
 
     pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset
-    from pydicom.encaps import encapsulate
-    from pydicom.pixels import get_decoder, set_pixel_data
-    from pydicom.uid import JPEGLSLossless, generate_uid
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
 
     if not get_decoder(JPEGLSLossless).is_available:
         pytest.skip("no pydicom decoder for JPEG-LS installed here")
-    ds = Dataset()
-    set_pixel_data(ds, np.zeros(a12.shape, np.uint16), "MONOCHROME2", 12)
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    ds.Modality = "DX"
-    for frame, reason in ((data, None), (short, "damaged")):
-        ds.PixelData = encapsulate([frame])
-        ds["PixelData"].VR = "OB"
-        ds.save_as(tmp_path / "ls.dcm", enforce_file_format=True)
-        if reason is None:
-            decode(tmp_path / "ls.dcm")
-        else:
-            assert "its first frame: the JPEG-LS data" in str(assert_reason(tmp_path / "ls.dcm", reason))
+    decode(dicom_file(tmp_path / "ls.dcm", data, JPEGLSLossless, a12.shape, 12))
+    e = assert_reason(dicom_file(tmp_path / "ls_cut.dcm", short, JPEGLSLossless, a12.shape, 12), "damaged")
+    assert "its first frame: the JPEG-LS data" in str(e)
 
 
 def test_twelve_bit_extended():
@@ -414,10 +420,8 @@ def test_twelve_bit_jpeg_file_cut_is_truncated(tmp_path):
 @pytest.mark.parametrize("kind", ["baseline", "baseline reduced", "lossless SV1 12-bit"])
 def test_dicom_jpeg_frame_cut_is_truncated(tmp_path, kind):
     pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset
-    from pydicom.encaps import encapsulate
-    from pydicom.pixels import get_decoder, set_pixel_data
-    from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1
 
     if kind.startswith("baseline"):
         ts, bits, frame, min_side = JPEGBaseline8Bit, 8, VARIANTS["gray"], 32 if "reduced" in kind else None
@@ -427,18 +431,7 @@ def test_dicom_jpeg_frame_cut_is_truncated(tmp_path, kind):
         pytest.skip(f"no pydicom decoder for {ts.name} installed here")
 
     def dicom(frame: bytes, path):
-        ds = Dataset()
-        set_pixel_data(ds, np.zeros((250, 198), np.uint8 if bits == 8 else np.uint16), "MONOCHROME2", bits)
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ts
-        ds.Modality = "DX"
-        ds.PixelData = encapsulate([frame])
-        ds["PixelData"].VR = "OB"
-        ds.save_as(path, enforce_file_format=True)
-        return path
+        return dicom_file(path, frame, ts, (250, 198), bits)
 
     whole = dicom(frame, tmp_path / "whole.dcm")
     decode(whole, min_side=min_side)

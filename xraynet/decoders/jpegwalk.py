@@ -98,6 +98,14 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
             nbits -= value & 15
         return value, pos, acc & ((1 << nbits) - 1), nbits, stopped
 
+    def end_of_band_run(pos, acc, nbits, stopped, run):
+        # EOBn (T.81 G.1.2.2, Table G.1): 2^run blocks end their band here, plus run bits
+        # more; -1 where the data stops first.
+        if run == 0:
+            return 1, pos, acc, nbits, stopped
+        v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, run)
+        return (-1 if v < 0 else (1 << run) + v), pos, acc, nbits, stopped
+
     pos = np.int64(0)
     acc = np.int64(0)
     nbits = np.int64(0)
@@ -159,12 +167,9 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
                     elif run == 15:
                         k += 15
                     else:
-                        eobrun = 1 << run
-                        if run:
-                            v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, run)
-                            if v < 0:
-                                return _SHORT, mcu, pos, nbits
-                            eobrun += v
+                        eobrun, pos, acc, nbits, stopped = end_of_band_run(pos, acc, nbits, stopped, run)
+                        if eobrun < 0:
+                            return _SHORT, mcu, pos, nbits
                         eobrun -= 1
                         break
                     k += 1
@@ -182,12 +187,9 @@ def walk_scan(seg, n_mcus, dc_tables, ac_tables, restart, mode, ss, se, nz, maxc
                         if s > 1:  # a refinement scan's new coefficients are +-1 (G.1.2.3)
                             return _BAD_CODE, mcu, pos, nbits
                         if s == 0 and run != 15:
-                            eobrun = 1 << run
-                            if run:
-                                v, pos, acc, nbits, stopped = bits(pos, acc, nbits, stopped, run)
-                                if v < 0:
-                                    return _SHORT, mcu, pos, nbits
-                                eobrun += v
+                            eobrun, pos, acc, nbits, stopped = end_of_band_run(pos, acc, nbits, stopped, run)
+                            if eobrun < 0:
+                                return _SHORT, mcu, pos, nbits
                             break
                         while k <= se:
                             if (nz[mcu] >> np.uint64(k)) & one:
