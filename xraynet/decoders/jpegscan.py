@@ -402,7 +402,10 @@ def scan_shortfall(data) -> Shortfall | None:
             m = _END_OF_SCAN.search(buf, start + reached)
             if m is None:
                 return ends_here("at the end of its image data")
-            spare = m.start() - (start + reached) + left // 8  # bytes read ahead but not used
+            fill = m.start()
+            while fill > start + reached and buf[fill - 1] == 0xFF:
+                fill -= 1  # fill bytes before a marker (T.81 B.1.1.2) are not data
+            spare = fill - (start + reached) + left // 8  # plus bytes read ahead but not used
             if spare > _SPARE_BYTES:
                 return Shortfall("damaged", f"scan {scan_index} holds all its {n_mcus:,} MCUs, then {spare:,} "
                                             f"bytes of data where the next marker belongs")
