@@ -656,15 +656,23 @@ def test_a_jpeg_tile_without_a_frame_header_in_its_first_mib_is_refused(tmp_path
 @pytest.mark.parametrize("kw", [dict(lossless=True), dict(quality=90)], ids=["lossless", "lossy"])
 def test_webp_with_a_zero_filled_tail_is_truncated(tmp_path, kw):
     """An interrupted copy padded with zeros to the full size keeps the RIFF length right, and
-    libwebp decodes the zeros without an error. Valid files whose data or metadata ends in
-    zeros are not mistaken for one: a film black over its lower 90% at quality 100, method 0
-    (the encoder's longest zero runs), a film black throughout, and Exif padded with zeros."""
+    libwebp decodes the zeros without an error: lossy data ending in more zeros than a flat
+    area explains, or zeros where a chunk header belongs, is truncated. Valid files whose data
+    or metadata ends in zeros are not mistaken for one: a film black over its lower 90% at
+    quality 100, method 0 (the lossy encoder's longest zero runs), a film black throughout,
+    lossless method 0 with a black lower half (zeros without bound: lossless is not checked),
+    and Exif padded with zeros."""
     rng = np.random.default_rng(4)
     img = np.clip(film(400, 300) * 255 + rng.normal(0, 8, (400, 300)), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "WEBP", **kw)
     data = buf.getvalue()
     padded = write(tmp_path / "padded.webp", data[:len(data) // 2] + bytes(len(data) - len(data) // 2))
+    if "lossless" in kw:  # only a zeroed chunk header after the image gives it away
+        with_exif = io.BytesIO()
+        Image.fromarray(img).save(with_exif, "WEBP", exif=b"Exif\0\0" + bytes(64), **kw)
+        whole = with_exif.getvalue()
+        padded = write(tmp_path / "padded.webp", whole[:len(whole) - 80] + bytes(80))
     e = assert_reason(padded, "truncated")
     assert "zero bytes" in str(e) and "padded" in str(e)
     assert decode(write(tmp_path / "whole.webp", data)).pixels.shape == (400, 300)
@@ -676,7 +684,10 @@ def test_webp_with_a_zero_filled_tail_is_truncated(tmp_path, kw):
 
     mostly_black = img.copy()
     mostly_black[40:] = 0
+    half_black = img.copy()
+    half_black[200:] = 0
     for name, valid in [("mostly_black", webp(mostly_black, quality=100, method=0)),
                         ("black", webp(np.zeros((1024, 1024), np.uint8), quality=100, method=0)),
+                        ("half_black_lossless", webp(half_black, lossless=True, method=0, quality=0)),
                         ("exif_padding", webp(img, exif=b"Exif\0\0" + bytes(2058), **kw))]:
         assert decode(write(tmp_path / f"{name}.webp", valid)).pixels.shape[0] > 0, name

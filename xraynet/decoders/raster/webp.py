@@ -1,15 +1,20 @@
 """WebP: Pillow decodes it; before that the RIFF length is checked against the file's, and
-after it the image chunk is checked for a tail of zero bytes.
+after it the chunks are walked and a lossy image chunk is checked for a tail of zero bytes.
 
 An interrupted copy that the file system or the copying tool padded with zeros to the full
 size keeps the RIFF length right, and libwebp decodes zero bytes in place of its
-compressed data (lossy VP8 and lossless VP8L alike) without an error. Valid encoders end
-their data in a few zero bytes, except after flat areas: libwebp at quality 100, method 0
-ends a film in up to about 2,800 zero bytes per megapixel of black (a quarter of the data
-of a film black throughout, 15% of one black over its lower 90%). So a zero tail counts
-only when it is longer than any flat area explains -- 4,096 bytes per megapixel, and an
-eighth of the image data -- and the decoded film is not nearly uniform. A shorter padding
-goes unseen.
+compressed data (lossy VP8 and lossless VP8L alike) without an error.
+
+* A chunk header of zero bytes is never valid: the padding began before that chunk.
+* Lossy (VP8) data ends in a few zero bytes, except after flat areas: libwebp at quality
+  100, method 0 ends a film in up to about 2,800 zero bytes per megapixel of black (a
+  quarter of the data of a film black throughout, 15% of one black over its lower 90%).
+  So a zero tail counts only when it is longer than any flat area explains -- 4,096 bytes
+  per megapixel, and an eighth of the image data -- on a film that is not nearly uniform.
+  A shorter padding goes unseen.
+* Lossless (VP8L) data is not checked: at method 0 a black area ends the data in zeros
+  without bound (16 KB of a 512x512 film black over its lower half), so padding cannot be
+  told from it.
 """
 from __future__ import annotations
 
@@ -36,8 +41,8 @@ _FLAT_STD = 0.02
 def decode_webp(path, fh, head: bytes, size: int):
     """A WebP file; returns what :func:`~xraynet.decoders.raster.decode_raster` returns.
     "truncated" when the file is shorter than its RIFF header says, when zero bytes stand
-    where a chunk header belongs, or when the image chunk ends in a long run of zeros that
-    the decoded film does not explain (see the module docstring)."""
+    where a chunk header belongs, or when a lossy image chunk ends in a long run of zeros
+    that the decoded film does not explain (see the module docstring)."""
     riff_end = int.from_bytes(head[4:8], "little") + 8
     if riff_end > size:
         # The RIFF header gives the file's length; Pillow only says it cannot decode.
@@ -62,7 +67,7 @@ def decode_webp(path, fh, head: bytes, size: int):
 
 def _chunks(fh, riff_end: int) -> tuple[int | None, tuple[int, int] | None]:
     """Walk the RIFF chunks (WebP container specification): (offset of a chunk header that
-    is all zero bytes, or None; (trailing zero bytes, length) of the VP8 / VP8L chunk's data,
+    is all zero bytes, or None; (trailing zero bytes, length) of the lossy VP8 chunk's data,
     or None when there is none)."""
     pos, tail = 12, None
     while pos + 8 <= riff_end:
@@ -71,7 +76,7 @@ def _chunks(fh, riff_end: int) -> tuple[int | None, tuple[int, int] | None]:
         kind, length = header[:4], int.from_bytes(header[4:8], "little")
         if header == bytes(8):
             return pos, tail
-        if kind in (b"VP8 ", b"VP8L"):
+        if kind == b"VP8 ":
             tail = (_zero_tail(fh, pos + 8, min(length, riff_end - pos - 8)), length)
         pos += 8 + length + (length & 1)
     return None, tail
