@@ -440,6 +440,8 @@ def test_dicom_jpeg_frame_cut_is_truncated(tmp_path, kind):
 
     whole = dicom(frame, tmp_path / "whole.dcm")
     decode(whole, min_side=min_side)
+    for tail in (b"\xff\x00", b"\x00\x01\x02\x03", b"\xff\xfe\x00\x04hi"):  # bytes after EOI: pydicom reads it
+        decode(dicom(frame + tail, tmp_path / "tail.dcm"), min_side=min_side)
     path = dicom(cut(frame, 0.5), tmp_path / "cut.dcm")
     with pytest.raises(ImageError) as ei:
         decode(path, min_side=min_side)

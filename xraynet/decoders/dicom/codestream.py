@@ -115,6 +115,17 @@ def ends_early(frame: bytes) -> bool:
     return False
 
 
+def lacks_end_marker(frame: bytes) -> bool:
+    """A JPEG-family frame with no end marker (EOI / EOC, FF D9) in its last KiB once trailing
+    zero bytes are set aside: cut short, or zero-filled after an interrupted copy. Bytes
+    after the marker (a non-zero pad byte, a comment) are allowed; FF D9 cannot occur inside
+    JPEG entropy-coded data (byte stuffing, T.81 B.1.1.5) nor JPEG 2000 packet data (T.800
+    B.10.1), so its absence there is the stream's end missing."""
+    if not frame.startswith((b"\xff\xd8", b"\xff\x4f\xff\x51", _JP2_SIGNATURE)):
+        return False
+    return b"\xff\xd9" not in frame.rstrip(b"\0")[-1024:]
+
+
 def items_end_early(data: bytes) -> bool:
     """Whether an encapsulated Pixel Data value (PS3.5 A.4: items FFFE,E000 with a
     32-bit length) ends inside one of its items."""

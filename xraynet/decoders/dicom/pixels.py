@@ -16,7 +16,7 @@ import numpy as np
 from .. import COPY_AGAIN, IMAGE_KINDS, MAX_PIXELS, check_pixels, describe, image_error, luma, short
 from ..jpegscan import check_decoded, check_jpegls
 from ..raster.jpeg import jpeg_layout
-from .codestream import declared_sizes, ends_early, items_end_early
+from .codestream import declared_sizes, ends_early, items_end_early, lacks_end_marker
 from .detect import UNDEFINED_LENGTH
 from .display import grayscale, stretch
 from .header import header_warnings
@@ -146,7 +146,7 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     geometry = _geometry(path, ds)
     decoder = _installed_decoder(path, ts)
     stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
-    if stored.frame is not None and not stored.cut_short and not ended_early and ends_early(stored.frame):
+    if stored.frame is not None and not stored.cut_short and not ended_early and lacks_end_marker(stored.frame):
         # pydicom's JPEG plugins decode a frame that stops early (or is zero-filled after an
         # interrupted copy) without an error; its end marker is missing.
         raise image_error(path, "its first frame ends early: the codestream has no end marker (EOI / EOC, FF D9)",
