@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import assert_reason
 from xraynet.decoders import jpegscan
-from xraynet.decoders.jpegscan import looks_filled, scan_shortfall
+from xraynet.decoders.jpegscan import scan_shortfall
 from xraynet.errors import ImageError
 from xraynet.imaging import decode
 
@@ -346,15 +346,6 @@ def test_twelve_bit_extended():
     assert found is not None and found.reason == "truncated"
 
 
-def test_looks_filled():
-    assert looks_filled(128) and looks_filled(127) and looks_filled((128, 128, 128))
-    assert looks_filled((127, 127, 127, 127))  # inverted Adobe CMYK
-    assert looks_filled(132) and looks_filled((126, 131, 128))  # upsampled chroma near a cut
-    assert not looks_filled(0) and not looks_filled((128, 128, 0)) and not looks_filled(133)
-    assert looks_filled(np.uint16(2048), 12) and not looks_filled(np.uint16(128), 12)
-    assert looks_filled(np.int16(-2048), 12)  # the same 12 bits read as signed
-
-
 # ------------------------------------------------------------------ through decode()
 @pytest.mark.parametrize("name", ["gray", "rgb 4:2:0", "gray progressive", "cmyk"])
 @pytest.mark.parametrize("min_side", [None, 32])
@@ -372,16 +363,25 @@ def test_cut_jpeg_files_are_truncated_rows(tmp_path, name, min_side):
 
 
 def test_damage_that_leaves_no_filled_end_is_found_where_it_can_hide(tmp_path):
-    """Streams walked whatever their last pixel: restart markers (libjpeg resynchronises at the
-    next, leaving a band), several scans (a later scan paints over the filled end), and
-    small images (a cut in the last MCU row is most of them)."""
+    """Damage that leaves no filled end: restart markers (libjpeg resynchronises at the next,
+    leaving a band), a zeroed stretch or a flipped bit without them, several scans (a later
+    scan paints over the filled end), a small image cut in its last MCU row."""
     data = jpeg(film(400, 300), quality=90, restart_marker_rows=1)
     k = len(data) * 3 // 10
     sector = data[:k] + bytes(512) + data[k + 512:]  # one disk sector zeroed
     path = tmp_path / "sector.jpg"
     path.write_bytes(sector)
-    assert not looks_filled(np.asarray(Image.open(path))[-1, -1])  # the end decodes as it should
     assert_reason(path, "damaged")
+    # No restart markers either: a zeroed stretch and a flipped bit in a large film, whose
+    # decoded end need not show anything.
+    plain = jpeg(film(400, 300), quality=90)
+    k = len(plain) * 3 // 10  # a flip of a magnitude bit keeps the codes in step: this one does not
+    for name, bad in [("zeroed", plain[:k] + bytes(64) + plain[k + 64:]),
+                      ("bit", plain[:k] + bytes([plain[k] ^ 0x10]) + plain[k + 1:])]:
+        path.write_bytes(bad)
+        with pytest.raises(ImageError) as ei:
+            decode(path)
+        assert ei.value.reason in ("damaged", "truncated"), (name, ei.value)
 
     # Non-interleaved sequential (a scan a component): 2 KB missing inside the first scan.
     seq = _sequential_scans(rgb_film())

@@ -26,10 +26,7 @@ walked the same way, sample by sample.
 Walking a stream (:mod:`.jpegwalk`, Numba) takes about as long as
 libjpeg-turbo's decode of it at 1/8 scale (8.3 ms against 9.1 ms, and 14 ms at
 full size, for a 2048x2500 gray film of 970 KB; 6.2 ms against 7.0 ms for a
-lossless 1024x1024 one). So :func:`check_decoded` walks every stream where a
-cut or a damaged stretch can hide (progressive, restart markers, several
-scans, small images, decoders whose fill is not known), and the others only
-where the decoded image looks filled in at its end.
+lossless 1024x1024 one), and :func:`check_decoded` walks every stream.
 
 Only Huffman-coded, non-hierarchical processes are checked (SOF0 baseline,
 SOF1 extended, SOF2 progressive, SOF3 lossless); for hierarchical,
@@ -44,7 +41,7 @@ import numpy as np
 
 from . import COPY_AGAIN, image_error
 
-__all__ = ["Shortfall", "scan_shortfall", "looks_filled", "check_decoded", "charls_refuses", "check_jpegls"]
+__all__ = ["Shortfall", "scan_shortfall", "check_decoded", "charls_refuses", "check_jpegls"]
 
 #: What CharLS says of JPEG-LS data it cannot decode (as opposed to a variant it does not
 #: support, where another decoder may still be right).
@@ -72,58 +69,19 @@ class Shortfall(NamedTuple):
     what: str
 
 
-def looks_filled(corner, precision: int = 8) -> bool:
-    """Whether ``corner`` -- the last pixel of a decoded JPEG in stored orientation (an
-    integer sample, or one per channel) -- holds about the value libjpeg gives a block with
-    zero coefficients: 2^(P-1) for P-bit samples (read as P-bit unsigned, so a signed view
-    of the same bits counts), within 4 levels at 8 bits: inverted Adobe CMYK fills one
-    less, and chroma upsampling blends the last decoded MCU row into the fill below it."""
-    mid, mask = 1 << (precision - 1), (1 << precision) - 1
-    slack = 4 << max(0, precision - 8)
-    # Plain Python: called once per decoded JPEG, on an int, a tuple or a small array.
-    values = np.ravel(corner).tolist() if isinstance(corner, np.ndarray) else \
-        corner if isinstance(corner, (tuple, list)) else (corner,)
-    return all(abs((int(v) & mask) - mid) <= slack for v in values)
-
-
-#: A DCT JPEG of at most this many pixels is always walked: a cut inside its last MCU row can
-#: be most of it, and walking it costs next to nothing.
-SMALL_AREA = 128 * 128
-
-
-def check_decoded(path, data, sof: int, precision: int, last, turbo: bool, area: int,
-                  where: str = "", todo: str = COPY_AGAIN) -> None:
+def check_decoded(path, data, sof: int, where: str = "", todo: str = COPY_AGAIN) -> None:
     """After a JPEG stream decoded: raise :class:`~xraynet.errors.ImageError` ("truncated" or
     "damaged", the message naming ``path``, prefixed by ``where``) when its scans lack image
-    data the decoder filled in. ``data``: the stream's bytes, or a callable returning them;
-    ``sof``: its frame marker (0xC0-0xCF, 0xF7); ``precision``: its sample precision P;
-    ``last``: the decoded image's last pixel in stored orientation (a sample, or one per
-    channel); ``turbo``: whether libjpeg-turbo decoded it (its fill for DCT data
-    :func:`looks_filled` knows); ``area``: the frame's pixels.
+    data the decoder filled in or made up (:func:`scan_shortfall`). ``data``: the stream's
+    bytes, or a callable returning them; ``sof``: its frame marker (0xC0-0xCF, 0xF7).
 
-    Which streams are walked (:func:`scan_shortfall`):
-
-    * sequential DCT: where another decoder than libjpeg-turbo decoded it; where the last
-      pixel holds libjpeg-turbo's fill value; where the stream has restart markers (libjpeg
-      resynchronises at the next one, so damage leaves a band, not a filled end) or more
-      than one scan (a later scan can hide a filled end); and images of at most
-      :data:`SMALL_AREA` pixels. Otherwise a cut inside the last MCU row goes unseen.
-    * progressive: always -- a cut inside a later scan leaves no flat fill, only coarser
-      detail below the cut.
-    * lossless: always -- after a cut decoders repeat a prediction with zero differences,
-      which leaves a flat end only for some predictors (predictor 7, the mean of the left
-      and upper samples, leaves a smooth one). Walking costs about what libjpeg-turbo's
-      decode does (6.2 ms against 7.0 ms at 1024x1024), an eighth of what pydicom's takes.
-
-    ``todo``: what the message tells the user to do about damaged data."""
+    Every Huffman-coded stream is walked. Damage inside a sequential stream without restart
+    markers -- a flipped bit, a zeroed sector -- leaves no mark a decoded image shows
+    reliably (the decoder may end on real-looking garbage), and walking costs about what
+    libjpeg-turbo's decode at 1/8 scale does. ``todo``: what the message tells the user to
+    do about damaged data."""
     if sof not in (0xC0, 0xC1, _PROGRESSIVE, _LOSSLESS_SOF):
         return
-    if sof not in (_PROGRESSIVE, _LOSSLESS_SOF) and turbo and area > SMALL_AREA and not looks_filled(last, precision):
-        data = data() if callable(data) else data
-        sos = data.find(b"\xff\xda")
-        restarts = data.find(b"\xff\xdd", 0, sos) >= 0
-        if sos < 0 or not (restarts or data.find(b"\xff\xda", sos + 2) >= 0):
-            return
     found = scan_shortfall(data() if callable(data) else data)
     if found is None:
         return

@@ -2,9 +2,8 @@
 Exif) and the end-of-image marker looked for before any pixel is decoded;
 8-bit DCT JPEG through Pillow, 12-bit, lossless, hierarchical and JPEG-LS
 ones -- and 8-bit ones Pillow fails on -- through imagecodecs, then
-pylibjpeg-libjpeg. After decoding, a film that looks filled in, or any
-progressive one, has its scans checked for missing image data
-(:mod:`xraynet.decoders.jpegscan`)."""
+pylibjpeg-libjpeg. After decoding, the scans of every Huffman-coded JPEG are
+checked for missing or damaged image data (:mod:`xraynet.decoders.jpegscan`)."""
 from __future__ import annotations
 
 import struct
@@ -193,17 +192,14 @@ def decode_jpeg(path, fh, head: bytes, size: int, reduce=None):
                           COPY_AGAIN, "truncated")
     pillow_error = None
     if layout.precision == 8 and layout.sof in _PILLOW_SOF:
-        corner = []
         try:
-            decoded = decode_pillow(path, fh, head, size, complete=True, reduce=reduce,
-                                    inspect=lambda img: corner.append(img.getpixel((img.width - 1, img.height - 1))))
+            decoded = decode_pillow(path, fh, head, size, complete=True, reduce=reduce)
         except Exception as e:  # noqa: BLE001 -- any Pillow failure: the codecs below get their turn
             if getattr(e, "reason", None) in ("too_large", "unreadable"):
                 raise
             pillow_error = e
         else:
-            check_decoded(path, lambda: _read_all(fh), layout.sof, 8, corner[0], turbo=True,
-                          area=layout.width * layout.height)
+            check_decoded(path, lambda: _read_all(fh), layout.sof)
             return decoded
     return _decode_jpeg_codecs(path, fh, size, layout, pillow_error)
 
@@ -234,7 +230,6 @@ def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
     for name, decode in decoders:
         try:
             a = np.asarray(decode(data))
-            turbo = name == "imagecodecs.jpeg8_decode"  # libjpeg-turbo, whose fill the scan check knows
             break
         except MemoryError:
             raise
@@ -255,8 +250,7 @@ def _decode_jpeg_codecs(path, fh, size: int, layout: JpegLayout, pillow_error):
         raise image_error(path, "the decoded JPEG does not match its frame header",
                           f"{layout.height}x{layout.width} pixels", f"shape {a.shape}", COPY_AGAIN, "damaged")
     if a.size:
-        check_decoded(path, lambda: _read_all(fh), layout.sof, layout.precision, a[-1, -1], turbo=turbo,
-                      area=layout.width * layout.height)
+        check_decoded(path, lambda: _read_all(fh), layout.sof)
     depth = layout.precision
     if a.ndim == 2:
         # A 16-bit frame is a container like a 16-bit PNG: it often holds 12-bit data.

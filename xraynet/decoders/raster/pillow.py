@@ -57,13 +57,12 @@ def _pillow_gray(img: Image.Image, path, sbit: int | None = None, invert: bool =
 
 
 def decode_pillow(path, fh, head: bytes, size: int, *, complete: bool | None = None, sbit: int | None = None,
-                  tiff: bool = False, reduce: Reduction | None = None, inspect=None):
+                  tiff: bool = False, reduce: Reduction | None = None):
     """Decode with Pillow; returns what :func:`~xraynet.decoders.raster.decode_raster` returns.
     ``complete``: the caller has checked that the file is whole (then any decoding failure is
     ``damaged``); None: nothing is known, and Pillow's "truncated" decides. ``sbit``: the
     significant bits a 16-bit PNG declares. ``tiff``: apply WhiteIsZero where Pillow does not.
-    ``reduce``: decode a JPEG at reduced size (:func:`_draft`); other formats ignore it.
-    ``inspect``: called with the loaded ``PIL.Image`` before any conversion."""
+    ``reduce``: decode a JPEG at reduced size (:func:`_draft`); other formats ignore it."""
     with _open(path, fh, head, size, complete) as img:
         fmt = (img.format or "unknown").lower()
         w, h = img.size
@@ -84,8 +83,6 @@ def decode_pillow(path, fh, head: bytes, size: int, *, complete: bool | None = N
                               f"a complete {fmt.upper()} file",
                               f"{size:,} bytes that end early" if cut else f"{size:,} bytes of damaged data",
                               COPY_AGAIN, "truncated" if cut else "damaged") from None
-        if inspect is not None:
-            inspect(img)
         mode = img.mode
         try:
             orientation = img.getexif().get(0x0112, 1)
