@@ -489,6 +489,40 @@ def test_jpeg_baseline_ybr_colour_is_luma(tmp_path, plain):
     assert corr(decode(save(ds, tmp_path / "ybr.dcm")).pixels, plain) > 0.995
 
 
+def gray_as_ybr(stored: np.ndarray, bits: int) -> np.ndarray:
+    """The YBR_FULL samples of a gray film: Y the film, Cb = Cr = the mid value (PS3.3 C.7.6.3.1.2)."""
+    mid = np.full(stored.shape, 1 << (bits - 1), stored.dtype)
+    return np.stack([stored, mid, mid], axis=-1)
+
+
+def test_ybr_colour_of_more_than_8_bits_is_its_y(tmp_path, plain):
+    # pydicom converts YBR to RGB for 8-bit samples only: a 12-bit YBR film was reported
+    # "damaged" (its uint16 refused by the conversion). Its Y is the luma.
+    ds = dx(gray_as_ybr(film12(), 12), "YBR_FULL", 12)
+    assert ds.BitsAllocated == 16 and ds.SamplesPerPixel == 3
+    d = decode(save(ds, tmp_path / "ybr16.dcm"))
+    assert d.source_mode == "YBR_FULL"
+    np.testing.assert_allclose(d.pixels, plain, atol=1e-6)
+
+
+def test_jpeg_12_bit_ybr_colour_is_its_y(tmp_path, plain):
+    # What dcmtk's `dcmcjpeg +ee` writes for a 16-bit RGB image: JPEG Extended, 12-bit
+    # samples, YBR_FULL_422 in 16 bits allocated.
+    imagecodecs = pytest.importorskip("imagecodecs")
+    if "pylibjpeg" not in get_decoder(JPEGExtended12Bit).available_plugins:
+        pytest.skip("no 12-bit JPEG decoder for pydicom (pylibjpeg-libjpeg) installed here")
+    rgb = np.repeat(film12()[..., None], 3, axis=-1)
+    try:
+        frame = imagecodecs.jpeg8_encode(rgb, level=95, bitspersample=12, subsampling="422")
+    except Exception as e:  # noqa: BLE001 -- an imagecodecs build without 12-bit JPEG
+        pytest.skip(f"imagecodecs cannot encode 12-bit JPEG here: {e}")
+    ds = fresh(bytes(frame), JPEGExtended12Bit, bits=12)
+    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "YBR_FULL_422", 3, 0
+    d = decode(save(ds, tmp_path / "ybr12.dcm"))
+    assert (d.source_mode, d.bit_depth) == ("YBR_FULL_422", 12)
+    assert corr(d.pixels, plain) > 0.999
+
+
 def test_deflated_explicit_little_endian(tmp_path, plain):
     ds = dx(film12())
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian

@@ -142,8 +142,9 @@ __all__ = ["ImageError", "Decoded", "Preprocessing", "decode", "preprocess", "lo
 #: and histogram equalisation finding bins by arithmetic (a value on a bin edge may change bins);
 #: 4: a PNG that libpng refuses is an error (image data ending early was a film with black rows);
 #: 5: a JPEG stream whose scans lack image data (DCT, lossless; JPEG-LS that CharLS refuses) and a
-#: WebP padded with zeros are errors (they were films filled in by the decoder).
-PIPELINE_VERSION = 5
+#: WebP padded with zeros are errors (they were films filled in by the decoder); 6: a YBR colour
+#: DICOM becomes its Y, not the luma of pydicom's RGB conversion (which refused 12- and 16-bit YBR).
+PIPELINE_VERSION = 6
 
 #: Whether :func:`load` decodes films at reduced size (see "Reduced-size decoding"
 #: in the module docstring), and by how much the kept short side exceeds the

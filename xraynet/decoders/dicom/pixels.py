@@ -154,15 +154,16 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
                           COPY_AGAIN, "truncated")
     # Every check above has run on the whole frame; only the decoding itself may be smaller.
     arr = None if stored.cut_short or ended_early else decode_reduced(stored.frame, ts, ds, reduce, path)
+    decoded_pi = geometry.photometric  # the reduced path takes monochrome frames only
     if arr is None:
-        arr = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
+        arr, decoded_pi = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
     frame = stored.frame
     if frame is not None and frame.startswith(b"\xff\xd8") and arr.size:
         layout = jpeg_layout(io.BytesIO(frame), len(frame))
         check_decoded(path, frame, layout.sof or 0, where="its first frame: ", todo=EXPORT_AGAIN)
         if layout.sof == 0xF7:
             check_jpegls(path, frame, where="its first frame: ", todo=EXPORT_AGAIN)
-    gray = _to_gray(path, arr, ds, geometry.photometric)
+    gray = _to_gray(path, arr, ds, geometry.photometric, decoded_pi)
     return gray, "dicom", geometry.photometric, geometry.bits, header_warnings(ds)
 
 
@@ -316,10 +317,18 @@ def _first_frame(path, ds, data: bytes, ts, g: _Geometry, ended_early: str) -> b
     return frame
 
 
-def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry, ended_early: str) -> np.ndarray:
-    """The first frame's stored values, decoded by pydicom; a decoder's failure is "truncated"
-    when the data ends early, else "damaged"."""
-    from pydicom.pixels import pixel_array
+def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry,
+                        ended_early: str) -> tuple[np.ndarray, str]:
+    """The first frame's stored values, decoded by pydicom, and the photometric
+    interpretation they are in; a decoder's failure is "truncated" when the data ends
+    early, else "damaged".
+
+    YBR data is taken as the decoder gives it, not converted to RGB (``as_rgb=False``):
+    pydicom's conversion takes 8-bit samples only, and a 12-bit colour JPEG (what dcmtk's
+    ``dcmcjpeg`` writes for 16-bit RGB) would fail there as if it were damaged; the Y of
+    YBR is the luma :func:`_to_gray` wants anyway. Where a decoder converts to RGB itself,
+    pydicom says so in the interpretation returned."""
+    from pydicom.pixels.utils import as_pixel_options
     from pydicom.uid import RLELossless
 
     # RLE: pydicom's own decoder (numpy, ~0.1 s for 5 M pixels). On a corrupt
@@ -328,7 +337,9 @@ def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry, en
     # backtrace printed on stderr, which breaks a cron run's silence).
     plugin = "pydicom" if ts == RLELossless and "pydicom" in decoder.available_plugins else ""
     try:
-        return pixel_array(ds, index=0, decoding_plugin=plugin)
+        arr, meta = decoder.as_array(ds, index=0, validate=True, decoding_plugin=plugin,
+                                     **as_pixel_options(ds, as_rgb=False))
+        return arr, str(meta.get("photometric_interpretation", g.photometric)).strip()
     except (MemoryError, KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 -- codecs raise many types on bad data, Rust ones panic
@@ -347,10 +358,16 @@ def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry, en
                           "truncated" if cut else "damaged") from None
 
 
-def _to_gray(path, arr: np.ndarray, ds, pi: str) -> np.ndarray:
+def _to_gray(path, arr: np.ndarray, ds, pi: str, decoded_pi: str) -> np.ndarray:
     """Decoded values -> float32 (Rows, Columns) in [0, 1]: monochrome through the display
-    pipeline (:func:`~.display.grayscale`); PALETTE COLOR through its palette, RGB and YBR
-    (already RGB from pydicom) as luma; "unsupported_mode" for other interpretations."""
+    pipeline (:func:`~.display.grayscale`); PALETTE COLOR through its palette and RGB as
+    ITU-R BT.601 luma; YBR as its Y, stretched. ``pi``: the dataset's photometric
+    interpretation; ``decoded_pi``: that of ``arr`` (RGB where the decoder converted YBR).
+    "unsupported_mode" for other interpretations.
+
+    Y is the luma: YBR_FULL's and YBR_ICT's Y is 0.299 R + 0.587 G + 0.114 B (PS3.3
+    C.7.6.3.1.2), YBR_PARTIAL's the same scaled into 16-235 and YBR_RCT's (R + 2G + B) / 4,
+    and the stretch to [0, 1] takes out the scale."""
     from pydicom.pixels import apply_color_lut
 
     if pi in ("MONOCHROME1", "MONOCHROME2"):
@@ -362,7 +379,9 @@ def _to_gray(path, arr: np.ndarray, ds, pi: str) -> np.ndarray:
     if pi == "PALETTE COLOR":
         return stretch(luma(apply_color_lut(arr, ds)), False)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return stretch(luma(arr), False)  # RGB, and YBR already converted to RGB by pydicom
+        if decoded_pi.startswith("YBR"):
+            return stretch(arr[..., 0].astype(np.float32), False)
+        return stretch(luma(arr), False)
     raise image_error(path, f"unsupported photometric interpretation {pi!r}",
                       "MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR", repr(pi),
                       "Convert the file to a grayscale DICOM or PNG", "unsupported_mode")

@@ -102,9 +102,9 @@ def decode_dicom(path, fh, head: bytes, size: int, reduce=None) -> tuple[np.ndar
     :data:`~xraynet.decoders.MAX_PIXELS`; the codestream must declare Rows x
     Columns; a decoder for the transfer syntax must be installed.
 
-    Monochrome pixels go through :func:`~.display.grayscale`; RGB and YBR (converted to RGB
-    by pydicom) and PALETTE COLOR (through its palette, PS3.3 C.7.6.3.1.5) become
-    ITU-R 601 luma, stretched to [0, 1].
+    Monochrome pixels go through :func:`~.display.grayscale`; RGB and PALETTE COLOR
+    (through its palette, PS3.3 C.7.6.3.1.5) become ITU-R 601 luma, and YBR its Y (the
+    same luma), at any bit depth, stretched to [0, 1].
 
     Raises :class:`~xraynet.errors.ImageError` with reason ``dicom_needs_pydicom``
     (pydicom missing), ``not_an_image`` (a ``.dcm`` name on something else),
