@@ -504,6 +504,36 @@ def test_winograd4_kernels(geom, dtype):
     assert_close(np.where(clear, idx, 0), np.where(clear, idx_ref, 0), op="winograd4_output_pool argmax", **info)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_winograd_wide_and_narrow_paths_agree_bit_for_bit(dtype):
+    """From WIDE_CHANNELS channels the input transforms (and the F(2x2) output adjoint)
+    run one loop per transformed value, below it one loop per tile: channels are
+    independent, so a wide call equals, bit for bit, one narrow call per channel."""
+    from xraynet.kernels.cpu_blocks import WIDE_CHANNELS
+
+    rng = np.random.default_rng(29)
+    c = WIDE_CHANNELS + 3
+    cases = [(cpu.winograd_input, 16, rng.standard_normal((2, 8, 10, c)), (2 * 3 * 4)),
+             (cpu.winograd4_input, 36, rng.standard_normal((2, 10, 14, c)), (2 * 2 * 3))]
+    for kernel, positions, xp, t in cases:
+        xp = xp.astype(dtype)
+        wide = np.empty((positions, t, c), dtype)
+        kernel(wide, xp)
+        for ci in range(c):
+            narrow = np.empty((positions, t, 1), dtype)
+            kernel(narrow, np.ascontiguousarray(xp[..., ci:ci + 1]))
+            np.testing.assert_array_equal(wide[..., ci:ci + 1].view(np.uint8), narrow.view(np.uint8),
+                                          err_msg=f"{kernel.__name__}: channel {ci}")
+    g = rng.standard_normal((2, 7, 9, c)).astype(dtype)  # odd sizes: half-used last tiles
+    wide = np.empty((16, 2 * 4 * 5, c), dtype)
+    cpu.winograd_output_adjoint(wide, g)
+    for oc in range(c):
+        narrow = np.empty((16, 2 * 4 * 5, 1), dtype)
+        cpu.winograd_output_adjoint(narrow, np.ascontiguousarray(g[..., oc:oc + 1]))
+        np.testing.assert_array_equal(wide[..., oc:oc + 1].view(np.uint8), narrow.view(np.uint8),
+                                      err_msg=f"winograd_output_adjoint: channel {oc}")
+
+
 def test_winograd4_weights_match_the_reference():
     from xraynet.backends.cpu_winograd import winograd4_weights
 
