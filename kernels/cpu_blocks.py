@@ -346,10 +346,12 @@ def winograd_input_adjoint(dxp, dv):
     """In place: dxp (NB, RH, WP, C) += B dV B^T of every tile's dV (16, T, C),
     added onto the 4x4 window it came from (windows overlap by 2); the adjoint
     of winograd_input; see reference.winograd_input_adjoint. Serial, so the
-    overlapping adds happen in a fixed order."""
+    overlapping adds happen in a fixed order. From :data:`WIDE_CHANNELS` channels
+    each loop stores one thing (see winograd_input)."""
     nb, rh, wp, c = dxp.shape
     th = (rh - 2) // 2
     tw = (wp - 2) // 2
+    e = np.empty((4, c), dxp.dtype)  # (dV B^T)[a, j] of one column j of the tile
     for i in range(nb):
         for ty in range(th):
             r0, r1, r2, r3 = dxp[i, 2 * ty], dxp[i, 2 * ty + 1], dxp[i, 2 * ty + 2], dxp[i, 2 * ty + 3]
@@ -357,16 +359,29 @@ def winograd_input_adjoint(dxp, dv):
                 t = (i * th + ty) * tw + tx
                 for j in range(4):  # column j of the tile: B applied down the rows
                     p = 2 * tx + j
+                    if c < WIDE_CHANNELS:
+                        for ci in range(c):
+                            # columns first: e_a = (dV B^T)[a, j]
+                            e0 = _wino_col(dv, 0, j, t, ci)
+                            e1 = _wino_col(dv, 4, j, t, ci)
+                            e2 = _wino_col(dv, 8, j, t, ci)
+                            e3 = _wino_col(dv, 12, j, t, ci)
+                            r0[p, ci] += e0
+                            r1[p, ci] += e1 - e2 + e3
+                            r2[p, ci] += e1 + e2 - e0
+                            r3[p, ci] -= e3
+                        continue
+                    for a in range(4):
+                        for ci in range(c):
+                            e[a, ci] = _wino_col(dv, 4 * a, j, t, ci)
                     for ci in range(c):
-                        # columns first: e_a = (dV B^T)[a, j]
-                        e0 = _wino_col(dv, 0, j, t, ci)
-                        e1 = _wino_col(dv, 4, j, t, ci)
-                        e2 = _wino_col(dv, 8, j, t, ci)
-                        e3 = _wino_col(dv, 12, j, t, ci)
-                        r0[p, ci] += e0
-                        r1[p, ci] += e1 - e2 + e3
-                        r2[p, ci] += e1 + e2 - e0
-                        r3[p, ci] -= e3
+                        r0[p, ci] += e[0, ci]
+                    for ci in range(c):
+                        r1[p, ci] += e[1, ci] - e[2, ci] + e[3, ci]
+                    for ci in range(c):
+                        r2[p, ci] += e[1, ci] + e[2, ci] - e[0, ci]
+                    for ci in range(c):
+                        r3[p, ci] -= e[3, ci]
 
 
 @njit(inline="always")

@@ -506,9 +506,9 @@ def test_winograd4_kernels(geom, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
 def test_winograd_wide_and_narrow_paths_agree_bit_for_bit(dtype):
-    """From WIDE_CHANNELS channels the input transforms (and the F(2x2) output adjoint)
-    run one loop per transformed value, below it one loop per tile: channels are
-    independent, so a wide call equals, bit for bit, one narrow call per channel."""
+    """From WIDE_CHANNELS channels the input transforms and the F(2x2) adjoints run one
+    loop per transformed value, below it one loop per tile: channels are independent,
+    so a wide call equals, bit for bit, one narrow call per channel."""
     from xraynet.kernels.cpu_blocks import WIDE_CHANNELS
 
     rng = np.random.default_rng(29)
@@ -532,6 +532,14 @@ def test_winograd_wide_and_narrow_paths_agree_bit_for_bit(dtype):
         cpu.winograd_output_adjoint(narrow, np.ascontiguousarray(g[..., oc:oc + 1]))
         np.testing.assert_array_equal(wide[..., oc:oc + 1].view(np.uint8), narrow.view(np.uint8),
                                       err_msg=f"winograd_output_adjoint: channel {oc}")
+    dv = rng.standard_normal((16, 2 * 3 * 4, c)).astype(dtype)
+    wide = rng.standard_normal((2, 8, 10, c)).astype(dtype)  # added onto: overlapping windows
+    narrow = [np.ascontiguousarray(wide[..., ci:ci + 1]) for ci in range(c)]
+    cpu.winograd_input_adjoint(wide, dv)
+    for ci in range(c):
+        cpu.winograd_input_adjoint(narrow[ci], np.ascontiguousarray(dv[..., ci:ci + 1]))
+        np.testing.assert_array_equal(wide[..., ci:ci + 1].view(np.uint8), narrow[ci].view(np.uint8),
+                                      err_msg=f"winograd_input_adjoint: channel {ci}")
 
 
 def test_winograd4_weights_match_the_reference():
