@@ -181,23 +181,20 @@ def winograd_input(v, xp):
                 t = (i * th + ty) * tw + tx
                 for j in range(4):
                     x = 2 * tx + j
-                    for ci in range(c):
-                        a[0, j, ci] = xp[i, y, x, ci] - xp[i, y + 2, x, ci]
-                    for ci in range(c):
-                        a[1, j, ci] = xp[i, y + 1, x, ci] + xp[i, y + 2, x, ci]
-                    for ci in range(c):
-                        a[2, j, ci] = xp[i, y + 2, x, ci] - xp[i, y + 1, x, ci]
-                    for ci in range(c):
-                        a[3, j, ci] = xp[i, y + 1, x, ci] - xp[i, y + 3, x, ci]
+                    for k in range(4):
+                        for ci in range(c):
+                            a[k, j, ci] = _bt4(xp[i, y, x, ci], xp[i, y + 1, x, ci], xp[i, y + 2, x, ci],
+                                               xp[i, y + 3, x, ci])[k]
                 for r in range(4):
-                    for ci in range(c):
-                        v[4 * r, t, ci] = a[r, 0, ci] - a[r, 2, ci]
-                    for ci in range(c):
-                        v[4 * r + 1, t, ci] = a[r, 1, ci] + a[r, 2, ci]
-                    for ci in range(c):
-                        v[4 * r + 2, t, ci] = a[r, 2, ci] - a[r, 1, ci]
-                    for ci in range(c):
-                        v[4 * r + 3, t, ci] = a[r, 1, ci] - a[r, 3, ci]
+                    for k in range(4):
+                        for ci in range(c):
+                            v[4 * r + k, t, ci] = _bt4(a[r, 0, ci], a[r, 1, ci], a[r, 2, ci], a[r, 3, ci])[k]
+
+
+@njit(inline="always")
+def _bt4(d0, d1, d2, d3):
+    """B^T (4 x 4, Winograd F(2x2, 3x3)) applied to four values along one axis."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
 
 
 @njit(inline="always")
@@ -285,26 +282,6 @@ def winograd_output_adjoint(dm, g):
     th = (r + 1) // 2
     tw = (ow + 1) // 2
     zero = np.zeros(1, dm.dtype)[0]
-    if o < WIDE_CHANNELS:  # one loop per tile (see winograd_input)
-        for i in range(nb):
-            for ty in range(th):
-                for tx in range(tw):
-                    t = (i * th + ty) * tw + tx
-                    oy, ox = 2 * ty, 2 * tx
-                    right, down = ox + 1 < ow, oy + 1 < r
-                    for oc in range(o):
-                        g00 = g[i, oy, ox, oc]
-                        g01 = g[i, oy, ox + 1, oc] if right else zero
-                        g10 = g[i, oy + 1, ox, oc] if down else zero
-                        g11 = g[i, oy + 1, ox + 1, oc] if right and down else zero
-                        # A = [[1, 0], [1, 1], [1, -1], [0, -1]]: rows, then columns
-                        h10, h11 = g00 + g10, g01 + g11
-                        h20, h21 = g00 - g10, g01 - g11
-                        dm[0, t, oc], dm[1, t, oc], dm[2, t, oc], dm[3, t, oc] = g00, g00 + g01, g00 - g01, -g01
-                        dm[4, t, oc], dm[5, t, oc], dm[6, t, oc], dm[7, t, oc] = h10, h10 + h11, h10 - h11, -h11
-                        dm[8, t, oc], dm[9, t, oc], dm[10, t, oc], dm[11, t, oc] = h20, h20 + h21, h20 - h21, -h21
-                        dm[12, t, oc], dm[13, t, oc], dm[14, t, oc], dm[15, t, oc] = -g10, -g10 - g11, g11 - g10, g11
-        return
     h = np.empty((4, 2, o), dm.dtype)  # A dY of the tile: row q, column j
     for i in range(nb):
         for ty in range(th):
@@ -312,33 +289,36 @@ def winograd_output_adjoint(dm, g):
                 t = (i * th + ty) * tw + tx
                 oy, ox = 2 * ty, 2 * tx
                 right, down = ox + 1 < ow, oy + 1 < r
-                # A = [[1, 0], [1, 1], [1, -1], [0, -1]]: down the rows (into h), then along
-                # them; one store per loop, so that each vectorises (see winograd_input).
-                for oc in range(o):
-                    h[0, 0, oc] = g[i, oy, ox, oc]
-                for oc in range(o):
-                    h[0, 1, oc] = g[i, oy, ox + 1, oc] if right else zero
-                for oc in range(o):
-                    h[3, 0, oc] = -(g[i, oy + 1, ox, oc] if down else zero)
-                for oc in range(o):
-                    h[3, 1, oc] = -(g[i, oy + 1, ox + 1, oc] if right and down else zero)
-                for oc in range(o):
-                    h[1, 0, oc] = h[0, 0, oc] - h[3, 0, oc]
-                for oc in range(o):
-                    h[1, 1, oc] = h[0, 1, oc] - h[3, 1, oc]
-                for oc in range(o):
-                    h[2, 0, oc] = h[0, 0, oc] + h[3, 0, oc]
-                for oc in range(o):
-                    h[2, 1, oc] = h[0, 1, oc] + h[3, 1, oc]
+                # A = [[1, 0], [1, 1], [1, -1], [0, -1]]: down the rows, then along them
+                if o < WIDE_CHANNELS:  # in one loop per tile (see winograd_input)
+                    for oc in range(o):
+                        g00 = g[i, oy, ox, oc]
+                        g01 = g[i, oy, ox + 1, oc] if right else zero
+                        g10 = g[i, oy + 1, ox, oc] if down else zero
+                        g11 = g[i, oy + 1, ox + 1, oc] if right and down else zero
+                        h10, h11 = g00 + g10, g01 + g11
+                        h20, h21 = g00 - g10, g01 - g11
+                        dm[0, t, oc], dm[1, t, oc], dm[2, t, oc], dm[3, t, oc] = g00, g00 + g01, g00 - g01, -g01
+                        dm[4, t, oc], dm[5, t, oc], dm[6, t, oc], dm[7, t, oc] = h10, h10 + h11, h10 - h11, -h11
+                        dm[8, t, oc], dm[9, t, oc], dm[10, t, oc], dm[11, t, oc] = h20, h20 + h21, h20 - h21, -h21
+                        dm[12, t, oc], dm[13, t, oc], dm[14, t, oc], dm[15, t, oc] = -g10, -g10 - g11, g11 - g10, g11
+                    continue
+                for k in range(4):  # wider: one loop per value, through h
+                    for oc in range(o):
+                        h[k, 0, oc] = _a4(g[i, oy, ox, oc], g[i, oy + 1, ox, oc] if down else zero)[k]
+                    for oc in range(o):
+                        h[k, 1, oc] = _a4(g[i, oy, ox + 1, oc] if right else zero,
+                                          g[i, oy + 1, ox + 1, oc] if right and down else zero)[k]
                 for q in range(4):
-                    for oc in range(o):
-                        dm[4 * q, t, oc] = h[q, 0, oc]
-                    for oc in range(o):
-                        dm[4 * q + 1, t, oc] = h[q, 0, oc] + h[q, 1, oc]
-                    for oc in range(o):
-                        dm[4 * q + 2, t, oc] = h[q, 0, oc] - h[q, 1, oc]
-                    for oc in range(o):
-                        dm[4 * q + 3, t, oc] = -h[q, 1, oc]
+                    for k in range(4):
+                        for oc in range(o):
+                            dm[4 * q + k, t, oc] = _a4(h[q, 0, oc], h[q, 1, oc])[k]
+
+
+@njit(inline="always")
+def _a4(g0, g1):
+    """A (4 x 2, Winograd F(2x2, 3x3)) applied to two values along one axis."""
+    return g0, g0 + g1, g0 - g1, -g1
 
 
 @njit(**_SERIAL)
