@@ -523,6 +523,60 @@ def test_jpeg_12_bit_ybr_colour_is_its_y(tmp_path, plain):
     assert corr(d.pixels, plain) > 0.999
 
 
+def test_uncompressed_ybr_full_422_is_its_y(tmp_path, plain):
+    # Uncompressed YBR_FULL_422 stores Y1 Y2 Cb Cr for each two pixels (PS3.3 C.7.6.3.1.2):
+    # two thirds of three samples a pixel. It was "damaged" (too little pixel data).
+    y = np.round(20 + 200 * FILM).astype(np.uint8)
+    packed = np.empty((y.shape[0], y.shape[1] // 2, 4), np.uint8)
+    packed[..., 0], packed[..., 1], packed[..., 2:] = y[:, 0::2], y[:, 1::2], 128
+    ds = dx(np.zeros(y.shape + (3,), np.uint8), "RGB", 8)
+    ds.PhotometricInterpretation, ds.PixelData = "YBR_FULL_422", packed.tobytes()
+    d = decode(save(ds, tmp_path / "ybr422.dcm"))
+    assert d.source_mode == "YBR_FULL_422"
+    assert corr(d.pixels, plain) > 0.999
+
+
+@pytest.mark.parametrize("pi, samples", [("HSV", 3), ("CMYK", 4), ("ARGB", 4), ("XYZ", 3), ("YBR_PARTIAL_422", 3)])
+def test_a_photometric_interpretation_xraynet_cannot_turn_into_gray_is_unsupported(tmp_path, pi, samples):
+    # HSV and 3-sample CMYK were screened as if they were RGB; the others were "damaged".
+    ds = dx(np.full((8, 6, 3), 90, np.uint8), "RGB", 8)
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = pi, samples
+    ds.PixelData = bytes(8 * 6 * samples)
+    e = assert_reason(save(ds, tmp_path / f"{pi}.dcm"), "unsupported_mode")
+    assert pi in str(e) and "PNG" in str(e)
+
+
+@pytest.mark.parametrize("pi, samples", [("RGB", 1), ("YBR_FULL", 1), ("MONOCHROME2", 3), ("PALETTE COLOR", 3)])
+def test_samples_per_pixel_that_contradict_the_interpretation_are_damaged(tmp_path, pi, samples):
+    ds = dx(np.full((8, 6), 90, np.uint8), "MONOCHROME2", 8)
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = pi, samples
+    ds.PixelData = bytes(8 * 6 * samples)
+    e = assert_reason(save(ds, tmp_path / "spp.dcm"), "damaged")
+    assert "Samples per Pixel" in str(e) and pi in str(e)
+
+
+@pytest.mark.parametrize("pi", ["YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"])
+def test_a_compressed_only_ybr_on_uncompressed_data_is_damaged(tmp_path, pi):
+    # Read as their first sample, these were films of the red channel.
+    ds = dx(np.full((8, 6, 3), 90, np.uint8), "RGB", 8)
+    ds.PhotometricInterpretation = pi
+    assert "compressed pixel data only" in str(assert_reason(save(ds, tmp_path / f"{pi}.dcm"), "damaged"))
+
+
+def test_jpeg2000_samples_wider_than_bits_allocated_are_damaged(tmp_path):
+    # A 12-bit codestream under an 8-bit header decoded into uint8 as garbage, "ok".
+    imagecodecs = pytest.importorskip("imagecodecs")
+    try:
+        frame = imagecodecs.jpeg2k_encode(film12(), level=0, bitspersample=12)
+    except Exception as e:  # noqa: BLE001 -- an imagecodecs build without JPEG 2000
+        pytest.skip(f"imagecodecs cannot encode JPEG 2000 here: {e}")
+    ds = fresh(bytes(frame), JPEG2000Lossless, bits=8)
+    e = assert_reason(save(ds, tmp_path / "j2k12as8.dcm"), "damaged")
+    assert "sample depth" in str(e) and "12-bit" in str(e)
+    ds = fresh(bytes(frame), JPEG2000Lossless, bits=12)  # the same frame, described as it is
+    assert decode(save(ds, tmp_path / "j2k12.dcm")).bit_depth == 12
+
+
 def test_deflated_explicit_little_endian(tmp_path, plain):
     ds = dx(film12())
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian

@@ -17,8 +17,8 @@ _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # ISO/IEC 15444-1 I.5.1
 _SOF_MARKERS = frozenset(set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xF7}
 
 
-def _jpeg_size(frame: bytes) -> tuple[str, int, int]:
-    """Width and height of a JPEG or JPEG-LS frame header (SOFn: Lf, P, Y, X; T.81 B.2.2)."""
+def _jpeg_frame_header(frame: bytes) -> tuple[str, int]:
+    """(what, position) of a JPEG or JPEG-LS frame's SOFn marker (T.81 B.2.2)."""
     pos = 2
     while pos + 4 <= len(frame):
         if frame[pos] != 0xFF:
@@ -35,12 +35,18 @@ def _jpeg_size(frame: bytes) -> tuple[str, int, int]:
         if marker in _SOF_MARKERS:
             if pos + 9 > len(frame):
                 break
-            height, width = struct.unpack_from(">HH", frame, pos + 5)
             what = "the embedded JPEG-LS frame header (SOF55)" if marker == 0xF7 else \
                 f"the embedded JPEG frame header (SOF{marker - 0xC0})"
-            return what, width, height
+            return what, pos
         pos += 2 + struct.unpack_from(">H", frame, pos + 2)[0]
     raise _BadCodestream("the frame ends before its JPEG frame header (SOF marker)")
+
+
+def _jpeg_size(frame: bytes) -> tuple[str, int, int]:
+    """Width and height of a JPEG or JPEG-LS frame header (SOFn: Lf, P, Y, X; T.81 B.2.2)."""
+    what, pos = _jpeg_frame_header(frame)
+    height, width = struct.unpack_from(">HH", frame, pos + 5)
+    return what, width, height
 
 
 def _j2k_size(frame: bytes, pos: int = 0) -> tuple[str, int, int]:
@@ -105,6 +111,29 @@ def declared_sizes(frame: bytes) -> list[tuple[str, int, int]]:
     if frame.startswith(_JP2_SIGNATURE):
         return _jp2_sizes(frame)
     return []
+
+
+def declared_precision(frame: bytes) -> tuple[str, int] | None:
+    """``(header, bits)``: the sample precision one compressed frame declares in its own
+    header, read without decoding: a JPEG or JPEG-LS frame header's P (T.81 B.2.2), or the
+    widest component of a JPEG 2000 codestream's SIZ marker (Ssiz, T.800 A.5.1), also
+    inside a JP2 file. None for anything else, or a header that cannot be read (the size
+    checks say why)."""
+    try:
+        if frame.startswith(b"\xff\xd8"):
+            what, pos = _jpeg_frame_header(frame)
+            return what, frame[pos + 4]
+    except _BadCodestream:
+        return None
+    start = 0 if frame.startswith(b"\xff\x4f\xff\x51") else \
+        frame.find(b"\xff\x4f\xff\x51") if frame.startswith(_JP2_SIGNATURE) else -1
+    if start < 0 or start + 42 > len(frame):
+        return None
+    components = struct.unpack_from(">H", frame, start + 40)[0]
+    ssiz = frame[start + 42:start + 42 + 3 * components:3]
+    if not ssiz:
+        return None
+    return "the embedded JPEG 2000 codestream (SIZ marker)", max((b & 0x7F) + 1 for b in ssiz)
 
 
 def ends_early(frame: bytes) -> bool:

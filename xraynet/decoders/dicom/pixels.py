@@ -16,7 +16,7 @@ import numpy as np
 from .. import COPY_AGAIN, IMAGE_KINDS, MAX_PIXELS, check_pixels, describe, image_error, luma, short
 from ..jpegscan import check_decoded, check_jpegls
 from ..raster.jpeg import jpeg_layout
-from .codestream import declared_sizes, ends_early, items_end_early, lacks_end_marker
+from .codestream import declared_precision, declared_sizes, ends_early, items_end_early, lacks_end_marker
 from .detect import UNDEFINED_LENGTH
 from .display import grayscale, stretch
 from .header import header_warnings
@@ -50,8 +50,11 @@ def _unsupported_codec(path, ts, detail: str):
 
 
 def _native_frame_bytes(ds, rows: int, cols: int) -> int:
-    """Bytes of one uncompressed frame (PS3.5 8.1.1; Bits Allocated 1 packs 8 pixels a byte)."""
+    """Bytes of one uncompressed frame (PS3.5 8.1.1; Bits Allocated 1 packs 8 pixels a byte;
+    YBR_FULL_422 stores Y Y Cb Cr for each two pixels, 2 samples a pixel, PS3.3 C.7.6.3.1.2)."""
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422" and samples == 3:
+        samples = 2
     bits = int(ds.get("BitsAllocated", 16) or 16)
     return (rows * cols * samples + 7) // 8 if bits == 1 else rows * cols * samples * ((bits + 7) // 8)
 
@@ -144,6 +147,7 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     pixel_keyword = _pixel_keyword(path, ds, ended_early, dicom_content, head, size)
     ts = _transfer_syntax(path, ds, inferred)
     geometry = _geometry(path, ds)
+    _check_description(path, ds, ts, geometry)
     decoder = _installed_decoder(path, ts)
     stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
     if stored.frame is not None and not stored.cut_short and not ended_early and lacks_end_marker(stored.frame):
@@ -252,6 +256,51 @@ def _geometry(path, ds) -> _Geometry:
     return _Geometry(rows=rows, cols=cols, photometric=pi, bits=bits, frames=frames)
 
 
+#: Samples per pixel of each photometric interpretation xraynet turns into gray (PS3.3
+#: C.7.6.3.1.2). YBR_ICT and YBR_RCT (JPEG 2000's component transforms) and YBR_PARTIAL_420
+#: (MPEG) are defined for compressed data only; the retired YBR_PARTIAL_422 is read where a
+#: decoder decompresses it (old JPEG files carry it), not uncompressed (pydicom does not
+#: unpack it).
+_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
+            "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_420": 3, "YBR_PARTIAL_422": 3}
+_COMPRESSED_ONLY = ("YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+_READ = "MONOCHROME1, MONOCHROME2, PALETTE COLOR, RGB or YBR"
+_TO_GRAY = "Convert the file to a grayscale DICOM or PNG"
+
+
+def _check_description(path, ds, ts, g: _Geometry) -> None:
+    """The photometric interpretation and Samples per Pixel, before any decoder sees the
+    frame: "unsupported_mode" for an interpretation xraynet does not turn into gray (the
+    retired HSV, ARGB and CMYK, uncompressed YBR_PARTIAL_422, or an unknown one); "damaged"
+    where the header contradicts itself (a sample count the interpretation does not have;
+    YBR_ICT, YBR_RCT or YBR_PARTIAL_420 on uncompressed data). Without this, a decoder may
+    read such data as RGB, or take one sample of three for the film."""
+    pi = g.photometric
+    if pi not in _SAMPLES:
+        retired = pi in ("HSV", "ARGB", "CMYK")
+        raise image_error(path, f"its photometric interpretation {pi!r} is {'a retired one' if retired else 'unknown'}"
+                                f" (PS3.3 C.7.6.3.1.2), which xraynet does not turn into gray", _READ, repr(pi),
+                          _TO_GRAY, "unsupported_mode")
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        samples = -1
+    if samples != _SAMPLES[pi]:
+        raise image_error(path, f"its Samples per Pixel (0028,0002) and photometric interpretation {pi!r} disagree",
+                          f"{_SAMPLES[pi]} sample(s) a pixel for {pi}", str(ds.get("SamplesPerPixel")),
+                          EXPORT_AGAIN, "damaged")
+    if ts.is_encapsulated:
+        return
+    if pi in _COMPRESSED_ONLY:
+        raise image_error(path, f"its photometric interpretation {pi!r} is defined for compressed pixel data only "
+                                f"(PS3.3 C.7.6.3.1.2)", "RGB, YBR_FULL or YBR_FULL_422 for uncompressed data",
+                          f"{pi} with {ts.name}", EXPORT_AGAIN, "damaged")
+    if pi == "YBR_PARTIAL_422":
+        raise image_error(path, "its pixel data is uncompressed YBR_PARTIAL_422, a retired form (PS3.3 "
+                                "C.7.6.3.1.2) that xraynet's DICOM decoder (pydicom) does not unpack",
+                          "uncompressed RGB, YBR_FULL or YBR_FULL_422", pi, _TO_GRAY, "unsupported_mode")
+
+
 def _installed_decoder(path, ts):
     """pydicom's decoder for ``ts``; "unsupported_codec", naming what to install, without one."""
     from pydicom.pixels import get_decoder
@@ -291,7 +340,8 @@ def _check_stored(path, ds, pixel_keyword: str, ts, g: _Geometry, ended_early: s
 
 def _first_frame(path, ds, data: bytes, ts, g: _Geometry, ended_early: str) -> bytes:
     """The first frame of encapsulated pixel data (PS3.5 A.4), whose own header must declare
-    no more than MAX_PIXELS and the size of the DICOM header (:func:`declared_sizes`)."""
+    no more than MAX_PIXELS, the size of the DICOM header (:func:`declared_sizes`) and samples
+    that fit Bits Allocated (:func:`declared_precision`)."""
     from pydicom.encaps import get_frame
 
     frame = None
@@ -314,6 +364,14 @@ def _first_frame(path, ds, data: bytes, ts, g: _Geometry, ended_early: str) -> b
             raise image_error(path, f"{where} and the DICOM header disagree on the image size",
                               f"{g.cols}x{g.rows} (Columns x Rows)", f"{width}x{height}",
                               EXPORT_AGAIN, "damaged")
+    precision = declared_precision(frame)
+    allocated = int(ds.get("BitsAllocated", 16) or 16)
+    if precision is not None and precision[1] > allocated:
+        # Samples wider than the header allocates: a JPEG 2000 decoder writes them into the
+        # narrower type, and the film comes out as garbage without an error.
+        raise image_error(path, f"{precision[0]} and the DICOM header disagree on the sample depth",
+                          f"samples of at most {allocated} bits (Bits Allocated)", f"{precision[1]}-bit samples",
+                          EXPORT_AGAIN, "damaged")
     return frame
 
 
@@ -362,8 +420,9 @@ def _to_gray(path, arr: np.ndarray, ds, pi: str, decoded_pi: str) -> np.ndarray:
     """Decoded values -> float32 (Rows, Columns) in [0, 1]: monochrome through the display
     pipeline (:func:`~.display.grayscale`); PALETTE COLOR through its palette and RGB as
     ITU-R BT.601 luma; YBR as its Y, stretched. ``pi``: the dataset's photometric
-    interpretation; ``decoded_pi``: that of ``arr`` (RGB where the decoder converted YBR).
-    "unsupported_mode" for other interpretations.
+    interpretation (checked by :func:`_check_description`); ``decoded_pi``: that of ``arr``
+    (RGB where the decoder converted YBR). "unsupported_mode" for decoded data of another
+    shape or interpretation.
 
     Y is the luma: YBR_FULL's and YBR_ICT's Y is 0.299 R + 0.587 G + 0.114 B (PS3.3
     C.7.6.3.1.2), YBR_PARTIAL's the same scaled into 16-235 and YBR_RCT's (R + 2G + B) / 4,
@@ -378,10 +437,10 @@ def _to_gray(path, arr: np.ndarray, ds, pi: str, decoded_pi: str) -> np.ndarray:
         return grayscale(arr, ds, pi, path)
     if pi == "PALETTE COLOR":
         return stretch(luma(apply_color_lut(arr, ds)), False)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        if decoded_pi.startswith("YBR"):
-            return stretch(arr[..., 0].astype(np.float32), False)
+    if arr.ndim == 3 and arr.shape[-1] == 3 and decoded_pi.startswith("YBR"):
+        return stretch(arr[..., 0].astype(np.float32), False)
+    if arr.ndim == 3 and arr.shape[-1] == 3 and decoded_pi == "RGB":
         return stretch(luma(arr), False)
-    raise image_error(path, f"unsupported photometric interpretation {pi!r}",
-                      "MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR", repr(pi),
-                      "Convert the file to a grayscale DICOM or PNG", "unsupported_mode")
+    raise image_error(path, f"its decoded pixels ({decoded_pi}, shape {arr.shape}) are not a picture xraynet "
+                            f"turns into gray", f"{_READ} data of the header's size", f"shape {arr.shape}",
+                      _TO_GRAY, "unsupported_mode")
