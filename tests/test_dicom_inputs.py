@@ -11,6 +11,7 @@ import shutil
 import struct
 import sys
 import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -555,12 +556,92 @@ def test_samples_per_pixel_that_contradict_the_interpretation_are_damaged(tmp_pa
     assert "Samples per Pixel" in str(e) and pi in str(e)
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["uncompressed", "rle"])
 @pytest.mark.parametrize("pi", ["YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"])
-def test_a_compressed_only_ybr_on_uncompressed_data_is_damaged(tmp_path, pi):
-    # Read as their first sample, these were films of the red channel.
+def test_a_codec_s_own_ybr_elsewhere_is_damaged(tmp_path, pi, compress):
+    # JPEG 2000's (ICT, RCT) and MPEG's (PARTIAL_420) colour models, on data no such codec
+    # coded: read as their first sample, these were films of the red channel.
     ds = dx(np.full((8, 6, 3), 90, np.uint8), "RGB", 8)
+    if compress:
+        ds.compress(RLELossless, encoding_plugin="pydicom")
     ds.PhotometricInterpretation = pi
-    assert "compressed pixel data only" in str(assert_reason(save(ds, tmp_path / f"{pi}.dcm"), "damaged"))
+    assert "data only" in str(assert_reason(save(ds, tmp_path / f"{pi}.dcm"), "damaged"))
+
+
+def test_colour_headers_that_contradict_themselves_are_damaged(tmp_path):
+    ds = dx(np.zeros((8, 6, 3), np.uint8), "RGB", 8)  # uncompressed 4:2:2 in planes: not defined
+    ds.PhotometricInterpretation, ds.PlanarConfiguration, ds.PixelData = "YBR_FULL_422", 1, bytes(8 * 6 * 2)
+    assert "Planar Configuration 1" in str(assert_reason(save(ds, tmp_path / "pc1.dcm"), "damaged"))
+    ds = dx(np.zeros((8, 6, 3), np.uint8), "RGB", 8)  # 1-bit colour
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelData = 1, 1, 0, bytes(8 * 6 * 3 // 8)
+    assert "1-bit RGB" in str(assert_reason(save(ds, tmp_path / "rgb1.dcm"), "damaged"))
+    ds = dx(np.zeros((8, 6, 3), np.uint8), "RGB", 8)  # no interpretation for 3 samples
+    del ds.PhotometricInterpretation
+    assert "is missing" in str(assert_reason(save(ds, tmp_path / "nopi.dcm"), "damaged"))
+    ds = dx(np.zeros((8, 6, 3), np.uint8), "RGB", 8)  # was "too_large" ("downscale the image")
+    ds.SamplesPerPixel = 65535
+    assert "Samples per Pixel" in str(assert_reason(save(ds, tmp_path / "spp.dcm"), "damaged"))
+
+
+def test_spellings_that_say_one_thing_are_read(tmp_path, plain):
+    # pydicom refuses these; each says one thing, so it is read as the standard spells it.
+    for i, pi in enumerate(["monochrome2", " MONOCHROME2", "Monochrome2 "]):
+        ds = dx(film12())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns at once about the invalid code string
+            ds.PhotometricInterpretation = pi
+        np.testing.assert_array_equal(decode(save(ds, tmp_path / f"pi{i}.dcm")).pixels, plain)
+    ds = dx(film12())
+    del ds.SamplesPerPixel
+    np.testing.assert_array_equal(decode(save(ds, tmp_path / "nospp.dcm")).pixels, plain)
+
+
+def test_headers_that_say_one_thing_the_decoders_refuse_are_read(tmp_path, plain):
+    ds = dx(film12())  # no Photometric Interpretation, one sample: monochrome
+    del ds.PhotometricInterpretation
+    np.testing.assert_array_equal(decode(save(ds, tmp_path / "nopi.dcm")).pixels, plain)
+    # YBR_FULL_422 over full 4:4:4 data: what a tool writes that decompresses a JPEG frame
+    # and keeps its label
+    y = np.round(20 + 200 * FILM).astype(np.uint8)
+    ds = dx(np.stack([y, np.full_like(y, 128), np.full_like(y, 128)], -1), "YBR_FULL", 8)
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    assert corr(decode(save(ds, tmp_path / "full444.dcm")).pixels, plain) > 0.999
+    # 8-bit JPEG samples under Bits Allocated 16, Bits Stored 8
+    buf = io.BytesIO()
+    Image.fromarray(y).save(buf, format="JPEG", quality=95)
+    ds = fresh(buf.getvalue(), JPEGBaseline8Bit, bits=8)
+    ds.BitsAllocated = 16
+    assert corr(decode(save(ds, tmp_path / "ba16.dcm")).pixels, plain) > 0.995
+
+
+def test_uncompressed_ybr_full_422_of_an_odd_number_of_pixels_is_damaged(tmp_path):
+    ds = dx(np.zeros((7, 7, 3), np.uint8), "RGB", 8)
+    ds.PhotometricInterpretation, ds.PixelData = "YBR_FULL_422", bytes(7 * 7 * 2 + 1)
+    assert "odd number of pixels" in str(assert_reason(save(ds, tmp_path / "odd.dcm"), "damaged"))
+    ds = dx(np.zeros((8, 7, 3), np.uint8), "RGB", 8)  # odd columns, even pixels: pairs run on
+    ds.PhotometricInterpretation, ds.PixelData = "YBR_FULL_422", bytes(8 * 7 * 2)
+    assert decode(save(ds, tmp_path / "even.dcm")).width == 7
+    ds.PixelData = bytes(8 * 7 * 2 - 20)  # a 4:2:2 file cut short stays "truncated"
+    raw = save(ds, tmp_path / "cut.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(raw[:-10])
+    assert_reason(tmp_path / "cut.dcm", "truncated")
+
+
+def test_jpeg2000_with_a_component_transform_is_rgb_whatever_the_header_says(tmp_path, plain):
+    # The decoder undoes the transform and returns RGB; labelled YBR_FULL, its first
+    # sample (red) was taken for the Y.
+    imagecodecs = pytest.importorskip("imagecodecs")
+    rgb = np.stack([np.round(255 * FILM), np.round(255 * FILM ** 2), np.full(FILM.shape, 40.0)], -1).astype(np.uint8)
+    try:
+        frame = imagecodecs.jpeg2k_encode(rgb, level=0, mct=True)
+    except Exception as e:  # noqa: BLE001 -- an imagecodecs build without JPEG 2000
+        pytest.skip(f"imagecodecs cannot encode JPEG 2000 here: {e}")
+    luma = rgb.astype(np.float64) @ [0.299, 0.587, 0.114]
+    want = (luma - luma.min()) / (luma.max() - luma.min())
+    for pi in ("RGB", "YBR_FULL", "YBR_RCT"):
+        ds = fresh(bytes(frame), JPEG2000Lossless)
+        ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = pi, 3, 0
+        np.testing.assert_allclose(decode(save(ds, tmp_path / f"{pi}.dcm")).pixels, want, atol=1e-5, err_msg=pi)
 
 
 def test_jpeg2000_samples_wider_than_bits_allocated_are_damaged(tmp_path):

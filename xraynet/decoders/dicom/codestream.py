@@ -61,30 +61,31 @@ def _j2k_size(frame: bytes, pos: int = 0) -> tuple[str, int, int]:
     return "the embedded JPEG 2000 codestream (SIZ marker)", xsiz - xosiz, ysiz - yosiz
 
 
+def _jp2_boxes(frame: bytes, start: int, end: int):
+    """(type, content start, content end) of the JP2 boxes in frame[start:end] (T.800 I.4)."""
+    pos = start
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">L4s", frame, pos)
+        header = 8
+        if length == 1:  # XLBox: a 64-bit length follows
+            if pos + 16 > end:
+                raise _BadCodestream("a JP2 box header is cut short")
+            length, header = struct.unpack_from(">Q", frame, pos + 8)[0], 16
+        elif length == 0:  # the box runs to the end
+            length = end - pos
+        if length < header:
+            raise _BadCodestream(f"the JP2 box {kind!r} has an impossible length {length}")
+        yield kind, pos + header, min(pos + length, end)
+        pos += length
+
+
 def _jp2_sizes(frame: bytes) -> list[tuple[str, int, int]]:
     """Sizes declared by a JP2 file: its Image Header box (ihdr: HEIGHT, WIDTH; T.800
     I.5.3.1) and the SIZ marker of its contiguous codestream box (jp2c)."""
     sizes = []
-
-    def boxes(start, end):
-        pos = start
-        while pos + 8 <= end:
-            length, kind = struct.unpack_from(">L4s", frame, pos)
-            header = 8
-            if length == 1:  # XLBox: a 64-bit length follows
-                if pos + 16 > end:
-                    raise _BadCodestream("a JP2 box header is cut short")
-                length, header = struct.unpack_from(">Q", frame, pos + 8)[0], 16
-            elif length == 0:  # the box runs to the end
-                length = end - pos
-            if length < header:
-                raise _BadCodestream(f"the JP2 box {kind!r} has an impossible length {length}")
-            yield kind, pos + header, min(pos + length, end)
-            pos += length
-
-    for kind, start, end in boxes(0, len(frame)):
+    for kind, start, end in _jp2_boxes(frame, 0, len(frame)):
         if kind == b"jp2h":
-            for sub, s, e in boxes(start, end):
+            for sub, s, e in _jp2_boxes(frame, start, end):
                 if sub == b"ihdr" and e - s >= 8:
                     height, width = struct.unpack_from(">LL", frame, s)
                     sizes.append(("the embedded JP2 image header box (ihdr)", width, height))
@@ -94,6 +95,38 @@ def _jp2_sizes(frame: bytes) -> list[tuple[str, int, int]]:
     if not sizes:
         raise _BadCodestream("the JP2 file holds neither an image header box nor a codestream")
     return sizes
+
+
+def _codestream_start(frame: bytes) -> int:
+    """Where a JPEG 2000 codestream starts in ``frame``: 0 for a bare codestream, the
+    content of a JP2 file's codestream box (jp2c); -1 for anything else or a JP2 file
+    whose boxes cannot be read."""
+    if frame.startswith(b"\xff\x4f\xff\x51"):
+        return 0
+    if frame.startswith(_JP2_SIGNATURE):
+        try:
+            for kind, start, _ in _jp2_boxes(frame, 0, len(frame)):
+                if kind == b"jp2c":
+                    return start if frame[start:start + 4] == b"\xff\x4f\xff\x51" else -1
+        except _BadCodestream:
+            return -1
+    return -1
+
+
+def component_transform(frame: bytes) -> bool:
+    """Whether a JPEG 2000 codestream (or JP2 file) codes its first three components with
+    the multiple component transform (the COD marker's MCT, T.800 A.6.1): a decoder then
+    returns them as RGB, whatever the DICOM header calls them. False for anything else."""
+    pos = _codestream_start(frame)
+    if pos < 0 or pos + 4 > len(frame):
+        return False
+    pos += 2  # past SOC: the main header's marker segments, up to the first tile-part (SOT)
+    while pos + 4 <= len(frame) and frame[pos] == 0xFF and frame[pos + 1] != 0x90:
+        length = struct.unpack_from(">H", frame, pos + 2)[0]
+        if frame[pos + 1] == 0x52:  # COD: Lcod, Scod, SGcod = progression order, layers (2), MCT
+            return pos + 8 < len(frame) and frame[pos + 8] == 1
+        pos += 2 + length
+    return False
 
 
 def declared_sizes(frame: bytes) -> list[tuple[str, int, int]]:
@@ -125,8 +158,7 @@ def declared_precision(frame: bytes) -> tuple[str, int] | None:
             return what, frame[pos + 4]
     except _BadCodestream:
         return None
-    start = 0 if frame.startswith(b"\xff\x4f\xff\x51") else \
-        frame.find(b"\xff\x4f\xff\x51") if frame.startswith(_JP2_SIGNATURE) else -1
+    start = _codestream_start(frame)
     if start < 0 or start + 42 > len(frame):
         return None
     components = struct.unpack_from(">H", frame, start + 40)[0]

@@ -16,7 +16,8 @@ import numpy as np
 from .. import COPY_AGAIN, IMAGE_KINDS, MAX_PIXELS, check_pixels, describe, image_error, luma, short
 from ..jpegscan import check_decoded, check_jpegls
 from ..raster.jpeg import jpeg_layout
-from .codestream import declared_precision, declared_sizes, ends_early, items_end_early, lacks_end_marker
+from .codestream import (component_transform, declared_precision, declared_sizes, ends_early, items_end_early,
+                         lacks_end_marker)
 from .detect import UNDEFINED_LENGTH
 from .display import grayscale, stretch
 from .header import header_warnings
@@ -146,8 +147,8 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     :class:`~xraynet.decoders.Reduction` or None (:func:`.reduced.decode_reduced`)."""
     pixel_keyword = _pixel_keyword(path, ds, ended_early, dicom_content, head, size)
     ts = _transfer_syntax(path, ds, inferred)
+    _check_description(path, ds, ts)
     geometry = _geometry(path, ds)
-    _check_description(path, ds, ts, geometry)
     decoder = _installed_decoder(path, ts)
     stored = _check_stored(path, ds, pixel_keyword, ts, geometry, ended_early)
     if stored.frame is not None and not stored.cut_short and not ended_early and lacks_end_marker(stored.frame):
@@ -162,6 +163,8 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     if arr is None:
         arr, decoded_pi = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
     frame = stored.frame
+    if frame is not None and arr.ndim == 3 and component_transform(frame):
+        decoded_pi = "RGB"  # a JPEG 2000 decoder undoes the component transform, whatever the header says
     if frame is not None and frame.startswith(b"\xff\xd8") and arr.size:
         layout = jpeg_layout(io.BytesIO(frame), len(frame))
         check_decoded(path, frame, layout.sof or 0, where="its first frame: ", todo=EXPORT_AGAIN)
@@ -258,47 +261,99 @@ def _geometry(path, ds) -> _Geometry:
 
 #: Samples per pixel of each photometric interpretation xraynet turns into gray (PS3.3
 #: C.7.6.3.1.2). YBR_ICT and YBR_RCT (JPEG 2000's component transforms) and YBR_PARTIAL_420
-#: (MPEG) are defined for compressed data only; the retired YBR_PARTIAL_422 is read where a
-#: decoder decompresses it (old JPEG files carry it), not uncompressed (pydicom does not
-#: unpack it).
+#: (MPEG) belong to those codecs only; the retired YBR_PARTIAL_422 is read where a decoder
+#: decompresses it (old JPEG files carry it), not uncompressed (pydicom does not unpack it).
 _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
             "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_420": 3, "YBR_PARTIAL_422": 3}
-_COMPRESSED_ONLY = ("YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+_J2K = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
+                  "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+                  "1.2.840.10008.1.2.4.203"})
+_MPEG = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109))
+#: JPEG (DCT and lossless): libjpeg converts colour as the stream's own markers say, and
+#: pydicom reports what came out, so a frame under another codec's YBR label still reads right.
+_JPEG_OWN_COLOUR = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                              "1.2.840.10008.1.2.4.70"})
+#: The interpretations a codec's own colour coding defines, and those codecs' transfer syntaxes.
+_COLOUR_CODECS = {"YBR_ICT": ("JPEG 2000", _J2K), "YBR_RCT": ("JPEG 2000", _J2K),
+                  "YBR_PARTIAL_420": ("MPEG", _MPEG)}
 _READ = "MONOCHROME1, MONOCHROME2, PALETTE COLOR, RGB or YBR"
 _TO_GRAY = "Convert the file to a grayscale DICOM or PNG"
 
 
-def _check_description(path, ds, ts, g: _Geometry) -> None:
-    """The photometric interpretation and Samples per Pixel, before any decoder sees the
-    frame: "unsupported_mode" for an interpretation xraynet does not turn into gray (the
-    retired HSV, ARGB and CMYK, uncompressed YBR_PARTIAL_422, or an unknown one); "damaged"
-    where the header contradicts itself (a sample count the interpretation does not have;
-    YBR_ICT, YBR_RCT or YBR_PARTIAL_420 on uncompressed data). Without this, a decoder may
-    read such data as RGB, or take one sample of three for the film."""
-    pi = g.photometric
+def _check_description(path, ds, ts) -> None:
+    """The photometric interpretation, Samples per Pixel and Bits Allocated, before any
+    decoder sees the frame: "unsupported_mode" for an interpretation xraynet does not turn
+    into gray (the retired HSV, ARGB and CMYK, uncompressed YBR_PARTIAL_422, or an unknown
+    one); "damaged" where the header contradicts itself: a sample count the interpretation
+    does not have, 1-bit colour, YBR_ICT / YBR_RCT outside JPEG 2000 or YBR_PARTIAL_420
+    outside MPEG (but for JPEG, whose decoder converts colour as the stream says),
+    uncompressed YBR_FULL_422 in planes. Without this, a decoder may read such
+    data as RGB, or take one sample of three for the film.
+
+    Spellings the standard does not use but that say one thing are set right in ``ds`` for
+    the decoders (pydicom refuses them): an interpretation in lower case or with leading
+    spaces, and a missing Samples per Pixel of a monochrome or palette image (1)."""
+    raw = ds.get("PhotometricInterpretation")
+    try:
+        samples = int(ds["SamplesPerPixel"].value) if "SamplesPerPixel" in ds else None
+    except (TypeError, ValueError):
+        samples = -1
+    if raw is None or not str(raw).strip():
+        if samples not in (None, 1):
+            raise image_error(path, "its Photometric Interpretation (0028,0004) is missing", "one that names the "
+                                    f"colour model of its {samples} samples a pixel", "none", EXPORT_AGAIN, "damaged")
+        ds.PhotometricInterpretation = "MONOCHROME2"  # one sample: the monochrome default (_geometry)
+        return
+    pi = str(raw).strip().upper()
+    if pi != str(raw).rstrip():
+        ds.PhotometricInterpretation = pi
     if pi not in _SAMPLES:
         retired = pi in ("HSV", "ARGB", "CMYK")
         raise image_error(path, f"its photometric interpretation {pi!r} is {'a retired one' if retired else 'unknown'}"
                                 f" (PS3.3 C.7.6.3.1.2), which xraynet does not turn into gray", _READ, repr(pi),
                           _TO_GRAY, "unsupported_mode")
-    try:
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    except (TypeError, ValueError):
-        samples = -1
+    if samples is None and _SAMPLES[pi] == 1:
+        ds.SamplesPerPixel = samples = 1
     if samples != _SAMPLES[pi]:
         raise image_error(path, f"its Samples per Pixel (0028,0002) and photometric interpretation {pi!r} disagree",
                           f"{_SAMPLES[pi]} sample(s) a pixel for {pi}", str(ds.get("SamplesPerPixel")),
                           EXPORT_AGAIN, "damaged")
+    if samples == 3 and str(ds.get("BitsAllocated", "")) == "1":
+        raise image_error(path, f"its header describes 1-bit {pi} pixels", "Bits Allocated 8 or 16 for colour",
+                          "Bits Allocated 1", EXPORT_AGAIN, "damaged")
+    codec = _COLOUR_CODECS.get(pi)
+    if codec is not None and str(ts) not in codec[1] | _JPEG_OWN_COLOUR:
+        raise image_error(path, f"its photometric interpretation {pi!r} is defined for {codec[0]} data only (PS3.3 "
+                                f"C.7.6.3.1.2)", f"{codec[0]} data", ts.name, EXPORT_AGAIN, "damaged")
     if ts.is_encapsulated:
         return
-    if pi in _COMPRESSED_ONLY:
-        raise image_error(path, f"its photometric interpretation {pi!r} is defined for compressed pixel data only "
-                                f"(PS3.3 C.7.6.3.1.2)", "RGB, YBR_FULL or YBR_FULL_422 for uncompressed data",
-                          f"{pi} with {ts.name}", EXPORT_AGAIN, "damaged")
+    if pi == "YBR_FULL_422":
+        _check_uncompressed_422(path, ds)
+    if pi == "YBR_FULL_422" and str(ds.get("PlanarConfiguration", 0)) == "1":
+        raise image_error(path, "its pixel data is uncompressed YBR_FULL_422 in planes (Planar Configuration 1)",
+                          "Planar Configuration 0, the only one the standard defines for it (PS3.3 C.7.6.3.1.3)",
+                          "1", EXPORT_AGAIN, "damaged")
     if pi == "YBR_PARTIAL_422":
         raise image_error(path, "its pixel data is uncompressed YBR_PARTIAL_422, a retired form (PS3.3 "
                                 "C.7.6.3.1.2) that xraynet's DICOM decoder (pydicom) does not unpack",
                           "uncompressed RGB, YBR_FULL or YBR_FULL_422", pi, _TO_GRAY, "unsupported_mode")
+
+
+def _check_uncompressed_422(path, ds) -> None:
+    """Uncompressed YBR_FULL_422: Y Y Cb Cr for each two pixels, in raster order. Data of
+    three full samples a pixel under that label -- what a tool writes that decompresses a
+    JPEG frame and keeps its label -- is read as the YBR_FULL it is (pydicom refuses it);
+    an odd number of pixels leaves the last without its pair: "damaged"."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    raw = ds.get_item(0x7FE00010)  # as read: converting it here would lose its declared length
+    data = getattr(raw, "value", None)
+    full = rows * cols * 3 * ((int(ds.get("BitsAllocated", 8) or 8) + 7) // 8)
+    if isinstance(data, (bytes, bytearray)) and len(data) in (full, full + 1):
+        ds.PhotometricInterpretation = "YBR_FULL"
+    elif rows * cols % 2:
+        raise image_error(path, f"its pixel data is uncompressed YBR_FULL_422 of an odd number of pixels "
+                                f"({cols}x{rows})", "an even number: each two pixels share one Cb and Cr (PS3.3 "
+                                "C.7.6.3.1.2)", f"{rows * cols:,}", EXPORT_AGAIN, "damaged")
 
 
 def _installed_decoder(path, ts):
@@ -366,7 +421,12 @@ def _first_frame(path, ds, data: bytes, ts, g: _Geometry, ended_early: str) -> b
                               EXPORT_AGAIN, "damaged")
     precision = declared_precision(frame)
     allocated = int(ds.get("BitsAllocated", 16) or 16)
-    if precision is not None and precision[1] > allocated:
+    if precision is not None and precision[1] <= 8 < allocated and frame.startswith(b"\xff\xd8") \
+            and int(ds.get("BitsStored", allocated) or allocated) <= 8:
+        # 8-bit JPEG samples under Bits Allocated 16 (Bits Stored 8): pydicom sizes the decoded
+        # buffer by Bits Allocated and refuses the JPEG decoder's 8-bit one.
+        ds.BitsAllocated = 8
+    elif precision is not None and precision[1] > allocated:
         # Samples wider than the header allocates: a JPEG 2000 decoder writes them into the
         # narrower type, and the film comes out as garbage without an error.
         raise image_error(path, f"{precision[0]} and the DICOM header disagree on the sample depth",
