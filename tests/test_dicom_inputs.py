@@ -594,6 +594,9 @@ def test_spellings_that_say_one_thing_are_read(tmp_path, plain):
     ds = dx(film12())
     del ds.SamplesPerPixel
     np.testing.assert_array_equal(decode(save(ds, tmp_path / "nospp.dcm")).pixels, plain)
+    ds = dx(film12())
+    ds.SamplesPerPixel = None  # present, empty
+    np.testing.assert_array_equal(decode(save(ds, tmp_path / "emptyspp.dcm")).pixels, plain)
 
 
 def test_headers_that_say_one_thing_the_decoders_refuse_are_read(tmp_path, plain):

@@ -292,10 +292,11 @@ def _check_description(path, ds, ts) -> None:
 
     Spellings the standard does not use but that say one thing are set right in ``ds`` for
     the decoders (pydicom refuses them): an interpretation in lower case or with leading
-    spaces, and a missing Samples per Pixel of a monochrome or palette image (1)."""
+    spaces, and a missing or empty Samples per Pixel of a monochrome or palette image (1)."""
     raw = ds.get("PhotometricInterpretation")
     try:
-        samples = int(ds["SamplesPerPixel"].value) if "SamplesPerPixel" in ds else None
+        value = ds.get("SamplesPerPixel")
+        samples = None if value is None or value == "" else int(value)
     except (TypeError, ValueError):
         samples = -1
     if raw is None or not str(raw).strip():
