@@ -661,6 +661,21 @@ def test_jpeg2000_samples_wider_than_bits_allocated_are_damaged(tmp_path):
     assert decode(save(ds, tmp_path / "j2k12.dcm")).bit_depth == 12
 
 
+@pytest.mark.parametrize("pi", ["MONOCHROME2", "MONOCHROME1"])
+def test_stored_values_high_in_the_word_are_read_from_high_bit(tmp_path, plain, pi):
+    # 12 bits under High Bit 15 (older devices): pydicom masks the word to its low 12 bits,
+    # which gave an ok row of garbage.
+    ds = dx(film12() << 4, pi, 16)
+    ds.BitsStored, ds.HighBit = 12, 15
+    d = decode(save(ds, tmp_path / "hb15.dcm"))
+    want = plain if pi == "MONOCHROME2" else 1 - plain
+    np.testing.assert_allclose(d.pixels, want, atol=1e-6)
+    # The same High Bit over values from bit 0 (a mislabelled header): read from bit 0
+    ds = dx(film12() | 1, pi, 16)
+    ds.BitsStored, ds.HighBit = 12, 15
+    assert corr(decode(save(ds, tmp_path / "hb15low.dcm")).pixels, want) > 0.999
+
+
 def test_deflated_explicit_little_endian(tmp_path, plain):
     ds = dx(film12())
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian

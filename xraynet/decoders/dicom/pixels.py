@@ -161,7 +161,10 @@ def decode_dataset(path, ds, inferred: str | None, ended_early: str, dicom_conte
     arr = None if stored.cut_short or ended_early else decode_reduced(stored.frame, ts, ds, reduce, path)
     decoded_pi = geometry.photometric  # the reduced path takes monochrome frames only
     if arr is None:
-        arr, decoded_pi = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early)
+        shift = _high_bit_shift(ds, ts, geometry)
+        arr, decoded_pi = _decode_first_frame(path, ds, ts, decoder, stored, geometry, ended_early, shift)
+        if shift:
+            arr = _stored_values(arr, ds, shift)
     frame = stored.frame
     if frame is not None and arr.ndim == 3 and component_transform(frame):
         decoded_pi = "RGB"  # a JPEG 2000 decoder undoes the component transform, whatever the header says
@@ -436,8 +439,39 @@ def _first_frame(path, ds, data: bytes, ts, g: _Geometry, ended_early: str) -> b
     return frame
 
 
+def _high_bit_shift(ds, ts, g: _Geometry) -> int:
+    """How far above bit 0 an uncompressed monochrome frame's stored values sit: High Bit +
+    1 - Bits Stored (PS3.5 8.1.1; the standard now asks for 0, older devices wrote values
+    high in the word, 12 bits under High Bit 15). 0 for compressed data (codecs return
+    values from bit 0), colour, and a High Bit that cannot hold the stored bits (pydicom
+    reads those from bit 0, as before)."""
+    if ts.is_encapsulated or g.photometric not in ("MONOCHROME1", "MONOCHROME2") or "HighBit" not in ds:
+        return 0
+    try:
+        high, allocated = int(ds.HighBit), int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError):
+        return 0
+    shift = high + 1 - g.bits
+    return shift if 0 < shift and high < allocated else 0
+
+
+def _stored_values(arr: np.ndarray, ds, shift: int) -> np.ndarray:
+    """The stored values of a frame decoded with its unused bits kept (int32): Bits Stored bits
+    from bit ``shift`` (:func:`_high_bit_shift`), sign-extended where Pixel Representation is 1.
+    Where the bits below ``shift`` hold data, the High Bit is wrong and the values start at bit
+    0, as pydicom would read them."""
+    bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0) or 0) == 1
+    word = arr.astype(np.int64) & ((1 << int(ds.BitsAllocated)) - 1)  # the bits as stored, unsigned
+    if not (word & ((1 << shift) - 1)).any():
+        word >>= shift
+    word &= (1 << bits) - 1
+    if signed:
+        word = np.where(word >= 1 << (bits - 1), word - (1 << bits), word)
+    return word.astype(np.int32)
+
+
 def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry,
-                        ended_early: str) -> tuple[np.ndarray, str]:
+                        ended_early: str, shift: int = 0) -> tuple[np.ndarray, str]:
     """The first frame's stored values, decoded by pydicom, and the photometric
     interpretation they are in; a decoder's failure is "truncated" when the data ends
     early, else "damaged".
@@ -446,7 +480,8 @@ def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry,
     pydicom's conversion takes 8-bit samples only, and a 12-bit colour JPEG (what dcmtk's
     ``dcmcjpeg`` writes for 16-bit RGB) would fail there as if it were damaged; the Y of
     YBR is the luma :func:`_to_gray` wants anyway. Where a decoder converts to RGB itself,
-    pydicom says so in the interpretation returned."""
+    pydicom says so in the interpretation returned. ``shift``: :func:`_high_bit_shift`; when
+    not 0 the unused bits are kept, for :func:`_stored_values` to take the stored ones."""
     from pydicom.pixels.utils import as_pixel_options
     from pydicom.uid import RLELossless
 
@@ -457,7 +492,7 @@ def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry,
     plugin = "pydicom" if ts == RLELossless and "pydicom" in decoder.available_plugins else ""
     try:
         arr, meta = decoder.as_array(ds, index=0, validate=True, decoding_plugin=plugin,
-                                     **as_pixel_options(ds, as_rgb=False))
+                                     **as_pixel_options(ds, as_rgb=False, correct_unused_bits=not shift))
         return arr, str(meta.get("photometric_interpretation", g.photometric)).strip()
     except (MemoryError, KeyboardInterrupt, SystemExit):
         raise
