@@ -470,6 +470,11 @@ def _stored_values(arr: np.ndarray, ds, shift: int) -> np.ndarray:
     return word.astype(np.int32)
 
 
+#: pydicom's option to keep the bits above Bits Stored, given only where they are needed: its
+#: defaults differ by codec (JPEG 2000 and JPEG-LS keep theirs).
+_KEEP_UNUSED_BITS = {"correct_unused_bits": False}
+
+
 def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry,
                         ended_early: str, shift: int = 0) -> tuple[np.ndarray, str]:
     """The first frame's stored values, decoded by pydicom, and the photometric
@@ -492,7 +497,7 @@ def _decode_first_frame(path, ds, ts, decoder, stored: _Stored, g: _Geometry,
     plugin = "pydicom" if ts == RLELossless and "pydicom" in decoder.available_plugins else ""
     try:
         arr, meta = decoder.as_array(ds, index=0, validate=True, decoding_plugin=plugin,
-                                     **as_pixel_options(ds, as_rgb=False, correct_unused_bits=not shift))
+                                     **as_pixel_options(ds, as_rgb=False, **_KEEP_UNUSED_BITS if shift else {}))
         return arr, str(meta.get("photometric_interpretation", g.photometric)).strip()
     except (MemoryError, KeyboardInterrupt, SystemExit):
         raise
