@@ -24,9 +24,9 @@ they do not overlap, and gives up past a few pairs of pointers: a loop storing
 the six values of ``_bt`` into one scratch row while loading six input columns
 ran one channel at a time. Six loops, each storing one value (``_bt(...)[k]``,
 the values the whole transform gives, bit for bit), made the transform
-1.7-2.3x faster on the 2-core EPYC. The column pass and the output transforms vectorise as they are
-(split the same way, the output transforms ran 0.5-0.8x as fast: the extra
-loops only cost).
+1.7-2.3x faster on the 2-core EPYC. The column pass and the output transforms
+vectorise as they are (split the same way, the output transforms ran 0.5-0.8x
+as fast: the extra loops only cost).
 """
 from __future__ import annotations
 

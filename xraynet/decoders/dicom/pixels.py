@@ -50,14 +50,13 @@ def _unsupported_codec(path, ts, detail: str):
                        f"an installed decoder for {ts.name}", detail, todo, "unsupported_codec")
 
 
-def _native_frame_bytes(ds, rows: int, cols: int) -> int:
+def _native_frame_bytes(ds, g: _Geometry) -> int:
     """Bytes of one uncompressed frame (PS3.5 8.1.1; Bits Allocated 1 packs 8 pixels a byte;
     YBR_FULL_422 stores Y Y Cb Cr for each two pixels, 2 samples a pixel, PS3.3 C.7.6.3.1.2)."""
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422" and samples == 3:
-        samples = 2
+    samples = 2 if g.photometric == "YBR_FULL_422" else int(ds.get("SamplesPerPixel", 1) or 1)
     bits = int(ds.get("BitsAllocated", 16) or 16)
-    return (rows * cols * samples + 7) // 8 if bits == 1 else rows * cols * samples * ((bits + 7) // 8)
+    pixels = g.rows * g.cols
+    return (pixels * samples + 7) // 8 if bits == 1 else pixels * samples * ((bits + 7) // 8)
 
 
 _IMAGE_PIXEL_KEYWORDS = ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
@@ -333,10 +332,6 @@ def _check_description(path, ds, ts) -> None:
         return
     if pi == "YBR_FULL_422":
         _check_uncompressed_422(path, ds)
-    if pi == "YBR_FULL_422" and str(ds.get("PlanarConfiguration", 0)) == "1":
-        raise image_error(path, "its pixel data is uncompressed YBR_FULL_422 in planes (Planar Configuration 1)",
-                          "Planar Configuration 0, the only one the standard defines for it (PS3.3 C.7.6.3.1.3)",
-                          "1", EXPORT_AGAIN, "damaged")
     if pi == "YBR_PARTIAL_422":
         raise image_error(path, "its pixel data is uncompressed YBR_PARTIAL_422, a retired form (PS3.3 "
                                 "C.7.6.3.1.2) that xraynet's DICOM decoder (pydicom) does not unpack",
@@ -344,10 +339,15 @@ def _check_description(path, ds, ts) -> None:
 
 
 def _check_uncompressed_422(path, ds) -> None:
-    """Uncompressed YBR_FULL_422: Y Y Cb Cr for each two pixels, in raster order. Data of
-    three full samples a pixel under that label -- what a tool writes that decompresses a
-    JPEG frame and keeps its label -- is read as the YBR_FULL it is (pydicom refuses it);
-    an odd number of pixels leaves the last without its pair: "damaged"."""
+    """Uncompressed YBR_FULL_422: Y Y Cb Cr for each two pixels, in raster order, never in
+    planes ("damaged" for Planar Configuration 1, PS3.3 C.7.6.3.1.3). Data of three full
+    samples a pixel under that label -- what a tool writes that decompresses a JPEG frame
+    and keeps its label -- is read as the YBR_FULL it is (pydicom refuses it); an odd number
+    of pixels leaves the last without its pair: "damaged"."""
+    if str(ds.get("PlanarConfiguration", 0)) == "1":
+        raise image_error(path, "its pixel data is uncompressed YBR_FULL_422 in planes (Planar Configuration 1)",
+                          "Planar Configuration 0, the only one the standard defines for it (PS3.3 C.7.6.3.1.3)",
+                          "1", EXPORT_AGAIN, "damaged")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     raw = ds.get_item(0x7FE00010)  # as read: converting it here would lose its declared length
     data = getattr(raw, "value", None)
@@ -387,8 +387,8 @@ def _check_stored(path, ds, pixel_keyword: str, ts, g: _Geometry, ended_early: s
     frame = None
     if ts.is_encapsulated and isinstance(data, (bytes, bytearray)):
         frame = _first_frame(path, ds, data, ts, g, ended_early)
-    elif isinstance(data, (bytes, bytearray)) and len(data) < _native_frame_bytes(ds, g.rows, g.cols):
-        expected = f"{_native_frame_bytes(ds, g.rows, g.cols):,} bytes for one {g.cols}x{g.rows} frame"
+    elif isinstance(data, (bytes, bytearray)) and len(data) < _native_frame_bytes(ds, g):
+        expected = f"{_native_frame_bytes(ds, g):,} bytes for one {g.cols}x{g.rows} frame"
         if cut_short:
             raise image_error(path, "its pixel data ends early", expected, f"{len(data):,} bytes", COPY_AGAIN,
                               "truncated")
