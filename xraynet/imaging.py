@@ -143,8 +143,10 @@ __all__ = ["ImageError", "Decoded", "Preprocessing", "decode", "preprocess", "lo
 #: 4: a PNG that libpng refuses is an error (image data ending early was a film with black rows);
 #: 5: a JPEG stream whose scans lack image data (DCT, lossless; JPEG-LS that CharLS refuses) and a
 #: WebP padded with zeros are errors (they were films filled in by the decoder); 6: a YBR colour
-#: DICOM becomes its Y, not the luma of pydicom's RGB conversion (which refused 12- and 16-bit YBR).
-PIPELINE_VERSION = 6
+#: DICOM becomes its Y, not the luma of pydicom's RGB conversion (which refused 12- and 16-bit YBR);
+#: 7: JPEG 2000 files at each component's precision and sign (Pillow gave 9- to 16-bit colour as
+#: 8 bits, the brightest samples black, and offset signed samples by half the range).
+PIPELINE_VERSION = 7
 
 #: Whether :func:`load` decodes films at reduced size (see "Reduced-size decoding"
 #: in the module docstring), and by how much the kept short side exceeds the

@@ -58,7 +58,7 @@ Report columns (in this order)
 ``model``           ``<architecture name> (<model file name>)``
 ``model_sha256``    the model file's ``weights_sha256``
 ``xraynet_version`` the xraynet that wrote the row and its decode pipeline,
-                    e.g. ``0.1.0+decode6``
+                    e.g. ``0.1.0+decode7``
 ``screened_at``     UTC time of screening, ISO 8601 with ``Z``
 ``heatmap``         with ``heatmaps=DIR``: the Grad-CAM overlay PNG written
                     for a flagged image (``DIR/<path>.png``, DIR made

@@ -17,7 +17,7 @@ __all__ = ["BatchWriter", "ROW_VERSION"]
 
 #: The report's ``xraynet_version`` cell: the version and the decode pipeline
 #: (:data:`xraynet.imaging.PIPELINE_VERSION`) that made the row, as a PEP 440 local
-#: version ("0.1.0+decode6"). A row is reused only when it matches (the skip rule).
+#: version ("0.1.0+decode7"). A row is reused only when it matches (the skip rule).
 ROW_VERSION = f"{__version__}+decode{PIPELINE_VERSION}"
 
 

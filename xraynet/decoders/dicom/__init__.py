@@ -14,7 +14,7 @@ failures told apart); :mod:`.pixels` checks and decodes the first frame, with
 """
 from __future__ import annotations
 
-from .codestream import declared_sizes
+from ..codestream import declared_sizes
 from .detect import looks_like_dicom, raw_encoding
 from .display import displays_inverted
 from .header import header_warnings

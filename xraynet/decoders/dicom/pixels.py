@@ -16,7 +16,7 @@ import numpy as np
 from .. import COPY_AGAIN, IMAGE_KINDS, MAX_PIXELS, check_pixels, describe, image_error, luma, short
 from ..jpegscan import check_decoded, check_jpegls
 from ..raster.jpeg import jpeg_layout
-from .codestream import (component_transform, declared_precision, declared_sizes, ends_early, items_end_early,
+from ..codestream import (component_transform, declared_precision, declared_sizes, ends_early, items_end_early,
                          lacks_end_marker)
 from .detect import UNDEFINED_LENGTH
 from .display import grayscale, stretch

@@ -35,7 +35,7 @@ import struct
 import numpy as np
 
 from .. import Reduction
-from .codestream import ends_early
+from ..codestream import ends_early
 
 # JPEG 2000 transfer syntaxes (PS3.5 A.4.4): Lossless Only and JPEG 2000. Not HTJ2K (A.4.10-A.4.11):
 # its block decoder fails on damaged code-blocks of the finest levels, which a reduced decode

@@ -25,13 +25,16 @@ the data does not decode).
   stored samples at full precision; Pillow when tifffile cannot read the variant.
 * **WebP**: Pillow, with the RIFF length and the image chunk's tail checked
   (:mod:`.webp`).
-* Everything else (BMP, GIF, JPEG 2000 files...): Pillow.
+* **JPEG 2000** (JP2 files and bare codestreams): imagecodecs (OpenJPEG), at each
+  component's own precision and sign, after the declared sizes and the end
+  marker are checked (:mod:`.jpeg2000`).
+* Everything else (BMP, GIF...): Pillow.
 
 Decoded samples become grayscale float32 a block of rows at a time, so that
 besides the source samples and the float32 result only a few MB are allocated
 (no float copy of all channels, no float64 image).
 
-Modules: :mod:`.png`, :mod:`.jpeg`, :mod:`.tiff` and :mod:`.webp` read their format's
+Modules: :mod:`.png`, :mod:`.jpeg`, :mod:`.tiff`, :mod:`.webp` and :mod:`.jpeg2000` read their format's
 structure and pick its decoder; :mod:`.pillow` decodes the rest and is the
 fallback of the others; :mod:`.samples` turns samples of any depth into
 grayscale and applies the Orientation tag.
@@ -42,6 +45,7 @@ import numpy as np
 
 from .. import Reduction
 from .jpeg import decode_jpeg
+from .jpeg2000 import JPEG2000_SIGNATURES, decode_jpeg2000
 from .pillow import decode_pillow
 from .png import PNG_SIGNATURE, decode_png
 from .samples import STORED_BITS, orient, stored_bits
@@ -94,5 +98,7 @@ def decode_raster(path, fh, head: bytes, size: int, reduce: Reduction | None = N
         return decode_tiff(path, fh, head, size)
     if head[:4] == WEBP_SIGNATURE[0] and head[8:12] == WEBP_SIGNATURE[1]:
         return decode_webp(path, fh, head, size)
+    if head.startswith(JPEG2000_SIGNATURES):
+        return decode_jpeg2000(path, fh, head, size)
     return decode_pillow(path, fh, head, size)
 

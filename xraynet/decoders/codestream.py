@@ -1,8 +1,11 @@
-"""The sizes a compressed DICOM frame declares in its own header, read from
-its bytes without decoding it (:func:`declared_sizes`), and whether a frame
-or an encapsulated Pixel Data value was cut short. A frame may declare far
-more pixels than the DICOM header: these are checked before any decoder
-sees the frame."""
+"""What a JPEG, JPEG-LS or JPEG 2000 stream declares in its own header, read
+from its bytes without decoding it: the image size (:func:`declared_sizes`),
+the sample precision (:func:`declared_precision`), the component transform;
+and whether a stream or an encapsulated DICOM Pixel Data value was cut short.
+A stream may declare far more pixels than the file around it (a DICOM header,
+a JP2 box): these are checked before any decoder sees the stream. Used by the
+DICOM frame decoders (:mod:`.dicom`) and the JPEG 2000 file decoder
+(:mod:`.raster.jpeg2000`)."""
 from __future__ import annotations
 
 import struct
@@ -111,6 +114,56 @@ def _codestream_start(frame: bytes) -> int:
         except _BadCodestream:
             return -1
     return -1
+
+
+def codestream_span(frame: bytes) -> tuple[int, int] | None:
+    """``(start, end)`` of the JPEG 2000 codestream in ``frame``: the whole of a bare
+    codestream, the content of a JP2 file's codestream box (jp2c); None for anything else
+    or a JP2 file whose boxes cannot be read."""
+    if frame.startswith(b"\xff\x4f\xff\x51"):
+        return 0, len(frame)
+    if frame.startswith(_JP2_SIGNATURE):
+        try:
+            for kind, start, end in _jp2_boxes(frame, 0, len(frame)):
+                if kind == b"jp2c":
+                    return (start, end) if frame[start:start + 4] == b"\xff\x4f\xff\x51" else None
+        except _BadCodestream:
+            return None
+    return None
+
+
+def siz_components(frame: bytes) -> list[tuple[int, bool, int, int]] | None:
+    """``[(bits, signed, XRsiz, YRsiz)]``: each component of a JPEG 2000 codestream (or JP2
+    file) as its SIZ marker declares it (Ssiz: bit 7 the sign, bits 0-6 the precision less
+    one; the horizontal and vertical sub-sampling; ITU-T T.800 A.5.1). None when there is
+    no whole SIZ marker."""
+    start = _codestream_start(frame)
+    if start < 0 or start + 42 > len(frame):
+        return None
+    count = struct.unpack_from(">H", frame, start + 40)[0]
+    if count == 0 or start + 42 + 3 * count > len(frame):
+        return None
+    return [((b & 0x7F) + 1, bool(b & 0x80), frame[start + 43 + 3 * i], frame[start + 44 + 3 * i])
+            for i, b in enumerate(frame[start + 42:start + 42 + 3 * count:3])]
+
+
+def jp2_colourspace(frame: bytes) -> tuple[int, int] | None:
+    """``(space, position)``: the enumerated colour space of a JP2 file's first Colour
+    Specification box (colr, METH 1: 16 sRGB, 17 greyscale, 18 sYCC...; T.800 I.5.3.3) and
+    where its 4 bytes are in ``frame``; None where there is no such box (a bare codestream,
+    an ICC profile instead)."""
+    if not frame.startswith(_JP2_SIGNATURE):
+        return None
+    try:
+        for kind, start, end in _jp2_boxes(frame, 0, len(frame)):
+            if kind == b"jp2h":
+                for sub, s, e in _jp2_boxes(frame, start, end):
+                    if sub == b"colr" and e - s >= 7 and frame[s] == 1:
+                        return struct.unpack_from(">L", frame, s + 3)[0], s + 3
+                return None
+    except _BadCodestream:
+        return None
+    return None
 
 
 def component_transform(frame: bytes) -> bool:
