@@ -68,7 +68,8 @@ def screen(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be screened; write nothing."),
     heatmaps: Optional[str] = typer.Option(None, help="Write a Grad-CAM overlay PNG for each flagged image into "
-                                                      "this folder (named after the input; path in the CSV)."),
+                                                      "this folder (named after the input, long names cut and "
+                                                      "hashed; path in the CSV)."),
     device: str = device_option(),
     cluster: Optional[str] = typer.Option(None, help="Run the batches on a Dask cluster: a scheduler address "
                                                      "(tcp://host:8786) or local:N (N worker processes here). "

@@ -81,7 +81,8 @@ import numpy as np
 from .errors import CacheError, ShapeError, message
 from .imaging import Preprocessing
 
-__all__ = ["DecodeCache", "CacheRecoveredWarning", "file_sha256", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["DecodeCache", "CacheRecoveredWarning", "file_sha256", "hash_file", "file_version", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT = "xraynet-decode-cache"
 FORMAT_VERSION = 2
@@ -97,11 +98,27 @@ class CacheRecoveredWarning(UserWarning):
 
 def file_sha256(path, chunk_size: int = _CHUNK) -> str:
     """SHA-256 hex digest of a file's bytes, read in ``chunk_size`` pieces (never whole)."""
+    return hash_file(path, chunk_size)[0]
+
+
+def file_version(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What a file's ``stat`` shows of its bytes' version: (inode, size in bytes, mtime and
+    ctime in ns). The kernel sets the ctime on every write, truncation and rename, and no
+    call sets it back, so bytes rewritten or swapped and put back show a newer one."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def hash_file(path, chunk_size: int = _CHUNK) -> tuple[str, tuple | None]:
+    """(SHA-256 hex digest, :func:`file_version` the bytes were read at) of a file, read in
+    ``chunk_size`` pieces; the version is None when the file changed while it was read (the
+    digest then belongs to no version of it). Raises ``OSError`` (EINVAL for anything but a
+    regular file)."""
     h = hashlib.sha256()
     # O_NONBLOCK: a FIFO swapped in under an image's name must not block the open.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         os.set_blocking(fd, True)
         fh = os.fdopen(fd, "rb")
@@ -111,7 +128,8 @@ def file_sha256(path, chunk_size: int = _CHUNK) -> str:
     with fh:
         for block in iter(lambda: fh.read(chunk_size), b""):
             h.update(block)
-    return h.hexdigest()
+        version = file_version(os.fstat(fh.fileno()))
+    return h.hexdigest(), version if version == file_version(before) else None
 
 
 def _array_sha256(a: np.ndarray) -> str:

@@ -102,7 +102,7 @@ Crash safety
   changes what decoding gives, every file is screened once more, so no report
   mixes rows of two pipelines). Error rows whose reason depends on the
   machine, not the bytes -- ``unreadable``, ``dicom_needs_pydicom``,
-  ``unsupported_codec`` -- are always retried.
+  ``unsupported_codec`` -- and ``changed`` rows are always retried.
   When any existing row must go (its file changed, was deleted, or is a
   duplicate), the kept rows are first written to ``<report>.tmp``, synced and
   ``os.replace``-d over the report (*compaction*); only then are new rows
@@ -116,8 +116,12 @@ Crash safety
   :class:`~xraynet.errors.ScreenError`; write to a new ``--out`` or move the
   old report aside.
 
-A file that changes between being hashed and being decoded is the one race
-left: its row holds the older hash, so the next run screens it again.
+A file that changes between being hashed and being decoded gets the error
+``changed``, tried again by the next run: each file's inode, size, mtime and
+ctime (:func:`~xraynet.decodecache.file_version`) as it was hashed must be
+the same just before and just after it is decoded. The ctime is set by the
+kernel on every write and rename and cannot be set back, so bytes swapped and
+put back are caught too (within the file system's timestamp granularity).
 
 When something cannot be written -- a read-only report folder, a full disk
 (``ENOSPC``), an I/O error -- at any write point (the lock file, creating the

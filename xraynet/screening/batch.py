@@ -10,6 +10,8 @@ pixels travel.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +30,13 @@ __all__ = ["ImageFile", "BatchSettings", "Decoded", "BatchResult", "decode_image
 class ImageFile:
     """One image to screen. ``key``: its path relative to the folder as
     :func:`xraynet.discovery.encode_path` text (the report's ``path`` before the
-    spreadsheet guard); ``path``: where to open it."""
+    spreadsheet guard); ``path``: where to open it; ``version``: the
+    :func:`~xraynet.decodecache.file_version` its row's ``sha256`` was read at (None:
+    not checked), which :func:`decode_image` holds the decoded file to."""
 
     key: str
     path: str
+    version: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -92,24 +97,47 @@ def decode_image(f: ImageFile, prep) -> Decoded:
     """Decode and preprocess one file (``prep``: :class:`xraynet.imaging.Preprocessing`).
     Never raises for a bad file (but ``MemoryError``): an :class:`ImageError` becomes its
     reason and message (with the file's ``key`` for its path), anything else
-    ``internal_error``: one odd file must not stop the night's screening."""
+    ``internal_error``: one odd file must not stop the night's screening. A file whose
+    version before or after decoding is not ``f.version`` (written, replaced or removed
+    since it was hashed) gives the error ``changed`` whatever it decoded to: its row's
+    ``sha256`` would name bytes other than the ones screened."""
+    t0 = time.perf_counter()
+    before = _version(f.path) if f.version is not None else None
+    out = _decode(f, prep)
+    if f.version is not None and not before == _version(f.path) == f.version:
+        return Decoded(None, None, (f"changed: {f.key}: the file changed while it was screened. Expected the "
+                                    f"bytes hashed at the start of the run, got a file written, replaced or "
+                                    f"removed since. It is screened again on the next run; if it changes every "
+                                    f"night, screen the folder after the program writing it has finished."),
+                       time.perf_counter() - t0)
+    return out._replace(seconds=time.perf_counter() - t0)
+
+
+def _version(path: str):
+    from ..decodecache import file_version
+
+    try:
+        return file_version(os.stat(path))
+    except OSError:
+        return None
+
+
+def _decode(f: ImageFile, prep) -> Decoded:
     from ..imaging import load
 
-    t0 = time.perf_counter()
     try:
         x, d = load(f.path, prep)
-        return Decoded(x, (d.width, d.height, d.warnings), None, time.perf_counter() - t0)
+        return Decoded(x, (d.width, d.height, d.warnings), None, 0.0)
     except ImageError as e:
         # Messages start with the path the decoder was given; the report shows the relative one.
         msg = str(e).replace(str(Path(f.path)), f.key)
-        return Decoded(None, None, f"{e.reason}: {msg}", time.perf_counter() - t0)
+        return Decoded(None, None, f"{e.reason}: {msg}", 0.0)
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 -- one odd file must not stop the night's screening
         return Decoded(None, None, (f"internal_error: {f.key}: decoding failed unexpectedly "
                                     f"({type(e).__name__}: {e}). Expected a decodable image or an ImageError, "
-                                    f"got an exception. Report this file to the xraynet maintainers."),
-                       time.perf_counter() - t0)
+                                    f"got an exception. Report this file to the xraynet maintainers."), 0.0)
 
 
 def load_screening_model(settings: BatchSettings):
@@ -143,9 +171,25 @@ def screen_batch(model, prep, settings: BatchSettings, files) -> BatchResult:
     return infer_batch(model, settings, [f.key for f in files], decoded)
 
 
+# The longest file name (NAME_MAX, 255 bytes on Linux, macOS and Windows file systems) less the
+# 18 bytes the atomic write's temp name adds (xraynet.atomic: ".<name>.<12 hex>.tmp").
+_NAME_BYTES = 255 - 18
+
+
 def heatmap_path(folder, key: str) -> Path:
-    """Where the overlay of the file ``key`` goes: ``folder/<key>.png``."""
-    return Path(folder) / (key + ".png")
+    """Where the overlay of the file ``key`` goes: ``folder/<key>.png``. A part of that path
+    longer than a file name may be (:data:`_NAME_BYTES` bytes of UTF-8; escaped bytes of
+    names that are not UTF-8 take four characters each) is cut to fit and ends in ``~`` and
+    16 hex digits of the SHA-256 of the key up to that part, so two files never share one."""
+    parts = (key + ".png").split("/")
+    for i, part in enumerate(parts):
+        raw = os.fsencode(part)
+        if len(raw) > _NAME_BYTES:
+            tag = "~" + hashlib.sha256("/".join(parts[:i + 1]).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+            end = ".png" if i == len(parts) - 1 else ""
+            # cut at a character boundary: "ignore" drops a character the cut split
+            parts[i] = raw[:_NAME_BYTES - len(tag) - len(end)].decode("utf-8", "ignore") + tag + end
+    return Path(folder, *parts)
 
 
 def _write_heatmaps(model, settings: BatchSettings, keys, x, ok, p_of) -> set:

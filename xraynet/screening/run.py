@@ -13,7 +13,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["ScreenJob", "run_screen", "screen", "RETRY_REASONS"]
 
 #: Error reasons that depend on this machine rather than on the file's bytes: retried on every run.
-RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "unsupported_codec"})
+RETRY_REASONS = frozenset({"unreadable", "dicom_needs_pydicom", "unsupported_codec", "changed"})
 
 Progress = Callable[[int, int], None]
 
@@ -100,6 +100,10 @@ def run_screen(job: ScreenJob, progress: Progress | None = None) -> Summary:
     """
     t_start = time.perf_counter()
     refuse_in_starting_worker()
+    if os.path.islink(job.out):
+        # Rewrites replace the report by rename: done on a link they would replace the link by a
+        # file and leave the file it points to stale. Lock, temp file and report go beside the target.
+        job = replace(job, out=os.path.realpath(job.out))
     _check_paths(job)
     heatmaps = _check_heatmaps(job)
     _check_options(job)
@@ -141,12 +145,16 @@ def _check_paths(job: ScreenJob) -> None:
 
 
 def _check_heatmaps(job: ScreenJob) -> str | None:
-    """The heatmap folder made absolute (None without one), refused inside the screened folder."""
+    """The heatmap folder made absolute (None without one), refused inside the screened folder
+    and where a file stands."""
     if job.heatmaps is None:
         return None
     # The heatmap column then names each overlay by an absolute path: a page or a person
     # reading the report from another working folder still finds them.
     heatmaps = os.path.abspath(job.heatmaps)
+    if os.path.exists(heatmaps) and not os.path.isdir(heatmaps):
+        raise ScreenError(f"{display_path(heatmaps)}: cannot put heatmaps there. Expected a folder (created when "
+                          f"missing), got a file. Pass another --heatmaps folder.")
     inside, top = Path(os.path.realpath(heatmaps)), Path(os.path.realpath(job.folder))
     if inside == top or top in inside.parents:
         raise ScreenError(f"{display_path(heatmaps)}: the heatmaps folder lies inside the screened folder "
@@ -218,13 +226,17 @@ def _resolve_threshold(info: dict, threshold, screening_class, model_path) -> tu
 
 
 # ------------------------------------------------------------------ the run
-def _hash_one(f: ImageFile) -> str:
-    from ..decodecache import file_sha256
+def _hash_one(f: ImageFile) -> ImageFile | str:
+    """``f`` with the :func:`~xraynet.decodecache.file_version` its bytes were hashed at, and
+    their SHA-256: (ImageFile, digest); digest "" when it cannot be read (decoding says why)."""
+    from ..decodecache import hash_file
 
     try:
-        return file_sha256(f.path)
+        digest, version = hash_file(f.path)
     except OSError:
-        return ""  # decoding reports why it cannot be read
+        return f, ""
+    # A file that changed while it was hashed keeps a version no file has: decoding calls it changed.
+    return replace(f, version=version or ()), digest
 
 
 def _under(key: str, prefixes) -> bool:
@@ -251,6 +263,7 @@ class _Run:
     progress: Progress | None
 
     def __post_init__(self):
+        self.retried: dict[str, tuple[str, str]] = {}  # file key -> (sha256, reason) of its retried error row
         self.columns = report_columns(self.settings.classes)
         self.col = {name: self.columns.index(name) for name in
                     ("sha256", "status", "error", "model_sha256", "threshold", "flagged", "xraynet_version")}
@@ -314,20 +327,22 @@ class _Run:
         (:data:`~.writer.ROW_VERSION`) match, unless that row is an error whose reason depends on
         the machine (:data:`RETRY_REASONS`)."""
         t0 = time.perf_counter()
-        hashes = list(pool.map(_hash_one, images))
+        hashed = list(pool.map(_hash_one, images))
         self.summary.hash_seconds = time.perf_counter() - t0
         col, thr_text = self.col, format_number(self.settings.threshold)
         kept: dict[str, list] = dict(frozen)
         todo: list[tuple[ImageFile, str]] = []
-        for f, digest in zip(images, hashes):
+        for f, digest in hashed:
             c = cell(f.key)
             row = first.get(c)
-            reusable = (row is not None and digest and row[col["sha256"]] == digest
-                        and row[col["model_sha256"]] == self.settings.model_sha256
-                        and row[col["threshold"]] == thr_text
-                        and row[col["xraynet_version"]] == ROW_VERSION
-                        and not (row[col["status"]] == "error"
-                                 and row[col["error"]].split(":", 1)[0] in RETRY_REASONS))
+            same = (row is not None and row[col["sha256"]] == digest  # "" == "": unreadable both times
+                    and row[col["model_sha256"]] == self.settings.model_sha256
+                    and row[col["threshold"]] == thr_text
+                    and row[col["xraynet_version"]] == ROW_VERSION)
+            reason = row[col["error"]].split(":", 1)[0] if same and row[col["status"]] == "error" else None
+            if reason in RETRY_REASONS:
+                self.retried[f.key] = (digest, reason)  # the same error again is no news (Summary)
+            reusable = same and digest and reason not in RETRY_REASONS
             if reusable:
                 kept[c] = row
             else:
@@ -355,7 +370,7 @@ class _Run:
         except OSError as e:
             raise write_error(self.files.out, e, "opening the report to append rows", "No row was lost.") from None
         try:
-            writer = BatchWriter(fd, self.settings, self.summary, len(todo), self.progress)
+            writer = BatchWriter(fd, self.settings, self.summary, len(todo), self.progress, retried=self.retried)
             if self.cluster is not None:
                 from .cluster import screen_batches
 

@@ -31,7 +31,8 @@ class Summary:
     ``screened``: rows written this run; ``skipped_unchanged``: files whose row
     was kept; ``errors`` / ``flagged``: error rows / flagged rows among the
     folder's files in the report after the run (``*_new``: among this run's
-    rows); ``labels_new``: predicted label counts of this run's ok rows;
+    rows; ``errors_new`` leaves out a retried error row that failed again with the
+    same reason on the same bytes); ``labels_new``: predicted label counts of this run's ok rows;
     ``dropped_rows``: old rows removed (changed, deleted or duplicate files);
     ``unlisted``: folders or entries that could not be listed (their ``path`` text,
     ``""`` for the folder itself), whose ``kept_unlisted`` old rows were kept unchanged;

@@ -25,13 +25,16 @@ ROW_VERSION = f"{__version__}+decode{PIPELINE_VERSION}"
 class BatchWriter:
     """Appends each batch's rows to the report open at ``fd`` (``O_APPEND``) with one
     write() + fsync, counts them into ``summary``, keeps them in ``new_rows`` (file key ->
-    row) and calls ``progress(done, total)`` after each batch."""
+    row) and calls ``progress(done, total)`` after each batch. ``retried``: file key ->
+    (sha256, reason) of the error rows tried again; the same error on the same bytes is not
+    counted in ``summary.errors_new``."""
 
     fd: int
     settings: BatchSettings
     summary: Summary
     total: int
     progress: Callable[[int, int], None] | None = None
+    retried: dict = field(default_factory=dict)
     new_rows: dict = field(default_factory=dict)
     done: int = 0
 
@@ -51,7 +54,7 @@ class BatchWriter:
         st, classes = self.settings, self.settings.classes
         s = self.summary
         if res.error[i] is not None:
-            s.errors_new += 1
+            s.errors_new += self.retried.get(key) != (digest, res.error[i].split(":", 1)[0])
             return [cell(key), digest, "error", cell(res.error[i]), "", *([""] * len(classes)), "",
                     self._threshold_text, "", "", "", self._model_text, st.model_sha256, ROW_VERSION, now, ""]
         p = res.proba[i]

@@ -1,0 +1,152 @@
+"""Screening as hospital IT runs it, where a fresh tester broke it: a file changed between
+hashing and decoding, the same unreadable file every night, heatmaps of names near the
+file-name limit, --heatmaps on a file, and a report reached through a symbolic link.
+
+Every film is a small generated PNG in tmp_path."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import random_png as _png
+from helpers import read_report_rows as _read
+
+import xraynet.screening.run as run_module
+from xraynet.decodecache import file_sha256, file_version, hash_file
+from xraynet.errors import ScreenError
+from xraynet.screening import ImageFile, decode_image, screen
+from xraynet.screening.batch import _NAME_BYTES, heatmap_path
+from xraynet.imaging import Preprocessing
+
+
+def _swap(path, other) -> None:
+    """Put ``other``'s bytes at ``path`` the way exporters do: a new file renamed over it."""
+    tmp = f"{path}.new"
+    with open(other, "rb") as src, open(tmp, "wb") as dst:
+        dst.write(src.read())
+    os.replace(tmp, path)
+
+
+def test_hash_file_gives_the_version_it_read(tmp_path):
+    p = _png(tmp_path / "a.png", 1)
+    digest, version = hash_file(p)
+    assert digest == file_sha256(p) and version == file_version(os.stat(p))
+    _swap(p, _png(tmp_path / "b.png", 2))
+    assert file_version(os.stat(p)) != version  # another inode
+
+
+def test_decode_refuses_a_file_changed_since_it_was_hashed(tmp_path):
+    p, other = _png(tmp_path / "a.png", 1), _png(tmp_path / "b.png", 2)
+    prep = Preprocessing(image_size=32)
+    _, version = hash_file(p)
+    assert decode_image(ImageFile("a.png", str(p), version), prep).error is None
+    original = p.read_bytes()
+    _swap(p, other)
+    out = decode_image(ImageFile("a.png", str(p), version), prep)
+    assert out.pixels is None and out.error.startswith("changed: a.png: ")
+    # The same bytes put back are another version too (a new inode, a new ctime).
+    (tmp_path / "back.png").write_bytes(original)
+    _swap(p, tmp_path / "back.png")
+    assert decode_image(ImageFile("a.png", str(p), version), prep).error.startswith("changed: ")
+    p.unlink()
+    assert decode_image(ImageFile("a.png", str(p), version), prep).error.startswith("changed: ")
+
+
+def test_a_file_swapped_between_hash_and_decode_is_screened_again(tmp_path, model_file, monkeypatch):
+    # A tester's PACS-like re-export: other bytes right after hashing, the original back after
+    # decoding. The row claimed the original's SHA-256 with the other film's probabilities, and
+    # every later night kept it (the hash matched).
+    folder = tmp_path / "in"
+    for i in range(4):
+        _png(folder / f"f{i}.png", i)
+    target, original = folder / "f2.png", (folder / "f2.png").read_bytes()
+    other = _png(tmp_path / "other.png", 99)
+    hash_one = run_module._hash_one
+
+    def hash_then_swap(f):
+        out = hash_one(f)
+        if f.key == "f2.png" and target.read_bytes() == original:
+            _swap(target, other)
+        return out
+
+    monkeypatch.setattr(run_module, "_hash_one", hash_then_swap)
+    report = tmp_path / "r.csv"
+    s = screen(folder, report, model_path=model_file, workers=1)
+    rows = {r["path"]: r for r in _read(report)}
+    assert rows["f2.png"]["status"] == "error" and rows["f2.png"]["error"].startswith("changed: f2.png: ")
+    assert s.errors == 1 and s.errors_new == 1
+    monkeypatch.setattr(run_module, "_hash_one", hash_one)
+    (tmp_path / "orig.png").write_bytes(original)
+    _swap(target, tmp_path / "orig.png")
+    s = screen(folder, report, model_path=model_file, workers=1)  # "changed" is tried again
+    clean = tmp_path / "clean.csv"
+    screen(folder, clean, model_path=model_file, workers=1)
+    again, ref = {r["path"]: r for r in _read(report)}, {r["path"]: r for r in _read(clean)}
+    assert s.errors == 0 and again["f2.png"]["status"] == "ok"
+    # (another batch composition: equal to float32 rounding, not bit for bit)
+    assert float(again["f2.png"]["p_covid"]) == pytest.approx(float(ref["f2.png"]["p_covid"]), abs=1e-6)
+    assert again["f2.png"]["sha256"] == file_sha256(target)
+
+
+def test_the_same_unreadable_file_is_no_news_the_next_night(tmp_path, model_file):
+    folder = tmp_path / "in"
+    _png(folder / "a.png", 1)
+    os.symlink("gone.png", folder / "dangling.png")
+    report = tmp_path / "r.csv"
+    first = screen(folder, report, model_path=model_file)
+    assert (first.errors, first.errors_new) == (1, 1)
+    second = screen(folder, report, model_path=model_file)  # retried: same bytes (none), same reason
+    assert (second.errors, second.errors_new, second.exit_code) == (1, 0, 1)
+    (folder / "dangling.png").unlink()
+    (folder / "dangling.png").write_bytes(b"")  # now another error: that is news
+    third = screen(folder, report, model_path=model_file)
+    assert (third.errors, third.errors_new) == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["L" * 251 + ".png", "é" * 120 + ".png", os.fsdecode(b"\xff" * 70 + b".png")])
+def test_heatmaps_of_names_at_the_file_name_limit(tmp_path, model_file, name):
+    # 255-byte names, multi-byte characters, and bytes that are not UTF-8 (escaped as \xNN, four
+    # characters each) made the overlay's name (plus its temp suffix) too long: exit 4, every night.
+    folder = tmp_path / "in"
+    _png(folder / "a.png", 1)
+    _png(os.path.join(os.fsencode(folder), os.fsencode(name)), 2)
+    heat = tmp_path / "heat"
+    s = screen(folder, tmp_path / "r.csv", model_path=model_file, threshold=0.0, heatmaps=heat)
+    rows = _read(tmp_path / "r.csv")
+    assert s.errors == 0 and len(rows) == 2
+    paths = [r["heatmap"] for r in rows]
+    assert all(os.path.isfile(p) for p in paths) and len(set(paths)) == 2
+    assert all(len(os.fsencode(os.path.basename(p))) <= _NAME_BYTES for p in paths)
+
+
+def test_long_heatmap_names_are_cut_apart(tmp_path):
+    a, b = "x" * 300 + "a.png", "x" * 300 + "b.png"
+    pa, pb = heatmap_path(tmp_path, a), heatmap_path(tmp_path, b)
+    assert pa != pb and pa.name.endswith(".png") and len(os.fsencode(pa.name)) <= _NAME_BYTES
+    deep = heatmap_path(tmp_path, "d" * 300 + "/one.png")
+    assert deep.name == "one.png.png" and len(os.fsencode(deep.parent.name)) <= _NAME_BYTES
+    assert heatmap_path(tmp_path, "sub/short.png") == tmp_path / "sub" / "short.png.png"
+
+
+def test_heatmaps_on_a_file_is_refused_before_screening(tmp_path, model_file):
+    _png(tmp_path / "in" / "a.png", 1)
+    (tmp_path / "heat").write_text("a file")
+    with pytest.raises(ScreenError, match="Expected a folder"):
+        screen(tmp_path / "in", tmp_path / "r.csv", model_path=model_file, heatmaps=tmp_path / "heat")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_report_reached_through_a_link_stays_where_the_link_points(tmp_path, model_file):
+    folder = tmp_path / "in"
+    for i in range(3):
+        _png(folder / f"m{i}.png", i)
+    (tmp_path / "store").mkdir()
+    link = tmp_path / "screen.csv"
+    link.symlink_to(tmp_path / "store" / "real.csv")  # dangling until the first run
+    screen(folder, link, model_path=model_file)
+    _png(folder / "a_new.png", 7)  # sorts first: the run rewrites the report in sorted order
+    screen(folder, link, model_path=model_file)
+    assert link.is_symlink()
+    rows = _read(tmp_path / "store" / "real.csv")
+    assert [r["path"] for r in rows] == ["a_new.png", "m0.png", "m1.png", "m2.png"]
+    assert not (tmp_path / "store" / "real.csv.tmp").exists()
