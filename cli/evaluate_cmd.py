@@ -15,7 +15,7 @@ def evaluate(
                                       help="Model file (HDF5, default: the bundled model) and a folder with "
                                            "one subfolder of images per class."),
     subset: str = typer.Option("all", help="all: every image; val: only the validation patients of the "
-                                           "model's own training split (when DATA_DIR is its training folder)."),
+                                           "model's own training split (DATA_DIR must be its training folder, unchanged)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON document."),
     out: Optional[str] = typer.Option(None, help="Also write the JSON document to this file."),
     plots: Optional[str] = typer.Option(None, help="Write roc.png and reliability.png to this folder."),

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from xraynet.modelfile import load_model
 from xraynet.training import checkpoint_path_for, train
 
+from helpers import random_png
 from helpers import train_options as _opts
 
 
@@ -39,6 +41,24 @@ def test_train_then_evaluate(dataset, tmp_path):
     held_out = evaluate(out, root, EvaluationOptions(subset="val", n_boot=0))
     assert held_out["data"]["subset"] == "val"
     assert held_out["n"] == summary["val_images"] < doc["n"]
+    # The folder grown by one film splits otherwise: training patients would be scored as held out.
+    import shutil
+
+    from xraynet.errors import EvaluationError
+    from xraynet.evaluate import _check_same_folder
+    from xraynet.data import scan_dataset
+
+    grown = tmp_path / "grown"
+    shutil.copytree(root, grown)
+    random_png(grown / "normal" / "zz_new.png", 5)
+    with pytest.raises(EvaluationError, match="not the folder"):
+        evaluate(out, grown, EvaluationOptions(subset="val", n_boot=0))
+    # A model written before the fingerprint: the films per class are compared instead.
+    meta = load_model(out).metadata
+    del meta["split"]["files_sha256"]
+    _check_same_folder(out, meta, scan_dataset(root))
+    with pytest.raises(EvaluationError, match="not the folder"):
+        _check_same_folder(out, meta, scan_dataset(grown))
 
 
 def test_split_keeps_patients_apart(dataset):

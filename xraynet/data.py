@@ -260,6 +260,19 @@ def _patient_table(ds: Dataset):
     return pids, of_item, counts
 
 
+def split_fingerprint(ds: Dataset) -> str:
+    """SHA-256 hex digest of what :func:`split_dataset` splits: each item's class name,
+    relative path and patient id, in ``ds.items`` order. Equal digests give equal splits
+    (same seed and fraction); any film added, removed, moved or given another patient
+    changes it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in ds.items:
+        h.update(f"{ds.classes[item.label]}\t{item.rel}\t{item.patient_id}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
 def split_dataset(ds: Dataset, val_fraction: float = 0.2, seed: int = 0) -> Split:
     """Split ``ds`` into train and validation by patient, stratified by class.
 

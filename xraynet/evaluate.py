@@ -190,11 +190,35 @@ def _chosen(model_path, metadata: dict, ds, opts: EvaluationOptions) -> np.ndarr
             raise EvaluationError(f"{model_path}: has no stored training split. Expected a model written by "
                                   "`xraynet train`, got one without split metadata. Evaluate with --subset all "
                                   "on data the model never saw.")
+        _check_same_folder(model_path, metadata, ds)
         chosen = split_dataset(ds, val_fraction=split_info["val_fraction"], seed=split_info["seed"]).val
     if opts.sources is not None:
         wanted = ds.check_sources(opts.sources)
         chosen = np.array([i for i in chosen if ds.items[i].source in wanted], np.int64)
     return chosen
+
+
+def _check_same_folder(model_path, metadata: dict, ds) -> None:
+    """EvaluationError unless ``ds`` is the folder the model was trained on, as its split
+    fingerprint (:func:`~xraynet.data.split_fingerprint`) says, or for models written before
+    the fingerprint, its number of films per class: the split recomputed on another folder
+    puts training patients on the validation side, and the figures would flatter the model."""
+    from .data import split_fingerprint
+
+    stored = metadata["split"].get("files_sha256")
+    if stored is not None:
+        same = stored == split_fingerprint(ds)
+    else:
+        counts = ((metadata.get("data") or {}).get("confounds") or {}).get("images", {}).get("all")
+        now = {c: sum(1 for it in ds.items if it.label == k) for k, c in enumerate(ds.classes)}
+        same = counts is None or counts == now
+    if not same:
+        trained = (metadata.get("data") or {}).get("root", "its training folder")
+        raise EvaluationError(f"{ds.root}: not the folder {model_path} was trained on as it was then (films added, "
+                              f"removed, moved or given other patients; trained on {trained}). Expected the "
+                              f"training folder unchanged for --subset val, got another: its split would put "
+                              f"training patients on the validation side. Evaluate with --subset all on films "
+                              f"the model never saw.")
 
 
 @dataclass

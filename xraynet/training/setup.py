@@ -160,13 +160,15 @@ def _batch_mix(sources: list, labels: np.ndarray, n_classes: int, opts: TrainOpt
 
 def run_metadata(data_dir, data: TrainingData, opts: TrainOptions) -> dict:
     """The run's description, stored in every model file it writes (``metadata``)."""
+    from ..data import split_fingerprint
     from ..devices import resolve_device
 
     return {
         "data": {"root": str(Path(data_dir).resolve()), "images": len(data.ds.items), "skipped": len(data.skipped),
                  "train_images": int(len(data.y_train)), "val_images": int(len(data.y_val)),
                  "per_image_split": bool(data.split.per_image), "confounds": data.report},
-        "split": {"seed": opts.seed, "val_fraction": opts.val_fraction},
+        # The fingerprint lets `xraynet evaluate --subset val` refuse a folder that is not this one.
+        "split": {"seed": opts.seed, "val_fraction": opts.val_fraction, "files_sha256": split_fingerprint(data.ds)},
         "command": "xraynet train", "arch": opts.arch, "device": resolve_device(opts.device),
         # The recipe: what `xraynet crossval --recipe` retrains with (cache and device are not part of it).
         "options": {k: v for k, v in asdict(opts).items() if k not in ("cache", "device")},
