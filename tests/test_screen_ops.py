@@ -150,3 +150,65 @@ def test_a_report_reached_through_a_link_stays_where_the_link_points(tmp_path, m
     rows = _read(tmp_path / "store" / "real.csv")
     assert [r["path"] for r in rows] == ["a_new.png", "m0.png", "m1.png", "m2.png"]
     assert not (tmp_path / "store" / "real.csv.tmp").exists()
+
+
+def _lines_of(report) -> list[bytes]:
+    return report.read_bytes().split(b"\r\n")
+
+
+def test_a_damaged_row_in_the_middle_costs_only_that_row(tmp_path, model_file, monkeypatch):
+    # The reader used to cut everything from the first malformed record on: the rows of a folder
+    # that could not be listed that night were lost with it.
+    import errno
+
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    for i in range(4):
+        _png(folder / f"a{i}.png", i)
+    for i in range(3):
+        _png(folder / "zsub" / f"z{i}.png", 10 + i)
+    screen(folder, report, model_path=model_file)
+    before = {r["path"]: r for r in _read(report)}
+    lines = _lines_of(report)
+    lines[2] = lines[2][:40] + b'\x00garbage,"unclosed'  # row a1.png, damaged in place
+    report.write_bytes(b"\r\n".join(lines))
+    real = os.scandir
+
+    def deny(path="."):
+        if os.fspath(path) == os.fspath(folder / "zsub"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", deny)
+    s = screen(folder, report, model_path=model_file)
+    rows = {r["path"]: r for r in _read(report)}
+    assert s.exit_code == 5 and s.kept_unlisted == 3 and s.screened == 1  # a1.png again, nothing else
+    assert any("1 malformed record(s)" in w for w in s.warnings)
+    assert sorted(rows) == sorted(before) and all(rows[k] == before[k] for k in rows if k != "a1.png")
+    assert b"garbage" not in report.read_bytes()
+
+
+def test_a_cut_last_record_is_still_cut_and_blank_lines_cost_nothing(tmp_path, model_file):
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    for i in range(3):
+        _png(folder / f"a{i}.png", i)
+    screen(folder, report, model_path=model_file)
+    clean = report.read_bytes()
+    lines = _lines_of(report)
+    report.write_bytes(b"\r\n".join(lines[:2] + [b""] + lines[2:]))  # a blank line between rows
+    s = screen(folder, report, model_path=model_file)
+    assert (s.screened, s.warnings, s.repaired_bytes) == (0, [], 0)
+    report.write_bytes(clean + clean.split(b"\r\n")[1][:30])  # a kill mid-append
+    s = screen(folder, report, model_path=model_file)
+    assert (s.screened, s.warnings, s.repaired_bytes) == (0, [], 30) and report.read_bytes() == clean
+
+
+def test_a_report_saved_with_a_byte_order_mark_is_read(tmp_path, model_file):
+    # Spreadsheets' "CSV UTF-8" puts one before the header; the run refused such a report (exit 2).
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    for i in range(3):
+        _png(folder / f"a{i}.png", i)
+    screen(folder, report, model_path=model_file)
+    clean = report.read_bytes()
+    report.write_bytes(b"\xef\xbb\xbf" + clean)
+    s = screen(folder, report, model_path=model_file)
+    assert (s.screened, s.exit_code) == (0, 0) and report.read_bytes() == clean

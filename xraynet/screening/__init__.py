@@ -92,9 +92,12 @@ Crash safety
   ``os.replace``. So a report, once it exists, always has its header.
 * Rows are appended a batch at a time with one ``write()`` of complete lines
   followed by ``fsync``. A kill can therefore only leave an incomplete last
-  record. On start (under the lock) the report is parsed; from the first
-  incomplete or malformed record on, the file is truncated back to the end
-  of the last good record. Those files are simply screened again.
+  record. On start (under the lock) the report is parsed; what follows the
+  last good record is truncated off. Those files are simply screened again.
+  Malformed records between good ones (a hand edit, a bad disk block) are
+  skipped line by line up to the next good record, so only they are lost
+  (the run warns, and rewrites the report without them); a byte order mark
+  before the header is read past and dropped at that rewrite.
 * A file is skipped when the report has a row for its path with the same
   ``sha256``, ``model_sha256``, ``threshold`` and ``xraynet_version`` (the
   xraynet version and decode pipeline that wrote the row,

@@ -102,41 +102,87 @@ def file_identity(path: Path):
 class ExistingReport:
     """A report as found at the start of a run. ``rows``: the good records, header excluded;
     ``good_bytes``: file length up to the end of the last good record; ``size``: file length
-    now; ``empty``: no header at all, the report must be (re)created."""
+    now; ``empty``: no header at all, the report must be (re)created; ``dropped``: malformed
+    records found before good ones (a hand edit, disk damage), and ``bom``: a byte order mark
+    before the header (a spreadsheet's "CSV UTF-8"), both left out when the report is next
+    rewritten (:attr:`needs_rewrite`)."""
 
     rows: list
     good_bytes: int
     size: int
     empty: bool
+    dropped: int = 0
+    bom: bool = False
+
+    @property
+    def needs_rewrite(self) -> bool:
+        return bool(self.dropped or self.bom)
 
 
-def _records(text: str) -> list[tuple[list, int]]:
-    """(record, end offset in characters) of each complete CSV record of ``text``, up to the first
-    one that a kill cut short (no line end yet, or a cut inside a quoted cell)."""
+_BOM = b"\xef\xbb\xbf"
+
+
+def _lines(text: str) -> list[str]:
     pieces = text.split("\n")
-    lines = [p + "\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
-    consumed = [0]
+    return [p + "\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+
+
+def _record_at(lines: list[str], i: int) -> tuple[list | None, int]:
+    """(the CSV record starting at line ``i``, lines it takes); None when it is cut short: no
+    line end yet (a kill mid-write) or a quoted cell still open at the end of the text."""
+    taken = [0]
 
     def feed():
-        for line in lines:
-            consumed[0] += len(line)
+        for line in lines[i:]:
+            taken[0] += 1
             yield line
 
-    records = []
     try:
-        for rec in csv.reader(feed(), strict=True):
-            end = consumed[0]
-            if not text[end - 1:end] == "\n":  # a kill mid-write: no line end yet
-                break
-            records.append((rec, end))
+        rec = next(csv.reader(feed(), strict=True), None)
     except csv.Error:
-        pass  # a cut inside a quoted cell; records so far stand
-    return records
+        return None, max(1, taken[0])
+    if rec is None or not lines[i + taken[0] - 1].endswith("\n"):
+        return None, max(1, taken[0])
+    return rec, taken[0]
+
+
+def _scan(text: str, columns: list[str]) -> tuple[list, int, int]:
+    """(good rows, end of the last good record in characters, malformed records before it).
+
+    Records are read from line starts. A malformed one (cut short, wrong number of cells,
+    no path, a status other than ok/error) is skipped a line at a time until a good record
+    starts again, so damage in the middle costs only the damaged rows; what follows the
+    last good record is an append a kill cut short (:func:`repair_report` cuts it off)."""
+    lines = _lines(text)
+    header, taken = _record_at(lines, 0)
+    if header != columns:
+        return [], -1 if header is None else -2, 0
+    n, i_status = len(columns), columns.index("status")
+    rows, pos, dropped, bad_run = [], taken, 0, False
+    end = good_end = sum(len(x) for x in lines[:taken])
+    while pos < len(lines):
+        if lines[pos] in ("\n", "\r\n") and pos + 1 < len(lines):  # a blank line: nothing lost
+            end += len(lines[pos])
+            pos += 1
+            continue
+        rec, taken = _record_at(lines, pos)
+        width = sum(len(x) for x in lines[pos:pos + taken])
+        if rec is not None and len(rec) == n and rec[i_status] in ("ok", "error") and rec[0]:
+            dropped += bad_run
+            bad_run = False
+            rows.append(rec)
+            pos, end = pos + taken, end + width
+            good_end = end
+        else:
+            bad_run = True  # skip one line and look for the next good record
+            end += len(lines[pos])
+            pos += 1
+    return rows, good_end, dropped
 
 
 def read_report(path: Path, columns: list[str]) -> ExistingReport:
-    """Parse the report; everything from the first incomplete or malformed record on is 'bad'.
-    Raises :class:`ScreenError` when it cannot be read or has another header than ``columns``."""
+    """Parse the report (see :func:`_scan`). Raises :class:`ScreenError` when it cannot be read
+    or has another header than ``columns``."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -146,24 +192,18 @@ def read_report(path: Path, columns: list[str]) -> ExistingReport:
                           f"report, got {type(e).__name__}. Check the permissions or choose another --out.") from None
     if not data:
         return ExistingReport([], 0, 0, True)
-    text = data.decode("utf-8", "surrogateescape")
-    records = _records(text)
-    if not records or records[0][0] != columns:
-        got = ",".join(records[0][0]) if records else repr(text[:80])
+    bom = data.startswith(_BOM)
+    text = data[len(_BOM) if bom else 0:].decode("utf-8", "surrogateescape")
+    rows, good_end, dropped = _scan(text, columns)
+    if good_end < 0:
+        first = _record_at(_lines(text), 0)[0] if text else None
+        got = ",".join(first) if first else repr(text[:80])
         raise ScreenError(f"{path}: the existing report does not have the columns this model writes. Expected "
                           f"header {','.join(columns)}, got {got}. "
                           "Write to a new --out file, or move the old report aside (another model or "
                           "another program wrote it).")
-    rows, good_end = [], records[0][1]
-    n = len(columns)
-    i_status = columns.index("status")
-    for rec, end in records[1:]:
-        if len(rec) != n or rec[i_status] not in ("ok", "error") or not rec[0]:
-            break
-        rows.append(rec)
-        good_end = end
-    good_bytes = len(text[:good_end].encode("utf-8", "surrogateescape"))
-    return ExistingReport(rows, good_bytes, len(data), False)
+    good_bytes = len(text[:good_end].encode("utf-8", "surrogateescape")) + (len(_BOM) if bom else 0)
+    return ExistingReport(rows, good_bytes, len(data), False, dropped, bom)
 
 
 # ------------------------------------------------------------- durable writes

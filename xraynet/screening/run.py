@@ -273,6 +273,11 @@ class _Run:
         existing = read_report(files.out, self.columns)
         if not job.dry_run:
             summary.repaired_bytes = repair_report(files, self.columns, existing)
+        if existing.dropped:
+            summary.warnings.append(f"{display_path(files.out)}: {existing.dropped} malformed record(s) stood between "
+                                    f"good rows (edited by hand or damaged on disk). Expected whole report rows, got "
+                                    f"damaged ones. They were left out and the rows around them kept; files that had "
+                                    f"no other row are screened again.")
         listing = find_images(job.folder, recursive=job.recursive, exclude=(files.out, files.lock, files.tmp))
         images = [ImageFile(key, path) for key, path in listing.files]
         summary.files = len(images)
@@ -352,7 +357,7 @@ class _Run:
     def _compact(self, kept: dict, existing: ExistingReport) -> list:
         """Drop every row not kept, so that appending a file's new row can never make a duplicate,
         at any kill point. Returns the path cells in the report's order."""
-        if not self.summary.dropped_rows:
+        if not self.summary.dropped_rows and not existing.needs_rewrite:
             return [r[0] for r in existing.rows]  # the same rows, in the file's own order
         on_disk = sorted(kept, key=uncell)
         replace_report(self.files, [self.columns, *(kept[c] for c in on_disk)], "rewriting the report without "
