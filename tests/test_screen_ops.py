@@ -212,3 +212,18 @@ def test_a_report_saved_with_a_byte_order_mark_is_read(tmp_path, model_file):
     report.write_bytes(b"\xef\xbb\xbf" + clean)
     s = screen(folder, report, model_path=model_file)
     assert (s.screened, s.exit_code) == (0, 0) and report.read_bytes() == clean
+
+
+def test_a_link_to_a_folder_of_the_tree_never_takes_its_paths(tmp_path):
+    from xraynet.discovery import find_images
+
+    root = tmp_path / "in"
+    _png(root / "patients" / "p0.png", 0)
+    _png(root / "patients" / "deep" / "p1.png", 1)
+    _png(tmp_path / "outside" / "o.png", 2)
+    (root / "Archive_link").symlink_to(root / "patients")        # sorts before its target
+    (root / "patients" / "A_up").symlink_to(root)                 # a loop, sorting first inside
+    (root / "B_out").symlink_to(tmp_path / "outside")            # a folder outside the tree
+    (root / "C_out_again").symlink_to(tmp_path / "outside")
+    keys = [k for k, _ in find_images(root).files]
+    assert keys == ["B_out/o.png", "patients/deep/p1.png", "patients/p0.png"]

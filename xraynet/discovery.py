@@ -6,7 +6,11 @@
 * Every entry is ``stat``-ed (symlinks followed) before anything opens it.
   Folders are entered (unless ``recursive=False``); a folder reached a second
   time -- a symlink loop, two links to one folder -- is not entered again, so
-  directory symlinks are followed once.
+  directory symlinks are followed once. Real folders come first: symlinked
+  ones are entered only after every real folder reachable without them, so a
+  link to a folder of the tree (``Archive_link -> patients``) never takes its
+  files' paths, whatever the names' order; links to folders outside the tree
+  are entered in the order of their paths.
 * Only regular files can be images. FIFOs, sockets and devices are never
   opened (opening a FIFO blocks until someone writes to it) and count among
   the other files.
@@ -185,7 +189,15 @@ def find_images(folder, *, recursive: bool = True, exclude=()) -> Listing:
         return out
     visited = {(st.st_dev, st.st_ino)}
     stack = [(root, "")]
-    while stack:
+    linked: list = []  # (key, path, identity) of symlinked folders, entered once no real folder is left
+    while stack or linked:
+        if not stack:
+            linked.sort(reverse=True)
+            key, path, ident = linked.pop()
+            if ident not in visited:  # not reached meanwhile as a real folder, or by another link
+                visited.add(ident)
+                stack.append((path, key + "/"))
+            continue
         directory, prefix = stack.pop()
         try:
             with os.scandir(directory) as it:
@@ -199,13 +211,23 @@ def find_images(folder, *, recursive: bool = True, exclude=()) -> Listing:
                 continue
             key = prefix + encode_path(entry.name)
             ident = _examine(entry, key, out, skip)
-            # A folder reached again (a symlink loop, a second link to one folder) is not entered.
-            if ident is not None and recursive and ident not in visited:
+            if ident is None or not recursive:
+                continue
+            if _is_link(entry):
+                linked.append((key, entry.path, ident))
+            elif ident not in visited:  # a folder reached again (a bind mount of one above) is not entered
                 visited.add(ident)
                 subdirs.append((entry.path, key + "/"))
         stack.extend(reversed(subdirs))
     out.files.sort(key=lambda f: f[0])
     return out
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def _has_image_suffix(name: str) -> bool:
