@@ -70,13 +70,16 @@ def test_libpng_gives_what_pillow_gives_bit_for_bit(tmp_path, monkeypatch, libpn
 
 
 def _adam7(img: np.ndarray) -> bytes:
-    """An interlaced (Adam7) 8-bit gray PNG of ``img``, every row unfiltered."""
+    """An interlaced (Adam7) 8- or 16-bit (uint8 / uint16 ``img``) gray PNG of ``img``, every
+    row unfiltered."""
     passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    img = img.astype(f">u{img.dtype.itemsize}")  # PNG samples are big-endian
     raw = b"".join(b"".join(b"\0" + row.tobytes() for row in img[y0::dy, x0::dx])
                    for x0, y0, dx, dy in passes if img[y0::dy, x0::dx].size)
     h, w = img.shape
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 1))
-            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8 * img.dtype.itemsize, 0, 0, 0, 1)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw))
+            + _chunk(b"IEND", b""))
 
 
 def _gray_png(img: np.ndarray, before_idat: bytes = b"", after_idat: bytes = b"", trailer: bytes = b"") -> bytes:
@@ -253,3 +256,27 @@ def test_without_imagecodecs_pillow_decodes_the_same(tmp_path, monkeypatch, libp
     monkeypatch.setattr(png, "codec", lambda name: None)
     assert _outcome(path) == with_libpng
     assert libpng_calls == [True], "the second decode went through libpng without imagecodecs"
+
+
+def test_a_text_chunk_failing_its_checksum_costs_the_chunk_not_the_film(tmp_path):
+    # Pillow refused the whole file ("damaged: ... header cannot be read"); libpng, the reference
+    # decoder, drops an ancillary chunk whose CRC fails, with a warning, and reads the film.
+    img = (np.arange(40 * 56) % 251).astype(np.uint8).reshape(40, 56)
+    text = _chunk(b"tEXt", b"Comment\x00acquired 2026-11-30")
+    (tmp_path / "bad.png").write_bytes(_gray_png(img, before_idat=text[:-4] + bytes(4)))
+    (tmp_path / "good.png").write_bytes(_gray_png(img, before_idat=text))
+    d = decode(tmp_path / "bad.png")
+    np.testing.assert_array_equal(d.pixels, img / np.float32(255))
+    notes = [w for w in d.warnings if w.startswith("decoder_warning")]  # the film is small: also "tiny"
+    assert len(notes) == 1 and notes[0].startswith("decoder_warning (png: ") and "CRC" in notes[0]
+    assert decode(tmp_path / "good.png").warnings == d.warnings[1:]
+
+
+def test_interlaced_16bit_png_has_no_library_note(tmp_path):
+    # libpng told imagecodecs how to call it ("Interlace handling should be turned on when using
+    # png_read_image"): nothing about the file, so nothing in its row.
+    img = (np.arange(37 * 53) * 21 % 65536).astype(np.uint16).reshape(37, 53)
+    (tmp_path / "i.png").write_bytes(_adam7(img))
+    d = decode(tmp_path / "i.png")
+    assert not [w for w in d.warnings if w.startswith("decoder_warning")] and d.bit_depth == 16
+    np.testing.assert_allclose(d.pixels, img / 65535, atol=1e-7)

@@ -145,7 +145,8 @@ __all__ = ["ImageError", "Decoded", "Preprocessing", "decode", "preprocess", "lo
 #: WebP padded with zeros are errors (they were films filled in by the decoder); 6: a YBR colour
 #: DICOM becomes its Y, not the luma of pydicom's RGB conversion (which refused 12- and 16-bit YBR);
 #: 7: JPEG 2000 files at each component's precision and sign (Pillow gave 9- to 16-bit colour as
-#: 8 bits, the brightest samples black, and offset signed samples by half the range).
+#: 8 bits, the brightest samples black, and offset signed samples by half the range), and a PNG
+#: whose ancillary chunk fails its checksum read as libpng reads it (it was "damaged").
 PIPELINE_VERSION = 7
 
 #: Whether :func:`load` decodes films at reduced size (see "Reduced-size decoding"

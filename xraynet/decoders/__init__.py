@@ -8,6 +8,7 @@ raster formats); each returns grayscale float32 pixels in [0, 1], 0 = black.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import warnings as _warnings
 from contextlib import contextmanager
@@ -238,6 +239,9 @@ _LIBRARY_MODULES = r"(pydicom|PIL|tifffile|imagecodecs|pylibjpeg|libjpeg|openjpe
 # handler configured those records would reach stderr through logging's
 # last-resort handler.
 _LIBRARY_LOGGERS = ("tifffile", "imagecodecs")
+# What a library says about how it was called, not about the file (libpng, when imagecodecs reads
+# an interlaced 16-bit PNG whole): dropped, so that a row's warnings concern its file only.
+_ABOUT_THE_CALLER = re.compile(r"Interlace handling should be turned on when using png_read_image")
 _local = threading.local()
 _install_lock = threading.Lock()
 _previous_showwarning = None
@@ -246,7 +250,8 @@ _previous_showwarning = None
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     sink = getattr(_local, "sink", None)
     if sink is not None:
-        sink.append((category, " ".join(str(message).split())))
+        if not _ABOUT_THE_CALLER.search(str(message)):
+            sink.append((category, " ".join(str(message).split())))
     elif _previous_showwarning is getattr(_warnings, "_showwarning_orig", None):
         # What warnings.warn itself does when no hook is set (it may be recording, under
         # catch_warnings(record=True), rather than printing).
@@ -265,7 +270,8 @@ class _LogToSink(logging.Filter):
         sink = getattr(_local, "sink", None)
         if sink is None:
             return True
-        sink.append((UserWarning, " ".join(record.getMessage().split())))
+        if not _ABOUT_THE_CALLER.search(record.getMessage()):
+            sink.append((UserWarning, " ".join(record.getMessage().split())))
         return False
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ...errors import ImageError
 from .. import COPY_AGAIN, check_pixels, image_error, library_warnings, os_error, short, warning_entry
 from .pillow import decode_pillow
 from .samples import codec, exif_orientation, luma_scaled, orient, scaled, stored_bits, tail
@@ -124,17 +125,28 @@ def decode_png(path, fh, head: bytes, size: int):
             notes.append(warning_entry("png", "16-bit samples read at 8 bits because imagecodecs is not installed "
                                               "(pip install imagecodecs)"))
             return pixels, fmt, mode, depth, notes
-    refusal = None
+    refusal, samples, warned = None, None, None
     if libpng and max(layout.width, layout.height) <= _LIBPNG_MAX_SIDE:
         # libpng reads every file, also those Pillow decodes: it is the one of the two that
         # refuses image data which ends rows early or fails its checksums.
-        samples, refusal = _libpng(path, fh, layout, ic)
-        decoded = _png8_pixels(samples, layout) if samples is not None and _libpng_takes(layout) else None
-        del samples
-        if decoded is not None:
-            return decoded
+        samples, refusal, warned = _libpng(path, fh, layout, ic)
+        if samples is not None and warned == [] and _libpng_takes(layout):
+            decoded = _png8_pixels(samples, layout)
+            if decoded is not None:
+                return decoded
+        if not warned:
+            samples = None  # not kept while Pillow decodes: only a warned-about film may need it
     sbit = layout.sbit[0] if layout.sbit and layout.color_type == 0 else None
-    result = decode_pillow(path, fh, head, size, complete=True, sbit=sbit)
+    try:
+        result = decode_pillow(path, fh, head, size, complete=True, sbit=sbit)
+    except ImageError:
+        # Pillow refuses the whole file for an ancillary chunk that fails its checksum (a text
+        # chunk, say); libpng, the reference decoder, drops that chunk with a warning and reads
+        # the film. Its film then, with its warning in the row.
+        decoded = _png8_pixels(samples, layout) if samples is not None and warned and _libpng_takes(layout) else None
+        if decoded is None:
+            raise
+        return (*decoded[:4], [warning_entry("png", m) for m in warned])
     if refusal is not None:
         # Pillow read what libpng, the reference decoder, refuses: image data that ends
         # rows early (Pillow leaves them black), a wrong IDAT checksum, chunks out of
@@ -169,12 +181,12 @@ def _reason(e: Exception) -> str:
     return text or "no readable message"
 
 
-def _libpng(path, fh, layout: _PngLayout, ic) -> tuple[np.ndarray | None, Exception | None]:
-    """``imagecodecs.png_decode`` (libpng) of the file: ``(samples, None)``;
-    ``(None, the exception)`` when libpng refuses it; ``(None, None)`` when it decodes
-    but warns (an ICC profile that does not fit the image, a bad ancillary chunk CRC:
-    Pillow then decodes the file, so that the row stays what Pillow made of it), and
-    when its warnings could not be seen (the "imagecodecs" logger set above WARNING)."""
+def _libpng(path, fh, layout: _PngLayout, ic) -> tuple[np.ndarray | None, Exception | None, list | None]:
+    """``imagecodecs.png_decode`` (libpng) of the file: ``(samples, None, [])``; ``(None, the
+    exception, [])`` when libpng refuses it; ``(samples, None, warnings)`` when it decodes but
+    warns (an ICC profile that does not fit the image, a bad ancillary chunk CRC: Pillow then
+    decodes the file, so that the row stays what Pillow made of it), ``warnings`` None when
+    they could not be seen (the "imagecodecs" logger set above WARNING)."""
     data = _read_through_iend(path, fh, layout)
     try:
         with library_warnings() as caught:
@@ -182,9 +194,9 @@ def _libpng(path, fh, layout: _PngLayout, ic) -> tuple[np.ndarray | None, Except
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 -- libpng's refusal of the file
-        return None, e
+        return None, e, []
     heard = logging.getLogger("imagecodecs").isEnabledFor(logging.WARNING)
-    return (samples, None) if heard and not caught else (None, None)
+    return samples, None, [m for _, m in caught] if heard else None
 
 
 def _libpng_takes(layout: _PngLayout) -> bool:
