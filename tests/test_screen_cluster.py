@@ -195,9 +195,10 @@ def test_client_killed_9_with_a_local_cluster_then_rerun_every_file_once(tmp_pat
 def test_a_worker_on_another_xraynet_version_stops_the_run(tmp_path, model_file, dask_cluster, monkeypatch):
     """The rows carry the client's xraynet_version; a worker that would decode with another
     pipeline must not write rows under that name."""
-    from xraynet.screening import run
+    from xraynet.screening import checks, run
 
-    monkeypatch.setattr(run, "ROW_VERSION", "0.0.1+decode1")  # the client claims an older version
+    for module in (run, checks):  # the client claims an older version (skip rule, batch settings)
+        monkeypatch.setattr(module, "ROW_VERSION", "0.0.1+decode1")
     folder = _folder(tmp_path / "in", 4)
     with pytest.raises(ScreenError) as e:
         screen(folder, tmp_path / "r.csv", model_path=model_file, cluster=dask_cluster.scheduler_address)
