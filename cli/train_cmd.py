@@ -27,6 +27,8 @@ class TrainProgress:
         self.quiet = quiet
         self.out = console()
         self.err = console(stderr=True)
+        # Bars only on a terminal: elsewhere (a log, a pipe) rich leaves one blank line per bar stopped.
+        self.bars = not quiet and self.err.is_terminal
         self.progress = None
         self.task = None
 
@@ -40,7 +42,7 @@ class TrainProgress:
     def _bar(self, description, total):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        if self.quiet:
+        if not self.bars:
             return
         if self.progress is None:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -57,7 +59,7 @@ class TrainProgress:
             self.progress = None
 
     def on_decode(self, done, total):
-        if self.quiet:
+        if not self.bars:
             return
         if self.task is None or self.progress.tasks[0].description != "decoding":
             self._bar("decoding", total)
@@ -82,11 +84,17 @@ class TrainProgress:
             self.err.print(f"[yellow]skipped[/] {escape(f'{rel}: {msg}')}", highlight=False)
 
     def on_batch(self, epoch, done, total, loss):
-        if self.quiet:
+        if not self.bars:
             return
         if done == 1:
             self._bar(f"epoch {epoch}", total)
         self.progress.update(self.task, completed=done, info=f"loss {loss:.4f}")
+
+    def on_notice(self, text):
+        """Said even with --quiet: what a resumed run changes, or where it goes on."""
+        self.stop()
+        self.task = None
+        self.err.print(f"note: {text}", markup=False, highlight=False)
 
     def on_epoch(self, rec, is_best):
         self.stop()
@@ -103,65 +111,102 @@ class TrainProgress:
                        f"  sens/spec {sens}  {rec['seconds']:.0f}s{'  best' if is_best else ''}", highlight=False)
 
 
+def _range(name: str) -> dict:
+    """typer's ``min``/``max`` for TrainOptions field ``name``: its closed ends (an open end, as
+    --lr > 0, is left to TrainOptions, whose message gives the whole range)."""
+    from xraynet.training.options import NUMBER_RANGES
+
+    low, high, open_, _kind, _ = NUMBER_RANGES[name]
+    out = {} if open_ in ("low", "both") else {"min": low}
+    if high is not None and open_ not in ("high", "both"):
+        out["max"] = high
+    return out
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not left at its default)."""
+    # By name: typer vendors its own click, whose ParameterSource is not click.core's.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+RESUME_HELP = ("Continue from a checkpoint (OUT.checkpoint.h5) with the options and data it was started with: "
+               "options left out take the checkpoint's values; one given that differs is refused, except "
+               "--epochs, --patience, --device, --workers, --screening-class and --target-sensitivity, whose "
+               "change is said.")
+
+
 def train(
+    ctx: typer.Context,
     data_dir: str = typer.Argument(..., help="Folder with one subfolder of images per class (and metadata.csv)."),
-    out: str = typer.Option("model.h5", help="Where to write the best model (HDF5)."),
+    out: str = typer.Option("model.h5", help="Where to write the best model (HDF5), outside DATA_DIR."),
     arch: str = typer.Option(_D.arch, help="seed, wide, xraynet or a .json architecture spec."),
-    epochs: int = typer.Option(_D.epochs, min=1, help="Most epochs to train."),
-    batch_size: int = typer.Option(_D.batch_size, min=1, help="Images per training step."),
-    image_size: Optional[int] = typer.Option(_D.image_size, min=16, help="Input size (default: the architecture's)."),
-    lr: float = typer.Option(_D.lr, help="Adam learning rate."),
+    epochs: int = typer.Option(_D.epochs, **_range("epochs"), help="Most epochs to train."),
+    batch_size: int = typer.Option(_D.batch_size, **_range("batch_size"), help="Images per training step."),
+    image_size: Optional[int] = typer.Option(_D.image_size, **_range("image_size"),
+                                             help="Input size (default: the architecture's)."),
+    lr: float = typer.Option(_D.lr, help="Adam learning rate (> 0)."),
     lr_schedule: str = typer.Option(_D.lr_schedule, help="constant, or cosine: from --lr down to --lr/100 at the "
                                                          "last epoch."),
-    weight_decay: float = typer.Option(_D.weight_decay, help="Adam weight decay (L2 added to the gradient)."),
-    val_fraction: float = typer.Option(_D.val_fraction, help="Share of patients held out for validation."),
-    seed: int = typer.Option(_D.seed, help="Seed of the split, initialisation, shuffling and augmentation."),
-    patience: int = typer.Option(_D.patience, min=1,
+    weight_decay: float = typer.Option(_D.weight_decay, **_range("weight_decay"),
+                                       help="Adam weight decay (L2 added to the gradient)."),
+    val_fraction: float = typer.Option(_D.val_fraction, help="Share of patients held out for validation (0 to 1, "
+                                                             "both excluded)."),
+    seed: int = typer.Option(_D.seed, **_range("seed"),
+                             help="Seed of the split, initialisation, shuffling and augmentation."),
+    patience: int = typer.Option(_D.patience, **_range("patience"),
                                  help="Stop after this many epochs without a better validation AUC."),
-    resume: Optional[str] = typer.Option(None, help="Continue from a checkpoint (OUT.checkpoint.h5)."),
+    resume: Optional[str] = typer.Option(None, help=RESUME_HELP),
     device: str = device_option(_D.device),
-    workers: int = typer.Option(_D.workers, min=1, help="Threads decoding images."),
+    workers: int = typer.Option(_D.workers, **_range("workers"), help="Threads decoding images."),
     augment: bool = typer.Option(_D.augment, help="Random rotation, shift, zoom, brightness and contrast."),
     fit: str = typer.Option(_D.fit, help="pad: keep the whole film; crop: centre crop to a square; stretch: "
                                          "resize to the square, aspect not kept (the same geometry for every "
                                          "source when some films were already squashed)."),
-    border_crop: float = typer.Option(_D.border_crop,
+    border_crop: float = typer.Option(_D.border_crop, **_range("border_crop"),
                                       help="Fraction cut from each edge before resizing (text, markers)."),
     equalize: bool = typer.Option(_D.equalize, help="Histogram equalisation before resizing."),
-    working_size: Optional[int] = typer.Option(_D.working_size, min=16,
+    working_size: Optional[int] = typer.Option(_D.working_size, **_range("working_size"),
                                                help="First resize every film so its short side has this many "
                                                     "pixels (one resolution for all sources)."),
     balance: str = typer.Option(_D.balance, help="none: batches mirror the folder; source-class: batches drawn by "
                                                  "(source_repo, class) cell, so no collection dominates."),
-    balance_power: float = typer.Option(_D.balance_power, min=0.0, max=1.0,
+    balance_power: float = typer.Option(_D.balance_power, **_range("balance_power"),
                                         help="With --balance source-class: a cell's share of a batch grows as "
                                              "its images ** power (0 equal shares, 1 the plain mix)."),
-    adversarial_source: float = typer.Option(_D.adversarial_source, min=0.0,
+    adversarial_source: float = typer.Option(_D.adversarial_source, **_range("adversarial_source"),
                                              help="Peak scale lambda of a gradient-reversal head that predicts "
                                                   "source_repo from the pooled features (0: no head)."),
     screening_class: Optional[str] = typer.Option(_D.screening_class,
                                                   help="Class the threshold is chosen for (default covid)."),
     target_sensitivity: float = typer.Option(_D.target_sensitivity,
-                                             help="Validation sensitivity the threshold must reach."),
-    quiet: bool = typer.Option(False, help="Print only warnings, errors and the final summary."),
+                                             help="Validation sensitivity the threshold must reach "
+                                                  "(above 0, at most 1)."),
+    quiet: bool = typer.Option(False, help="Print only warnings, errors, notes and the final summary."),
 ) -> None:
     """Train a network on DATA_DIR; the best model by validation AUC goes to --out."""
-    from xraynet.training import checkpoint_path_for, train as run_train
+    from xraynet.training import checkpoint_path_for, resume_options, train as run_train
 
-    use_device(device)
-    opts = TrainOptions(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-                        weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
-                        device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
-                        equalize=equalize, working_size=working_size, balance=balance, balance_power=balance_power,
-                        adversarial_source=adversarial_source, lr_schedule=lr_schedule,
-                        screening_class=screening_class, target_sensitivity=target_sensitivity)
+    values = dict(arch=arch, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+                  weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, patience=patience,
+                  device=device, workers=workers, augment=augment, fit=fit, border_crop=border_crop,
+                  equalize=equalize, working_size=working_size, balance=balance, balance_power=balance_power,
+                  adversarial_source=adversarial_source, lr_schedule=lr_schedule,
+                  screening_class=screening_class, target_sensitivity=target_sensitivity)
+    if resume:
+        opts = resume_options(resume, {k: v for k, v in values.items() if _given(ctx, k)})
+    else:
+        opts = TrainOptions(**values)
+    use_device(opts.device)
     with interrupt_hint(f"interrupted: continue with --resume {checkpoint_path_for(out)}"), \
             TrainProgress(quiet) as ui:
         summary = run_train(data_dir, out, opts, resume=resume, callbacks=ui)
+    from xraynet.modelcard.layout import threshold_text
+
     t = summary["threshold"]
     typer.echo(f"best epoch {summary['best_epoch']} (validation {summary['selected_by']} "
                f"{summary['best_val_auc']:.3f}); "
-               f"model: {summary['out']}; threshold for {t['class']!r}: {t['value']:.4f} "
+               f"model: {summary['out']}; threshold for {t['class']!r}: {threshold_text(t['value'])} "
                f"(validation sensitivity >= {t['target_sensitivity']})")
 
 
@@ -206,7 +251,7 @@ def crossval(
     device: str = device_option(),
     workers: int = typer.Option(2, min=1, help="Threads decoding images."),
     n_boot: int = typer.Option(1000, min=0, help="Bootstrap resamples for the AUC intervals."),
-    seed: int = typer.Option(0, help="Bootstrap seed (training seeds come from the recipe)."),
+    seed: int = typer.Option(0, **_range("seed"), help="Bootstrap seed (training seeds come from the recipe)."),
     as_json: bool = typer.Option(False, "--json", help="Print the document (also in OUT_DIR/crossval.json)."),
 ) -> None:
     """Leave-one-source-out: train the recipe without each source, evaluate on that source alone."""

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["durable_replace", "durable_path", "atomic_open", "write_atomic", "write_all", "fsync_dir",
-           "special_file_kind"]
+           "special_file_kind", "leftover_temps"]
 
 # fsync of a folder is refused by some file systems (and a folder we may not read cannot be opened):
 # the rename is still atomic there, only its durability is the file system's business.
@@ -70,6 +70,21 @@ def _create_tmp(path: Path, tmp) -> tuple[int, Path]:
             return os.open(cand, flags | os.O_EXCL, 0o644), cand
         except FileExistsError:
             continue
+
+
+def leftover_temps(path) -> list[Path]:
+    """The hidden temporary files of ``path`` that a killed writer left beside it (the names
+    :func:`_create_tmp` gives: ``.<name>.<12 hex digits>.tmp``), and nothing else. Removing
+    them is for the owner of ``path``, at a moment when no writer of it runs."""
+    import re
+
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    return sorted(path.with_name(n) for n in names if pattern.fullmatch(n))
 
 
 @contextmanager

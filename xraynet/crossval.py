@@ -267,6 +267,7 @@ def _plan(data_dir, out_dir: Path, recipe: dict, opts: CrossvalOptions) -> _Plan
     from .backends import get_backend
     from .data import scan_dataset
     from .devices import resolve_device
+    from .training.places import check_outputs
 
     ds = scan_dataset(data_dir)
     sources = sorted({it.source for it in ds.items if it.source})
@@ -280,6 +281,7 @@ def _plan(data_dir, out_dir: Path, recipe: dict, opts: CrossvalOptions) -> _Plan
         raise DataError(f"--hold-out {unknown or hold_out}: not sources of {data_dir}. Expected values of "
                         f"metadata.csv's source_repo column, got names that match none; the sources here are "
                         f"{sources}. Pass one of those, or leave --hold-out out to hold out each in turn.")
+    check_outputs(data_dir, out_dir, what="--out-dir")  # folds written among the films would be scanned as films
     opts = replace(opts, device=resolve_device(opts.device))
     get_backend(opts.device)  # a GPU that cannot be used fails before the first fold
     cache = str(out_dir / CACHE_FILE)
@@ -290,7 +292,12 @@ def _plan(data_dir, out_dir: Path, recipe: dict, opts: CrossvalOptions) -> _Plan
         recipe["arch"] = str((out_dir / SPEC_FILE).resolve())
     probe = _train_options(recipe, hold_out[0], opts.device, opts.workers, cache)
     spec = stored_spec or resolve_arch(probe.arch, num_classes=len(ds.classes), image_size=probe.input_size())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CrossvalError(f"{out_dir}: cannot be the output folder ({e.strerror or e}). Expected a folder, or a "
+                            f"path where one can be made, got {'a file' if out_dir.exists() else 'neither'}. Pick "
+                            "another --out-dir.") from None
     if stored_spec is not None:
         with atomic_open(out_dir / SPEC_FILE, "w") as fh:
             fh.write(json.dumps(stored_spec, indent=1) + "\n")

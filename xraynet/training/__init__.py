@@ -22,11 +22,15 @@ Determinism and resume: everything random in epoch ``e`` (shuffle,
 augmentation, dropout masks) is drawn from generators seeded with
 ``(seed, e)``, and a checkpoint holds weights, batch-norm statistics, Adam
 state, history and early-stopping state, so ``--resume`` after an
-interruption finishes with the same weights as an uninterrupted run.
+interruption finishes with the same weights as an uninterrupted run: it takes
+the checkpoint's options and refuses other data or another recipe
+(:mod:`~xraynet.training.resume`).
 
 Modules: :mod:`~xraynet.training.options` (:class:`TrainOptions`, the
 learning-rate schedule), :mod:`~xraynet.training.state` (the state carried
 between epochs, which is what a checkpoint stores),
+:mod:`~xraynet.training.resume` (what a resumed run keeps and may change),
+:mod:`~xraynet.training.places` (where a run writes, and the leftovers of a killed one),
 :mod:`~xraynet.training.setup` (data and starting state),
 :mod:`~xraynet.training.films` (the films, read from the cache a batch at a time),
 :mod:`~xraynet.training.epoch` (the epochs), :mod:`~xraynet.training.run`
@@ -40,10 +44,10 @@ from .options import DEFAULT_IMAGE_SIZE, TrainOptions, epoch_lr
 # TrainOptions for its defaults when it starts, so `xraynet --help` must not pay for them:
 # they are imported on first use (PEP 562).
 _LAZY = {"Callbacks": ".epoch", "EpochRecord": ".epoch", "train": ".run", "TrainingState": ".state",
-         "checkpoint_path_for": ".state"}
+         "checkpoint_path_for": ".state", "resume_options": ".resume", "check_outputs": ".places"}
 
-__all__ = ["Callbacks", "DEFAULT_IMAGE_SIZE", "EpochRecord", "TrainOptions", "TrainingState", "checkpoint_path_for",
-           "epoch_lr", "train"]
+__all__ = ["Callbacks", "DEFAULT_IMAGE_SIZE", "EpochRecord", "TrainOptions", "TrainingState", "check_outputs",
+           "checkpoint_path_for", "epoch_lr", "resume_options", "train"]
 
 
 def __getattr__(name: str):

@@ -19,6 +19,51 @@ BALANCE_MODES = ("none", "source-class")
 ADVERSARY_RAMP_EPOCHS = 4
 
 
+#: The numeric options' ranges: (lowest, highest or None, which ends are excluded ("", "low", "high",
+#: "both"), int or float, an example). The command line's ranges are these (xraynet.cli.train_cmd).
+NUMBER_RANGES = {
+    "epochs": (1, None, "", int, "30"),
+    "batch_size": (1, None, "", int, "32"),
+    "image_size": (16, 4096, "", int, "224"),
+    "working_size": (16, 8192, "", int, "512"),
+    "lr": (0.0, None, "low", float, "1e-3"),
+    "weight_decay": (0.0, None, "", float, "1e-4"),
+    "val_fraction": (0.0, 1.0, "both", float, "0.2"),
+    "seed": (0, 2**32 - 1, "", int, "0"),
+    "patience": (1, None, "", int, "8"),
+    "workers": (1, None, "", int, "2"),
+    "border_crop": (0.0, 0.4, "", float, "0.05"),
+    "balance_power": (0.0, 1.0, "", float, "0.5"),
+    "adversarial_source": (0.0, None, "", float, "0.3"),
+    "target_sensitivity": (0.0, 1.0, "low", float, "0.95"),
+}
+
+
+def range_text(name: str) -> str:
+    """``NUMBER_RANGES[name]`` in words: "an integer from 16 to 4096", "a finite number > 0"."""
+    low, high, open_, kind, _ = NUMBER_RANGES[name]
+    what = "an integer" if kind is int else "a finite number"
+    low, high = (f"{v:g}" if isinstance(v, float) else v for v in (low, high))
+    lower = f"{'>' if open_ in ('low', 'both') else '>='} {low}"
+    if high is None:
+        return f"{what} {lower}"
+    if not open_:
+        return f"{what} from {low} to {high}"
+    return f"{what} {lower} and {'<' if open_ in ('high', 'both') else '<='} {high}"
+
+
+def in_range(name: str, value) -> bool:
+    """Whether ``value`` is a usable ``name`` (:data:`NUMBER_RANGES`; no bool, no NaN)."""
+    low, high, open_, kind, _ = NUMBER_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        return False
+    if not math.isfinite(value):
+        return False
+    above = value > low if open_ in ("low", "both") else value >= low
+    below = high is None or (value < high if open_ in ("high", "both") else value <= high)
+    return above and below
+
+
 @dataclass
 class TrainOptions:
     """Everything that says how a run trains (the recipe), plus where and how fast it computes
@@ -58,12 +103,13 @@ class TrainOptions:
         if self.lr_schedule not in LR_SCHEDULES:
             raise TrainingError(f"lr schedule {self.lr_schedule!r}: unknown. Expected one of "
                                 f"{', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}. Pick one of those.")
-        for name in ("lr", "adversarial_source", "balance_power"):
+        for name, limits in NUMBER_RANGES.items():
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                    or value < 0:
-                raise TrainingError(f"{name.replace('_', '-')}: not usable. Expected a finite number >= 0, got "
-                                    f"{value!r}. Pass e.g. --adversarial-source 0.3, --lr 1e-3.")
+            if (value is None and name in ("image_size", "working_size")) or in_range(name, value):
+                continue
+            flag = "--" + name.replace("_", "-")
+            raise TrainingError(f"{flag}: not usable. Expected {range_text(name)}, got {value!r}. Pass e.g. "
+                                f"{flag} {limits[-1]}.")
 
     def input_size(self) -> int:
         """The image size asked for: ``image_size``, else the built-in architecture's own

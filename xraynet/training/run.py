@@ -16,6 +16,8 @@ import numpy as np
 from ..errors import TrainingError
 from .epoch import Callbacks, train_epochs
 from .options import TrainOptions
+from .places import check_outputs, remove_leftover_temps
+from .resume import check_same_data, merge_options, stored_options
 from .setup import TrainingData, prepare_data, start_state
 from .state import TrainingState, checkpoint_path_for, read_checkpoint, write_model
 
@@ -24,36 +26,42 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
           callbacks: Callbacks | None = None, *, in_memory: bool = False) -> dict:
     """Train on DATA_DIR and write the best model to ``out``; returns a summary dict.
 
-    With ``resume`` (a checkpoint written by an earlier run), the options
-    stored in it are used, except ``epochs`` (which may extend the run) and
-    ``device``, both taken from ``opts``. ``opts.device``: 'auto', 'cpu' or
+    With ``resume`` (a checkpoint written by an earlier run), ``opts`` None takes the
+    options stored in it; given ``opts`` must equal them except those a resumed run may
+    change (:data:`xraynet.training.resume.CHANGEABLE`: ``epochs``, ``patience``, ``device``,
+    ``workers``, ``cache``, ``screening_class``, ``target_sensitivity``), each change said
+    through ``callbacks.on_notice``; DATA_DIR must hold the classes and films the checkpoint
+    trained on. ``opts.device``: 'auto', 'cpu' or
     'gpu' (see :mod:`xraynet.devices`); the model file's metadata records the
     device the run used. The epochs read their films from the decode cache a batch at a
     time, so memory does not grow with the dataset; ``in_memory=True`` holds every film in
     memory instead, the reference the streaming path is tested and benchmarked against
-    (the same weights, bit for bit; memory N * S * S * 4 bytes).
+    (the same weights, bit for bit; memory N * S * S * 4 bytes). Hidden temporary files a
+    killed run left beside the outputs are removed first
+    (:func:`xraynet.training.places.remove_leftover_temps`).
 
     Summary keys: ``out``, ``checkpoint``, ``best_epoch``, ``best_val_auc``,
     ``selected_by``, ``threshold`` (the model's ``metadata["threshold"]``),
     ``history_csv``, ``history_png``, ``skipped`` ((rel, reason, message) of the
     unreadable files), ``epochs_run``, ``train_images``, ``val_images``.
 
-    Raises TrainingError (missing output folder, unusable options, divergence),
-    CheckpointError (``resume`` is no usable checkpoint), DataError, SpecError,
+    Raises TrainingError (missing output folder, outputs inside DATA_DIR, unusable options,
+    divergence), CheckpointError (``resume`` is no usable checkpoint, or one of other data
+    or of another recipe: the message names both values), DataError, SpecError,
     ModelFileError, CacheError, BackendError, all :class:`~xraynet.errors.XraynetError`."""
-    from ..backends import get_backend
-
     t_start = time.perf_counter()
     callbacks = callbacks or Callbacks()
     out = Path(out)
     if not out.parent.is_dir():
         raise TrainingError(f"{out}: the output folder does not exist. Expected an existing folder, got "
                             f"{out.parent}. Create it or pick another --out.")
-    get_backend((opts or TrainOptions()).device)  # a GPU that cannot be used fails before any decoding
-    checkpoint = read_checkpoint(resume, opts) if resume else None
-    opts = checkpoint.state.options if checkpoint else (opts or TrainOptions())
-
-    data = prepare_data(data_dir, out, opts, callbacks, in_memory=in_memory)
+    check_outputs(data_dir, out)
+    checkpoint, opts = _start(resume, opts, callbacks)
+    check_outputs(data_dir, out, opts.cache)
+    remove_leftover_temps(out)
+    data = prepare_data(data_dir, out, opts, callbacks, in_memory=in_memory,
+                        check=_same_data_check(resume, checkpoint, callbacks),
+                        spec=checkpoint.state.model.spec if checkpoint else None)
     try:
         state = start_state(data_dir, data, opts, checkpoint)
         screening = screening_class_of(opts, data.classes)
@@ -74,6 +82,40 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
             "threshold": threshold, "history_csv": str(_history_path(out, "csv")),
             "history_png": str(_history_path(out, "png")), "skipped": data.skipped, "epochs_run": len(history),
             "train_images": int(len(data.y_train)), "val_images": int(len(data.y_val))}
+
+
+def _start(resume, opts: TrainOptions | None, callbacks: Callbacks) -> tuple:
+    """``(checkpoint or None, the run's options)``; the backend of the run's device is made
+    first, so that a GPU that cannot be used fails before any decoding."""
+    from ..backends import get_backend
+
+    if not resume:
+        opts = opts or TrainOptions()
+        get_backend(opts.device)
+        return None, opts
+    stored = stored_options(resume)
+    device = (opts or stored).device
+    get_backend(device)
+    checkpoint = read_checkpoint(resume, device)
+    st = checkpoint.state
+    # Against the options as stored (read_checkpoint puts this run's device in), so a change of device is said.
+    st.options, notes = merge_options(resume, stored, opts, spec=st.model.spec, n_classes=len(st.classes),
+                                      ran_on=st.metadata.get("device"))
+    for note in notes:
+        callbacks.on_notice(note)
+    return checkpoint, st.options
+
+
+def _same_data_check(resume, checkpoint, callbacks: Callbacks):
+    """For :func:`prepare_data`: a resumed run's check of the scanned data (None without a
+    checkpoint); its notes go to ``callbacks.on_notice``."""
+    if checkpoint is None:
+        return None
+
+    def check(ds):
+        for note in check_same_data(resume, checkpoint.state.metadata, checkpoint.state.classes, ds):
+            callbacks.on_notice(note)
+    return check
 
 
 def screening_class_of(opts: TrainOptions, classes: list) -> str:
@@ -134,7 +176,7 @@ def _finish(out: Path, state: TrainingState, data: TrainingData, screening: str,
                                            screening, opts.target_sensitivity)
     # The model card, from the chosen epoch's validation probabilities already at hand (no network pass).
     card = training_card(FinishedTraining(
-        ds=data.ds, split=data.split, report=data.report, opts=opts, prep=state.preprocessing,
+        ds=data.trained_ds, split=data.trained_split, report=data.report, opts=opts, prep=state.preprocessing,
         classes=data.classes, y_val=data.y_val, proba_val=proba, sources_val=data.sources_val, threshold=threshold,
         history=state.history, best_epoch=state.best_epoch, device=state.metadata["device"], model=best.model,
         skipped=len(data.skipped), wall_seconds=time.perf_counter() - t_start, resumed=resumed))

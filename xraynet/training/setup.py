@@ -30,8 +30,10 @@ class TrainingData:
     :func:`xraynet.adversarial.source_index` numbers them. ``cells``
     (N,) and ``shares`` (K,): the (source, class) cells of the training films and their batch
     shares with ``--balance source-class``, else None. ``class_weights`` (C,) float64 of the
-    loss. ``ds``, ``split``, ``report``: the scan, the split and the confound report;
-    ``skipped``: ``(rel, reason, message)`` of the unreadable files; ``spec``: the
+    loss. ``ds``, ``split``: the scan and its split (every file found: what a later
+    ``evaluate --subset val`` splits again); ``trained_ds``, ``trained_split``: the same
+    without the unreadable files, which ``report`` (the confound report) and the model card
+    count; ``skipped``: ``(rel, reason, message)`` of the unreadable files; ``spec``: the
     architecture; ``prep``: the Preprocessing. :meth:`close` closes the decode cache the
     films are read from."""
 
@@ -54,6 +56,8 @@ class TrainingData:
     shares: np.ndarray | None = None
 
     cache: object | None = None
+    trained_ds: object | None = None
+    trained_split: object | None = None
 
     @property
     def classes(self) -> list:
@@ -65,14 +69,19 @@ class TrainingData:
             self.cache.close()
 
 
-def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks, in_memory: bool = False) -> TrainingData:
+def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks, in_memory: bool = False, *,
+                 spec: dict | None = None, check=None) -> TrainingData:
     """Scan, split, report and decode DATA_DIR for ``opts``; the decode cache defaults to
     ``NAME.decode-cache.h5`` beside ``out`` and stays open for the epochs to read from
     (close it with :meth:`TrainingData.close`). ``in_memory``: decode every film into memory
     instead, as training did before it streamed (the reference; memory grows with the dataset).
-    ``callbacks.on_decode`` follows the decoding, ``callbacks.on_report`` gets the confound
-    report and the skipped files. Raises DataError (unusable folder, or no readable film
-    on one side of the split), SpecError (unusable architecture), CacheError."""
+    ``spec``: the architecture to use (a resumed run's, from its checkpoint), else
+    ``opts.arch``'s. ``check(ds)``: called with the scan before anything is decoded (a
+    resumed run refuses other data there). ``callbacks.on_decode`` follows the decoding,
+    ``callbacks.on_report`` gets the confound report of the readable films and the skipped
+    files. Raises DataError (unusable folder, a class without a readable film, or without one
+    to train on, no readable film on one side of the split), SpecError (unusable
+    architecture), CacheError."""
     from ..adversarial import source_index
     from ..archs import resolve_arch
     from ..confounds import confound_report
@@ -81,14 +90,18 @@ def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks, in_memory: 
     ds = scan_dataset(data_dir)
     if opts.holdout_sources:
         ds = ds.without_sources(opts.holdout_sources)
+    if check is not None:
+        check(ds)
     split = split_dataset(ds, val_fraction=opts.val_fraction, seed=opts.seed)
-    report = confound_report(ds, split)
-    spec = resolve_arch(opts.arch, num_classes=len(ds.classes), image_size=opts.input_size())
+    spec = spec or resolve_arch(opts.arch, num_classes=len(ds.classes), image_size=opts.input_size())
     prep = opts.preprocessing(spec["input_shape"][1])
     cache_path = opts.cache or str(out.with_name(out.stem + ".decode-cache.h5"))
     loaded = (_in_memory if in_memory else _streamed)(ds.items, prep, cache_path, opts.workers, callbacks.on_decode)
     films, keep, skipped, cache = loaded
     try:
+        _check_classes_readable(ds, split, keep, skipped)
+        trained_ds, trained_split = readable_part(ds, split, keep)
+        report = confound_report(trained_ds, trained_split)
         callbacks.on_report(report, skipped)
         tr = np.array([i for i in split.train if keep[i]], np.int64)
         va = np.array([i for i in split.val if keep[i]], np.int64)
@@ -109,7 +122,47 @@ def prepare_data(data_dir, out: Path, opts: TrainOptions, callbacks, in_memory: 
                         films_val=films(va), y_val=labels[va],
                         sources_val=[ds.items[i].source for i in va] if any(it.source for it in ds.items) else None,
                         source_names=names, source_labels=source_labels, class_weights=weights, cells=cells,
-                        shares=shares, cache=cache)
+                        shares=shares, cache=cache, trained_ds=trained_ds, trained_split=trained_split)
+
+
+def _check_classes_readable(ds, split, keep: np.ndarray, skipped: list) -> None:
+    """DataError for a class folder none of whose films could be read (as for a class folder
+    with no image at all), naming the folder and why each of its files was skipped; and for a
+    class whose readable films all fell to validation, so that training would never see one.
+    A class with no film left at all (its source held out) is not checked here."""
+    why = {rel: reason for rel, reason, _msg in skipped}
+    train_side = np.zeros(len(ds.items), bool)
+    train_side[np.asarray(split.train, np.int64)] = True
+    for label, name in enumerate(ds.classes):
+        mine = [i for i, it in enumerate(ds.items) if it.label == label]
+        if not mine:
+            continue    # a leave-one-source-out fold without the source that holds the class: a note of crossval's
+        if not any(keep[i] for i in mine):
+            reasons = ", ".join(f"{ds.items[i].rel} ({why.get(ds.items[i].rel, 'unreadable')})" for i in mine[:5])
+            more = f" and {len(mine) - 5} more" if len(mine) > 5 else ""
+            raise DataError(f"{Path(ds.root) / name}: class folder holds no readable images. Expected at least one "
+                            f"image that decodes, got {len(mine)} file(s), all skipped as unreadable: "
+                            f"{reasons}{more}. Replace them with readable images, or "
+                            "move the folder out of the data folder.")
+        if not any(keep[i] and train_side[i] for i in mine):
+            raise DataError(f"{Path(ds.root) / name}: no readable image of class {name!r} on the training side of "
+                            f"the split. Expected at least one to train on, got {sum(bool(keep[i]) for i in mine)} "
+                            "readable image(s), all in validation. Add images of this class (more patients), or "
+                            "replace its unreadable files.")
+
+
+def readable_part(ds, split, keep: np.ndarray) -> tuple:
+    """``(ds, split)`` without the items ``keep`` (N,) bool marks unreadable: the films a run
+    really trains and validates on, which the confound report and the model card count.
+    Indices are renumbered; the patient counts of the split are those of the films left."""
+    new_index = np.cumsum(keep) - 1
+    items = [it for it, k in zip(ds.items, keep) if k]
+    part = replace(ds, items=items, n_images_without_metadata=sum(it.patient_id.startswith("file:") for it in items))
+    train = np.array([new_index[i] for i in split.train if keep[i]], np.int64)
+    val = np.array([new_index[i] for i in split.val if keep[i]], np.int64)
+    return part, replace(split, train=train, val=val,
+                          n_train_patients=len({items[i].patient_id for i in train}),
+                          n_val_patients=len({items[i].patient_id for i in val}))
 
 
 def _streamed(items: list, prep, cache_path: str, workers: int, on_decode) -> tuple:

@@ -16,10 +16,10 @@ No random generator state is stored: everything random in epoch ``e``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingError
 from .options import TrainOptions
 
 STATE_KEY = "training_state"
@@ -109,28 +109,23 @@ class Checkpoint:
     adversary_arrays: dict
 
 
-def read_checkpoint(path, opts: TrainOptions | None) -> Checkpoint:
-    """The checkpoint ``path``, to resume from.
+def read_checkpoint(path, device: str = "cpu") -> Checkpoint:
+    """The checkpoint ``path``, to resume from, its network built on ``device``.
 
-    The run's options are the stored ones, except ``epochs`` (which may extend the run)
-    and ``device``, both taken from ``opts`` when given: the device is where this run
-    computes, not part of the recipe, so a checkpoint written on a GPU resumes on the CPU
-    and the other way round. The optimiser is Adam with those options, holding the stored
-    state. ``classes``, ``preprocessing`` and ``metadata`` are the file's. Raises
-    :class:`~xraynet.errors.ModelFileError` for an unreadable file or optimiser state, and
-    :class:`~xraynet.errors.CheckpointError` for a model without training state."""
+    The state's options are the stored ones (``device`` put in); what a resumed run may
+    change is :func:`xraynet.training.resume.merge_options`'s business. The optimiser is
+    Adam with those options, holding the stored state. ``classes``, ``preprocessing`` and
+    ``metadata`` are the file's. Raises :class:`~xraynet.errors.ModelFileError` for an
+    unreadable file or optimiser state, and :class:`~xraynet.errors.CheckpointError` for a
+    model without (usable) training state."""
+    from dataclasses import replace
+
     from ..modelfile import load_model, restore_optimizer
     from ..optim import Adam
 
-    device = (opts or TrainOptions()).device
     loaded = load_model(path, device=device)
-    stored = loaded.metadata.get(STATE_KEY)
-    if not stored:
-        raise CheckpointError(f"{path}: not a training checkpoint. Expected a file written during "
-                              "`xraynet train` (NAME.checkpoint.h5), got a model without training state. "
-                              "Pass the checkpoint file, or train without --resume.")
-    epochs = opts.epochs if opts else stored["options"]["epochs"]
-    options = TrainOptions(**{**stored["options"], "epochs": epochs, "device": device})
+    options = replace(options_of(path, loaded.metadata), device=device)
+    stored = loaded.metadata[STATE_KEY]
     model = loaded.model
     optimizer = restore_optimizer(loaded, Adam(model.named_parameters(), model.bk, lr=options.lr,
                                                 weight_decay=options.weight_decay))
@@ -140,3 +135,22 @@ def read_checkpoint(path, opts: TrainOptions | None) -> Checkpoint:
                           best_loss=stored["best_loss"], best_epoch=stored["best_epoch"],
                           bad_epochs=stored["bad_epochs"])
     return Checkpoint(path=path, state=state, adversary_arrays=loaded.aux)
+
+
+def options_of(path, metadata: dict) -> TrainOptions:
+    """The TrainOptions in a checkpoint's ``metadata`` (``path`` for messages)."""
+    stored = metadata.get(STATE_KEY)
+    if not isinstance(stored, dict) or not isinstance(stored.get("options"), dict):
+        raise CheckpointError(f"{path}: not a training checkpoint. Expected a file written during "
+                              "`xraynet train` (NAME.checkpoint.h5), got a model without training state. "
+                              "Pass the checkpoint file, or train without --resume.")
+    known = {f.name for f in fields(TrainOptions)}
+    unknown = sorted(set(stored["options"]) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: its options {unknown} are not training options of this xraynet version. "
+                              f"Expected fields among {sorted(known)}, got {sorted(stored['options'])}. Resume "
+                              "with the xraynet version that wrote it, or train without --resume.")
+    try:
+        return TrainOptions(**stored["options"])
+    except TrainingError as e:
+        raise CheckpointError(f"{path}: its stored options are unusable ({e}). Train without --resume.") from None
