@@ -85,12 +85,16 @@ def info(
 ) -> None:
     """Versions, the processor (model, SIMD sets, BLAS), the backend --device auto picks here, and the GPU: name, compute capability, memory,
     CUDA runtime and driver (or why there is none, and what to install). With MODEL: its model card
-    (intended use, training data, validation figures within each source first, threshold, limits)."""
+    (intended use, training data, validation figures within each source first, threshold, limits), after
+    checking the weights against their stored SHA-256 (exit 2 when they fail)."""
     if model is not None:
         from xraynet.modelcard import format_card, info_document
 
-        doc = info_document(model)
-        sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n" if as_json else format_card(doc))
+        from .common import terminal_text
+
+        doc = info_document(model)  # ModelFileError (exit 2) when the weights fail their checksum
+        # terminal_text: the card quotes folder, source and class names, which may hold escape sequences.
+        sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n" if as_json else terminal_text(format_card(doc)))
         return
     from xraynet.devices import device_info
 

@@ -217,6 +217,8 @@ def review(
 def _print_screen_summary(s) -> None:
     from rich.table import Table
 
+    from xraynet.modelcard.layout import threshold_text
+
     t = Table(title=f"xraynet screen -> {s.out}")
     t.add_column("", justify="left")
     t.add_column("value", justify="right")
@@ -225,7 +227,7 @@ def _print_screen_summary(s) -> None:
         ("files in folder", s.files), ("screened now", s.screened), ("unchanged, kept", s.skipped_unchanged),
         ("old rows dropped", s.dropped_rows), ("error rows", s.errors),
         ("not listable: folders (their rows kept)", f"{len(s.unlisted)} ({s.kept_unlisted})"),
-        (f"flagged {s.screening_class} (p >= {s.threshold:.4g})", s.flagged),
+        (f"flagged {s.screening_class} (p >= {threshold_text(s.threshold)})", s.flagged),
         ("flagged among screened now", s.flagged_new),
         ("images/s", f"{s.images_per_s:.1f}"), ("seconds", f"{s.seconds:.2f}"),
         ("decode seconds (all threads)", f"{s.decode_seconds:.2f}"),

@@ -116,6 +116,23 @@ def test_verdict_margin_kept_and_undecided():
     assert "undecided" in out["text"]
 
 
+def test_verdict_below_chance_says_inverted_not_above_chance():
+    """Blanked AUC 0.222 (0.042-0.486): the interval lies wholly below 0.5. The model's scores still
+    follow the class without the lungs, but inverted: never "above chance" or a negative margin."""
+    v = {"full": _variant(0.9, 0.85, 0.95), "centre_blanked": _variant(0.222, 0.042, 0.486),
+         "centre_only": _variant(0.7, 0.6, 0.8)}
+    out = shortcut_verdict(v, ["covid", "normal"], "covid")
+    text = out["text"]
+    assert out["uses_shortcuts"] is True
+    assert "below chance" in text and "inverted" in text and "0.222 (95% CI 0.042-0.486)" in text
+    assert "above chance" not in text and "margin" not in text and "-" + "56%" not in text
+    # Above chance and further from it than on full films: no "keeps 150% of its margin".
+    v["centre_blanked"] = _variant(0.95, 0.9, 0.99)
+    v["full"] = _variant(0.8, 0.7, 0.9)
+    text = shortcut_verdict(v, ["covid", "normal"], "covid")["text"]
+    assert "above chance" in text and "even further from chance" in text and "keeps" not in text
+
+
 # ------------------------------------------------------------ generated films
 SIZE = 32       # the model input size too: no resize, so the masks fall where the films were drawn
 N_PER_CLASS = 40

@@ -185,7 +185,7 @@ def test_info_on_a_model_without_a_card_says_so_and_exits_0(tmp_path):
     res = runner.invoke(app, ["info", str(path)])
     assert res.exit_code == 0, res.output
     assert "model card missing" in res.stdout
-    assert "tiny" in res.stdout and "normal, opacity" in res.stdout and "opacity >= 0.2500" in res.stdout
+    assert "tiny" in res.stdout and "normal, opacity" in res.stdout and "opacity >= 0.25 " in res.stdout
     res = runner.invoke(app, ["info", str(path), "--json"])
     doc = json.loads(res.stdout)
     assert res.exit_code == 0 and INFO_KEYS <= set(doc)
@@ -229,6 +229,72 @@ def test_info_notes_a_card_that_belongs_to_other_weights(trained, tmp_path):
     doc = json.loads(res.stdout)
     assert res.exit_code == 0 and "belongs to another model" in doc["notes"][0]
     assert doc["weights_sha256"] != "0" * 64
+
+
+def test_info_refuses_weights_that_fail_their_checksum(tmp_path):
+    """One flipped weight: `info` must not print the stored SHA-256 as if it were the file's."""
+    import h5py
+
+    path = _plain_model(tmp_path, {"threshold": {"class": "opacity", "value": 0.25, "target_sensitivity": 0.95}})
+    assert runner.invoke(app, ["info", str(path)]).exit_code == 0
+    with h5py.File(path, "a") as f:
+        ds = f["weights"][sorted(f["weights"])[0]]
+        name = sorted(ds)[0]
+        ds[name][...] = ds[name][...] + 1.0
+    for extra in ([], ["--json"]):
+        res = runner.invoke(app, ["info", str(path), *extra])
+        assert res.exit_code == 2 and res.stdout == ""
+        assert "plain.h5: the weights are corrupted (checksum mismatch)" in res.stderr
+
+
+def test_threshold_printed_with_the_digits_it_needs(tmp_path):
+    from xraynet.modelcard.layout import threshold_text
+
+    for value in (0.9999998, float(np.float32(0.9999998)), 1e-7, 0.4273123, 0.25, 0.999):
+        text = threshold_text(value)
+        assert text not in ("1", "0", "1.000", "0.000")
+        assert abs(float(text) - value) <= 0.01 * min(value, 1 - value)
+    assert threshold_text(0.4273123) == "0.4273" and threshold_text(0.25) == "0.25"
+    assert threshold_text(None) == "-" and threshold_text(1.0) == "1"
+    path = _plain_model(tmp_path, {"threshold": {"class": "opacity", "value": 0.9999998,
+                                                 "target_sensitivity": 0.95}})
+    res = runner.invoke(app, ["info", str(path)])
+    assert res.exit_code == 0 and "opacity >= 0.9999998 " in res.stdout
+
+
+def _mix_card(mixes: dict) -> dict:
+    """The parts of a card that the "source confounding" limit reads: films per source and class."""
+    classes = ["covid", "normal"]
+    sources = {s: {"images": {"all": dict(zip(classes, counts))}} for s, counts in mixes.items()}
+    combined = {c: {"reason": None} for c in classes}
+    return {"classes": classes, "training_data": {"sources": sources},
+            "validation": {"within_source": {"available": True, "combined": combined}}}
+
+
+def test_confounding_limit_says_different_proportions_only_when_they_differ():
+    from xraynet.modelcard.limits import MIX_GAP, class_mix_gap, confounding_limit
+
+    same = confounding_limit(_mix_card({"a": (15, 15), "b": (30, 30)}))["text"]
+    assert "similar proportions" in same and "different proportions" not in same
+    near = _mix_card({"a": (50, 50), "b": (55, 45)})            # 5 points apart: within the rule
+    assert class_mix_gap(near["training_data"]["sources"], near["classes"])[0] == pytest.approx(0.05)
+    assert "similar proportions" in confounding_limit(near)["text"]
+    far = confounding_limit(_mix_card({"a": (40, 10), "b": (10, 40)}))["text"]
+    assert "different proportions" in far and "60 percentage points" in far and MIX_GAP == 0.10
+    one = confounding_limit(_mix_card({"a": (20, 20), "b": (0, 0)}))["text"]
+    assert "one source" in one and "proportions" not in one
+
+
+def test_info_works_the_confounding_limit_out_again(trained, tmp_path):
+    """A card written with the old unconditional wording is printed with the rule's wording."""
+    _, out, _, _ = trained
+    card = read_card(out)
+    stale = [dict(x, text="The sources hold the classes in different proportions (stale).")
+             if x["topic"] == "source confounding" else x for x in card["limits"]]
+    path = _plain_model(tmp_path, {CARD_KEY: {**card, "limits": stale}})
+    doc = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
+    text = next(x["text"] for x in doc["limits"] if x["topic"] == "source confounding")
+    assert "(stale)" not in text and [x["topic"] for x in doc["limits"]] == [x["topic"] for x in stale]
 
 
 def test_info_without_a_model_still_prints_the_versions():

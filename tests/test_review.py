@@ -289,7 +289,9 @@ def test_a_torn_last_record_is_left_out(case, model_file):
     assert "zz.png" not in text and "1 incomplete or malformed record(s)" in text
 
 
-@pytest.mark.parametrize("content, got", [(b"", "an empty file"), (b"a,b\r\n1,2\r\n", "got a,b")])
+@pytest.mark.parametrize("content, got", [
+    (b"", "an empty file"), (b"a,b\r\n1,2\r\n", "got 'a,b'"),
+    (b"\x1b[31mRED\x1b]0;title\x07,x\n", "got '\\x1b[31mRED\\x1b]0;title\\x07,x'")])
 def test_not_a_report(tmp_path, model_file, content, got):
     bad = tmp_path / "r.csv"
     bad.write_bytes(content)
@@ -300,6 +302,7 @@ def test_not_a_report(tmp_path, model_file, content, got):
     assert "Pass the CSV that xraynet screen --out wrote." in msg and not (tmp_path / "review_files").exists()
     r = runner.invoke(app, ["review", str(bad), "--html", str(tmp_path / "review.html"), "--model", str(model_file)])
     assert r.exit_code == 2 and "not an xraynet screening report" in r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr  # the file's bytes are quoted, never echoed
 
 
 def test_page_paths_that_cannot_work(case, model_file, tmp_path):
@@ -511,3 +514,17 @@ def test_a_special_file_as_the_page_is_refused(tmp_path):
     os.mkfifo(page)
     with pytest.raises(ScreenError, match="Expected a regular file or no file"):
         check_page_path(page, tmp_path / "r.csv")
+
+
+def test_model_notes_never_carry_control_characters_from_the_report():
+    """The command prints these notes on stderr: a model_sha256 cell holding an escape sequence
+    is shown as visible text."""
+    from collections import Counter
+
+    from xraynet.review.page import ModelView, model_notes
+
+    view = ModelView(path="m\x1b[2J.h5", info={"weights_sha256": "ab" * 32}, matches=0,
+                     others=Counter({"\x1b]0;owned\x07": 3}))
+    (note,) = model_notes(view, ["row"] * 3)
+    assert "\x1b" not in note and "\x07" not in note
+    assert "⟨U+001B⟩]0;owned⟨U+0007⟩ (3 rows)" in note and note.startswith("m⟨U+001B⟩[2J.h5: not the model")

@@ -37,10 +37,18 @@ def _tf32() -> bool:
 
 
 def _setup(arch: str, batch: int, device: str, seed: int):
-    """Model of a benchmark architecture, a synthetic batch and its labels."""
+    """Model of a benchmark architecture, a synthetic batch and its labels. BenchError for a
+    negative seed or a batch that does not fit in memory."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise BenchError(f"seed: unusable. Expected a whole number >= 0, got {seed!r}. Pass e.g. --seed 0.")
     model = Model(builtin_spec(arch, num_classes=2), device=device, seed=seed)
     rng = np.random.default_rng(seed + 1)
-    x = model.bk.asarray(rng.standard_normal((batch, *model.input_shape), dtype=np.float32))
+    try:
+        x = model.bk.asarray(rng.standard_normal((batch, *model.input_shape), dtype=np.float32))
+    except MemoryError:
+        raise BenchError(f"batch {batch}: does not fit in memory. Expected a batch whose inputs "
+                         f"({batch} x {'x'.join(map(str, model.input_shape))} float32) fit, got too little "
+                         "memory. Pass a smaller --batch.") from None
     return model, x, model.bk.asarray(rng.integers(0, 2, batch))
 
 
@@ -67,13 +75,44 @@ class Timing:
 
     ``warmup`` untimed steps first (JIT and NVRTC compilation happen there); then
     ``iters`` timed steps, or when ``iters`` is None enough steps to fill
-    ``min_time`` seconds, kept between ``min_iters`` and ``max_iters``."""
+    ``min_time`` seconds (finite, > 0), kept between ``min_iters`` and ``max_iters``.
+    BenchError for a value that cannot time anything."""
 
     iters: int | None = None
     warmup: int = 3
     min_time: float = 3.0
     min_iters: int = 5
     max_iters: int = 5000
+
+    def __post_init__(self):
+        if not (isinstance(self.min_time, (int, float)) and math.isfinite(self.min_time) and self.min_time > 0):
+            raise BenchError(f"min_time: not a usable number of seconds. Expected a finite number > 0, got "
+                             f"{self.min_time!r}. Pass e.g. --min-time 3.")
+        for name in ("warmup", "min_iters", "max_iters") + (("iters",) if self.iters is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BenchError(f"{name}: not a usable number of steps. Expected a whole number >= 1, got "
+                                 f"{value!r}. Pass e.g. 5.")
+
+
+def append_row(path, row: dict) -> None:
+    """Append ``row`` as one JSON line to the file ``path`` (``--json-out``), written with one
+    ``write`` call, so rows of runs that share the file never interleave. BenchError when it
+    cannot be written."""
+    import json
+    import os
+
+    line = (json.dumps(row) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise BenchError(f"{path}: the result row cannot be appended ({e.strerror or e}). Expected a writable "
+                         f"file, got {type(e).__name__}. Give another --json-out (the row is also printed "
+                         "with --json).") from None
 
 
 def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: str = "cpu",
@@ -84,7 +123,12 @@ def run_bench(arch: str = "seed", mode: str = "train", batch: int = 32, device: 
     if threads is not None:
         bk.set_threads(threads)
     warmup = max(timing.warmup, 1)
-    warm = bk.time_steps(step, warmup)
+    try:
+        warm = bk.time_steps(step, warmup)
+    except MemoryError:
+        raise BenchError(f"batch {batch}: a {mode} step of {arch} does not fit in memory. Expected enough "
+                         f"memory for its activations, got too little on {bk.name}. Pass a smaller --batch."
+                         ) from None
     iters = timing.iters
     if iters is None:
         est = min(warm[-max(1, len(warm) // 2):])

@@ -125,8 +125,9 @@ def evaluate(model_path, data_dir, options: EvaluationOptions | None = None) -> 
 
     ``subset="val"`` gives figures on patients the weights never saw, when DATA_DIR is the
     folder the model was trained on. Raises EvaluationError (class folders the model does
-    not know, an unknown subset, no stored split for ``"val"``), DataError (an unusable
-    folder, no readable image), ModelFileError, BackendError."""
+    not know, an unknown subset, no stored split for ``"val"``, a plots folder that cannot be
+    used: :func:`check_outputs`), DataError (an unusable folder, no readable image),
+    ModelFileError, BackendError."""
     from .data import scan_dataset
     from .inference import predict_items
     from .imaging import Preprocessing
@@ -135,6 +136,7 @@ def evaluate(model_path, data_dir, options: EvaluationOptions | None = None) -> 
     from .modelfile import load_model
 
     opts = options or EvaluationOptions()
+    check_outputs(model_path, data_dir, plots_dir=opts.plots_dir)
     loaded = load_model(model_path, device=opts.device)
     ds = scan_dataset(data_dir)
     classes = list(loaded.classes)
@@ -175,6 +177,45 @@ def evaluate(model_path, data_dir, options: EvaluationOptions | None = None) -> 
     if opts.plots_dir:
         doc["plots"] = _write_plots(Path(opts.plots_dir), y, proba, classes, doc)
     return doc
+
+
+def check_outputs(model_path, data_dir, out=None, plots_dir=None) -> None:
+    """Refuse, before anything is read, outputs of an evaluation that cannot be written or would do
+    harm: an ``out`` JSON file that is the model file or lies inside ``data_dir``; a ``plots_dir``
+    where a file stands, whose parent folder is missing (it is made, its parents never: a typo
+    would scatter folders), or inside ``data_dir`` (roc.png in a class folder is a film to the
+    next training run). EvaluationError naming the path and the option."""
+    import os
+
+    data = os.path.realpath(data_dir)
+
+    def inside(path) -> bool:
+        real = os.path.realpath(path)
+        return real == data or real.startswith(data.rstrip(os.sep) + os.sep)
+
+    if out is not None:
+        if os.path.realpath(out) == os.path.realpath(model_path):
+            raise EvaluationError(f"{out}: --out names the model file. Expected another file for the metrics "
+                                  f"JSON, got the model {model_path} (it would be overwritten). Pass e.g. "
+                                  "--out metrics.json.")
+        if inside(out):
+            raise EvaluationError(f"{out}: --out lies inside the evaluated folder {data_dir}. Expected a path "
+                                  "outside it, got one inside (outputs there mix with the films and their "
+                                  "metadata). Write the JSON beside the folder.")
+    if plots_dir is None:
+        return
+    plots = Path(plots_dir)
+    if plots.exists() and not plots.is_dir():
+        raise EvaluationError(f"{plots_dir}: --plots is not a folder. Expected a folder (made when missing), "
+                              "got a file. Give another folder.")
+    if not plots.absolute().parent.is_dir():
+        raise EvaluationError(f"{plots_dir}: the folder for --plots has no parent folder. Expected an existing "
+                              f"folder {plots.absolute().parent}, got none. Create it first or give another "
+                              "folder.")
+    if inside(plots):
+        raise EvaluationError(f"{plots_dir}: --plots lies inside the evaluated folder {data_dir}. Expected a "
+                              "folder outside it, got one inside (roc.png in a class folder would be read as "
+                              "a film). Write the plots beside the folder.")
 
 
 def _chosen(model_path, metadata: dict, ds, opts: EvaluationOptions) -> np.ndarray:
@@ -251,17 +292,22 @@ def _shortcut_check(prep, films: _Scored, classes, screening_class, opts: Evalua
 
 
 def _write_plots(plots: Path, y, proba, classes, doc: dict) -> dict:
-    """Write ``roc.png`` and ``reliability.png`` into ``plots`` (made if missing); the document's ``plots``."""
+    """Write ``roc.png`` and ``reliability.png`` into ``plots`` (made if missing, in an existing parent:
+    :func:`check_outputs`); the document's ``plots``. EvaluationError when they cannot be written."""
     from .metrics import roc_curve
     from .plots import write_reliability_png, write_roc_png
 
-    plots.mkdir(parents=True, exist_ok=True)
     curves = {}
     for k, c in enumerate(classes):
         pos = y == k
         if pos.any() and (~pos).any():
             fpr, tpr, _ = roc_curve(proba[:, k], pos)
             curves[c] = (fpr, tpr, doc["per_class"][c]["auc"]["value"])
-    write_roc_png(plots / "roc.png", curves)
-    write_reliability_png(plots / "reliability.png", doc["reliability"], ece=doc["ece"])
+    try:
+        plots.mkdir(exist_ok=True)
+        write_roc_png(plots / "roc.png", curves)
+        write_reliability_png(plots / "reliability.png", doc["reliability"], ece=doc["ece"])
+    except OSError as e:
+        raise EvaluationError(f"{plots}: the plots cannot be written ({e.strerror or e}). Expected a writable "
+                              f"folder, got {type(e).__name__}. Give another --plots folder.") from None
     return {"roc": str(plots / "roc.png"), "reliability": str(plots / "reliability.png")}

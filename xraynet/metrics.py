@@ -361,6 +361,9 @@ def evaluate_predictions(y_true, proba, classes, *, screening_class: str | None 
     y, p, classes = check_predictions(y_true, proba, classes)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise EvaluationError(f"n_boot: invalid. Expected a whole number >= 0, got {n_boot!r}. Pass e.g. 1000.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise EvaluationError(f"seed: invalid. Expected a whole number >= 0 (a NumPy seed), got {seed!r}. "
+                              "Pass e.g. 0.")
     screening, screen_doc = _screening_rule(y, p, classes, screening_class, threshold, TARGET_SENSITIVITY)
     doc = {"n": int(y.size), "classes": classes}
     core = _core(y, p, classes, n_boot, seed, screening)

@@ -207,7 +207,8 @@ def shortcut_verdict(variants: dict, classes, screening_class: str | None = None
     A class uses shortcuts when, with the central chest region blanked, its
     pooled AUC's 95% interval excludes 0.5: the model still separates it
     without seeing the lungs (below chance too: the outside still moves the
-    score with the class). Undecided when the full-film interval holds 0.5
+    score with the class, inverted; the text says so and gives no margin).
+    Undecided when the full-film interval holds 0.5
     (a model at chance shows nothing by blanking). ``margin_kept`` = (AUC_blanked - 0.5) /
     (AUC_full - 0.5), the share of the above-chance margin that survives the
     blanking (None when AUC_full <= 0.5). ``uses_shortcuts`` is None when it
@@ -225,6 +226,31 @@ def shortcut_verdict(variants: dict, classes, screening_class: str | None = None
     flags = [v["uses_shortcuts"] for v in per_class.values()]
     overall = True if True in flags else (False if all(f is False for f in flags) else None)
     return {"classes": checked, "uses_shortcuts": overall, "per_class": per_class, "text": " ".join(texts)}
+
+
+def _shortcut_text(cls: str, full: dict, blank: dict, margin, below: bool) -> str:
+    """What a blanked-centre AUC whose interval excludes 0.5 says: above chance, the model still
+    separates ``cls`` without the lungs (with the share of its full-film margin kept); below
+    chance (``below``), its scores still follow the class without the lungs, inverted."""
+    cues = ("borders, burned-in text, markers, devices, the source of the film, or the outer lung fields, "
+            "which the box leaves out on most films; look at the films and the within-source figures.")
+    if below:
+        # Below chance with the lungs hidden is still a signal from outside them, inverted: the
+        # blanked films' scores follow the class, so cues there differ between the classes.
+        return (f"the model reacts to cues outside the central region, inverted. With the central chest region "
+                f"blanked (most of the lungs hidden) its scores still depend on whether a film is {cls}: pooled "
+                f"{_fmt_auc(blank)} (full films: {_fmt_auc(full)}) is below chance, its whole interval under 0.5, "
+                f"so blanked {cls} films score lower than the others. These cues do not find {cls} on their own, "
+                "but they differ between the classes and move the score, a shortcut risk: " + cues)
+    if margin is None:
+        kept = ""
+    elif margin > 1:
+        kept = ", even further from chance than on full films"
+    else:
+        kept = f", and keeps {margin:.0%} of its above-chance margin"
+    return (f"the model is using shortcuts. With the central chest region blanked (most of the lungs hidden) it "
+            f"still separates {cls} from the rest: pooled {_fmt_auc(blank)}, above chance{kept} (full films: "
+            f"{_fmt_auc(full)}). It relies on cues outside the central region: " + cues)
 
 
 def _class_verdict(cls: str, full: dict, blank: dict, only: dict) -> dict:
@@ -248,14 +274,8 @@ def _class_verdict(cls: str, full: dict, blank: dict, only: dict) -> dict:
         text = (f"{cls}: undecided: with the central chest region blanked the pooled {_fmt_auc(blank)} has no "
                 "confidence interval (n_boot = 0); rerun with bootstrap resamples.")
     elif lo > 0.5 or (hi is not None and hi < 0.5):
-        # Below chance with the lungs hidden is still a signal from outside them, inverted.
         uses = True
-        kept = "" if margin is None else f" and keeps {margin:.0%} of its above-chance margin"
-        text = (f"{cls}: the model is using shortcuts. With the central chest region blanked (most of "
-                f"the lungs hidden) it still separates {cls} from the rest: pooled {_fmt_auc(blank)}, above "
-                f"chance,{kept} (full films: {_fmt_auc(full)}). It relies on cues outside the central region: "
-                "borders, burned-in text, markers, devices, the source of the film, or the outer lung fields, "
-                "which the box leaves out on most films; look at the films and the within-source figures.")
+        text = f"{cls}: " + _shortcut_text(cls, full, blank, margin, below=lo <= 0.5)
     else:
         uses = False
         text = (f"{cls}: with the lungs blanked the model falls to chance: pooled {_fmt_auc(blank)} with the "

@@ -36,3 +36,21 @@ def format_ci(value, ci, digits=3) -> str:
         return "-"
     lo, hi = ci if ci else (None, None)
     return f"{value:.{digits}f}" + (f" ({lo:.{digits}f}-{hi:.{digits}f})" if lo is not None else "")
+
+
+def threshold_text(value) -> str:
+    """A screening threshold with as many significant digits as it takes to be true: at least 4,
+    more until the printed number lies within 1% of the value's distance to 0 and to 1
+    (0.4273, 0.99999982, 2.1e-07; never ``1`` for 0.9999998, which would flag nothing a
+    probability below 1 reaches). ``-`` for None or a non-finite value."""
+    import math
+
+    if value is None or not math.isfinite(float(value)):
+        return "-"
+    v = float(value)
+    room = 0.01 * min(abs(v), abs(1.0 - v))
+    for digits in range(4, 18):
+        text = f"{v:.{digits}g}"
+        if abs(float(text) - v) <= room:
+            return text
+    return repr(v)

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from .layout import NOT_A_DEVICE, format_ci
 
+#: The card says the sources hold the classes in different proportions when some class's share of
+#: the films differs by more than this between two sources (10 percentage points); below it the
+#: source alone tells little of the class.
+MIX_GAP = 0.10
+
 
 def limits_section(card: dict) -> list[dict]:
     """Known limits, in words, worked out from the card's own figures: the
     source confounding of the training data, how far the within-source and
     pooled figures can be trusted, and what the leave-one-source-out figures
     (or their absence) say. A list of ``{"topic", "text"}``."""
-    out = [{"topic": "not a diagnostic device", "text": NOT_A_DEVICE}, _confounding_limit(card)]
+    out = [{"topic": "not a diagnostic device", "text": NOT_A_DEVICE}, confounding_limit(card)]
     val = card["validation"]
     small = _small_sources_limit(val)
     if small is not None:
@@ -25,8 +30,10 @@ def limits_section(card: dict) -> list[dict]:
     return out
 
 
-def _confounding_limit(card: dict) -> dict:
-    """Whether the source alone could give a film's class away, from each source's class mix."""
+def confounding_limit(card: dict) -> dict:
+    """The ``{"topic": "source confounding", "text"}`` limit: whether the source alone could give a
+    film's class away, from each source's class mix in the card's ``training_data`` (the rule of
+    :func:`class_mix_gap`)."""
     data, val, classes = card["training_data"], card["validation"], card["classes"]
     sources = data["sources"]
     combined = val["within_source"]["combined"]
@@ -36,20 +43,51 @@ def _confounding_limit(card: dict) -> dict:
                 "text": "The training data names no source for its films, so whether the model recognises "
                         "the collection instead of the disease cannot be measured; treat every figure as "
                         "possibly inflated."}
-    # Each source's class mix: where it differs from source to source, the source alone predicts the
-    # label, and a network can learn to recognise the collection instead of the disease.
-    mixes = []
-    for s, e in sources.items():
-        n = sum(e["images"]["all"].values())
-        if n:
-            mixes.append(f"{s}: " + ", ".join(f"{e['images']['all'][c] / n:.0%} {c}" for c in classes))
-    text = (f"The sources hold the classes in different proportions ({'; '.join(mixes)}), so a network can "
-            "score by recognising where a film comes from instead of the disease. The within-source figures "
-            "are the ones such a shortcut cannot earn; the pooled ones mix sources.")
+    text = _mix_text(sources, classes)
     if unmeasured:
         text += (f" {', '.join(unmeasured)}: no source holds these films beside films of another class, so "
                  "their figures stay confounded by source.")
     return {"topic": "source confounding", "text": text}
+
+
+def class_mix_gap(sources: dict, classes) -> tuple[float, str | None]:
+    """The largest difference between two sources in the share of one class among their films
+    (``training_data["sources"]``, images of train and validation together), and that class:
+    ``(0.0, None)`` with fewer than two sources holding films. The rule of the card's "source
+    confounding" limit: the proportions differ when the gap exceeds :data:`MIX_GAP`."""
+    totals = {s: sum(e["images"]["all"].values()) for s, e in sources.items()}
+    shares = [{c: e["images"]["all"].get(c, 0) / totals[s] for c in classes}
+              for s, e in sources.items() if totals[s]]
+    if len(shares) < 2:
+        return 0.0, None
+    gaps = {c: max(m[c] for m in shares) - min(m[c] for m in shares) for c in classes}
+    worst = max(classes, key=lambda c: gaps[c])
+    return gaps[worst], worst
+
+
+def _mix_text(sources: dict, classes) -> str:
+    """The confounding limit's words from each source's class mix (:func:`class_mix_gap`)."""
+    mixes = []
+    for s, e in sources.items():
+        n = sum(e["images"]["all"].values())
+        if n:
+            mixes.append(f"{s}: " + ", ".join(f"{e['images']['all'].get(c, 0) / n:.0%} {c}" for c in classes))
+    gap, cls = class_mix_gap(sources, classes)
+    if cls is None:
+        return (f"Every film comes from one source ({'; '.join(mixes) or 'none'}), so the source cannot give a "
+                "film's class away here; but nothing shows how the model does on films from another hospital "
+                "or collection, whose look it never saw.")
+    if gap > MIX_GAP:
+        # Where the class mix differs from source to source, the source alone predicts the label, and
+        # a network can learn to recognise the collection instead of the disease.
+        return (f"The sources hold the classes in different proportions ({'; '.join(mixes)}; the share of "
+                f"{cls} differs by {gap * 100:.0f} percentage points between sources), so a network can score "
+                "by recognising where a film comes from instead of the disease. The within-source figures are "
+                "the ones such a shortcut cannot earn; the pooled ones mix sources.")
+    return (f"The sources hold the classes in similar proportions ({'; '.join(mixes)}; no class's share differs "
+            f"by more than {MIX_GAP * 100:.0f} percentage points between sources), so the source alone gives "
+            "little of a film's class away. A network can still pick up source cues; the within-source figures "
+            "are the ones they cannot inflate.")
 
 
 def _small_sources_limit(val: dict) -> dict | None:

@@ -10,6 +10,7 @@ from .. import __version__
 from ..errors import ModelFileError
 from ..metrics import finite_or_none
 from .layout import CARD_KEY, CARD_KEYS, CARD_VERSION
+from .limits import confounding_limit
 from .sections import preprocessing_section
 
 
@@ -46,11 +47,13 @@ def read_card(path) -> dict | None:
 
 
 def info_document(path) -> dict:
-    """What ``xraynet info MODEL --json`` prints (see :mod:`xraynet.modelcard`).
-    Reads the header only: no model is built and no weights are read."""
+    """What ``xraynet info MODEL --json`` prints (see :mod:`xraynet.modelcard`). No model is built;
+    the weights are read once to check them against their stored SHA-256: ModelFileError when
+    they fail (the card would describe weights the file no longer holds), or when the file is
+    not a model or its card is malformed."""
     from ..modelfile import read_info
 
-    info = read_info(path)
+    info = read_info(path, verify_weights=True)
     meta = info["metadata"]
     spec = info["architecture"]
     base = {"model_file": Path(path).name, "path": str(path), "weights_sha256": info["weights_sha256"],
@@ -64,6 +67,7 @@ def info_document(path) -> dict:
         doc = {**base, "card_present": True, **card}
         # The file's own checksum wins; a card copied onto other weights describes another model.
         doc["weights_sha256"] = info["weights_sha256"]
+        doc["limits"] = _limits_now(card)
         if card.get("weights_sha256") not in (None, info["weights_sha256"]):
             doc["notes"].append(f"the card describes weights {card['weights_sha256'][:12]}..., but this file holds "
                                 f"{info['weights_sha256'][:12]}...: the card belongs to another model")
@@ -83,3 +87,18 @@ def info_document(path) -> dict:
                         f"{info['created_utc']}); shown is what the file holds. `xraynet train` writes a card "
                         "with every model")
     return doc
+
+
+def _limits_now(card: dict):
+    """The card's limits with its "source confounding" entry worked out again from the card's own
+    class counts by this xraynet's rule (:func:`~xraynet.modelcard.limits.confounding_limit`):
+    cards written before the rule said the sources' class mixes differ even where they did not.
+    The stored limits as they are when the card lacks the parts the rule reads."""
+    limits = card.get("limits")
+    if not isinstance(limits, list):
+        return limits
+    try:
+        fresh = confounding_limit(card)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError):
+        return limits
+    return [fresh if isinstance(x, dict) and x.get("topic") == fresh["topic"] else x for x in limits]

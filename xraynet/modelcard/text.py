@@ -4,7 +4,7 @@ function per part, in the order the text shows them."""
 from __future__ import annotations
 
 from ..errors import ModelFileError
-from .layout import SIDES, format_ci
+from .layout import SIDES, format_ci, threshold_text
 
 
 def format_card(doc: dict) -> str:
@@ -73,7 +73,7 @@ def _cardless_lines(doc: dict) -> list[str]:
     lines = []
     thr = doc.get("threshold")
     if thr:
-        lines.append(f"  threshold       {thr['class']} >= {thr['value']:.4f} (target sensitivity "
+        lines.append(f"  threshold       {thr['class']} >= {threshold_text(thr['value'])} (target sensitivity "
                      f"{thr['target_sensitivity']}, chosen on {thr.get('chosen_on')})")
     tr = doc.get("training")
     if tr:
@@ -148,7 +148,7 @@ def _loso_table(loso: dict, order: list[str], k: str | None) -> list[str]:
 def _threshold_lines(thr: dict) -> list[str]:
     """The threshold and its rule; what it gave where it was chosen, per source and pooled."""
     at = thr["at_choice"]
-    lines = ["", "Threshold", f"  {thr['class']} >= {thr['value']:.4f}: {thr['rule']}.",
+    lines = ["", "Threshold", f"  {thr['class']} >= {threshold_text(thr['value'])}: {thr['rule']}.",
              f"  On the films that chose it: sensitivity {_rate_text(at['sensitivity'])}, specificity "
              f"{_rate_text(at['specificity'])}"]
     for name, r in thr["by_source"].items():

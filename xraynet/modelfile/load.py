@@ -38,11 +38,7 @@ def load_model(path, device: str = "cpu") -> LoadedModel:
                              f"{model.num_classes} names for output {model.output!r}", repr(header["classes"]),
                              RESAVE)
         state = read_weights(path, f, model)
-        digest = weights_digest(state)
-        if digest != header["weights_sha256"]:
-            raise file_error(path, "the weights are corrupted (checksum mismatch)",
-                             f"SHA-256 {header['weights_sha256']}", digest,
-                             "Copy the file again from its source, or save the model again")
+        _check_digest(path, header["weights_sha256"], state)
         try:
             model.load_state_dict(state)
         except ShapeError as e:
@@ -55,20 +51,34 @@ def load_model(path, device: str = "cpu") -> LoadedModel:
     return guarded(path, read)
 
 
-def read_info(path) -> dict:
-    """The header of a model file, without building the model or reading weights.
+def _check_digest(path, stored: str, state: dict) -> None:
+    """ModelFileError unless the SHA-256 of ``state`` (:func:`weights_digest`) is ``stored``."""
+    digest = weights_digest(state)
+    if digest != stored:
+        raise file_error(path, "the weights are corrupted (checksum mismatch)", f"SHA-256 {stored}", digest,
+                         "Copy the file again from its source, or save the model again")
+
+
+def read_info(path, verify_weights: bool = False) -> dict:
+    """The header of a model file, without building the model.
 
     Keys: ``path``, ``format``, ``format_version``, ``xraynet_version``,
     ``created_utc``, ``architecture`` (spec dict), ``classes``,
     ``preprocessing``, ``metadata``, ``weights_sha256``, ``num_parameters``
     (trainable values), ``optimizer`` (name or None), ``epochs`` (history
     length). Checks format, version and attributes as :func:`load_model` does;
-    the checksum is not verified.
+    with ``verify_weights`` it also reads every stored weight array (after the
+    same size checks) and raises ModelFileError when their SHA-256 is not the
+    stored ``weights_sha256``, as loading would; without, no weight is read.
     """
     path = Path(path)
 
     def read(f):
         info = {"path": str(path), **read_header(path, f)}
+        if verify_weights:
+            check_architecture_size(path, info["architecture"], weights_stored(path, f))
+            found, _ = weight_datasets(path, f)
+            _check_digest(path, info["weights_sha256"], {n: ds[...] for n, ds in found.items()})
         found, _ = weight_datasets(path, f)
         info["num_parameters"] = int(sum(ds.size for ds in found.values()
                                          if text_attr(ds.attrs, "kind") == "parameter"))

@@ -13,15 +13,20 @@ from urllib.parse import quote
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def html_text(s) -> str:
-    """Text for the page: undecodable bytes (surrogates) as \\xNN; control and format characters
-    (newline, tab, right-to-left override, zero-width joiner...: Unicode categories Cc, Cf, Zl, Zp)
-    as a visible ⟨U+XXXX⟩, so that no name can hide, reorder or pass for another; then
-    HTML-escaped."""
+def plain_text(s) -> str:
+    """Text from a file made safe to show anywhere (a terminal, a page): undecodable bytes
+    (surrogates) as \\xNN; control and format characters (escape, newline, tab, right-to-left
+    override, zero-width joiner...: Unicode categories Cc, Cf, Zl, Zp) as a visible ⟨U+XXXX⟩, so
+    that no name can move the cursor, hide, reorder or pass for another."""
     s = str(s).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     if not s.isprintable():
         s = "".join(f"⟨U+{ord(c):04X}⟩" if unicodedata.category(c) in _HIDDEN_CATEGORIES else c for c in s)
-    return html.escape(s, quote=True)
+    return s
+
+
+def html_text(s) -> str:
+    """Text for the page: :func:`plain_text`, then HTML-escaped."""
+    return html.escape(plain_text(s), quote=True)
 
 
 def relative_url(target: bytes, base: bytes) -> str:

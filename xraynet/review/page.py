@@ -13,7 +13,7 @@ from urllib.parse import quote
 from .. import __version__
 from .assets import CSP, CSS, JS
 from .card import card_html, threshold_html
-from .markup import html_text, relative_url
+from .markup import html_text, plain_text, relative_url
 from .report import Report, Row, finite_float
 from .thumbnails import files_folder
 
@@ -153,17 +153,19 @@ def _films_html(report: Report, cls: str, thumbs, page_path: Path, heatmap_base)
 
 
 def model_notes(model: ModelView | None, rows) -> list[str]:
-    """The model mismatch, as the page and the command's warning say it."""
+    """The model mismatch, as the page and the command's warning say it (values from the report
+    and the file name through :func:`~.markup.plain_text`: the command prints these lines)."""
     if model is None or model.info is None or not rows:
         return []
-    sha = model.info["weights_sha256"]
-    other = ", ".join(f"{s or '(empty)'} ({n} rows)" for s, n in sorted(model.others.items()))
+    sha = plain_text(model.info["weights_sha256"])
+    other = ", ".join(f"{plain_text(s) or '(empty)'} ({n} rows)" for s, n in sorted(model.others.items()))
+    where = plain_text(model.path)
     if model.matches == 0:
-        return [f"{model.path}: not the model that screened this report. Expected weights_sha256 {other}, got "
+        return [f"{where}: not the model that screened this report. Expected weights_sha256 {other}, got "
                 f"{sha}. The page shows the report's own model name and SHA-256, not this file's threshold rule "
                 f"or model card; pass --model with the file that screened the report."]
     if model.others:
-        return [f"{model.path}: screened {model.matches} of the {len(rows)} rows; the others were screened with "
+        return [f"{where}: screened {model.matches} of the {len(rows)} rows; the others were screened with "
                 f"another model: {other}. Their rows are shown as the report has them; the threshold rule and "
                 f"model card are this file's."]
     return []

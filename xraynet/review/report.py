@@ -80,7 +80,8 @@ def read_report(path) -> Report:
     n_cls = len(header) - n_head - len(TAIL_COLUMNS)
     classes = [c[2:] for c in header[n_head:n_head + n_cls]] if n_cls > 0 else []
     if n_cls < 1 or header != report_columns(classes):
-        got = ",".join(header)[:200] if header else ("an empty file" if not data else repr(text[:80]))
+        # repr: the file's bytes are quoted, never echoed (an escape sequence in them stays visible text).
+        got = repr(",".join(header)[:200]) if header else ("an empty file" if not data else repr(text[:80]))
         raise ScreenError(f"{path}: not an xraynet screening report. Expected the header "
                           f"{','.join(HEAD_COLUMNS)},p_<class>...,{','.join(TAIL_COLUMNS)}, got {got}. Pass the "
                           f"CSV that xraynet screen --out wrote.")
