@@ -181,9 +181,13 @@ def test_a_damaged_row_in_the_middle_costs_only_that_row(tmp_path, model_file, m
     monkeypatch.setattr(os, "scandir", deny)
     s = screen(folder, report, model_path=model_file)
     rows = {r["path"]: r for r in _read(report)}
-    assert s.exit_code == 5 and s.kept_unlisted == 3 and s.screened == 1  # a1.png again, nothing else
+    # a1.png again, and the rows read after the damage (a2, a3: never reused as they are)
+    assert s.exit_code == 5 and s.kept_unlisted == 3 and s.screened == 3
     assert any("1 malformed record(s)" in w for w in s.warnings)
-    assert sorted(rows) == sorted(before) and all(rows[k] == before[k] for k in rows if k != "a1.png")
+    assert sorted(rows) == sorted(before) and rows["a0.png"] == before["a0.png"]
+    assert all(rows[k] == before[k] for k in rows if k.startswith("zsub/"))
+    for k in ("a1.png", "a2.png", "a3.png"):
+        assert float(rows[k]["p_covid"]) == pytest.approx(float(before[k]["p_covid"]), abs=1e-6)
     assert b"garbage" not in report.read_bytes()
 
 
@@ -227,3 +231,32 @@ def test_a_link_to_a_folder_of_the_tree_never_takes_its_paths(tmp_path):
     (root / "C_out_again").symlink_to(tmp_path / "outside")
     keys = [k for k, _ in find_images(root).files]
     assert keys == ["B_out/o.png", "patients/deep/p1.png", "patients/p0.png"]
+
+
+def test_rows_read_past_damage_or_doubled_are_never_reused(tmp_path, model_file):
+    # A quoted path cell may hold a line break and then text shaped like a row. Lose its opening
+    # quote and that text reads as a good row: a tester's fake row for another film. Rows read
+    # past damage, and a path with two rows, are screened again, never taken as they are.
+    import csv
+    import io
+
+    folder, report = tmp_path / "in", tmp_path / "r.csv"
+    _png(folder / "a.png", 1)
+    _png(folder / "b.png", 2)
+    screen(folder, report, model_path=model_file)
+    clean = {r["path"]: r for r in _read(report)}
+    head, *lines = report.read_bytes().decode().split("\r\n")
+    a_line = next(x for x in lines if x.startswith("a.png,"))
+    b = clean["b.png"]
+    fake = a_line.replace(clean["a.png"]["p_covid"], b["p_covid"]).replace(clean["a.png"]["p_normal"], b["p_normal"])
+    assert fake != a_line
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(["notes\r\n" + fake + "\r\nz.png", *a_line.split(",")[1:]])
+    evil = buf.getvalue()[1:]  # the opening quote lost
+    for doubled in (False, True):
+        body = [x for x in lines if x and (doubled or not x.startswith("a.png,"))]
+        report.write_bytes(("\r\n".join([head, evil.rstrip("\r\n"), *body]) + "\r\n").encode())
+        s = screen(folder, report, model_path=model_file)
+        rows = {r["path"]: r for r in _read(report)}
+        assert sorted(rows) == ["a.png", "b.png"] and s.screened >= 1
+        assert rows["a.png"]["p_covid"] == clean["a.png"]["p_covid"], doubled

@@ -96,8 +96,11 @@ Crash safety
   last good record is truncated off. Those files are simply screened again.
   Malformed records between good ones (a hand edit, a bad disk block) are
   skipped line by line up to the next good record, so only they are lost
-  (the run warns, and rewrites the report without them); a byte order mark
-  before the header is read past and dropped at that rewrite.
+  (the run warns, and rewrites the report without them); the rows read after
+  them, and every row of a path that has two, are kept for files that cannot
+  be listed but never reused for a file that can (text past damage may come
+  from inside a damaged quoted cell). A byte order mark before the header is
+  read past and dropped at that rewrite.
 * A file is skipped when the report has a row for its path with the same
   ``sha256``, ``model_sha256``, ``threshold`` and ``xraynet_version`` (the
   xraynet version and decode pipeline that wrote the row,

@@ -12,7 +12,7 @@ import datetime
 import errno
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +105,8 @@ class ExistingReport:
     now; ``empty``: no header at all, the report must be (re)created; ``dropped``: malformed
     records found before good ones (a hand edit, disk damage), and ``bom``: a byte order mark
     before the header (a spreadsheet's "CSV UTF-8"), both left out when the report is next
-    rewritten (:attr:`needs_rewrite`)."""
+    rewritten (:attr:`needs_rewrite`); ``suspect``: the path cells of rows read after such
+    damage, and of paths with more than one row, whose files are screened again."""
 
     rows: list
     good_bytes: int
@@ -113,6 +114,7 @@ class ExistingReport:
     empty: bool
     dropped: int = 0
     bom: bool = False
+    suspect: set = field(default_factory=set)
 
     @property
     def needs_rewrite(self) -> bool:
@@ -127,57 +129,67 @@ def _lines(text: str) -> list[str]:
     return [p + "\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
 
 
-def _record_at(lines: list[str], i: int) -> tuple[list | None, int]:
-    """(the CSV record starting at line ``i``, lines it takes); None when it is cut short: no
-    line end yet (a kill mid-write) or a quoted cell still open at the end of the text."""
-    taken = [0]
+class _Feed:
+    """The report's lines to a csv.reader, from line ``pos`` on; ``pos`` may be set back."""
 
-    def feed():
-        for line in lines[i:]:
-            taken[0] += 1
-            yield line
+    def __init__(self, lines: list[str], pos: int = 0):
+        self.lines, self.pos = lines, pos
 
-    try:
-        rec = next(csv.reader(feed(), strict=True), None)
-    except csv.Error:
-        return None, max(1, taken[0])
-    if rec is None or not lines[i + taken[0] - 1].endswith("\n"):
-        return None, max(1, taken[0])
-    return rec, taken[0]
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
 
 
-def _scan(text: str, columns: list[str]) -> tuple[list, int, int]:
-    """(good rows, end of the last good record in characters, malformed records before it).
+def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int]:
+    """(good rows, end of the last good record in characters, malformed records before it,
+    index of the first row after one); end -1 when the first record is not the header
+    ``columns``.
 
-    Records are read from line starts. A malformed one (cut short, wrong number of cells,
-    no path, a status other than ok/error) is skipped a line at a time until a good record
-    starts again, so damage in the middle costs only the damaged rows; what follows the
-    last good record is an append a kill cut short (:func:`repair_report` cuts it off)."""
+    One csv.reader reads the records while they are good. A malformed one (cut short, wrong
+    number of cells, no path, a status other than ok/error) is skipped a line at a time, with
+    a new reader, until a good record starts again, so damage in the middle costs only the
+    damaged rows; what follows the last good record is an append a kill cut short
+    (:func:`repair_report` cuts it off). A blank line between records costs nothing."""
     lines = _lines(text)
-    header, taken = _record_at(lines, 0)
-    if header != columns:
-        return [], -1 if header is None else -2, 0
+    feed = _Feed(lines)
+    reader = csv.reader(feed, strict=True)
     n, i_status = len(columns), columns.index("status")
-    rows, pos, dropped, bad_run = [], taken, 0, False
-    end = good_end = sum(len(x) for x in lines[:taken])
-    while pos < len(lines):
-        if lines[pos] in ("\n", "\r\n") and pos + 1 < len(lines):  # a blank line: nothing lost
-            end += len(lines[pos])
-            pos += 1
-            continue
-        rec, taken = _record_at(lines, pos)
-        width = sum(len(x) for x in lines[pos:pos + taken])
-        if rec is not None and len(rec) == n and rec[i_status] in ("ok", "error") and rec[0]:
+    rows, end, good_end, dropped, bad_run, after = [], 0, -1, 0, False, None
+    while feed.pos < len(lines):
+        start = feed.pos
+        try:
+            rec = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:  # a quoted cell still open at the end of the text
+            rec = None
+        width = len(lines[start]) if feed.pos == start + 1 else sum(map(len, lines[start:feed.pos]))
+        whole = rec is not None and lines[feed.pos - 1].endswith("\n")
+        if good_end < 0:  # the header
+            if not whole or rec != columns:
+                return [], -1, 0, 0
+            end = good_end = width
+        elif whole and rec == [] and feed.pos < len(lines):
+            end += width  # a blank line: nothing lost
+        elif whole and len(rec) == n and rec[i_status] in ("ok", "error") and rec[0]:
             dropped += bad_run
             bad_run = False
+            if dropped and after is None:
+                after = len(rows)
             rows.append(rec)
-            pos, end = pos + taken, end + width
+            end += width
             good_end = end
         else:
-            bad_run = True  # skip one line and look for the next good record
-            end += len(lines[pos])
-            pos += 1
-    return rows, good_end, dropped
+            bad_run = True  # skip one line and look for the next good record, with a fresh reader
+            end += len(lines[start])
+            feed.pos = start + 1
+            reader = csv.reader(feed, strict=True)
+    return rows, good_end, dropped, len(rows) if after is None else after
 
 
 def read_report(path: Path, columns: list[str]) -> ExistingReport:
@@ -194,16 +206,20 @@ def read_report(path: Path, columns: list[str]) -> ExistingReport:
         return ExistingReport([], 0, 0, True)
     bom = data.startswith(_BOM)
     text = data[len(_BOM) if bom else 0:].decode("utf-8", "surrogateescape")
-    rows, good_end, dropped = _scan(text, columns)
+    rows, good_end, dropped, after = _scan(text, columns)
     if good_end < 0:
-        first = _record_at(_lines(text), 0)[0] if text else None
-        got = ",".join(first) if first else repr(text[:80])
+        got = repr(text.split("\n", 1)[0][:200])
         raise ScreenError(f"{path}: the existing report does not have the columns this model writes. Expected "
                           f"header {','.join(columns)}, got {got}. "
                           "Write to a new --out file, or move the old report aside (another model or "
                           "another program wrote it).")
     good_bytes = len(text[:good_end].encode("utf-8", "surrogateescape")) + (len(_BOM) if bom else 0)
-    return ExistingReport(rows, good_bytes, len(data), False, dropped, bom)
+    # Rows read past damage may be text from inside a damaged record (a quoted path cell with a
+    # line break holds anything), and a path with two rows has at most one true one: never reused.
+    seen, suspect = set(), {r[0] for r in rows[after:]}
+    for r in rows:
+        (suspect if r[0] in seen else seen).add(r[0])
+    return ExistingReport(rows, good_bytes, len(data), False, dropped, bom, suspect)
 
 
 # ------------------------------------------------------------- durable writes

@@ -180,7 +180,7 @@ class _Run:
             first.setdefault(row[0], row)
         frozen = self._keep_unseen(listing, images, first)
         with ThreadPoolExecutor(max_workers=job.workers) as pool:  # hashing releases the GIL: threads
-            kept, todo = self._plan(pool, images, first, frozen)
+            kept, todo = self._plan(pool, images, first, frozen, existing.suspect)
         summary.skipped_unchanged = len(kept) - len(frozen)
         summary.dropped_rows = len(existing.rows) - len(kept)
         if job.dry_run:
@@ -220,11 +220,11 @@ class _Run:
             f"really is empty now, run again with --allow-empty to clear the report.")
         return dict(first)
 
-    def _plan(self, pool, images, first: dict, frozen: dict) -> tuple[dict, list]:
+    def _plan(self, pool, images, first: dict, frozen: dict, suspect: set) -> tuple[dict, list]:
         """(rows kept: path cell -> row, [(ImageFile, sha256)] to screen). A file keeps the first row
         of its path when its bytes, the model, the threshold and the xraynet that wrote it
         (:data:`~.writer.ROW_VERSION`) match, unless that row is an error whose reason depends on
-        the machine (:data:`RETRY_REASONS`)."""
+        the machine (:data:`RETRY_REASONS`) or ``suspect`` (:class:`~.report.ExistingReport`)."""
         t0 = time.perf_counter()
         hashed = list(pool.map(_hash_one, images))
         self.summary.hash_seconds = time.perf_counter() - t0
@@ -234,7 +234,8 @@ class _Run:
         for f, digest in hashed:
             c = cell(f.key)
             row = first.get(c)
-            same = (row is not None and row[col["sha256"]] == digest  # "" == "": unreadable both times
+            # "" == "": unreadable both times; a suspect row (after damage, or one of two) is never reused
+            same = (row is not None and c not in suspect and row[col["sha256"]] == digest
                     and row[col["model_sha256"]] == self.settings.model_sha256
                     and row[col["threshold"]] == thr_text
                     and row[col["xraynet_version"]] == ROW_VERSION)
