@@ -52,6 +52,34 @@ def test_decode_refuses_a_file_changed_since_it_was_hashed(tmp_path):
     assert decode_image(ImageFile("a.png", str(p), version), prep).error.startswith("changed: ")
 
 
+@pytest.mark.parametrize("action", ["chmod", "hard link", "access time", "xattr"])
+def test_a_change_of_metadata_alone_is_not_a_change(tmp_path, action):
+    # These move the ctime without a write; a tester's backup (hard links) and antivirus
+    # (attributes) made every film of the night 'changed'. The bytes are hashed again instead.
+    p = _png(tmp_path / "a.png", 1)
+    digest, version = hash_file(p)
+    f = ImageFile("a.png", str(p), version, digest)
+    if action == "chmod":
+        os.chmod(p, 0o600)
+    elif action == "hard link":
+        os.link(p, tmp_path / "a.bak")
+    elif action == "access time":
+        st = os.stat(p)
+        os.utime(p, ns=(st.st_atime_ns + 10**9, st.st_mtime_ns))
+    else:
+        try:
+            os.setxattr(p, "user.xraynet_test", b"1")
+        except OSError:
+            pytest.skip("no user extended attributes on this file system")
+    assert decode_image(f, Preprocessing(image_size=32)).error is None
+    # the same bytes again in place, with the mtime put back: the hash decides, and it agrees
+    data = p.read_bytes()
+    st = os.stat(p)
+    p.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # other bytes (the last one, in IEND's CRC)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert decode_image(f, Preprocessing(image_size=32)).error.startswith("changed: ")
+
+
 def test_a_file_swapped_between_hash_and_decode_is_screened_again(tmp_path, model_file, monkeypatch):
     # A tester's PACS-like re-export: other bytes right after hashing, the original back after
     # decoding. The row claimed the original's SHA-256 with the other film's probabilities, and

@@ -128,6 +128,8 @@ ctime (:func:`~xraynet.decodecache.file_version`) as it was hashed must be
 the same just before and just after it is decoded. The ctime is set by the
 kernel on every write and rename and cannot be set back, so bytes swapped and
 put back are caught too (within the file system's timestamp granularity).
+Where the ctime alone moved (a chmod, a backup's hard link, an antivirus
+attribute: no write), the file is hashed again and its bytes decide.
 
 When something cannot be written -- a read-only report folder, a full disk
 (``ENOSPC``), an I/O error -- at any write point (the lock file, creating the

@@ -37,6 +37,7 @@ class ImageFile:
     key: str
     path: str
     version: tuple | None = None
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,32 @@ def decode_image(f: ImageFile, prep) -> Decoded:
     t0 = time.perf_counter()
     before = _version(f.path) if f.version is not None else None
     out = _decode(f, prep)
-    if f.version is not None and not before == _version(f.path) == f.version:
+    if f.version is not None and not _unchanged(f, before, _version(f.path)):
         return Decoded(None, None, (f"changed: {f.key}: the file changed while it was screened. Expected the "
                                     f"bytes hashed at the start of the run, got a file written, replaced or "
                                     f"removed since. It is screened again on the next run; if it changes every "
                                     f"night, screen the folder after the program writing it has finished."),
                        time.perf_counter() - t0)
     return out._replace(seconds=time.perf_counter() - t0)
+
+
+def _unchanged(f: ImageFile, before, after) -> bool:
+    """Whether the file ``f`` was the version it was hashed at just before and just after it
+    was decoded. Where only the ctime moved (a chmod, a backup's hard link, an antivirus
+    attribute), its bytes are hashed again and must give ``f.sha256``."""
+    if before == after == f.version:
+        return True
+    if before is None or after is None or not f.version or not f.sha256:
+        return False
+    if not before[:3] == after[:3] == f.version[:3]:
+        return False
+    from ..decodecache import hash_file
+
+    try:
+        digest, now = hash_file(f.path)
+    except OSError:
+        return False
+    return digest == f.sha256 and now is not None and now[:3] == f.version[:3]
 
 
 def _version(path: str):
