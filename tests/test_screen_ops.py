@@ -154,6 +154,11 @@ def test_long_heatmap_names_are_cut_apart(tmp_path):
     deep = heatmap_path(tmp_path, "d" * 300 + "/one.png")
     assert deep.name == "one.png.png" and len(os.fsencode(deep.parent.name)) <= _NAME_BYTES
     assert heatmap_path(tmp_path, "sub/short.png") == tmp_path / "sub" / "short.png.png"
+    # a film "a" and a folder "a.png/" (a tester's run stopped on it every night), "a.png~/" too
+    paths = [heatmap_path(tmp_path, k) for k in ("a", "a.png/b.png", "a.png~/b.png", "A.PNG/b.png", "x~/b")]
+    assert paths[0] == tmp_path / "a.png" and len(set(paths)) == 5
+    files, folders = {p for p in paths}, {q for p in paths for q in p.parents}
+    assert not files & folders
 
 
 def test_heatmaps_on_a_file_is_refused_before_screening(tmp_path, model_file):

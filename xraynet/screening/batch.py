@@ -197,11 +197,17 @@ _NAME_BYTES = 255 - 18
 
 
 def heatmap_path(folder, key: str) -> Path:
-    """Where the overlay of the file ``key`` goes: ``folder/<key>.png``. A part of that path
-    longer than a file name may be (:data:`_NAME_BYTES` bytes of UTF-8; escaped bytes of
-    names that are not UTF-8 take four characters each) is cut to fit and ends in ``~`` and
-    16 hex digits of the SHA-256 of the key up to that part, so two files never share one."""
+    """Where the overlay of the file ``key`` goes: ``folder/<key>.png``.
+
+    * A folder of the key whose name ends in ``.png`` (any case) or ``~`` gets a ``~`` more,
+      so no folder's name is ever an overlay's (the film ``a`` and the folder ``a.png/``
+      would both want ``a.png``), and no two folders share one.
+    * A part of the path longer than a file name may be (:data:`_NAME_BYTES` bytes of UTF-8;
+      escaped bytes of names that are not UTF-8 take four characters each) is cut to fit and
+      ends in ``~`` and 16 hex digits of the SHA-256 of the key up to that part, so two files
+      never share one."""
     parts = (key + ".png").split("/")
+    parts[:-1] = [p + "~" if p.lower().endswith((".png", "~")) else p for p in parts[:-1]]
     for i, part in enumerate(parts):
         raw = os.fsencode(part)
         if len(raw) > _NAME_BYTES:
