@@ -272,6 +272,47 @@ def test_a_text_chunk_failing_its_checksum_costs_the_chunk_not_the_film(tmp_path
     assert decode(tmp_path / "good.png").warnings == d.warnings[1:]
 
 
+def _with_chunk(data: bytes, chunk: bytes, after_idat: bool) -> bytes:
+    """``data`` (a PNG with one IDAT) with ``chunk`` put before its IDAT or after it."""
+    at = data.index(b"IDAT") - 4
+    if after_idat:
+        at += 12 + struct.unpack(">I", data[at:at + 4])[0]
+    return data[:at] + chunk + data[at:]
+
+
+@pytest.mark.parametrize("layout", ["L", "P", "1", "L;4", "LA", "RGB", "L interlaced"])
+def test_a_bad_ancillary_crc_costs_the_chunk_in_every_layout(tmp_path, layout):
+    img = (np.arange(24 * 40) * 7 % 256).astype(np.uint8).reshape(24, 40)
+    if layout == "L interlaced":
+        data = _adam7(img)
+    else:
+        pic = {"P": Image.fromarray(img).convert("P"), "1": Image.fromarray(img).convert("1"),
+               "LA": Image.fromarray(np.stack([img, img], -1), "LA"),
+               "RGB": Image.fromarray(np.stack([img] * 3, -1))}.get(layout, Image.fromarray(img))
+        buf = io.BytesIO()
+        pic.save(buf, format="PNG", **({"bits": 4} if layout == "L;4" else {}))
+        data = buf.getvalue()
+    (tmp_path / "good.png").write_bytes(data)
+    text = _chunk(b"tEXt", b"Comment\x00x")
+    (tmp_path / "bad.png").write_bytes(_with_chunk(data, text[:-4] + bytes(4), after_idat=False))
+    good, bad = decode(tmp_path / "good.png"), decode(tmp_path / "bad.png")
+    np.testing.assert_allclose(bad.pixels, good.pixels, atol=1e-6)
+    assert any(w.startswith("decoder_warning (png: ") and "CRC" in w for w in bad.warnings)
+
+
+def test_an_exif_chunk_failing_its_crc_does_not_turn_the_film(tmp_path):
+    img = (np.arange(24 * 40) * 7 % 256).astype(np.uint8).reshape(24, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    chunk = _chunk(b"eXIf", exif.tobytes())
+    for after_idat in (False, True):
+        path = tmp_path / f"e{after_idat}.png"
+        path.write_bytes(_with_chunk(_gray_png(img), chunk[:-4] + bytes(4), after_idat))
+        assert decode(path).pixels.shape == img.shape, after_idat
+        path.write_bytes(_with_chunk(_gray_png(img), chunk, after_idat))
+        assert decode(path).pixels.shape == img.shape[::-1], after_idat  # a valid one still turns it
+
+
 def test_interlaced_16bit_png_has_no_library_note(tmp_path):
     # libpng told imagecodecs how to call it ("Interlace handling should be turned on when using
     # png_read_image"): nothing about the file, so nothing in its row.

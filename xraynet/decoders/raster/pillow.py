@@ -57,12 +57,14 @@ def _pillow_gray(img: Image.Image, path, sbit: int | None = None, invert: bool =
 
 
 def decode_pillow(path, fh, head: bytes, size: int, *, complete: bool | None = None, sbit: int | None = None,
-                  tiff: bool = False, reduce: Reduction | None = None):
+                  tiff: bool = False, reduce: Reduction | None = None, orientation: bool = True):
     """Decode with Pillow; returns what :func:`~xraynet.decoders.raster.decode_raster` returns.
     ``complete``: the caller has checked that the file is whole (then any decoding failure is
     ``damaged``); None: nothing is known, and Pillow's "truncated" decides. ``sbit``: the
     significant bits a 16-bit PNG declares. ``tiff``: apply WhiteIsZero where Pillow does not.
-    ``reduce``: decode a JPEG at reduced size (:func:`_draft`); other formats ignore it."""
+    ``reduce``: decode a JPEG at reduced size (:func:`_draft`); other formats ignore it.
+    ``orientation``: apply the Exif Orientation tag (False: a PNG whose eXIf chunk fails its
+    checksum, which Pillow would still read)."""
     with _open(path, fh, head, size, complete) as img:
         fmt = (img.format or "unknown").lower()
         w, h = img.size
@@ -85,16 +87,16 @@ def decode_pillow(path, fh, head: bytes, size: int, *, complete: bool | None = N
                               COPY_AGAIN, "truncated" if cut else "damaged") from None
         mode = img.mode
         try:
-            orientation = img.getexif().get(0x0112, 1)
+            turn = img.getexif().get(0x0112, 1) if orientation else 1
         except Exception:  # noqa: BLE001 -- a damaged Exif block leaves the pixels usable
-            orientation = 1
+            turn = 1
         # Pillow inverts WhiteIsZero itself for 1- to 8-bit gray ("1;I", "L;I" raw modes) only.
         invert = tiff and mode not in ("1", "L") and getattr(img, "tag_v2", {}).get(262) == 0
         pixels, depth = _pillow_gray(img, path, sbit=sbit, invert=invert)
     if scale > 1:
-        reduce.full_size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # these turn it a quarter
+        reduce.full_size = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # these turn it a quarter
         reduce.scale = scale
-    return orient(pixels, orientation), fmt, mode, depth, []
+    return orient(pixels, turn), fmt, mode, depth, []
 
 
 def _draft(img: Image.Image, reduce: Reduction | None) -> int:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-from ...errors import ImageError
 from .. import COPY_AGAIN, check_pixels, image_error, library_warnings, os_error, short, warning_entry
 from .pillow import decode_pillow
 from .samples import codec, exif_orientation, luma_scaled, orient, scaled, stored_bits, tail
@@ -46,6 +46,7 @@ class _PngLayout(NamedTuple):
     exif: bytes | None
     end: int
     plain: bool
+    exif_bad: bool = False  # an eXIf chunk failing its checksum (its orientation is not applied)
 
 
 #: Text chunk keywords Pillow takes an orientation from (``Image.getexif``: Exif, XMP).
@@ -58,7 +59,7 @@ def _png_layout(path, fh, size: int) -> _PngLayout:
     """Walk the chunks of a PNG file from the signature to IEND (PNG specification 5.3),
     reading IHDR, sBIT, eXIf and text keywords. Raises ``truncated`` when the file ends
     before IEND, ``damaged`` when the chunk structure is broken or IHDR is missing."""
-    pos, ihdr, sbit, exif, plain, image_seen = 8, None, None, None, True, False
+    pos, ihdr, sbit, exif, plain, image_seen, exif_bad = 8, None, None, None, True, False, False
     while True:
         fh.seek(pos)
         header = fh.read(8)
@@ -85,6 +86,8 @@ def _png_layout(path, fh, size: int) -> _PngLayout:
             plain = False
             if length <= 1 << 20:
                 exif = fh.read(length)
+                if fh.read(4) != struct.pack(">I", zlib.crc32(kind + exif)):
+                    exif, exif_bad = None, True  # libpng drops it, and its orientation with it
         elif kind in (b"tEXt", b"zTXt", b"iTXt"):
             if fh.read(min(length, 80)).split(b"\0", 1)[0] in _ORIENTATION_TEXT:
                 plain = False
@@ -99,7 +102,7 @@ def _png_layout(path, fh, size: int) -> _PngLayout:
                 raise image_error(path, f"the PNG header (IHDR) is invalid (bit depth {depth}, colour type {color})",
                                   "bit depth 1-16 and colour type 0, 2, 3, 4 or 6",
                                   f"bit depth {depth}, colour type {color}", COPY_AGAIN, "damaged")
-            return _PngLayout(w, h, depth, color, interlace, sbit, exif, pos + 12 + length, plain)
+            return _PngLayout(w, h, depth, color, interlace, sbit, exif, pos + 12 + length, plain, exif_bad)
         pos += 12 + length
     if _PNG_IEND in tail(fh, size, 64):
         # The file does end with IEND, so it is complete; a chunk in the middle is corrupt.
@@ -125,7 +128,7 @@ def decode_png(path, fh, head: bytes, size: int):
             notes.append(warning_entry("png", "16-bit samples read at 8 bits because imagecodecs is not installed "
                                               "(pip install imagecodecs)"))
             return pixels, fmt, mode, depth, notes
-    refusal, samples, warned = None, None, None
+    refusal = None
     if libpng and max(layout.width, layout.height) <= _LIBPNG_MAX_SIDE:
         # libpng reads every file, also those Pillow decodes: it is the one of the two that
         # refuses image data which ends rows early or fails its checksums.
@@ -134,19 +137,16 @@ def decode_png(path, fh, head: bytes, size: int):
             decoded = _png8_pixels(samples, layout)
             if decoded is not None:
                 return decoded
-        if not warned:
-            samples = None  # not kept while Pillow decodes: only a warned-about film may need it
+        if samples is not None and warned and any("CRC" in m for m in warned):
+            # An ancillary chunk failing its checksum: libpng drops that chunk and reads the
+            # film, where Pillow refuses the whole file (or, after the image data, keeps the
+            # chunk: an eXIf's orientation). libpng's film, its warning in the row.
+            decoded = _expanded_pixels(samples, layout)
+            if decoded is not None:
+                return (*decoded, [warning_entry("png", m) for m in warned])
+        del samples
     sbit = layout.sbit[0] if layout.sbit and layout.color_type == 0 else None
-    try:
-        result = decode_pillow(path, fh, head, size, complete=True, sbit=sbit)
-    except ImageError:
-        # Pillow refuses the whole file for an ancillary chunk that fails its checksum (a text
-        # chunk, say); libpng, the reference decoder, drops that chunk with a warning and reads
-        # the film. Its film then, with its warning in the row.
-        decoded = _png8_pixels(samples, layout) if samples is not None and warned and _libpng_takes(layout) else None
-        if decoded is None:
-            raise
-        return (*decoded[:4], [warning_entry("png", m) for m in warned])
+    result = decode_pillow(path, fh, head, size, complete=True, sbit=sbit, orientation=not layout.exif_bad)
     if refusal is not None:
         # Pillow read what libpng, the reference decoder, refuses: image data that ends
         # rows early (Pillow leaves them black), a wrong IDAT checksum, chunks out of
@@ -229,6 +229,21 @@ def _png8_pixels(samples: np.ndarray, layout: _PngLayout):
     else:
         pixels = luma_scaled(samples, 255)
     return pixels, "png", mode, 8, []
+
+
+def _expanded_pixels(samples: np.ndarray, layout: _PngLayout):
+    """(pixels, "png", mode, depth) of libpng's expanded 8-bit ``samples`` of any PNG below 16
+    bits (palette to RGB, 1- to 4-bit gray to 0-255, tRNS to alpha): gray ``v / 255``, or the
+    BT.601 luma of RGB over 255, alpha ignored; the orientation of a valid eXIf applied.
+    None when they are not 8-bit samples of the header's size."""
+    if samples.dtype != np.uint8 or samples.shape[:2] != (layout.height, layout.width):
+        return None
+    if samples.ndim == 2 or samples.shape[2] <= 2:
+        pixels = scaled(samples if samples.ndim == 2 else samples[..., 0], 255)
+    else:
+        pixels = luma_scaled(samples, 255)
+    mode = {0: "1" if layout.bit_depth == 1 else "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}[layout.color_type]
+    return orient(pixels, exif_orientation(layout.exif)), "png", mode, layout.bit_depth
 
 
 def _decode_png16(path, fh, layout: _PngLayout, ic):
