@@ -755,10 +755,16 @@ def test_garbage_header_is_damaged(tmp_path):
 
 def test_corrupt_complete_codestream_is_damaged(tmp_path):
     frame = j2k_frame()
-    ds = fresh(frame[:len(frame) // 2] + b"\xff\xd9", JPEG2000Lossless, bits=16)  # ends with EOC: complete
+    cod = frame.index(b"\xff\x52")
+    corrupt = bytearray(frame)
+    corrupt[cod + 9] = 40  # 40 decomposition levels (T.800 allows 32): whole, but not decodable
+    ds = fresh(bytes(corrupt), JPEG2000Lossless, bits=16)
     assert_reason(save(ds, tmp_path / "corrupt.dcm"), "damaged")
     ds = fresh(frame[:len(frame) // 2], JPEG2000Lossless, bits=16)  # no EOC: the frame ends early
     assert_reason(save(ds, tmp_path / "cut.dcm"), "truncated")
+    # cut, then closed with an end marker: its tile-part's length (Psot) still runs past the end
+    ds = fresh(frame[:len(frame) // 2] + b"\xff\xd9", JPEG2000Lossless, bits=16)
+    assert_reason(save(ds, tmp_path / "cut_closed.dcm"), "truncated")
 
 
 def test_missing_rows_is_damaged(tmp_path):

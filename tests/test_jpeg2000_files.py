@@ -157,3 +157,80 @@ def test_decoded_through_jpeg2000_not_pillow(tmp_path, monkeypatch):
     for name in ("a.jp2", "b.j2k", "c.J2C", "named.png"):
         d = decode(jp2(tmp_path / name, ramp(bits=8)))
         assert d.source_format == "jpeg2000"
+
+
+def _box(kind: bytes, content: bytes) -> bytes:
+    return struct.pack(">L4s", 8 + len(content), kind) + content
+
+
+def _jp2_around(stream: bytes, nc: int, bpc: int, extra: bytes = b"", colr: bytes | None = None, hw=None) -> bytes:
+    """A JP2 file (T.800 I.5) around the codestream ``stream``: ihdr with ``nc`` components of
+    depth code ``bpc``, a colour box (greyscale, or ``colr``), then ``extra`` header boxes."""
+    h, w = hw or struct.unpack_from(">LL", stream, 8)[::-1]  # SIZ: Xsiz, Ysiz (no image offset here)
+    ihdr = _box(b"ihdr", struct.pack(">LLHBBBB", h, w, nc, bpc, 7, 0, 0))
+    colr = colr if colr is not None else _box(b"colr", struct.pack(">BBBL", 1, 0, 0, 17))
+    return (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + _box(b"ftyp", b"jp2 \0\0\0\0jp2 ")
+            + _box(b"jp2h", ihdr + colr + extra) + _box(b"jp2c", stream))
+
+
+def test_a_palette_gives_its_own_precision(tmp_path):
+    # A tester's 8-bit index with a 16-bit gray palette came out all 1.0, "nearly_uniform".
+    index = ramp(bits=8)
+    stream = imagecodecs.jpeg2k_encode(index, level=0, codecformat="j2k")
+    for bits in (8, 16):
+        top = (1 << bits) - 1
+        entries = [round((255 - i) * top / 255) for i in range(256)]  # an inverting lookup
+        pclr = struct.pack(">HB", 256, 1) + bytes([bits - 1]) + b"".join(v.to_bytes(bits // 8, "big") for v in entries)
+        cmap = _box(b"cmap", struct.pack(">HBB", 0, 1, 0))
+        d = decode(write(tmp_path / f"p{bits}.jp2", _jp2_around(stream, 1, 7, _box(b"pclr", pclr) + cmap)))
+        np.testing.assert_allclose(d.pixels, 1 - index / 255, atol=1e-4)
+
+
+def test_an_icc_profile_in_inks_is_refused(tmp_path):
+    rgb = np.stack([ramp(bits=8)] * 3, -1)
+    stream = imagecodecs.jpeg2k_encode(rgb, level=0, codecformat="j2k")
+    for space, reason in ((b"CMYK", "unsupported_mode"), (b"RGB ", None)):
+        profile = bytes(16) + space + bytes(108)  # an ICC header: the colour space at byte 16 (ICC.1 7.2.6)
+        colr = _box(b"colr", struct.pack(">BBB", 2, 0, 0) + profile)
+        path = write(tmp_path / f"{space.strip().decode()}.jp2", _jp2_around(stream, 3, 7, colr=colr))
+        if reason:
+            assert_reason(path, reason)
+        else:
+            np.testing.assert_allclose(decode(path).pixels, ramp(bits=8) / 255, atol=1e-5)
+
+
+def test_variants_imagecodecs_does_not_read_are_unsupported_not_damaged(tmp_path):
+    gray = bytearray(imagecodecs.jpeg2k_encode(ramp(bits=8), level=0, codecformat="j2k"))
+    gray[43:45] = b"\x02\x02"  # XRsiz, YRsiz 2: a sub-sampled component
+    rgb = bytearray(imagecodecs.jpeg2k_encode(np.stack([ramp(bits=8)] * 3, -1), level=0, codecformat="j2k"))
+    rgb[45] = 15  # the second component 16 bits, the others 8
+    for name, data in (("sub.j2k", gray), ("mixed.j2k", rgb)):
+        e = assert_reason(write(tmp_path / name, bytes(data)), "unsupported_codec")
+        assert "Convert the file" in str(e)
+
+
+def test_header_box_and_codestream_must_agree(tmp_path):
+    stream = imagecodecs.jpeg2k_encode(ramp(bits=8), level=0, codecformat="j2k")
+    for name, nc, bpc in (("nc.jp2", 3, 7), ("bpc.jp2", 1, 15)):
+        assert_reason(write(tmp_path / name, _jp2_around(stream, nc, bpc)), "damaged")
+    assert_reason(write(tmp_path / "size.jp2", _jp2_around(stream, 1, 7, hw=(10, 10))), "damaged")
+    assert decode(write(tmp_path / "same.jp2", _jp2_around(stream, 1, 7))).bit_depth == 8
+
+
+def test_more_than_16_bits_by_their_precision(tmp_path):
+    v = (ramp(bits=16).astype(np.uint32) * 2)  # 20-bit samples, none above 2**17: a dark film
+    d = decode(write(tmp_path / "g20.j2k", imagecodecs.jpeg2k_encode(v, level=0, codecformat="j2k",
+                                                                   bitspersample=20)))
+    assert d.bit_depth == 20
+    np.testing.assert_allclose(d.pixels, v / (2**20 - 1), atol=1e-6)
+
+
+def test_tile_parts_tell_a_cut_from_trailing_bytes(tmp_path):
+    rng = np.random.default_rng(1)
+    stream = imagecodecs.jpeg2k_encode((rng.random((64, 80)) * 65535).astype(np.uint16), level=0,
+                                       codecformat="j2k")
+    # cut, then closed with an end marker: the tile-part's length still runs past the end
+    assert_reason(write(tmp_path / "closed.j2k", stream[:len(stream) // 2] + b"\xff\xd9"), "truncated")
+    # whole, then more than a KiB of other bytes: not cut
+    d = decode(write(tmp_path / "tail.j2k", stream + rng.integers(1, 255, 4096, dtype=np.uint8).tobytes()))
+    assert d.bit_depth == 16

@@ -147,23 +147,78 @@ def siz_components(frame: bytes) -> list[tuple[int, bool, int, int]] | None:
             for i, b in enumerate(frame[start + 42:start + 42 + 3 * count:3])]
 
 
-def jp2_colourspace(frame: bytes) -> tuple[int, int] | None:
-    """``(space, position)``: the enumerated colour space of a JP2 file's first Colour
-    Specification box (colr, METH 1: 16 sRGB, 17 greyscale, 18 sYCC...; T.800 I.5.3.3) and
-    where its 4 bytes are in ``frame``; None where there is no such box (a bare codestream,
-    an ICC profile instead)."""
+def _jp2_header_boxes(frame: bytes):
+    """(type, content start, content end) of the boxes inside a JP2 file's header box (jp2h)."""
     if not frame.startswith(_JP2_SIGNATURE):
-        return None
+        return
     try:
         for kind, start, end in _jp2_boxes(frame, 0, len(frame)):
             if kind == b"jp2h":
-                for sub, s, e in _jp2_boxes(frame, start, end):
-                    if sub == b"colr" and e - s >= 7 and frame[s] == 1:
-                        return struct.unpack_from(">L", frame, s + 3)[0], s + 3
-                return None
+                yield from _jp2_boxes(frame, start, end)
+                return
     except _BadCodestream:
-        return None
+        return
+
+
+def jp2_colourspace(frame: bytes) -> tuple[int | str, int | None] | None:
+    """``(space, position)`` of a JP2 file's first Colour Specification box (colr, T.800
+    I.5.3.3): for METH 1 the enumerated colour space (16 sRGB, 17 greyscale, 18 sYCC...) and
+    where its 4 bytes are in ``frame``; for an ICC profile (METH 2, 3) ``"icc:"`` and the
+    profile's colour space signature ("icc:GRAY", "icc:RGB", "icc:CMYK", ICC.1 7.2.6), with
+    position None. None where there is no such box (a bare codestream)."""
+    for sub, s, e in _jp2_header_boxes(frame):
+        if sub == b"colr" and e - s >= 7 and frame[s] == 1:
+            return struct.unpack_from(">L", frame, s + 3)[0], s + 3
+        if sub == b"colr" and e - s >= 3 + 20 and frame[s] in (2, 3):
+            return "icc:" + frame[s + 3 + 16:s + 3 + 20].decode("latin-1").strip(), None
     return None
+
+
+def jp2_palette(frame: bytes) -> list[tuple[int, bool]] | None:
+    """``[(bits, signed)]`` of each column of a JP2 file's Palette box (pclr: NE, NPC, then
+    B_i, bit 7 the sign, bits 0-6 the depth less one; T.800 I.5.3.4): the precision of the
+    samples a decoder gives once it has applied the palette. None without one."""
+    for sub, s, e in _jp2_header_boxes(frame):
+        if sub == b"pclr" and e - s >= 3:
+            columns = frame[s + 2]
+            if e - s >= 3 + columns:
+                return [((b & 0x7F) + 1, bool(b & 0x80)) for b in frame[s + 3:s + 3 + columns]]
+    return None
+
+
+def jp2_ihdr(frame: bytes) -> tuple[int, int] | None:
+    """``(NC, BPC)`` of a JP2 file's Image Header box (ihdr: HEIGHT, WIDTH, NC, BPC; T.800
+    I.5.3.1): its number of components and their depth (255: they differ, see the bpcc box;
+    else bit 7 the sign, bits 0-6 the depth less one). None without one."""
+    for sub, s, e in _jp2_header_boxes(frame):
+        if sub == b"ihdr" and e - s >= 11:
+            return struct.unpack_from(">HB", frame, s + 8)
+    return None
+
+
+def tile_parts_cut(stream: bytes) -> bool | None:
+    """Whether a JPEG 2000 codestream (starting SOC) ends before its tile-parts do: each
+    tile-part's SOT marker gives its length (Psot, T.800 A.4.2), and the end-of-codestream
+    marker (EOC) must follow the last. True when a tile-part runs past the end, or into zero
+    bytes (a copy padded to its full length); False when EOC follows; None when the lengths
+    cannot be followed (Psot 0, a malformed header): then only the end marker can tell."""
+    pos = 2  # past SOC: the main header's marker segments, up to the first SOT
+    while pos + 4 <= len(stream) and stream[pos] == 0xFF and stream[pos + 1] != 0x90:
+        pos += 2 + struct.unpack_from(">H", stream, pos + 2)[0]
+    if pos + 10 > len(stream):
+        return True if pos + 2 > len(stream) else None
+    while stream[pos:pos + 2] == b"\xff\x90":
+        if pos + 10 > len(stream):
+            return True
+        psot = struct.unpack_from(">L", stream, pos + 6)[0]
+        if psot == 0:
+            return None
+        pos += psot
+        if pos > len(stream):
+            return True
+    if stream[pos:pos + 2] == b"\xff\xd9":
+        return False
+    return True if not stream[pos:].strip(b"\0") else None
 
 
 def component_transform(frame: bytes) -> bool:
@@ -223,7 +278,14 @@ def declared_precision(frame: bytes) -> tuple[str, int] | None:
 
 def ends_early(frame: bytes) -> bool:
     """A JPEG-family frame that lacks its end marker (EOI / EOC, both FFD9; a frame's
-    last item may carry one padding byte, PS3.5 A.4) was cut short."""
+    last item may carry one padding byte, PS3.5 A.4) was cut short; a JPEG 2000 one also
+    when its tile-parts run past its end (:func:`tile_parts_cut`: cut, then closed with an
+    end marker)."""
+    span = codestream_span(frame)
+    if span is not None:
+        cut = tile_parts_cut(frame[span[0]:span[1]])
+        if cut is not None:
+            return cut
     if frame.startswith((b"\xff\xd8", b"\xff\x4f\xff\x51", _JP2_SIGNATURE)):
         return not frame.rstrip(b"\0").endswith(b"\xff\xd9")
     return False
