@@ -224,12 +224,17 @@ def test_a_damaged_row_in_the_middle_costs_only_that_row(tmp_path, model_file, m
     assert b"garbage" not in report.read_bytes()
 
 
-def test_a_cut_last_record_is_still_cut_and_blank_lines_cost_nothing(tmp_path, model_file):
+def _screened_once(tmp_path, model_file, n: int = 3):
+    """(folder, report, the report's bytes) after one run over ``n`` fresh films a0.png ..."""
     folder, report = tmp_path / "in", tmp_path / "r.csv"
-    for i in range(3):
+    for i in range(n):
         _png(folder / f"a{i}.png", i)
     screen(folder, report, model_path=model_file)
-    clean = report.read_bytes()
+    return folder, report, report.read_bytes()
+
+
+def test_a_cut_last_record_is_still_cut_and_blank_lines_cost_nothing(tmp_path, model_file):
+    folder, report, clean = _screened_once(tmp_path, model_file)
     lines = _lines_of(report)
     report.write_bytes(b"\r\n".join(lines[:2] + [b""] + lines[2:]))  # a blank line between rows
     s = screen(folder, report, model_path=model_file)
@@ -241,11 +246,7 @@ def test_a_cut_last_record_is_still_cut_and_blank_lines_cost_nothing(tmp_path, m
 
 def test_a_report_saved_with_a_byte_order_mark_is_read(tmp_path, model_file):
     # Spreadsheets' "CSV UTF-8" puts one before the header; the run refused such a report (exit 2).
-    folder, report = tmp_path / "in", tmp_path / "r.csv"
-    for i in range(3):
-        _png(folder / f"a{i}.png", i)
-    screen(folder, report, model_path=model_file)
-    clean = report.read_bytes()
+    folder, report, clean = _screened_once(tmp_path, model_file)
     report.write_bytes(b"\xef\xbb\xbf" + clean)
     s = screen(folder, report, model_path=model_file)
     assert (s.screened, s.exit_code) == (0, 0) and report.read_bytes() == clean
