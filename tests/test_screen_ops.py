@@ -238,7 +238,7 @@ def test_a_cut_last_record_is_still_cut_and_blank_lines_cost_nothing(tmp_path, m
     lines = _lines_of(report)
     report.write_bytes(b"\r\n".join(lines[:2] + [b""] + lines[2:]))  # a blank line between rows
     s = screen(folder, report, model_path=model_file)
-    assert (s.screened, s.warnings, s.repaired_bytes) == (0, [], 0)
+    assert (s.screened, s.warnings, s.repaired_bytes) == (0, [], 0) and report.read_bytes() == clean
     report.write_bytes(clean + clean.split(b"\r\n")[1][:30])  # a kill mid-append
     s = screen(folder, report, model_path=model_file)
     assert (s.screened, s.warnings, s.repaired_bytes) == (0, [], 30) and report.read_bytes() == clean

@@ -94,7 +94,7 @@ def test_resume_refuses_options_that_cannot_change_and_says_those_that_can(datas
     res = runner.invoke(app, base + ["--lr", "3e-3", "--arch", str(spec), "--seed", "3", "--epochs", "3",
                                      "--patience", "5"])
     assert res.exit_code == 0, res.output
-    assert "note: --epochs 3: the run now ends after epoch 3 instead of 2." in res.stderr
+    assert "note: --epochs 3: the run now ends after epoch 3 instead of 2 (at once" in res.stderr
     assert "note: --patience 5" in res.stderr
     assert len(load_model(ckpt).history) == 3 and load_model(ckpt).metadata["options"]["patience"] == 5
 

@@ -104,8 +104,8 @@ class ExistingReport:
     ``good_bytes``: file length up to the end of the last good record; ``size``: file length
     now; ``empty``: no header at all, the report must be (re)created; ``dropped``: malformed
     records found before good ones (a hand edit, disk damage), and ``bom``: a byte order mark
-    before the header (a spreadsheet's "CSV UTF-8"), both left out when the report is next
-    rewritten (:attr:`needs_rewrite`); ``suspect``: the path cells of rows read after such
+    before the header (a spreadsheet's "CSV UTF-8") or blank lines between rows, all left out
+    when the report is next rewritten (:attr:`needs_rewrite`); ``suspect``: the path cells of rows read after such
     damage, and of paths with more than one row, whose files are screened again."""
 
     rows: list
@@ -145,10 +145,10 @@ class _Feed:
         return self.lines[self.pos - 1]
 
 
-def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int]:
+def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int, int]:
     """(good rows, end of the last good record in characters, malformed records before it,
-    index of the first row after one); end -1 when the first record is not the header
-    ``columns``.
+    index of the first row after one, blank lines between rows); end -1 when the first
+    record is not the header ``columns``.
 
     One csv.reader reads the records while they are good. A malformed one (cut short, wrong
     number of cells, no path, a status other than ok/error) is skipped a line at a time, with
@@ -159,7 +159,7 @@ def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int]:
     feed = _Feed(lines)
     reader = csv.reader(feed, strict=True)
     n, i_status = len(columns), columns.index("status")
-    rows, end, good_end, dropped, bad_run, after = [], 0, -1, 0, False, None
+    rows, end, good_end, dropped, bad_run, after, blanks = [], 0, -1, 0, False, None, 0
     while feed.pos < len(lines):
         start = feed.pos
         try:
@@ -172,10 +172,11 @@ def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int]:
         whole = rec is not None and lines[feed.pos - 1].endswith("\n")
         if good_end < 0:  # the header
             if not whole or rec != columns:
-                return [], -1, 0, 0
+                return [], -1, 0, 0, 0
             end = good_end = width
         elif whole and rec == [] and feed.pos < len(lines):
-            end += width  # a blank line: nothing lost
+            end += width  # a blank line: nothing lost (the report is rewritten without it)
+            blanks += 1
         elif whole and len(rec) == n and rec[i_status] in ("ok", "error") and rec[0]:
             dropped += bad_run
             bad_run = False
@@ -189,7 +190,7 @@ def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int]:
             end += len(lines[start])
             feed.pos = start + 1
             reader = csv.reader(feed, strict=True)
-    return rows, good_end, dropped, len(rows) if after is None else after
+    return rows, good_end, dropped, len(rows) if after is None else after, blanks
 
 
 def read_report(path: Path, columns: list[str]) -> ExistingReport:
@@ -206,7 +207,7 @@ def read_report(path: Path, columns: list[str]) -> ExistingReport:
         return ExistingReport([], 0, 0, True)
     bom = data.startswith(_BOM)
     text = data[len(_BOM) if bom else 0:].decode("utf-8", "surrogateescape")
-    rows, good_end, dropped, after = _scan(text, columns)
+    rows, good_end, dropped, after, blanks = _scan(text, columns)
     if good_end < 0:
         got = repr(text.split("\n", 1)[0][:200])
         raise ScreenError(f"{path}: the existing report does not have the columns this model writes. Expected "
@@ -219,7 +220,7 @@ def read_report(path: Path, columns: list[str]) -> ExistingReport:
     seen, suspect = set(), {r[0] for r in rows[after:]}
     for r in rows:
         (suspect if r[0] in seen else seen).add(r[0])
-    return ExistingReport(rows, good_bytes, len(data), False, dropped, bom, suspect)
+    return ExistingReport(rows, good_bytes, len(data), False, dropped, bom or blanks > 0, suspect)
 
 
 # ------------------------------------------------------------- durable writes

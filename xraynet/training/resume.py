@@ -23,8 +23,9 @@ from .state import options_of
 
 #: Options a resumed run may change, with what changing each does.
 CHANGEABLE = {
-    "epochs": "the run now ends after epoch {new} instead of {old}",
-    "patience": "early stopping now waits {new} epochs without a better model instead of {old}",
+    "epochs": "the run now ends after epoch {new} instead of {old} (at once, keeping the epochs done, where the "
+              "checkpoint is past it)",
+    "patience": "early stopping now waits {new} epoch(s) without a better model instead of {old}",
     "device": "the rest of the run computes on the {new} (the epochs before on the {old}); the GPU and the CPU "
               "round differently, so the weights are not bit for bit those of an uninterrupted run",
     "workers": "{new} decoding threads instead of {old} (the weights do not change)",
