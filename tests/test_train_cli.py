@@ -79,6 +79,28 @@ def test_readme_resume_takes_the_checkpoints_options_and_weights(dataset, tmp_pa
     assert load_model(part).metadata["options"]["epochs"] == 3 and len(load_model(ckpt).history) == 3
 
 
+def test_resume_into_another_out_carries_the_best_model(dataset, tmp_path):
+    # A tester's finished checkpoint resumed with another --out: "other.h5: no such file ... train
+    # a model first" (the run's end reads the best model back from --out), and a decode cache left.
+    root, spec = dataset
+    (tmp_path / "done").mkdir()
+    done = tmp_path / "done" / "m.h5"
+    train(root, done, train_options(spec, epochs=2))
+    (tmp_path / "other").mkdir()
+    other = tmp_path / "other" / "o.h5"
+    res = runner.invoke(app, ["train", str(root), "--out", str(other), "--resume", str(checkpoint_path_for(done)),
+                              "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert f"note: --out {other}: the best model so far" in res.stderr
+    a, b = weights(done), weights(other)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    done.unlink()  # the model beside the checkpoint gone: refused, naming where it should be
+    res = runner.invoke(app, ["train", str(root), "--out", str(tmp_path / "other" / "p.h5"), "--resume",
+                              str(checkpoint_path_for(done)), "--quiet"])
+    assert res.exit_code == 2 and str(done) in res.stderr and "Traceback" not in res.output
+
+
 def test_resume_refuses_options_that_cannot_change_and_says_those_that_can(dataset, tmp_path):
     root, spec = dataset
     part = interrupted(root, spec, tmp_path / "part", epochs=2, after=1)

@@ -161,3 +161,28 @@ def check_same_data(path, metadata: dict, classes: list, ds) -> list[str]:
         return [f"{ds.root}: the checkpoint trained on {root}; this folder holds the same films, so the run "
                 "goes on here."]
     return []
+
+
+def carry_best_model(resume, out: Path, best_epoch: int) -> str | None:
+    """Before a resumed run writing to ``out``: the best model of the epochs before it. It is the model file the checkpoint's run wrote beside
+    ``resume`` (``NAME.h5`` for ``NAME.checkpoint.h5``), copied to ``out`` (atomically, over
+    whatever ``out`` held: another run's model would be taken for this one's best); the run's
+    end reads it back to choose the threshold. Returns a note saying so, or None when nothing
+    was to do (no best epoch yet, or ``out`` is that file).
+    Raises CheckpointError when the file is not there."""
+    import shutil
+
+    from ..atomic import durable_path
+
+    resume = Path(resume)
+    beside = resume.with_name(resume.name[:-len(".checkpoint.h5")] + ".h5") \
+        if resume.name.endswith(".checkpoint.h5") else None
+    if best_epoch <= 0 or (beside is not None and beside.resolve() == out.resolve()):
+        return None
+    if beside is None or not beside.is_file():
+        raise CheckpointError(f"{resume}: the best model of its epochs (epoch {best_epoch}) is not beside it"
+                              f"{f' ({beside})' if beside else ''}. Expected the model file its run wrote, got "
+                              f"none. Resume with --out naming that model file, or train without --resume.")
+    with durable_path(out) as tmp:
+        shutil.copyfile(beside, tmp)
+    return f"--out {out}: the best model so far (epoch {best_epoch}) is copied there from {beside}."

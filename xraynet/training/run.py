@@ -17,7 +17,7 @@ from ..errors import TrainingError
 from .epoch import Callbacks, train_epochs
 from .options import TrainOptions
 from .places import check_outputs, remove_leftover_temps
-from .resume import check_same_data, merge_options, stored_options
+from .resume import carry_best_model, check_same_data, merge_options, stored_options
 from .setup import TrainingData, prepare_data, start_state
 from .state import TrainingState, checkpoint_path_for, read_checkpoint, write_model
 
@@ -59,6 +59,10 @@ def train(data_dir, out, opts: TrainOptions | None = None, resume: str | None = 
     checkpoint, opts = _start(resume, opts, callbacks)
     check_outputs(data_dir, out, opts.cache)
     remove_leftover_temps(out)
+    if checkpoint is not None:
+        note = carry_best_model(resume, out, checkpoint.state.best_epoch)
+        if note:
+            callbacks.on_notice(note)
     data = prepare_data(data_dir, out, opts, callbacks, in_memory=in_memory,
                         check=_same_data_check(resume, checkpoint, callbacks),
                         spec=checkpoint.state.model.spec if checkpoint else None)
