@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from helpers import random_png as _png
 from helpers import read_report_rows as _read
 
 import xraynet.screening.run as run_module
 from xraynet.decodecache import file_sha256, file_version, hash_file
-from xraynet.errors import ScreenError
+from xraynet.errors import ImageError, ScreenError
 from xraynet.screening import ImageFile, decode_image, screen
 from xraynet.screening.batch import _NAME_BYTES, heatmap_path
 from xraynet.imaging import Preprocessing
@@ -48,17 +49,17 @@ def test_decode_refuses_a_file_changed_since_it_was_hashed(tmp_path):
     (tmp_path / "back.png").write_bytes(original)
     _swap(p, tmp_path / "back.png")
     assert decode_image(ImageFile("a.png", str(p), version), prep).error.startswith("changed: ")
-    p.unlink()
-    assert decode_image(ImageFile("a.png", str(p), version), prep).error.startswith("changed: ")
+    p.unlink()  # removed since: unreadable, which is tried again too
+    assert decode_image(ImageFile("a.png", str(p), version), prep).error.startswith("unreadable: ")
 
 
 @pytest.mark.parametrize("action", ["chmod", "hard link", "access time", "xattr"])
 def test_a_change_of_metadata_alone_is_not_a_change(tmp_path, action):
     # These move the ctime without a write; a tester's backup (hard links) and antivirus
-    # (attributes) made every film of the night 'changed'. The bytes are hashed again instead.
+    # (attributes) made every film of the night 'changed' while the ctime counted.
     p = _png(tmp_path / "a.png", 1)
-    digest, version = hash_file(p)
-    f = ImageFile("a.png", str(p), version, digest)
+    _, version = hash_file(p)
+    f = ImageFile("a.png", str(p), version)
     if action == "chmod":
         os.chmod(p, 0o600)
     elif action == "hard link":
@@ -72,12 +73,33 @@ def test_a_change_of_metadata_alone_is_not_a_change(tmp_path, action):
         except OSError:
             pytest.skip("no user extended attributes on this file system")
     assert decode_image(f, Preprocessing(image_size=32)).error is None
-    # the same bytes again in place, with the mtime put back: the hash decides, and it agrees
-    data = p.read_bytes()
-    st = os.stat(p)
-    p.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # other bytes (the last one, in IEND's CRC)
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    p.write_bytes(p.read_bytes())  # written again, the same bytes: another mtime, another version
     assert decode_image(f, Preprocessing(image_size=32)).error.startswith("changed: ")
+
+
+def test_the_pixels_come_from_the_file_that_was_hashed(tmp_path, monkeypatch):
+    # A tester's thumbnails: the film renamed over by another between its hash and its decoding
+    # gave the other picture to its row, for good. decode() checks the file it opened.
+    from xraynet.imaging import decode
+    import xraynet.imaging as imaging
+
+    p, other = _png(tmp_path / "a.png", 1), _png(tmp_path / "b.png", 2)
+    same = _png(tmp_path / "same_as_a.png", 1)
+    _, version = hash_file(p)
+    real = imaging._open_regular
+
+    def open_then_swap(path):
+        fh = real(path)
+        _swap(p, other)  # after the open: the open file is still the hashed one
+        return fh
+
+    monkeypatch.setattr(imaging, "_open_regular", open_then_swap)
+    ok = decode(p, version=version)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(ok.pixels, decode(same).pixels)  # the hashed film's pixels, not b's
+    with pytest.raises(ImageError) as e:  # now the name holds the other file
+        decode(p, version=version)
+    assert e.value.reason == "changed"
 
 
 def test_a_file_swapped_between_hash_and_decode_is_screened_again(tmp_path, model_file, monkeypatch):

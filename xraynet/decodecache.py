@@ -65,18 +65,18 @@ and the format-1 conversion are one contract and stay in one module.)
 from __future__ import annotations
 
 import datetime
-import errno
 import hashlib
 import heapq
 import json
 import os
 import secrets
-import stat
 import warnings
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from .fileversion import file_version, hash_file  # noqa: F401 -- file_version: part of this API
 
 from .errors import CacheError, ShapeError, message
 from .imaging import Preprocessing
@@ -98,42 +98,7 @@ class CacheRecoveredWarning(UserWarning):
 
 def file_sha256(path, chunk_size: int = _CHUNK) -> str:
     """SHA-256 hex digest of a file's bytes, read in ``chunk_size`` pieces (never whole)."""
-    return hash_file(path, chunk_size)[0]
-
-
-def file_version(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What a file's ``stat`` shows of its bytes' version: (inode, size in bytes, mtime and
-    ctime in ns). The kernel sets the ctime on every write, truncation and rename, and no
-    call sets it back, so bytes rewritten or swapped and put back show a newer one; but it
-    also moves without a write (chmod, chown, a new hard link, an extended attribute, an
-    access time set by hand): a version differing in its ctime alone needs the bytes
-    looked at again."""
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def hash_file(path, chunk_size: int = _CHUNK) -> tuple[str, tuple | None]:
-    """(SHA-256 hex digest, :func:`file_version` the bytes were read at) of a file, read in
-    ``chunk_size`` pieces; the version is None when the file changed while it was read (the
-    digest then belongs to no version of it). Raises ``OSError`` (EINVAL for anything but a
-    regular file)."""
-    h = hashlib.sha256()
-    # O_NONBLOCK: a FIFO swapped in under an image's name must not block the open.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-        fh = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with fh:
-        for block in iter(lambda: fh.read(chunk_size), b""):
-            h.update(block)
-        version = file_version(os.fstat(fh.fileno()))
-    # A ctime that moved alone (a chmod meanwhile) leaves the bytes read whole and as they were.
-    return h.hexdigest(), version if version[:3] == file_version(before)[:3] else None
+    return hash_file(path, chunk_size)[0]  # (xraynet.fileversion, with the version it read)
 
 
 def _array_sha256(a: np.ndarray) -> str:

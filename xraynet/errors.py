@@ -111,7 +111,7 @@ class ImageError(XraynetError):
     """
 
     REASONS = ("empty", "truncated", "damaged", "not_an_image", "unsupported_mode", "too_large", "unreadable",
-               "dicom_unsupported", "dicom_needs_pydicom", "unsupported_codec")
+               "dicom_unsupported", "dicom_needs_pydicom", "unsupported_codec", "changed")
 
     def __init__(self, message: str, reason: str, path=None):
         if reason not in self.REASONS:

@@ -223,6 +223,17 @@ def _open_regular(path: Path):
         raise
 
 
+def _check_version(path, fh, version) -> None:
+    """``changed`` when the open file ``fh`` is not at ``version`` (None: not checked)."""
+    from .fileversion import file_version
+
+    if version is not None and file_version(os.fstat(fh.fileno())) != tuple(version):
+        raise image_error(path, "the file changed while it was screened", "the bytes hashed at the start of "
+                          "the run", "a file written, replaced or removed since", "It is screened again on the "
+                          "next run; if it changes every night, screen the folder after the program writing it "
+                          "has finished", "changed")
+
+
 def is_dicom_file(path) -> bool:
     """True when the file's content (or, failing that, its name) says DICOM
     (:func:`xraynet.decoders.dicom.looks_like_dicom`); False for unreadable files."""
@@ -234,13 +245,19 @@ def is_dicom_file(path) -> bool:
     return looks_like_dicom(head, os.path.splitext(os.fspath(path))[1])
 
 
-def decode(path, min_side: int | None = None) -> Decoded:
+def decode(path, min_side: int | None = None, version: tuple | None = None) -> Decoded:
     """Read one image file into a :class:`Decoded` (grayscale float32 in [0, 1]).
 
     ``min_side``: None decodes at full size. A number lets the image come back
     smaller by an integer factor as long as its short side stays at least
     ``min_side`` pixels (see "Reduced-size decoding" in the module docstring);
     ``Decoded.width`` / ``height`` are the stored size either way.
+
+    ``version``: the :func:`~xraynet.decodecache.file_version` the caller hashed the file
+    at. The file is opened once and every decoder reads that open file, so checking the
+    version of what was opened, before and after decoding, ties the pixels to the hashed
+    bytes: another file renamed over the name, or a write meanwhile, raises the reason
+    ``changed``.
 
     Raises :class:`~xraynet.errors.ImageError` with ``reason`` one of
     ``ImageError.REASONS`` when the file cannot be used; see the module
@@ -251,6 +268,7 @@ def decode(path, min_side: int | None = None) -> Decoded:
     fh = _open_regular(path)
     with fh:
         try:
+            _check_version(path, fh, version)
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(HEAD_BYTES)
         except OSError as e:
@@ -262,6 +280,7 @@ def decode(path, min_side: int | None = None) -> Decoded:
         decoder = decode_dicom if looks_like_dicom(head, path.suffix) else decode_raster
         with library_warnings() as caught:
             pixels, fmt, mode, depth, notes = decoder(path, fh, head, size, reduce=want)
+        _check_version(path, fh, version)  # written to while it was read
     for category, message in caught:
         # Pillow's bomb warning concerns sizes that MAX_PIXELS already judged.
         if not issubclass(category, Image.DecompressionBombWarning):
@@ -486,10 +505,10 @@ def reduced_side(prep: Preprocessing) -> int:
     return math.ceil(REDUCE_MARGIN * content / (1.0 - 2.0 * prep.border_crop))
 
 
-def load(path, prep: Preprocessing) -> tuple[np.ndarray, Decoded]:
+def load(path, prep: Preprocessing, version: tuple | None = None) -> tuple[np.ndarray, Decoded]:
     """Decode ``path`` (at reduced size when :data:`REDUCED_DECODING`, down to
-    :func:`reduced_side`) and preprocess it: (float32 (image_size, image_size), Decoded).
-    Training, evaluation and screening all read films through here, so they see the
-    same pixels."""
-    decoded = decode(path, min_side=reduced_side(prep) if REDUCED_DECODING else None)
+    :func:`reduced_side`; ``version`` as :func:`decode` takes it) and preprocess it:
+    (float32 (image_size, image_size), Decoded). Training, evaluation and screening all
+    read films through here, so they see the same pixels."""
+    decoded = decode(path, min_side=reduced_side(prep) if REDUCED_DECODING else None, version=version)
     return preprocess(decoded, prep), decoded

@@ -69,15 +69,18 @@ def _make_one(sources: list, sha: str, dest: Path) -> bool:
     True when made. A file that is gone, changed or undecodable is passed over (its row gets a
     placeholder); a thumbnail that cannot be written raises :class:`ThumbnailWriteError`."""
     from ..atomic import write_atomic
-    from ..decodecache import file_sha256
+    from ..decodecache import hash_file
     from ..errors import ImageError
     from ..imaging import decode
 
     for src in sources:
         try:
-            if file_sha256(src) != sha:
+            digest, version = hash_file(src)
+            if digest != sha or version is None:
                 continue  # changed since it was screened: the next screening run gives it a row
-            data = _thumbnail_jpeg(decode(src).pixels)
+            # the version ties the decoded pixels to the bytes just hashed (a file renamed over
+            # the name in between would give its picture to this row's name, for good)
+            data = _thumbnail_jpeg(decode(src, version=version).pixels)
         except (OSError, ImageError):
             continue  # gone, unreadable or not decodable now: a placeholder
         except Exception:  # noqa: BLE001 -- one odd film must never stop the page (MemoryError included)

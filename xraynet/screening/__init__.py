@@ -123,13 +123,12 @@ Crash safety
   old report aside.
 
 A file that changes between being hashed and being decoded gets the error
-``changed``, tried again by the next run: each file's inode, size, mtime and
-ctime (:func:`~xraynet.decodecache.file_version`) as it was hashed must be
-the same just before and just after it is decoded. The ctime is set by the
-kernel on every write and rename and cannot be set back, so bytes swapped and
-put back are caught too (within the file system's timestamp granularity).
-Where the ctime alone moved (a chmod, a backup's hard link, an antivirus
-attribute: no write), the file is hashed again and its bytes decide.
+``changed``, tried again by the next run: each file's inode, size and mtime as
+it was hashed (:func:`~xraynet.decodecache.file_version`) must be those of the
+file the decoder opens, before and after it reads it (every decoder reads that
+one open file), so another file renamed over the name, or a write meanwhile,
+never gives its pixels to the hashed bytes' row. A chmod, a backup's hard link
+or an antivirus attribute (no write) changes nothing.
 
 When something cannot be written -- a read-only report folder, a full disk
 (``ENOSPC``), an I/O error -- at any write point (the lock file, creating the

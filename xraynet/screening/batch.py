@@ -37,7 +37,6 @@ class ImageFile:
     key: str
     path: str
     version: tuple | None = None
-    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,66 +97,27 @@ def decode_image(f: ImageFile, prep) -> Decoded:
     """Decode and preprocess one file (``prep``: :class:`xraynet.imaging.Preprocessing`).
     Never raises for a bad file (but ``MemoryError``): an :class:`ImageError` becomes its
     reason and message (with the file's ``key`` for its path), anything else
-    ``internal_error``: one odd file must not stop the night's screening. A file whose
-    version before or after decoding is not ``f.version`` (written, replaced or removed
-    since it was hashed) gives the error ``changed`` whatever it decoded to: its row's
+    ``internal_error``: one odd file must not stop the night's screening. The file must be
+    the version it was hashed at (``f.version``, when set; :func:`xraynet.imaging.decode`):
+    one written, replaced or removed since gives the error ``changed``, since its row's
     ``sha256`` would name bytes other than the ones screened."""
-    t0 = time.perf_counter()
-    before = _version(f.path) if f.version is not None else None
-    out = _decode(f, prep)
-    if f.version is not None and not _unchanged(f, before, _version(f.path)):
-        return Decoded(None, None, (f"changed: {f.key}: the file changed while it was screened. Expected the "
-                                    f"bytes hashed at the start of the run, got a file written, replaced or "
-                                    f"removed since. It is screened again on the next run; if it changes every "
-                                    f"night, screen the folder after the program writing it has finished."),
-                       time.perf_counter() - t0)
-    return out._replace(seconds=time.perf_counter() - t0)
-
-
-def _unchanged(f: ImageFile, before, after) -> bool:
-    """Whether the file ``f`` was the version it was hashed at just before and just after it
-    was decoded. Where only the ctime moved (a chmod, a backup's hard link, an antivirus
-    attribute), its bytes are hashed again and must give ``f.sha256``."""
-    if before == after == f.version:
-        return True
-    if before is None or after is None or not f.version or not f.sha256:
-        return False
-    if not before[:3] == after[:3] == f.version[:3]:
-        return False
-    from ..decodecache import hash_file
-
-    try:
-        digest, now = hash_file(f.path)
-    except OSError:
-        return False
-    return digest == f.sha256 and now is not None and now[:3] == f.version[:3]
-
-
-def _version(path: str):
-    from ..decodecache import file_version
-
-    try:
-        return file_version(os.stat(path))
-    except OSError:
-        return None
-
-
-def _decode(f: ImageFile, prep) -> Decoded:
     from ..imaging import load
 
+    t0 = time.perf_counter()
     try:
-        x, d = load(f.path, prep)
-        return Decoded(x, (d.width, d.height, d.warnings), None, 0.0)
+        x, d = load(f.path, prep, version=f.version)
+        return Decoded(x, (d.width, d.height, d.warnings), None, time.perf_counter() - t0)
     except ImageError as e:
         # Messages start with the path the decoder was given; the report shows the relative one.
         msg = str(e).replace(str(Path(f.path)), f.key)
-        return Decoded(None, None, f"{e.reason}: {msg}", 0.0)
+        return Decoded(None, None, f"{e.reason}: {msg}", time.perf_counter() - t0)
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 -- one odd file must not stop the night's screening
         return Decoded(None, None, (f"internal_error: {f.key}: decoding failed unexpectedly "
                                     f"({type(e).__name__}: {e}). Expected a decodable image or an ImageError, "
-                                    f"got an exception. Report this file to the xraynet maintainers."), 0.0)
+                                    f"got an exception. Report this file to the xraynet maintainers."),
+                       time.perf_counter() - t0)
 
 
 def load_screening_model(settings: BatchSettings):

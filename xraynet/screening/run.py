@@ -130,7 +130,7 @@ def _hash_one(f: ImageFile) -> ImageFile | str:
     except OSError:
         return f, ""
     # A file that changed while it was hashed keeps a version no file has: decoding calls it changed.
-    return replace(f, version=version or (), sha256=digest), digest
+    return replace(f, version=version or ()), digest
 
 
 def _under(key: str, prefixes) -> bool:
