@@ -72,3 +72,13 @@ def test_mode_follows_the_umask_like_open(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "private.csv").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_name_near_the_longest_allowed_is_written(tmp_path):
+    # A tester's 240- to 250-byte page names failed ("File name too long"): the temp name adds 18.
+    from xraynet.atomic import leftover_temps, write_atomic
+
+    for n in (236, 245, 255):
+        path = tmp_path / ("p" * (n - 5) + ".html")
+        write_atomic(path, b"page")
+        assert path.read_bytes() == b"page" and not leftover_temps(path)

@@ -507,7 +507,6 @@ def test_names_cannot_hide_or_pass_for_others_on_the_page():
 def test_a_special_file_as_the_page_is_refused(tmp_path):
     import os
 
-    from xraynet.errors import ScreenError
     from xraynet.review import check_page_path
 
     page = tmp_path / "review.html"
@@ -528,3 +527,29 @@ def test_model_notes_never_carry_control_characters_from_the_report():
     (note,) = model_notes(view, ["row"] * 3)
     assert "\x1b" not in note and "\x07" not in note
     assert "⟨U+001B⟩]0;owned⟨U+0007⟩ (3 rows)" in note and note.startswith("m⟨U+001B⟩[2J.h5: not the model")
+
+
+def test_review_keeps_every_good_row_around_a_damaged_one(tmp_path, capsys):
+    # A tester's report with its third row damaged: the page listed 2 of 10 rows, exit 0, silent.
+    header = ",".join(report_columns(["covid", "normal"]))
+    good = [f"f{i}.png,{'a' * 64},ok,,normal,0.1,0.9,0,0.5,,64,64,m,{'b' * 64},0.1.0,2026-11-30T00:00:00Z,"
+            for i in range(10)]
+    for damage in (good[2].replace(",ok,", ",okk,"), good[2].rsplit(",", 2)[0], '"' + good[2]):
+        path = tmp_path / "r.csv"
+        path.write_text("\r\n".join([header, *good[:2], damage, *good[3:]]) + "\r\n")
+        rep = read_report(path)
+        assert [r.path for r in rep.rows] == [f"f{i}.png" for i in range(10) if i != 2], damage
+        assert rep.left_out == 1
+    path.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join([header, *good]) + "\r\n").encode())  # a byte order mark
+    assert len(read_report(path).rows) == 10
+
+
+def test_the_page_never_takes_the_reports_lock_or_temp_file(tmp_path):
+    from xraynet.review import check_page_path
+
+    report = tmp_path / "r.csv"
+    report.write_text(",".join(report_columns(["covid", "normal"])) + "\r\n")
+    for name in ("r.csv", "r.csv.lock", "r.csv.tmp"):
+        with pytest.raises(ScreenError, match="would replace"):
+            check_page_path(tmp_path / name, report)
+    check_page_path(tmp_path / "review.html", report)

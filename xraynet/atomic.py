@@ -65,11 +65,24 @@ def _create_tmp(path: Path, tmp) -> tuple[int, Path]:
         return os.open(tmp, flags | os.O_TRUNC, 0o644), tmp
     while True:
         # A hidden name: folder listings (xraynet.discovery) skip it should a kill leave it behind.
-        cand = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        cand = path.with_name(f".{_tmp_stem(path)}.{secrets.token_hex(6)}.tmp")
         try:
             return os.open(cand, flags | os.O_EXCL, 0o644), cand
         except FileExistsError:
             continue
+
+
+# The longest file name (NAME_MAX, 255 bytes on Linux, macOS and Windows file systems) and
+# what a temp name adds to the name it stands for: "." before, ".<12 hex>.tmp" after.
+_NAME_MAX, _TMP_EXTRA = 255, 18
+
+
+def _tmp_stem(path: Path) -> str:
+    """The part of ``path``'s name a temp name keeps: all of it, or, for a name within 18
+    bytes of the longest one allowed, its first bytes (a legal name must never fail to be
+    written because its temp name would not be)."""
+    raw = os.fsencode(path.name)
+    return path.name if len(raw) + _TMP_EXTRA <= _NAME_MAX else os.fsdecode(raw[:_NAME_MAX - _TMP_EXTRA])
 
 
 def leftover_temps(path) -> list[Path]:
@@ -79,7 +92,7 @@ def leftover_temps(path) -> list[Path]:
     import re
 
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.tmp")
+    pattern = re.compile(rf"\.{re.escape(_tmp_stem(path))}\.[0-9a-f]{{12}}\.tmp")
     try:
         names = os.listdir(path.parent)
     except OSError:

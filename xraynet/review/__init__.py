@@ -65,8 +65,9 @@ with Pillow from :func:`xraynet.imaging.decode` (the film as decoded, before
 the network's preprocessing). Named by content, a thumbnail is made once and
 reused by every later run and by renamed or copied films; one is made only
 when missing, and only from a file whose bytes still have the report's
-SHA-256 (a film changed since its row was written gets a placeholder until
-it is screened again). Thumbnails of films no longer in the report are
+SHA-256 and are the ones decoded (a film changed since its row was written
+gets a placeholder until it is screened again, unless its thumbnail was made
+before: that one shows the film as it was screened, as its row does). Thumbnails of films no longer in the report are
 removed; nothing else in the folder is touched. Making the thumbnails needs
 the screened folder (``screen`` knows it; ``review --folder``); without it
 the existing ones are used and the other rows get a placeholder, as do error

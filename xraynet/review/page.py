@@ -119,8 +119,8 @@ def _run_html(report: Report, name: str) -> str:
             + "<tr><th>rows written by</th><td>" + ("; ".join(f"xraynet {html_text(v)} ({n} rows)" for v, n in
                                                           sorted(versions.items())) or "-") + "</td></tr>"
             + f"<tr><th>page written by</th><td>xraynet {html_text(__version__)}</td></tr>"
-            + (f"<tr><th>left out</th><td>{report.left_out} incomplete or malformed record(s) at the end of "
-               "the report</td></tr>" if report.left_out else "")
+            + (f"<tr><th>left out</th><td>{report.left_out} incomplete or malformed record(s) of the "
+               "report</td></tr>" if report.left_out else "")
             + "</tbody></table></section>\n")
 
 

@@ -1,6 +1,6 @@
 """Reading a screening report for the review page: its columns checked, its
 complete records parsed into :class:`Row` objects (a record still being
-written, and what follows a malformed one, left out)."""
+written, and a malformed one, left out)."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ScreenError
-from ..screening.report import HEAD_COLUMNS, TAIL_COLUMNS, report_columns, uncell
+from ..screening.report import HEAD_COLUMNS, TAIL_COLUMNS, report_columns, scan_records, uncell
 
 
 @dataclass
@@ -38,8 +38,8 @@ class Row:
 @dataclass
 class Report:
     """A parsed report: its path, the model classes (from the ``p_<class>`` columns), the
-    complete rows, and how many records at the end were left out (one still being written, or
-    what follows a malformed one)."""
+    complete rows, and how many records were left out (one still being written, or a
+    malformed one)."""
 
     path: Path
     classes: list
@@ -57,10 +57,12 @@ def finite_float(cell: str):
 
 
 def read_report(path) -> Report:
-    """Parse a report that :func:`xraynet.screening.screen` wrote. Complete records only: a record
-    without its line end (a run still appending, or one killed) and anything after a malformed
-    record are left out, as the next screening run would cut them. Raises :class:`ScreenError`
-    when the file cannot be read or is not an xraynet report."""
+    """Parse a report that :func:`xraynet.screening.screen` wrote, as screening reads it
+    (:func:`~xraynet.screening.report.scan_records`): whole records only; a malformed one
+    between good rows (a hand edit, a bad disk block) is left out alone, and what follows the
+    last good record (a run still appending, or one killed) too; ``left_out`` counts them. A
+    byte order mark before the header is read past. Raises :class:`ScreenError` when the file
+    cannot be read or is not an xraynet report."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -68,32 +70,25 @@ def read_report(path) -> Report:
         raise ScreenError(f"{path}: the report cannot be read ({e.strerror or e}). Expected the CSV written by "
                           f"xraynet screen --out, got {type(e).__name__}. Check the path and its permissions."
                           ) from None
-    text = data.decode("utf-8", "surrogateescape")
-    records, cut = [], False
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     try:
-        for rec in csv.reader(io.StringIO(text, newline=""), strict=True):
-            records.append(rec)
+        header = next(csv.reader(io.StringIO(text, newline=""), strict=True), [])
     except csv.Error:
-        cut = True  # a record cut inside a quoted cell: the records before it stand
-    header = records[0] if records else []
+        header = []
     n_head = len(HEAD_COLUMNS)
     n_cls = len(header) - n_head - len(TAIL_COLUMNS)
     classes = [c[2:] for c in header[n_head:n_head + n_cls]] if n_cls > 0 else []
-    if n_cls < 1 or header != report_columns(classes):
+    records, good_end, dropped = [], -1, 0
+    if n_cls >= 1 and header == report_columns(classes):
+        records, good_end, dropped, _, _ = scan_records(text, header)
+    if good_end < 0:
         # repr: the file's bytes are quoted, never echoed (an escape sequence in them stays visible text).
         got = repr(",".join(header)[:200]) if header else ("an empty file" if not data else repr(text[:80]))
         raise ScreenError(f"{path}: not an xraynet screening report. Expected the header "
                           f"{','.join(HEAD_COLUMNS)},p_<class>...,{','.join(TAIL_COLUMNS)}, got {got}. Pass the "
                           f"CSV that xraynet screen --out wrote.")
-    body = records[1:]
-    if body and not cut and not text.endswith("\n"):
-        body, cut = body[:-1], True  # the last record has no line end yet
-    rows = []
-    for rec in body:
-        if len(rec) != len(header) or rec[2] not in ("ok", "error") or not rec[0]:
-            break
-        rows.append(_row(dict(zip(header, rec)), classes))
-    return Report(path=path, classes=classes, rows=rows, left_out=len(body) - len(rows) + cut)
+    rows = [_row(dict(zip(header, rec)), classes) for rec in records]
+    return Report(path=path, classes=classes, rows=rows, left_out=dropped + bool(text[good_end:].strip()))
 
 
 def _row(cells: dict, classes: list) -> Row:

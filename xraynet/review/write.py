@@ -21,7 +21,8 @@ from .thumbnails import ThumbnailWriteError, files_folder, lock_page, update_thu
 @dataclass
 class ReviewResult:
     """What :func:`write_review` did: the page, its size, rows, thumbnails made / reused /
-    removed, and warnings (the model mismatch) for the command to print."""
+    removed, and warnings (the model mismatch, records of the report left out) for the command
+    to print."""
 
     html: str
     bytes: int
@@ -43,7 +44,8 @@ def _write_failed(path, e: OSError, failed: str) -> ReportWriteError:
 
 def check_page_path(html_path, report, folder=None) -> None:
     """Refuse a page path that cannot work, before anything is screened or written: a folder, a
-    missing parent folder, the report itself, or a page whose thumbnails folder lies inside the
+    missing parent folder, the report itself or its lock or temp file (a page renamed over the
+    lock would let two runs in at once), or a page whose thumbnails folder lies inside the
     screened ``folder`` (the next run would screen the thumbnails as films). :class:`ScreenError`."""
     html_p = Path(html_path)
     kind = special_file_kind(html_p)
@@ -56,10 +58,15 @@ def check_page_path(html_path, report, folder=None) -> None:
     if not html_p.parent.is_dir():
         raise ScreenError(f"{html_path}: the review page's folder does not exist. Expected an existing folder, got "
                           f"missing {html_p.parent}. Create it first.")
-    if os.path.abspath(html_p) == os.path.abspath(report) or (html_p.exists() and Path(report).exists()
-                                                              and html_p.samefile(report)):
-        raise ScreenError(f"{html_path}: the review page would replace the report. Expected another file than "
-                          f"the CSV report, got the same path. Pass --html review.html.")
+    from ..screening.report import ReportFiles
+
+    files = ReportFiles.of(os.path.realpath(report))
+    for what, other in (("the report", files.out), ("the report's lock file", files.lock),
+                        ("the report's temp file", files.tmp)):
+        if os.path.realpath(html_p) == os.path.realpath(other) or (html_p.exists() and other.exists()
+                                                                    and html_p.samefile(other)):
+            raise ScreenError(f"{html_path}: the review page would replace {what}. Expected another file than "
+                              f"the CSV report and its companions, got {other}. Pass --html review.html.")
     if folder is not None:
         inside = Path(os.path.realpath(files_folder(html_p)))
         top = Path(os.path.realpath(folder))
@@ -126,4 +133,13 @@ def write_review(report, html_path, *, model_path=None, folder=None, screening_c
     n_thumbs = len({r.sha256 for r in rep.rows if r.ok and r.sha256 in present})
     return ReviewResult(html=str(html_p), bytes=len(data), rows=len(rep.rows), thumbnails_made=made,
                         thumbnails_reused=n_thumbs - made, thumbnails_removed=removed,
-                        warnings=model_notes(view, rep.rows), seconds=time.perf_counter() - t0)
+                        warnings=model_notes(view, rep.rows) + _left_out_note(rep), seconds=time.perf_counter() - t0)
+
+
+def _left_out_note(rep) -> list:
+    """The warning for records of the report the page leaves out (:attr:`Report.left_out`)."""
+    if not rep.left_out:
+        return []
+    return [f"{rep.path}: {rep.left_out} incomplete or malformed record(s) left out of the page. Expected whole "
+            f"report rows, got damaged ones (a hand edit, a run still writing). The next xraynet screen run "
+            f"screens their files again."]

@@ -22,7 +22,7 @@ from ..discovery import decode_path, display_path
 from ..errors import ReportLockedError, ReportWriteError, ScreenError
 
 __all__ = ["HEAD_COLUMNS", "TAIL_COLUMNS", "report_columns", "cell", "uncell", "path_of_cell", "format_number",
-           "utc_now", "ReportFiles", "ExistingReport", "read_report", "repair_report", "replace_report",
+           "utc_now", "ReportFiles", "ExistingReport", "read_report", "scan_records", "repair_report", "replace_report",
            "append_rows", "write_error", "file_identity", "ReportLock"]
 
 #: The columns before the ``p_<class>`` ones, and after them.
@@ -145,7 +145,7 @@ class _Feed:
         return self.lines[self.pos - 1]
 
 
-def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int, int]:
+def scan_records(text: str, columns: list[str]) -> tuple[list, int, int, int, int]:
     """(good rows, end of the last good record in characters, malformed records before it,
     index of the first row after one, blank lines between rows); end -1 when the first
     record is not the header ``columns``.
@@ -194,7 +194,7 @@ def _scan(text: str, columns: list[str]) -> tuple[list, int, int, int, int]:
 
 
 def read_report(path: Path, columns: list[str]) -> ExistingReport:
-    """Parse the report (see :func:`_scan`). Raises :class:`ScreenError` when it cannot be read
+    """Parse the report (see :func:`scan_records`). Raises :class:`ScreenError` when it cannot be read
     or has another header than ``columns``."""
     try:
         data = path.read_bytes()
@@ -207,7 +207,7 @@ def read_report(path: Path, columns: list[str]) -> ExistingReport:
         return ExistingReport([], 0, 0, True)
     bom = data.startswith(_BOM)
     text = data[len(_BOM) if bom else 0:].decode("utf-8", "surrogateescape")
-    rows, good_end, dropped, after, blanks = _scan(text, columns)
+    rows, good_end, dropped, after, blanks = scan_records(text, columns)
     if good_end < 0:
         got = repr(text.split("\n", 1)[0][:200])
         raise ScreenError(f"{path}: the existing report does not have the columns this model writes. Expected "
