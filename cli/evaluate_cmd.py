@@ -16,7 +16,8 @@ def evaluate(
                                       help="Model file (HDF5, default: the bundled model) and a folder with "
                                            "one subfolder of images per class."),
     subset: str = typer.Option("all", help="all: every image; val: only the validation patients of the "
-                                           "model's own training split (DATA_DIR must be its training folder, unchanged)."),
+                                           "model's own training split (DATA_DIR must be its training "
+                                           "folder, unchanged)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON document."),
     out: Optional[str] = typer.Option(None, callback=check_output_file,
                                       help="Also write the JSON document to this file (its folder must exist; "

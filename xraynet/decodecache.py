@@ -76,9 +76,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .fileversion import file_version, hash_file  # noqa: F401 -- file_version: part of this API
-
 from .errors import CacheError, ShapeError, message
+from .fileversion import file_sha256, file_version, hash_file  # noqa: F401 -- re-exported: this module's API
 from .imaging import Preprocessing
 
 __all__ = ["DecodeCache", "CacheRecoveredWarning", "file_sha256", "hash_file", "file_version", "FORMAT",
@@ -88,17 +87,11 @@ FORMAT = "xraynet-decode-cache"
 FORMAT_VERSION = 2
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _TMP_PREFIX = ".tmp-"   # format 1: an entry written but not yet linked
-_CHUNK = 1 << 20
 _GROW = 64              # rows added to a table at a time
 
 
 class CacheRecoveredWarning(UserWarning):
     """A damaged cache file or entry was set aside; the affected images are decoded again."""
-
-
-def file_sha256(path, chunk_size: int = _CHUNK) -> str:
-    """SHA-256 hex digest of a file's bytes, read in ``chunk_size`` pieces (never whole)."""
-    return hash_file(path, chunk_size)[0]  # (xraynet.fileversion, with the version it read)
 
 
 def _array_sha256(a: np.ndarray) -> str:

@@ -10,7 +10,7 @@ import hashlib
 import os
 import stat
 
-__all__ = ["file_version", "hash_file"]
+__all__ = ["file_sha256", "file_version", "hash_file"]
 
 _CHUNK = 1 << 20
 
@@ -44,3 +44,8 @@ def hash_file(path, chunk_size: int = _CHUNK) -> tuple[str, tuple | None]:
             h.update(block)
         version = file_version(os.fstat(fh.fileno()))
     return h.hexdigest(), version if version == file_version(before) else None
+
+
+def file_sha256(path, chunk_size: int = _CHUNK) -> str:
+    """SHA-256 hex digest of a file's bytes, read in ``chunk_size`` pieces (never whole)."""
+    return hash_file(path, chunk_size)[0]

@@ -253,7 +253,7 @@ def decode(path, min_side: int | None = None, version: tuple | None = None) -> D
     ``min_side`` pixels (see "Reduced-size decoding" in the module docstring);
     ``Decoded.width`` / ``height`` are the stored size either way.
 
-    ``version``: the :func:`~xraynet.decodecache.file_version` the caller hashed the file
+    ``version``: the :func:`~xraynet.fileversion.file_version` the caller hashed the file
     at. The file is opened once and every decoder reads that open file, so checking the
     version of what was opened, before and after decoding, ties the pixels to the hashed
     bytes: another file renamed over the name, or a write meanwhile, raises the reason

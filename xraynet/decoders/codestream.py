@@ -100,22 +100,6 @@ def _jp2_sizes(frame: bytes) -> list[tuple[str, int, int]]:
     return sizes
 
 
-def _codestream_start(frame: bytes) -> int:
-    """Where a JPEG 2000 codestream starts in ``frame``: 0 for a bare codestream, the
-    content of a JP2 file's codestream box (jp2c); -1 for anything else or a JP2 file
-    whose boxes cannot be read."""
-    if frame.startswith(b"\xff\x4f\xff\x51"):
-        return 0
-    if frame.startswith(_JP2_SIGNATURE):
-        try:
-            for kind, start, _ in _jp2_boxes(frame, 0, len(frame)):
-                if kind == b"jp2c":
-                    return start if frame[start:start + 4] == b"\xff\x4f\xff\x51" else -1
-        except _BadCodestream:
-            return -1
-    return -1
-
-
 def codestream_span(frame: bytes) -> tuple[int, int] | None:
     """``(start, end)`` of the JPEG 2000 codestream in ``frame``: the whole of a bare
     codestream, the content of a JP2 file's codestream box (jp2c); None for anything else
@@ -130,6 +114,12 @@ def codestream_span(frame: bytes) -> tuple[int, int] | None:
         except _BadCodestream:
             return None
     return None
+
+
+def _codestream_start(frame: bytes) -> int:
+    """Where :func:`codestream_span` starts, or -1 where there is no codestream."""
+    span = codestream_span(frame)
+    return -1 if span is None else span[0]
 
 
 def siz_components(frame: bytes) -> list[tuple[int, bool, int, int]] | None:

@@ -103,22 +103,23 @@ class ExistingReport:
     """A report as found at the start of a run. ``rows``: the good records, header excluded;
     ``good_bytes``: file length up to the end of the last good record; ``size``: file length
     now; ``empty``: no header at all, the report must be (re)created; ``dropped``: malformed
-    records found before good ones (a hand edit, disk damage), and ``bom``: a byte order mark
-    before the header (a spreadsheet's "CSV UTF-8") or blank lines between rows, all left out
-    when the report is next rewritten (:attr:`needs_rewrite`); ``suspect``: the path cells of rows read after such
-    damage, and of paths with more than one row, whose files are screened again."""
+    records found before good ones (a hand edit, disk damage), and ``untidy``: a byte order
+    mark before the header (a spreadsheet's "CSV UTF-8") or blank lines between rows, all left
+    out when the report is next rewritten (:attr:`needs_rewrite`); ``suspect``: the path cells
+    of rows read after such damage, and of paths with more than one row, whose files are
+    screened again."""
 
     rows: list
     good_bytes: int
     size: int
     empty: bool
     dropped: int = 0
-    bom: bool = False
+    untidy: bool = False
     suspect: set = field(default_factory=set)
 
     @property
     def needs_rewrite(self) -> bool:
-        return bool(self.dropped or self.bom)
+        return bool(self.dropped or self.untidy)
 
 
 _BOM = b"\xef\xbb\xbf"

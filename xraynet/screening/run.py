@@ -120,7 +120,7 @@ def run_screen(job: ScreenJob, progress: Progress | None = None) -> Summary:
 
 
 # ------------------------------------------------------------------ the run
-def _hash_one(f: ImageFile) -> ImageFile | str:
+def _hash_one(f: ImageFile) -> tuple[ImageFile, str]:
     """``f`` with the :func:`~xraynet.decodecache.file_version` its bytes were hashed at, and
     their SHA-256: (ImageFile, digest); digest "" when it cannot be read (decoding says why)."""
     from ..decodecache import hash_file

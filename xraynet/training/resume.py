@@ -164,8 +164,9 @@ def check_same_data(path, metadata: dict, classes: list, ds) -> list[str]:
 
 
 def carry_best_model(resume, out: Path, best_epoch: int) -> str | None:
-    """Before a resumed run writing to ``out``: the best model of the epochs before it. It is the model file the checkpoint's run wrote beside
-    ``resume`` (``NAME.h5`` for ``NAME.checkpoint.h5``), copied to ``out`` (atomically, over
+    """Before a resumed run writing to ``out``: the best model of the epochs before it. It is
+    the model file the checkpoint's run wrote beside ``resume`` (``NAME.h5`` for
+    ``NAME.checkpoint.h5``), copied to ``out`` (atomically, over
     whatever ``out`` held: another run's model would be taken for this one's best); the run's
     end reads it back to choose the threshold. Returns a note saying so, or None when nothing
     was to do (no best epoch yet, or ``out`` is that file).

@@ -218,17 +218,11 @@ def _png8_pixels(samples: np.ndarray, layout: _PngLayout):
     255 (alpha ignored); Pillow's mode name, depth 8, no notes. None when the samples
     are not laid out as IHDR says (a tRNS chunk expanded to an alpha channel): Pillow
     decodes those."""
-    mode, channels = _PNG8_MODES[layout.color_type]
+    channels = _PNG8_MODES[layout.color_type][1]
     want = (layout.height, layout.width) + ((channels,) if channels else ())
     if samples.shape != want or samples.dtype != np.uint8:
         return None
-    if channels == 0:
-        pixels = scaled(samples, 255)
-    elif channels == 2:
-        pixels = scaled(samples[..., 0], 255)
-    else:
-        pixels = luma_scaled(samples, 255)
-    return pixels, "png", mode, 8, []
+    return (*_expanded_pixels(samples, layout), [])  # plain layouts: no orientation to apply
 
 
 def _expanded_pixels(samples: np.ndarray, layout: _PngLayout):
@@ -242,7 +236,7 @@ def _expanded_pixels(samples: np.ndarray, layout: _PngLayout):
         pixels = scaled(samples if samples.ndim == 2 else samples[..., 0], 255)
     else:
         pixels = luma_scaled(samples, 255)
-    mode = {0: "1" if layout.bit_depth == 1 else "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}[layout.color_type]
+    mode = "P" if layout.color_type == 3 else "1" if layout.bit_depth == 1 else _PNG8_MODES[layout.color_type][0]
     return orient(pixels, exif_orientation(layout.exif)), "png", mode, layout.bit_depth
 
 
